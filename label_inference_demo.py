@@ -1,0 +1,144 @@
+#!/usr/bin/env python
+"""UnSplit label inference demo (Erdogan, Kupcu, Cicek, WPES'22).
+
+The label owner keeps only the model's output layer; the server runs everything below it. During split training
+(untrained models, trained online, as in the reference) the server infers each sample's label from the gradient the
+label owner sends back, by trying every candidate label on its clone of the output layer.
+
+    python label_inference_demo.py cifar
+    python label_inference_demo.py mnist --gradient weight
+"""
+from __future__ import annotations
+
+import platform
+import sys
+import time
+
+import torch
+
+from unsplit.attacks import GRADIENT_KINDS, LabelInferenceAttack, last_weight_name
+from unsplit.cli import add_common_arguments, device_of, log, make_parser, output_dir, run_main
+from unsplit.data import load_dataset
+from unsplit.models import build_model, label_inference_depth, split
+from unsplit.training import CutEvent, train_split
+from unsplit.util import atomic_write_json, seed_everything
+
+
+def parse_args(argv=None):
+    p = make_parser(__doc__)
+    add_common_arguments(p, epochs=1)
+    p.add_argument("--count", type=int, default=100, help="test samples whose labels are inferred")
+    p.add_argument("--gradient", choices=tuple(GRADIENT_KINDS), default="cut",
+                   help="cut: dL/dz at the cut (what split learning sends); weight: the head's weight gradient "
+                        "(reference code; needs weight sharing)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="samples per training step (default: 64 with cut, 1 with weight as in the reference)")
+    p.add_argument("--known-per-class", type=int, default=None,
+                   help="samples per class whose label the attacker knows and which are sent first (anchors that "
+                        "name the classes; default: 1 with cut, 0 with weight)")
+    args = p.parse_args(argv)
+    if args.batch_size is None:
+        args.batch_size = 64 if args.gradient == "cut" else 1
+    if args.known_per_class is None:
+        args.known_per_class = 1 if args.gradient == "cut" else 0
+    if args.count < 1 or args.batch_size < 1 or args.known_per_class < 0 or args.epochs < 1:
+        p.error("--count, --batch-size and --epochs must be >= 1 and --known-per-class >= 0")
+    if args.gradient == "weight" and args.batch_size != 1:
+        p.error("--gradient weight observes a batch-summed weight gradient: it needs --batch-size 1")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    device = device_of(args)
+    seed_everything(args.seed)
+    out = output_dir(args, f"{args.dataset}-labels-{args.gradient}")
+    x_all, y_all = load_dataset(args.dataset, data_dir=args.data_dir, train=False, download=not args.no_download)
+    if args.count > len(y_all):
+        raise ValueError(f"--count {args.count} exceeds the {len(y_all)} test samples")
+    gen = torch.Generator().manual_seed(args.seed)
+    pick = torch.randperm(len(y_all), generator=gen)[: args.count]
+    x, y = x_all[pick], y_all[pick]
+
+    # anchors: the first `known_per_class` samples of each class are known to the attacker and sent first
+    anchor_pos = [int(i) for c in range(10) for i in (y == c).nonzero().flatten()[: args.known_per_class]]
+    anchor_set = set(anchor_pos)
+    rest = [i for i in range(len(y)) if i not in anchor_set]
+    order = torch.tensor(anchor_pos + rest, dtype=torch.int64)
+    known_labels = {i: int(y[i]) for i in anchor_pos}  # the attacker's side knowledge
+
+    model = build_model(args.dataset)
+    bottom, head = split(model, label_inference_depth(model))  # server: all but the last layer; client: the last
+    attack = LabelInferenceAttack(head, num_classes=10, gradient=args.gradient, device=device, seed=args.seed + 1)
+    predicted = torch.full((len(y),), -1, dtype=torch.int64)
+    attack_time = [0.0]
+
+    def observe(event: CutEvent) -> None:
+        if event.cut != "head":
+            return
+        start = time.perf_counter()
+        if args.gradient == "cut":
+            observed = event.gradient
+        else:
+            observed = event.head_weight_gradients[last_weight_name(head)]
+        known = torch.tensor([known_labels.get(int(i), -1) for i in event.indices], device=device)
+        pred = attack.step(event.smashed, observed, batch_size=event.batch_size, known=known)
+        attack_time[0] += time.perf_counter() - start
+        predicted[event.indices] = pred.cpu()  # a later epoch's guess replaces an earlier one
+
+    log(args, f"label inference ({args.gradient} gradient) on {args.count} {args.dataset} test samples, "
+              f"batch size {args.batch_size}, {args.known_per_class} known per class ...")
+    start = time.perf_counter()
+    train_split(None, bottom, x, y, head=head, epochs=args.epochs, batch_size=args.batch_size, order=order,
+                observers=[observe], share_head_weight_gradients=args.gradient == "weight", device=device,
+                seed=args.seed, progress=not args.quiet)
+    total_seconds = time.perf_counter() - start
+
+    # ---- metrics (ground truth enters only here); anchors are excluded from the score ----
+    scored = torch.tensor(rest, dtype=torch.int64)
+    hits = predicted[scored] == y[scored]
+    accuracy = float(hits.float().mean()) if len(scored) else float("nan")
+    per_class = {}
+    for c in range(10):
+        m = y[scored] == c
+        per_class[str(c)] = float(hits[m].float().mean()) if m.any() else None
+    counts = torch.bincount(y[scored], minlength=10)
+    majority = float(counts.max()) / max(len(scored), 1)
+    confusion = torch.zeros(10, 10, dtype=torch.int64)
+    for t, p_ in zip(y[scored].tolist(), predicted[scored].tolist()):
+        confusion[t, p_] += 1
+    processed = args.count * args.epochs
+    report = {
+        "dataset": args.dataset,
+        "gradient": args.gradient,
+        "gradient_observed": GRADIENT_KINDS[args.gradient],
+        "accuracy": accuracy,
+        "count": args.count,
+        "scored": len(scored),
+        "known_per_class": args.known_per_class,
+        "batch_size": args.batch_size,
+        "epochs": args.epochs,
+        "per_class_accuracy": per_class,
+        "confusion": confusion.tolist(),
+        "chance_accuracy": 0.1,
+        "majority_class_accuracy": majority,
+        "samples_per_second": processed / max(attack_time[0], 1e-9),
+        "attack_seconds": attack_time[0],
+        "total_seconds": total_seconds,
+        "end_to_end_samples_per_second": processed / max(total_seconds, 1e-9),
+        "settings": {**vars(args), "data_dir": str(args.data_dir), "out": str(out), "device": str(device),
+                     "torch": torch.__version__, "python": platform.python_version()},
+    }
+    report["settings"].pop("quiet", None)
+    print(f"\n{args.dataset}: label inference with the {args.gradient} gradient: accuracy {accuracy:.4f} on "
+          f"{len(scored)} samples (chance 0.10, majority class {majority:.2f}); attack "
+          f"{report['samples_per_second']:.0f} samples/s, training + attack {total_seconds:.2f} s")
+    print("per class: " + " ".join(f"{c}:{'-' if v is None else f'{v:.2f}'}" for c, v in per_class.items()))
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "metrics.json", report)
+    print(f"wrote {out / 'metrics.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

@@ -1,0 +1,54 @@
+"""Shared fixtures: tiny offline datasets written in torchvision's raw layouts, seeded."""
+from __future__ import annotations
+
+import struct
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def synthetic_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """28x28 uint8 images whose class (0-9) decides which horizontal bar and which vertical bar are lit."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 10
+    rng.shuffle(labels)
+    images = (rng.random((n, 28, 28)) * 40).astype(np.uint8)
+    for img, c in zip(images, labels):
+        r = 3 + 2 * c
+        img[r : r + 2, 4:24] = 255
+        col = 4 + 2 * ((c * 3) % 10)
+        img[4:24, col : col + 2] = 220
+    return images, labels.astype(np.uint8)
+
+
+def write_idx(folder: Path, prefix: str, images: np.ndarray, labels: np.ndarray) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"{prefix}-images-idx3-ubyte", "wb") as fh:
+        fh.write(struct.pack(">IIII", 0x00000803, len(images), 28, 28))
+        fh.write(images.tobytes())
+    with open(folder / f"{prefix}-labels-idx1-ubyte", "wb") as fh:
+        fh.write(struct.pack(">II", 0x00000801, len(labels)))
+        fh.write(labels.tobytes())
+
+
+@pytest.fixture(scope="session")
+def tiny_mnist(tmp_path_factory) -> Path:
+    """A data dir holding a tiny MNIST (300 train / 60 test images) in torchvision's raw IDX layout."""
+    root = tmp_path_factory.mktemp("data")
+    raw = root / "MNIST" / "raw"
+    write_idx(raw, "train", *synthetic_digits(300, seed=1))
+    write_idx(raw, "t10k", *synthetic_digits(60, seed=2))
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield

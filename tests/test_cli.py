@@ -1,0 +1,91 @@
+"""The demos end to end on tiny IDX files written by the test (offline), and their handling of bad input."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(script, *args, cwd=None, env_extra=None):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "UNSPLIT_CACHE": str(Path(cwd or ROOT) / ".cache")}
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_model_inversion_demo_end_to_end(tiny_mnist, tmp_path):
+    ck = tmp_path / "ck.pt"
+    common = ["--data-dir", tiny_mnist, "--epochs", "2", "--main-iters", "3", "--input-iters", "5",
+              "--model-iters", "5", "--checkpoint", ck, "--quiet"]
+    r = run("model_inversion_demo.py", "mnist", "2", *common, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "results" / "mnist-split2-paper"
+    m = json.loads((out / "metrics.json").read_text())
+    assert (out / "reconstructions.png").stat().st_size > 1000
+    assert m["dataset"] == "mnist" and m["split_depth"] == 2 and len(m["mse"]) == 10
+    assert m["mse_mean"] == pytest.approx(sum(m["mse"]) / 10)
+    for key in ("mse_mean", "mse_minmax_mean", "baseline_mse_mean", "black_mse_mean", "mean_image_mse_mean"):
+        assert 0 <= m[key] <= 1, key
+    assert 0 <= m["ssim_mean"] <= 1 and m["psnr_mean"] > 0 and m["attack_seconds"] > 0
+    for key in ("test_accuracy", "stolen_accuracy", "baseline_stolen_accuracy"):
+        assert 0 <= m[key] <= 1, key
+    assert m["settings"]["main_iters"] == 3 and m["settings"]["lambda_tv"] == 0.1
+    assert m["baseline_mse_mean"] > m["mse_mean"]  # even 3 outer iterations move away from the grey start
+    assert "loaded" not in r.stdout and ck.exists()
+
+    # a rerun reuses the trained model and never clobbers the earlier results
+    r2 = run("model_inversion_demo.py", "mnist", "2", *common, cwd=tmp_path)
+    assert r2.returncode == 0, r2.stderr
+    assert (tmp_path / "results" / "mnist-split2-paper-2" / "metrics.json").exists()
+    assert json.loads((out / "metrics.json").read_text()) == m
+    assert json.loads((tmp_path / "results" / "mnist-split2-paper-2" / "metrics.json").read_text())[
+        "train_seconds"] == m["train_seconds"]
+    r3 = run("model_inversion_demo.py", "mnist", "2", *common, "--out", out, cwd=tmp_path)
+    assert r3.returncode == 2 and "--overwrite" in r3.stderr and "Traceback" not in r3.stderr
+
+
+def test_label_inference_demo_end_to_end(tiny_mnist, tmp_path):
+    for gradient in ("cut", "weight"):
+        out = tmp_path / gradient
+        r = run("label_inference_demo.py", "mnist", "--data-dir", tiny_mnist, "--count", "60", "--gradient",
+                gradient, "--out", out, "--quiet", cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        m = json.loads((out / "metrics.json").read_text())
+        assert m["gradient"] == gradient and m["count"] == 60 and m["samples_per_second"] > 0
+        assert set(m["per_class_accuracy"]) == {str(c) for c in range(10)}
+        assert m["accuracy"] >= 0.9, m  # far above the 0.1 of chance on this easy task
+    assert json.loads((tmp_path / "weight" / "metrics.json").read_text())["accuracy"] == 1.0
+
+
+@pytest.mark.parametrize(
+    "script,args,message",
+    [
+        ("model_inversion_demo.py", ["svhn", "3"], "invalid choice: 'svhn'"),
+        ("model_inversion_demo.py", ["mnist", "0"], "choose 1-6"),
+        ("model_inversion_demo.py", ["mnist", "9"], "choose 1-6"),
+        ("model_inversion_demo.py", ["cifar", "9"], "choose 1-8"),
+        ("model_inversion_demo.py", ["mnist", "3", "--main-iters", "-1"], "must be >= 0"),
+        ("label_inference_demo.py", ["mnist", "--gradient", "weight", "--batch-size", "8"], "--batch-size 1"),
+        ("label_inference_demo.py", ["mnist", "--gradient", "bias"], "invalid choice"),
+    ],
+)
+def test_usage_errors_exit_2_in_one_line(script, args, message, tmp_path):
+    r = run(script, *args, cwd=tmp_path)
+    assert r.returncode == 2
+    assert message in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("script,args", [("model_inversion_demo.py", ["mnist", "3"]),
+                                         ("label_inference_demo.py", ["f_mnist"]),
+                                         ("model_inversion_demo.py", ["cifar", "2"])])
+def test_missing_data_offline_exits_2_saying_where_to_put_it(script, args, tmp_path):
+    r = run(script, *args, "--data-dir", tmp_path / "nothing", "--no-download", "--quiet", cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "not found under" in r.stderr
+    assert ("t10k-images-idx3-ubyte" in r.stderr) or ("cifar10-jpeg" in r.stderr)
+    assert not (tmp_path / "results").exists()

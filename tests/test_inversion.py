@@ -1,0 +1,81 @@
+import pytest
+import torch
+from torch import nn
+
+from tests.conftest import synthetic_digits
+from unsplit.attacks import model_inversion_stealing
+from unsplit.models import MnistNet, split
+from unsplit.util import reconstruction_metrics, total_variation
+
+
+def _targets(n=6):
+    images, _ = synthetic_digits(n, seed=5)
+    return torch.from_numpy(images).float().div(255).unsqueeze(1)
+
+
+def _start_mse(targets):
+    return float((targets - 0.5).pow(2).mean())
+
+
+def test_inversion_of_a_small_client_beats_the_start_image_by_far():
+    torch.manual_seed(0)
+    client = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU())
+    targets = _targets()
+    with torch.no_grad():
+        z = client(targets)
+    res = model_inversion_stealing(client, z, input_shape=(1, 28, 28), main_iters=40, input_iters=25, model_iters=25,
+                                   preset="contrast", seed=1)
+    mse = reconstruction_metrics(res.reconstructions, targets)["mse"]
+    assert sum(mse) / len(mse) < 0.25 * _start_mse(targets)
+    # the stolen client reproduces the smashed data of the reconstructions far better than a fresh one
+    assert res.history["feature_mse"][-1] < 0.2 * res.history["feature_mse"][0]
+
+
+def test_paper_preset_on_mnistnet_reduces_the_feature_error_and_keeps_targets_untouched():
+    torch.manual_seed(0)
+    client, _ = split(MnistNet(), 2)
+    targets = _targets(4)
+    z = client(targets)  # not detached: the attack must not backpropagate into the real client
+    res = model_inversion_stealing(client, z, input_shape=(1, 28, 28), main_iters=10, input_iters=10,
+                                   model_iters=10, seed=0)
+    assert res.reconstructions.shape == targets.shape
+    assert all(p.grad is None for p in client.parameters())
+    assert res.history["iteration"] == [1, 10]
+    assert res.history["feature_mse"][-1] < res.history["feature_mse"][0]
+    assert res.settings["lambda_l2"] == 1.0 and res.settings["input_lr"] == 1e-3
+
+
+def test_clone_never_starts_from_the_clients_weights():
+    client = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU())
+    z = client(torch.rand(1, 1, 6, 6))
+    res = model_inversion_stealing(client, z, input_shape=(1, 6, 6), main_iters=0)
+    assert not torch.equal(res.clone[0].weight, client[0].weight)
+    assert torch.equal(res.reconstructions, torch.full((1, 1, 6, 6), 0.5))
+
+
+def test_bad_arguments_are_clear_errors():
+    client = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU())
+    z = client(torch.rand(2, 1, 6, 6))
+    with pytest.raises(ValueError, match="wrong architecture, depth or input_shape"):
+        model_inversion_stealing(client, z, input_shape=(1, 8, 8), main_iters=1)
+    with pytest.raises(ValueError, match="preset"):
+        model_inversion_stealing(client, z, input_shape=(1, 6, 6), preset="fast")
+    with pytest.raises(ValueError, match="main_iters"):
+        model_inversion_stealing(client, z, input_shape=(1, 6, 6), main_iters=-1)
+
+
+def test_total_variation_matches_the_reference_formula():
+    x = torch.rand(3, 2, 5, 4)
+    b, c, h, w = x.shape
+    ref = ((x[:, :, 1:, :] - x[:, :, :-1, :]).pow(2).sum() / (c * (h - 1) * w)
+           + (x[:, :, :, 1:] - x[:, :, :, :-1]).pow(2).sum() / (c * h * (w - 1))) / b
+    assert torch.allclose(total_variation(x), ref)
+    assert float(total_variation(torch.ones(2, 1, 4, 4))) == 0.0
+
+
+def test_metrics_of_a_perfect_and_a_black_reconstruction():
+    t = _targets(3)
+    perfect = reconstruction_metrics(t.clone(), t)
+    assert max(perfect["mse"]) == 0 and min(perfect["ssim"]) > 0.999
+    black = reconstruction_metrics(torch.zeros_like(t), t)
+    assert all(abs(m - float(x.pow(2).mean())) < 1e-6 for m, x in zip(black["mse"], t))

@@ -1,0 +1,252 @@
+"""Splittable networks used by UnSplit (Erdogan, Kupcu, Cicek, WPES'22).
+
+Every model here is a plain :class:`torch.nn.Sequential`: an ordered list of layers in which a convolution, an
+activation, a pooling and a linear layer each count as one layer, exactly as the reference code counts them.
+``split(model, depth)`` gives the client layers ``0..depth`` and the server the rest, so split depth ``k`` means
+"the client's last layer is layer ``k``". The same function works on any ``nn.Sequential`` a user builds.
+
+Layer lists (index: layer), as in the reference ``ege-erdogan/unsplit`` code:
+
+``MnistNet`` (MNIST and Fashion-MNIST, 1x28x28)::
+
+    0 conv1 5x5 1->8   1 ReLU   2 maxpool 2   3 conv2 5x5 8->16   4 ReLU   5 maxpool 2
+    6 flatten+fc1 256->120   7 ReLU   8 fc2 120->84   9 ReLU   10 fc3 84->10
+
+``CifarNet`` (CIFAR-10, 3x32x32, VGG-like, 3x3 convolutions with padding 1)::
+
+    0 conv11 3->64  1 ReLU  2 conv12 64->64  3 ReLU  4 maxpool
+    5 conv21 64->128  6 ReLU  7 conv22 128->128  8 ReLU  9 maxpool
+    10 conv31 128->128  11 ReLU  12 conv32 128->128  13 ReLU  14 maxpool
+    15 flatten+fc1 2048->512  16 Sigmoid  17 fc2 512->10
+
+The reference implicitly flattens before ``fc1``; here the flatten is part of layer 6 (resp. 15) so that the
+indices match the reference's split depths. ReLUs are not in-place (the reference uses ``inplace=True``), because a
+server layer must never overwrite the tensor it received from the client.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import copy
+from typing import Callable, Optional, Tuple, Union
+
+import torch
+from torch import nn
+
+__all__ = [
+    "FlattenLinear",
+    "MnistNet",
+    "CifarNet",
+    "split",
+    "split_three",
+    "check_inversion_depth",
+    "label_inference_depth",
+    "fresh_copy",
+    "build_model",
+    "MODELS",
+]
+
+
+class FlattenLinear(nn.Linear):
+    """A linear layer that first flattens all but the batch dimension (one layer in the split count)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return super().forward(torch.flatten(x, 1))
+
+
+class MnistNet(nn.Sequential):
+    """LeNet-style network of the UnSplit reference for MNIST / Fashion-MNIST (input ``(N, 1, 28, 28)`` in [0, 1]).
+
+    Attributes:
+        inversion_depths: split depths at which the reference evaluates model inversion (1-6).
+        input_shape: shape of one input sample.
+    """
+
+    inversion_depths = range(1, 7)
+    input_shape = (1, 28, 28)
+    num_classes = 10
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__(
+            nn.Conv2d(1, 8, kernel_size=5),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(8, 16, kernel_size=5),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            FlattenLinear(256, 120),
+            nn.ReLU(),
+            nn.Linear(120, 84),
+            nn.ReLU(),
+            nn.Linear(84, num_classes),
+        )
+        self.num_classes = num_classes
+
+
+class CifarNet(nn.Sequential):
+    """VGG-like network of the UnSplit reference for CIFAR-10 (input ``(N, 3, 32, 32)`` in [0, 1]).
+
+    Attributes:
+        inversion_depths: split depths at which the reference evaluates model inversion (1-8).
+        input_shape: shape of one input sample.
+    """
+
+    inversion_depths = range(1, 9)
+    input_shape = (3, 32, 32)
+    num_classes = 10
+
+    def __init__(self, num_classes: int = 10):
+        layers = []
+        in_ch = 3
+        for out_ch in (64, 128, 128):
+            layers += [
+                nn.Conv2d(in_ch, out_ch, 3, padding=1),
+                nn.ReLU(),
+                nn.Conv2d(out_ch, out_ch, 3, padding=1),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+            ]
+            in_ch = out_ch
+        layers += [FlattenLinear(2048, 512), nn.Sigmoid(), nn.Linear(512, num_classes)]
+        super().__init__(*layers)
+        self.num_classes = num_classes
+
+
+MODELS = {"mnist": MnistNet, "f_mnist": MnistNet, "cifar": CifarNet}
+
+
+def build_model(dataset: str) -> nn.Sequential:
+    """Returns a freshly initialised reference network for ``dataset`` (``mnist``, ``f_mnist`` or ``cifar``)."""
+    if dataset not in MODELS:
+        raise ValueError(f"unknown dataset {dataset!r}: choose one of {', '.join(MODELS)}")
+    return MODELS[dataset]()
+
+
+def _check_sequential(model: nn.Module) -> None:
+    if not isinstance(model, nn.Sequential):
+        raise TypeError(
+            f"split needs an nn.Sequential (an ordered layer list), got {type(model).__name__}; "
+            "wrap your layers in nn.Sequential(...)"
+        )
+
+
+def split(model: nn.Sequential, depth: int) -> Tuple[nn.Sequential, nn.Sequential]:
+    """Cuts a layer list in two at ``depth``.
+
+    The client runs layers ``0..depth`` (inclusive) and the server layers ``depth+1..end``; both parts share their
+    parameters with ``model``, so ``server(client(x))`` equals ``model(x)`` exactly and training either part trains
+    the model. See the module docstring for the layer numbering of the reference networks (UnSplit, WPES'22, §3).
+
+    Args:
+        model: any ``nn.Sequential``.
+        depth: index of the client's last layer, ``0 <= depth <= len(model) - 2``.
+
+    Returns:
+        ``(client, server)``, two ``nn.Sequential`` views of ``model``.
+
+    Raises:
+        ValueError: if ``depth`` leaves either side empty.
+    """
+    _check_sequential(model)
+    last = len(model) - 2
+    if isinstance(depth, bool) or not isinstance(depth, int) or not 0 <= depth <= last:
+        raise ValueError(f"split depth {depth!r} is out of range for this {len(model)}-layer model: choose 0-{last}")
+    layers = list(model)
+    return nn.Sequential(*layers[: depth + 1]), nn.Sequential(*layers[depth + 1 :])
+
+
+def split_three(model: nn.Sequential, front_depth: int, head_start: int) -> Tuple[nn.Sequential, ...]:
+    """Cuts a layer list in three for U-shaped split learning: client front, server middle, client head.
+
+    Args:
+        model: any ``nn.Sequential``.
+        front_depth: index of the client front's last layer.
+        head_start: index of the first layer of the client's head, ``front_depth + 1 < head_start < len(model)``.
+
+    Returns:
+        ``(front, middle, head)`` sharing parameters with ``model``; ``head(middle(front(x))) == model(x)``.
+    """
+    _check_sequential(model)
+    n = len(model)
+    if not (0 <= front_depth and front_depth + 1 < head_start < n):
+        raise ValueError(
+            f"a three-way split needs 0 <= front_depth < front_depth + 1 < head_start < {n}, "
+            f"got front_depth={front_depth}, head_start={head_start}"
+        )
+    layers = list(model)
+    return (
+        nn.Sequential(*layers[: front_depth + 1]),
+        nn.Sequential(*layers[front_depth + 1 : head_start]),
+        nn.Sequential(*layers[head_start:]),
+    )
+
+
+def check_inversion_depth(model: nn.Module, depth: int) -> int:
+    """Checks ``depth`` against the model's ``inversion_depths`` (1-6 MnistNet, 1-8 CifarNet) and returns it.
+
+    Models without an ``inversion_depths`` attribute accept any depth that ``split`` accepts.
+
+    Raises:
+        ValueError: naming the valid range.
+    """
+    depths = getattr(model, "inversion_depths", None)
+    if depths is None:
+        _check_sequential(model)
+        depths = range(0, len(model) - 1)
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth not in depths:
+        raise ValueError(
+            f"split depth {depth!r} is not valid for {type(model).__name__} model inversion: "
+            f"choose {depths.start}-{depths.stop - 1}"
+        )
+    return depth
+
+
+def label_inference_depth(model: nn.Sequential) -> int:
+    """Split depth at which the label owner keeps only the model's last layer (UnSplit's label-inference setting).
+
+    For ``MnistNet`` this is 9 (the head is fc3, 84->10); for ``CifarNet`` 16 (the head is fc2, 512->10).
+    """
+    _check_sequential(model)
+    return len(model) - 2
+
+
+def _salted(seed: int) -> int:
+    digest = hashlib.sha256(f"unsplit.fresh_copy:{int(seed)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def fresh_copy(architecture: Union[nn.Module, Callable[[], nn.Module]], *, seed: Optional[int] = None) -> nn.Module:
+    """A freshly initialised module of the same architecture, none of whose weights come from ``architecture``.
+
+    This is how an attacker who knows only the architecture builds its clone: given a factory it calls it; given a
+    module it deep-copies it and re-initialises every parameter (every submodule with parameters must define
+    ``reset_parameters``, as all built-in torch layers do), so no weight of the original survives.
+
+    Args:
+        architecture: an ``nn.Module`` or a zero-argument callable returning one.
+        seed: seeds the initialisation through a salted generator, so the clone never repeats weights that
+            ``torch.manual_seed(seed)`` gave the victim (``None`` draws from torch's global generator).
+
+    Raises:
+        ValueError: if a submodule holds parameters but cannot be re-initialised.
+    """
+    fork = torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext()
+    with fork:
+        if seed is not None:
+            # A salted seed: with the plain seed, code that calls torch.manual_seed(s) before building its model
+            # and then attacks with seed=s would hand the clone the client's initial weights.
+            torch.manual_seed(_salted(seed))
+        if not isinstance(architecture, nn.Module):
+            return architecture()
+        clone = copy.deepcopy(architecture).cpu()  # initialise on the CPU so that `seed` decides the weights
+        for name, module in clone.named_modules():
+            own = list(module.parameters(recurse=False))
+            if not own:
+                continue
+            if not hasattr(module, "reset_parameters"):
+                raise ValueError(
+                    f"cannot re-initialise submodule {name!r} ({type(module).__name__}): it has parameters but no "
+                    "reset_parameters(); pass a factory (a callable returning a fresh model) instead"
+                )
+            module.reset_parameters()
+        return clone

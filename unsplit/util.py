@@ -1,0 +1,196 @@
+"""Regularisers, image metrics, devices, seeds and atomic result files shared by the attacks, demos and benchmarks."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+__all__ = [
+    "total_variation",
+    "l2_prior",
+    "reconstruction_metrics",
+    "minmax_normalise",
+    "resolve_device",
+    "seed_everything",
+    "atomic_write_json",
+    "atomic_save",
+    "save_image_grid",
+    "unique_dir",
+]
+
+
+def total_variation(x: torch.Tensor, *, kind: str = "l2") -> torch.Tensor:
+    """Anisotropic total variation of a batch of images, as in the UnSplit reference code (WPES'22).
+
+    ``kind="l2"`` (the reference's ``TV``) is the mean squared difference between vertically neighbouring pixels
+    plus that between horizontally neighbouring pixels (the reference sums each over the batch, divides by the
+    per-image count and then by the batch size, which is the same mean), so its weight per image does not depend
+    on the batch size.
+    ``kind="l1"`` uses absolute differences instead (edge-preserving, the classic TV of Rudin et al.).
+
+    Args:
+        x: images ``(N, C, H, W)``.
+        kind: ``"l2"`` (reference) or ``"l1"``.
+
+    Returns:
+        A scalar tensor.
+    """
+    dv = x[:, :, 1:, :] - x[:, :, :-1, :]
+    dh = x[:, :, :, 1:] - x[:, :, :, :-1]
+    if kind == "l2":
+        tv = dv.pow(2).mean() + dh.pow(2).mean()
+    elif kind == "l1":
+        tv = dv.abs().mean() + dh.abs().mean()
+    else:
+        raise ValueError(f"unknown TV kind {kind!r}: choose 'l2' or 'l1'")
+    return tv
+
+
+def l2_prior(x: torch.Tensor) -> torch.Tensor:
+    """The reference's ``l2loss``: mean of ``x**2`` over all elements (pulls the input estimate towards black)."""
+    return x.pow(2).mean()
+
+
+def minmax_normalise(x: torch.Tensor) -> torch.Tensor:
+    """Rescales each image of ``(N, ...)`` to span [0, 1] (constant images map to 0), as the reference does for CIFAR."""
+    flat = x.flatten(1)
+    lo = flat.min(dim=1, keepdim=True).values
+    hi = flat.max(dim=1, keepdim=True).values
+    return ((flat - lo) / (hi - lo).clamp_min(1e-12)).view_as(x)
+
+
+def reconstruction_metrics(reconstructions: torch.Tensor, targets: torch.Tensor) -> Dict[str, list]:
+    """Per-image quality of reconstructions against the private targets (metric code: the only place targets enter).
+
+    Args:
+        reconstructions: ``(N, C, H, W)``; any range (raw attack output is not clamped, as in the reference).
+        targets: ``(N, C, H, W)`` images in [0, 1].
+
+    Returns:
+        Lists of length N: ``mse`` (raw), ``mse_minmax`` (reconstruction min-max normalised first), ``psnr``
+        (dB, of the reconstruction clamped to [0, 1]) and ``ssim`` (of the clamped reconstruction, data range 1).
+    """
+    from skimage.metrics import structural_similarity
+
+    if reconstructions.shape != targets.shape:
+        raise ValueError(f"shape mismatch: reconstructions {tuple(reconstructions.shape)} vs targets {tuple(targets.shape)}")
+    rec = reconstructions.detach().float().cpu()
+    tgt = targets.detach().float().cpu()
+    mse = (rec - tgt).pow(2).flatten(1).mean(1)
+    mse_mm = (minmax_normalise(rec) - tgt).pow(2).flatten(1).mean(1)
+    clamped = rec.clamp(0, 1)
+    mse_c = (clamped - tgt).pow(2).flatten(1).mean(1)
+    psnr = 10 * torch.log10(1.0 / mse_c.clamp_min(1e-10))
+    ssim = []
+    for r, t in zip(clamped.numpy(), tgt.numpy()):
+        ssim.append(float(structural_similarity(t, r, data_range=1.0, channel_axis=0)))
+    return {"mse": mse.tolist(), "mse_minmax": mse_mm.tolist(), "psnr": psnr.tolist(), "ssim": ssim}
+
+
+def resolve_device(device: Union[str, torch.device, None] = "auto") -> torch.device:
+    """``"auto"`` (or ``None``) picks CUDA when available, else the CPU; ``"cuda"`` without a GPU is an error."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but no CUDA GPU is available: use --device cpu or auto")
+    return dev
+
+
+def seed_everything(seed: int) -> None:
+    """Seeds Python, NumPy and torch (CPU and CUDA) generators."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def _atomic_write(path: Path, write) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_json(path: Union[str, Path], data: Any) -> Path:
+    """Writes ``data`` as indented JSON to ``path`` via a temporary file and ``os.replace`` (never half-written)."""
+    payload = (json.dumps(data, indent=2, sort_keys=False) + "\n").encode()
+    return _atomic_write(Path(path), lambda fh: fh.write(payload))
+
+
+def atomic_save(obj: Any, path: Union[str, Path]) -> Path:
+    """``torch.save`` to ``path`` atomically."""
+    return _atomic_write(Path(path), lambda fh: torch.save(obj, fh))
+
+
+def save_image_grid(
+    path: Union[str, Path],
+    rows: Sequence[torch.Tensor],
+    *,
+    row_labels: Optional[Sequence[str]] = None,
+    titles: Optional[Sequence[str]] = None,
+) -> Path:
+    """Saves rows of images ``(N, C, H, W)`` in [0, 1] (clamped) as one PNG grid, atomically.
+
+    Args:
+        path: output PNG.
+        rows: equally long image batches, one per grid row (e.g. targets above reconstructions).
+        row_labels: a label per row, shown at the left.
+        titles: a caption per column (e.g. per-image MSE), shown above the first row.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = max(len(r) for r in rows)
+    fig, axes = plt.subplots(len(rows), n, figsize=(1.3 * n, 1.4 * len(rows)), squeeze=False)
+    for i, row in enumerate(rows):
+        for j in range(n):
+            ax = axes[i][j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j >= len(row):
+                ax.axis("off")
+                continue
+            img = row[j].detach().float().cpu().clamp(0, 1)
+            if img.shape[0] == 1:
+                ax.imshow(img[0].numpy(), cmap="gray", vmin=0, vmax=1)
+            else:
+                ax.imshow(img.permute(1, 2, 0).numpy())
+            if j == 0 and row_labels is not None:
+                ax.set_ylabel(row_labels[i], fontsize=8)
+            if i == 0 and titles is not None and j < len(titles):
+                ax.set_title(titles[j], fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    fmt_tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(fmt_tmp, dpi=110)
+    plt.close(fig)
+    os.replace(fmt_tmp, path)
+    return path
+
+
+def unique_dir(path: Union[str, Path], *, marker: str = "metrics.json") -> Path:
+    """``path`` if it holds no ``marker`` file yet, else the first free ``path-2``, ``path-3``, ... (never clobbers)."""
+    path = Path(path)
+    candidate, k = path, 1
+    while (candidate / marker).exists():
+        k += 1
+        candidate = path.with_name(f"{path.name}-{k}")
+    return candidate
