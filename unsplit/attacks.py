@@ -42,8 +42,8 @@ Architecture = Union[nn.Module, Callable[[], nn.Module]]
 INVERSION_PRESETS: Dict[str, Dict[str, object]] = {
     "paper": dict(lambda_tv=0.1, lambda_l2=1.0, input_lr=1e-3, model_lr=1e-3, tv_kind="l2", clamp=False,
                   normalise=None),
-    "contrast": dict(lambda_tv=0.1, lambda_l2=0.0, input_lr=1e-3, model_lr=1e-3, tv_kind="l2", clamp=False,
-                     normalise="max"),
+    "contrast": dict(lambda_tv=1.0, lambda_l2=1.0, input_lr=1e-3, model_lr=1e-3, tv_kind="l2", clamp=False,
+                     normalise="scale"),
 }
 
 
@@ -52,18 +52,21 @@ class InversionResult:
     """Output of :func:`model_inversion_stealing`.
 
     Attributes:
-        reconstructions: ``(N, *input_shape)`` input estimates x̃ (not clamped unless ``clamp=True``).
+        reconstructions: ``(N, *input_shape)`` input estimates x̃ (after ``normalise``, if any; the paper preset
+            returns x̃ as optimised, not clamped).
         clone: the stolen client part (a freshly initialised copy of the architecture fitted to ``z``); put the real
             server on top of it to use it as a model.
         history: per logged outer iteration: ``iteration``, ``input_objective`` (last x-step objective) and
             ``feature_mse`` (last model-step MSE between clone(x̃) and z).
         settings: the hyper-parameters the attack ran with.
+        raw_reconstructions: x̃ before ``normalise`` (the same tensor as ``reconstructions`` without it).
     """
 
     reconstructions: torch.Tensor
     clone: nn.Module
     history: Dict[str, List[float]]
     settings: Dict[str, object]
+    raw_reconstructions: Optional[torch.Tensor] = None
 
 
 def _optimizer(params, lr: float) -> torch.optim.Optimizer:
@@ -115,9 +118,11 @@ def model_inversion_stealing(
         model_lr: Adam (amsgrad) learning rate for the clone (paper: 1e-3).
         tv_kind: ``"l2"`` (reference, squared differences) or ``"l1"``.
         clamp: project x̃ onto [0, 1] after every step (the reference does not).
-        normalise: the pixel-range prior: after every outer iteration (and at the end) rescale each x̃ to span
-            [0, 1]. The clone absorbs any affine change of its input in its first layer, so z fixes x only up to
-            such a map; this picks the one under which the image spans the valid range (the reference does not).
+        normalise: the pixel-range prior, applied to the final estimate: ``"scale"`` divides each image by its
+            99th percentile and clamps to [0, 1]; ``"minmax"`` maps each image's [min, max] to [0, 1] (what the
+            reference's CIFAR metric does); ``None`` returns x̃ as optimised (reference). The clone absorbs any
+            rescaling of its input in its first layer, so z fixes x only up to scale, and the λ_2 term shrinks x̃
+            towards black: the paper setting finds the right shapes at a small fraction of full intensity.
         preset: ``"paper"`` or ``"contrast"`` (see :data:`INVERSION_PRESETS`); explicit arguments override it.
         init_value: constant value of the initial x̃ (paper: 0.5).
         clone: continue from this clone instead of a fresh one (e.g. to attack a second batch with a stolen model).
@@ -141,6 +146,8 @@ def model_inversion_stealing(
     for name, value in (("main_iters", main_iters), ("input_iters", input_iters), ("model_iters", model_iters)):
         if not isinstance(value, int) or value < 0:
             raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    if cfg["normalise"] not in (None, "scale", "minmax"):
+        raise ValueError(f"unknown normalise {cfg['normalise']!r}: choose None, 'scale' or 'minmax'")
     if cfg["lambda_tv"] < 0 or cfg["lambda_l2"] < 0:
         raise ValueError("lambda_tv and lambda_l2 must be >= 0")
     if not torch.is_tensor(smashed) or smashed.dim() < 2:
@@ -174,7 +181,7 @@ def model_inversion_stealing(
         _coordinate_descent(
             clone, params, x, target, input_opt, model_opt, history,
             main_iters=main_iters, input_iters=input_iters, model_iters=model_iters, lam_tv=lam_tv, lam_l2=lam_l2,
-            kind=kind, do_clamp=do_clamp, normalise=cfg["normalise"], log_every=log_every, progress=progress,
+            kind=kind, do_clamp=do_clamp, log_every=log_every, progress=progress,
         )
     clone.eval()
     settings = dict(
@@ -186,16 +193,25 @@ def model_inversion_stealing(
         seed=seed,
         **cfg,
     )
-    return InversionResult(reconstructions=x.detach(), clone=clone, history=history, settings=settings)
+    raw = x.detach()
+    rec = _normalise(raw, cfg["normalise"]) if cfg["normalise"] else raw
+    return InversionResult(reconstructions=rec, clone=clone, history=history, settings=settings, raw_reconstructions=raw)
 
 
 def _normalise(x: torch.Tensor, how: str) -> torch.Tensor:
+    """Per-image range normalisation of an input estimate ``(N, ...)``: ``scale`` divides by the 99th percentile and
+    clamps to [0, 1] (fixes the scale, keeps black black); ``minmax`` maps [min, max] to [0, 1]."""
+    flat = x.flatten(1)
     if how == "minmax":
         return minmax_normalise(x)
-    if how == "max":
-        peak = x.flatten(1).amax(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
-        return (x / peak).clamp(0, 1)
-    raise ValueError(f"unknown normalise {how!r}: choose None, 'max' or 'minmax'")
+    if how == "scale":
+        # the clone absorbs a sign flip too: keep the polarity whose 99th-percentile magnitude is larger
+        q = torch.quantile(flat, torch.tensor([0.01, 0.99], device=x.device, dtype=x.dtype), dim=1)  # (2, N)
+        flip = -q[0] > q[1]
+        peak = torch.where(flip, -q[0], q[1]).clamp_min(1e-12).unsqueeze(1)
+        sign = torch.where(flip, -1.0, 1.0).to(x.dtype).unsqueeze(1)
+        return (flat * sign / peak).clamp(0, 1).view_as(x)
+    raise ValueError(f"unknown normalise {how!r}: choose None, 'scale' or 'minmax'")
 
 
 @contextlib.contextmanager
@@ -236,7 +252,7 @@ def _fastest_cpu_conv(clone: nn.Module, x: torch.Tensor, target: torch.Tensor, s
 
 def _coordinate_descent(
     clone, params, x, target, input_opt, model_opt, history, *, main_iters, input_iters, model_iters, lam_tv, lam_l2,
-    kind, do_clamp, normalise, log_every, progress,
+    kind, do_clamp, log_every, progress,
 ) -> None:
     from tqdm.auto import tqdm
 
@@ -258,9 +274,6 @@ def _coordinate_descent(
             if do_clamp:
                 with torch.no_grad():
                     x.clamp_(0, 1)
-        if normalise:
-            with torch.no_grad():
-                x.copy_(_normalise(x, normalise))
         for p in params:
             p.requires_grad_(True)
         # model-step: x̃ is a constant here.
