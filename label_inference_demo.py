@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import platform
 import sys
-import time
 
 import torch
 
-from unsplit.attacks import GRADIENT_KINDS, LabelInferenceAttack, last_weight_name
+from unsplit.attacks import GRADIENT_KINDS
 from unsplit.cli import add_common_arguments, device_of, log, make_parser, output_dir, run_main
 from unsplit.data import load_dataset
-from unsplit.models import build_model, label_inference_depth, split
-from unsplit.training import CutEvent, train_split
+from unsplit.experiments import label_experiment
+from unsplit.models import build_model
 from unsplit.util import atomic_write_json, seed_everything
 
 
@@ -60,78 +59,20 @@ def main(argv=None) -> int:
     pick = torch.randperm(len(y_all), generator=gen)[: args.count]
     x, y = x_all[pick], y_all[pick]
 
-    # anchors: the first `known_per_class` samples of each class are known to the attacker and sent first
-    anchor_pos = [int(i) for c in range(10) for i in (y == c).nonzero().flatten()[: args.known_per_class]]
-    anchor_set = set(anchor_pos)
-    rest = [i for i in range(len(y)) if i not in anchor_set]
-    order = torch.tensor(anchor_pos + rest, dtype=torch.int64)
-    known_labels = {i: int(y[i]) for i in anchor_pos}  # the attacker's side knowledge
-
-    model = build_model(args.dataset)
-    bottom, head = split(model, label_inference_depth(model))  # server: all but the last layer; client: the last
-    attack = LabelInferenceAttack(head, num_classes=10, gradient=args.gradient, device=device, seed=args.seed + 1)
-    predicted = torch.full((len(y),), -1, dtype=torch.int64)
-    attack_time = [0.0]
-
-    def observe(event: CutEvent) -> None:
-        if event.cut != "head":
-            return
-        start = time.perf_counter()
-        if args.gradient == "cut":
-            observed = event.gradient
-        else:
-            observed = event.head_weight_gradients[last_weight_name(head)]
-        known = torch.tensor([known_labels.get(int(i), -1) for i in event.indices], device=device)
-        pred = attack.step(event.smashed, observed, batch_size=event.batch_size, known=known)
-        attack_time[0] += time.perf_counter() - start
-        predicted[event.indices] = pred.cpu()  # a later epoch's guess replaces an earlier one
-
     log(args, f"label inference ({args.gradient} gradient) on {args.count} {args.dataset} test samples, "
               f"batch size {args.batch_size}, {args.known_per_class} known per class ...")
-    start = time.perf_counter()
-    train_split(None, bottom, x, y, head=head, epochs=args.epochs, batch_size=args.batch_size, order=order,
-                observers=[observe], share_head_weight_gradients=args.gradient == "weight", device=device,
-                seed=args.seed, progress=not args.quiet)
-    total_seconds = time.perf_counter() - start
-
-    # ---- metrics (ground truth enters only here); anchors are excluded from the score ----
-    scored = torch.tensor(rest, dtype=torch.int64)
-    hits = predicted[scored] == y[scored]
-    accuracy = float(hits.float().mean()) if len(scored) else float("nan")
-    per_class = {}
-    for c in range(10):
-        m = y[scored] == c
-        per_class[str(c)] = float(hits[m].float().mean()) if m.any() else None
-    counts = torch.bincount(y[scored], minlength=10)
-    majority = float(counts.max()) / max(len(scored), 1)
-    confusion = torch.zeros(10, 10, dtype=torch.int64)
-    for t, p_ in zip(y[scored].tolist(), predicted[scored].tolist()):
-        confusion[t, p_] += 1
-    processed = args.count * args.epochs
-    report = {
-        "dataset": args.dataset,
-        "gradient": args.gradient,
-        "gradient_observed": GRADIENT_KINDS[args.gradient],
-        "accuracy": accuracy,
-        "count": args.count,
-        "scored": len(scored),
-        "known_per_class": args.known_per_class,
-        "batch_size": args.batch_size,
-        "epochs": args.epochs,
-        "per_class_accuracy": per_class,
-        "confusion": confusion.tolist(),
-        "chance_accuracy": 0.1,
-        "majority_class_accuracy": majority,
-        "samples_per_second": processed / max(attack_time[0], 1e-9),
-        "attack_seconds": attack_time[0],
-        "total_seconds": total_seconds,
-        "end_to_end_samples_per_second": processed / max(total_seconds, 1e-9),
-        "settings": {**vars(args), "data_dir": str(args.data_dir), "out": str(out), "device": str(device),
-                     "torch": torch.__version__, "python": platform.python_version()},
-    }
+    result = label_experiment(build_model(args.dataset), x, y, gradient=args.gradient, batch_size=args.batch_size,
+                              known_per_class=args.known_per_class, epochs=args.epochs, device=device,
+                              seed=args.seed, progress=not args.quiet)
+    report = {"dataset": args.dataset, **result,
+              "settings": {**vars(args), "data_dir": str(args.data_dir), "out": str(out), "device": str(device),
+                           "torch": torch.__version__, "python": platform.python_version()}}
     report["settings"].pop("quiet", None)
+    accuracy, per_class, majority = report["accuracy"], report["per_class_accuracy"], report["majority_class_accuracy"]
+    total_seconds = report["total_seconds"]
+    scored = report["scored"]
     print(f"\n{args.dataset}: label inference with the {args.gradient} gradient: accuracy {accuracy:.4f} on "
-          f"{len(scored)} samples (chance 0.10, majority class {majority:.2f}); attack "
+          f"{scored} samples (chance 0.10, majority class {majority:.2f}); attack "
           f"{report['samples_per_second']:.0f} samples/s, training + attack {total_seconds:.2f} s")
     print("per class: " + " ".join(f"{c}:{'-' if v is None else f'{v:.2f}'}" for c, v in per_class.items()))
     out.mkdir(parents=True, exist_ok=True)

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import platform
 import sys
-import time
 
 import torch
-from torch import nn
 
-from unsplit.attacks import INVERSION_PRESETS, model_inversion_stealing
+from unsplit.attacks import INVERSION_PRESETS
 from unsplit.cli import (
     UsageError,
     add_common_arguments,
@@ -26,12 +24,13 @@ from unsplit.cli import (
     make_parser,
     output_dir,
     run_main,
+    train_mean_image,
     trained_model,
 )
 from unsplit.data import first_of_each_class, load_dataset
-from unsplit.models import build_model, check_inversion_depth, fresh_copy, split
-from unsplit.training import evaluate
-from unsplit.util import atomic_write_json, reconstruction_metrics, save_image_grid, seed_everything
+from unsplit.experiments import inversion_experiment
+from unsplit.models import build_model, check_inversion_depth
+from unsplit.util import atomic_write_json, save_image_grid, seed_everything
 
 
 def parse_args(argv=None):
@@ -80,97 +79,51 @@ def main(argv=None) -> int:
     out = output_dir(args, f"{args.dataset}-split{args.split_depth}-{args.preset}")
     x_test, y_test = load_dataset(args.dataset, data_dir=args.data_dir, train=False, download=not args.no_download)
     idx = select_targets(args.images, y_test)
-    targets = x_test[idx].to(device)
 
     model, train_info = trained_model(args, device, test=(x_test, y_test))
-    client, server = split(model, args.split_depth)
-    with torch.no_grad():
-        smashed = client(targets)  # everything the server observes: z = f(x), plus the client's architecture
-
     log(args, f"attacking {len(idx)} images at split depth {args.split_depth} "
               f"({args.main_iters} x ({args.input_iters} + {args.model_iters}) steps, preset {args.preset}) ...")
-    start = time.perf_counter()
-    result = model_inversion_stealing(
-        client, smashed, input_shape=tuple(targets.shape[1:]), main_iters=args.main_iters,
-        input_iters=args.input_iters, model_iters=args.model_iters, lambda_tv=args.lambda_tv,
-        lambda_l2=args.lambda_l2, preset=args.preset, device=device, seed=args.seed, progress=not args.quiet,
+    cell, result = inversion_experiment(
+        model, args.split_depth, x_test, y_test, idx, mean_image=train_mean_image(args, x_test),
+        preset=args.preset, main_iters=args.main_iters, input_iters=args.input_iters, model_iters=args.model_iters,
+        lambda_tv=args.lambda_tv, lambda_l2=args.lambda_l2, device=device, seed=args.seed, progress=not args.quiet,
     )
-    attack_seconds = time.perf_counter() - start
-
-    # ---- metrics: the only place the private targets and the real client enter ----
-    rec = result.reconstructions
-    metrics = reconstruction_metrics(rec, targets)
-    x_train_mean = _train_mean_image(args, x_test).to(device)
-    baselines = {
-        "baseline": reconstruction_metrics(torch.full_like(targets, 0.5), targets)["mse"],
-        "black": reconstruction_metrics(torch.zeros_like(targets), targets)["mse"],
-        "mean_image": reconstruction_metrics(x_train_mean.expand_as(targets), targets)["mse"],
-    }
-    stolen_acc = evaluate(nn.Sequential(result.clone, server), x_test, y_test, device=device)
-    untrained = fresh_copy(client, seed=args.seed + 1).to(device)
-    baseline_stolen_acc = evaluate(nn.Sequential(untrained, server), x_test, y_test, device=device)
-
-    mean = lambda v: float(sum(v) / len(v))  # noqa: E731
     report = {
         "dataset": args.dataset,
-        "split_depth": args.split_depth,
-        "preset": args.preset,
-        "images": idx.tolist(),
-        "labels": y_test[idx].tolist(),
-        "mse": metrics["mse"],
-        "mse_mean": mean(metrics["mse"]),
-        "mse_minmax": metrics["mse_minmax"],
-        "mse_minmax_mean": mean(metrics["mse_minmax"]),
-        "psnr": metrics["psnr"],
-        "psnr_mean": mean(metrics["psnr"]),
-        "ssim": metrics["ssim"],
-        "ssim_mean": mean(metrics["ssim"]),
-        "baseline_mse_mean": mean(baselines["baseline"]),
-        "black_mse_mean": mean(baselines["black"]),
-        "mean_image_mse_mean": mean(baselines["mean_image"]),
+        **cell,
         "test_accuracy": train_info["test_accuracy"],
-        "stolen_accuracy": stolen_acc,
-        "baseline_stolen_accuracy": baseline_stolen_acc,
-        "attack_seconds": attack_seconds,
-        "seconds_per_image": attack_seconds / len(idx),
         "train_seconds": train_info.get("train_seconds"),
         "checkpoint": train_info["checkpoint"],
-        "history": result.history,
         "settings": {**vars(args), **result.settings, "data_dir": str(args.data_dir), "out": str(out),
                      "checkpoint": train_info["checkpoint"], "device": str(device), "torch": torch.__version__,
                      "python": platform.python_version()},
     }
     report["settings"].pop("quiet", None)
-
-    print(f"\n{args.dataset} split depth {args.split_depth} ({args.preset}): {len(idx)} images, "
-          f"attack {attack_seconds:.1f} s ({attack_seconds / len(idx):.2f} s/image)")
-    print(f"{'image':>6} {'label':>5} {'MSE':>8} {'MSE(mm)':>8} {'PSNR':>6} {'SSIM':>6}")
-    for i, k in enumerate(idx.tolist()):
-        print(f"{k:>6} {int(y_test[k]):>5} {metrics['mse'][i]:8.4f} {metrics['mse_minmax'][i]:8.4f} "
-              f"{metrics['psnr'][i]:6.2f} {metrics['ssim'][i]:6.3f}")
-    print(f"{'mean':>12} {report['mse_mean']:8.4f} {report['mse_minmax_mean']:8.4f} "
-          f"{report['psnr_mean']:6.2f} {report['ssim_mean']:6.3f}")
-    print(f"baselines (MSE): start image 0.5 {report['baseline_mse_mean']:.4f} | black {report['black_mse_mean']:.4f}"
-          f" | training mean image {report['mean_image_mse_mean']:.4f}")
-    print(f"split model test accuracy {report['test_accuracy']:.4f} | stolen client + real server "
-          f"{stolen_acc:.4f} | untrained client + real server {baseline_stolen_acc:.4f}")
+    print_report(report)
 
     out.mkdir(parents=True, exist_ok=True)
-    titles = [f"{m:.3f}" for m in metrics["mse"]]
-    save_image_grid(out / "reconstructions.png", [targets, rec], row_labels=["target", "reconstruction"],
-                    titles=titles)
+    save_image_grid(out / "reconstructions.png", [x_test[idx], result.reconstructions.cpu()],
+                    row_labels=["target", "reconstruction"], titles=[f"{m:.3f}" for m in report["mse"]])
     atomic_write_json(out / "metrics.json", report)
     print(f"wrote {out / 'reconstructions.png'} and {out / 'metrics.json'}")
     return 0
 
 
-def _train_mean_image(args, x_test: torch.Tensor) -> torch.Tensor:
-    """Per-pixel mean of the training images (a trivial reconstruction that knows the data distribution)."""
-    try:
-        x_train, _ = load_dataset(args.dataset, data_dir=args.data_dir, train=True, download=False)
-    except Exception:
-        x_train = x_test  # only the test split is on disk (a checkpoint was given): fall back to it
-    return x_train.mean(dim=0, keepdim=True)
+def print_report(report: dict) -> None:
+    n = len(report["images"])
+    print(f"\n{report['dataset']} split depth {report['split_depth']} ({report['preset']}): {n} images, "
+          f"attack {report['attack_seconds']:.1f} s ({report['seconds_per_image']:.2f} s/image)")
+    print(f"{'image':>6} {'label':>5} {'MSE':>8} {'MSE(mm)':>8} {'PSNR':>6} {'SSIM':>6}")
+    for i, (k, label) in enumerate(zip(report["images"], report["labels"])):
+        print(f"{k:>6} {label:>5} {report['mse'][i]:8.4f} {report['mse_minmax'][i]:8.4f} "
+              f"{report['psnr'][i]:6.2f} {report['ssim'][i]:6.3f}")
+    print(f"{'mean':>12} {report['mse_mean']:8.4f} {report['mse_minmax_mean']:8.4f} "
+          f"{report['psnr_mean']:6.2f} {report['ssim_mean']:6.3f}")
+    print(f"baselines (MSE): start image 0.5 {report['baseline_mse_mean']:.4f} | black {report['black_mse_mean']:.4f}"
+          f" | training mean image {report['mean_image_mse_mean']:.4f}")
+    print(f"split model test accuracy {report['test_accuracy']:.4f} | stolen client + real server "
+          f"{report['stolen_accuracy']:.4f} | untrained client + real server "
+          f"{report['baseline_stolen_accuracy']:.4f}")
 
 
 if __name__ == "__main__":

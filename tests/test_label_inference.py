@@ -23,9 +23,11 @@ def _loop_cut_gradients(head, z, num_classes, batch_size):
 def test_vectorised_cut_gradients_equal_the_per_label_loop(head):
     z = torch.rand(7, 12)
     fast = candidate_gradients(head, z, num_classes=5, batch_size=7)
+    generic = candidate_gradients(head, z, num_classes=5, batch_size=7, closed_form=False)
     slow = _loop_cut_gradients(head, z, 5, 7)
     assert fast.shape == (7, 5, 12)
     assert torch.allclose(fast, slow, atol=1e-7, rtol=1e-5)
+    assert torch.allclose(generic, slow, atol=1e-7, rtol=1e-5)
     # and the batch-mean gradient of a real labelling is exactly the matching candidate
     y = torch.tensor([0, 4, 2, 2, 1, 3, 0])
     zz = z.clone().requires_grad_(True)
@@ -34,14 +36,17 @@ def test_vectorised_cut_gradients_equal_the_per_label_loop(head):
     assert torch.equal(label_inference(head, z, zz.grad, num_classes=5), y)
 
 
-def test_vectorised_weight_gradients_equal_the_per_label_loop():
-    head = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 4))
+@pytest.mark.parametrize("head", [nn.Sequential(nn.Linear(6, 4)), nn.Sequential(nn.Linear(6, 8), nn.ReLU(),
+                                                                                 nn.Linear(8, 4))])
+def test_vectorised_weight_gradients_equal_the_per_label_loop(head):
     z = torch.rand(1, 6)
     fast = candidate_gradients(head, z, num_classes=4, gradient="weight")
+    generic = candidate_gradients(head, z, num_classes=4, gradient="weight", closed_form=False)
     for c in range(4):
         head.zero_grad()
         F.cross_entropy(head(z), torch.tensor([c])).backward()
-        assert torch.allclose(fast[0, c], head[2].weight.grad, atol=1e-7)
+        assert torch.allclose(fast[0, c], head[-1].weight.grad, atol=1e-7)
+        assert torch.allclose(generic[0, c], head[-1].weight.grad, atol=1e-7)
     with pytest.raises(ValueError, match="batch size 1"):
         candidate_gradients(head, torch.rand(2, 6), num_classes=4, gradient="weight")
 

@@ -95,6 +95,7 @@ def model_inversion_stealing(
     seed: Optional[int] = 0,
     log_every: int = 10,
     progress: bool = False,
+    on_iteration: Optional[Callable[[int, torch.Tensor], None]] = None,
 ) -> InversionResult:
     """UnSplit model inversion and model stealing by coordinate descent (WPES'22, Alg. 1; reference defaults).
 
@@ -130,6 +131,8 @@ def model_inversion_stealing(
         seed: seeds the clone's initialisation (``None``: torch's global generator).
         log_every: record the history every this many outer iterations.
         progress: show a tqdm bar over outer iterations.
+        on_iteration: called as ``on_iteration(t, x̃)`` after every outer iteration ``t`` (1-based) with the current
+            estimate (detached, before ``normalise``), e.g. to measure quality against cost.
 
     Returns:
         An :class:`InversionResult` with reconstructions ``(N, *input_shape)``, the stolen clone and the history.
@@ -181,7 +184,7 @@ def model_inversion_stealing(
         _coordinate_descent(
             clone, params, x, target, input_opt, model_opt, history,
             main_iters=main_iters, input_iters=input_iters, model_iters=model_iters, lam_tv=lam_tv, lam_l2=lam_l2,
-            kind=kind, do_clamp=do_clamp, log_every=log_every, progress=progress,
+            kind=kind, do_clamp=do_clamp, log_every=log_every, progress=progress, on_iteration=on_iteration,
         )
     clone.eval()
     settings = dict(
@@ -252,7 +255,7 @@ def _fastest_cpu_conv(clone: nn.Module, x: torch.Tensor, target: torch.Tensor, s
 
 def _coordinate_descent(
     clone, params, x, target, input_opt, model_opt, history, *, main_iters, input_iters, model_iters, lam_tv, lam_l2,
-    kind, do_clamp, log_every, progress,
+    kind, do_clamp, log_every, progress, on_iteration,
 ) -> None:
     from tqdm.auto import tqdm
 
@@ -289,6 +292,8 @@ def _coordinate_descent(
             history["input_objective"].append(float(x_loss.detach()))
             history["feature_mse"].append(float(m_loss.detach()))
             bar.set_postfix(feature_mse=f"{history['feature_mse'][-1]:.3g}")
+        if on_iteration is not None:
+            on_iteration(it + 1, x.detach())
     bar.close()
 
 
@@ -320,6 +325,7 @@ def candidate_gradients(
     gradient: str = "cut",
     batch_size: Optional[int] = None,
     create_graph: bool = False,
+    closed_form: bool = True,
 ) -> torch.Tensor:
     """Gradients the label owner would return for every candidate label, vectorised over samples and labels.
 
@@ -336,6 +342,9 @@ def candidate_gradients(
         gradient: ``"cut"`` or ``"weight"``.
         batch_size: the batch size of the loss whose gradient was observed (default: ``B``).
         create_graph: keep the graph so the result can be differentiated with respect to the head's parameters.
+        closed_form: for a head that is one ``nn.Linear`` (UnSplit's setting) use the closed forms
+            ``(softmax - e_c) W / B`` and ``(softmax - e_c) z^T``; otherwise (or if ``False``) vector-Jacobian
+            products through any head with ``torch.func``. Both agree to float rounding.
 
     Returns:
         ``(B, num_classes, *D)`` for ``cut``; ``(1, num_classes, *W.shape)`` for ``weight``.
@@ -347,6 +356,14 @@ def candidate_gradients(
     b = smashed.shape[0]
     scale = 1.0 / (batch_size or b)
     eye = torch.eye(num_classes, device=smashed.device, dtype=smashed.dtype)
+    if gradient == "weight" and b != 1:
+        raise ValueError(
+            "gradient='weight' observes one weight gradient summed over the batch; it identifies labels only at batch "
+            f"size 1 (got {b}); use gradient='cut' for larger batches"
+        )
+    linear = _single_linear(head) if closed_form else None
+    if linear is not None:
+        return _linear_candidates(linear, smashed.detach(), eye, scale, gradient, create_graph)
     if gradient == "cut":
         z = smashed.detach()
         if not create_graph:
@@ -360,11 +377,6 @@ def candidate_gradients(
         cotangents = (probs.unsqueeze(0) - eye.unsqueeze(1)) * scale  # (C, B, K): one cotangent per candidate label
         (grads,) = vmap(pullback)(cotangents)  # (C, B, *D)
         return grads.transpose(0, 1)
-    if b != 1:
-        raise ValueError(
-            "gradient='weight' observes one weight gradient summed over the batch; it identifies labels only at batch "
-            f"size 1 (got {b}); use gradient='cut' for larger batches"
-        )
     wname = last_weight_name(head)
     params = {k: (v if create_graph else v.detach()) for k, v in head.named_parameters()}
     z = smashed.detach()
@@ -375,6 +387,22 @@ def candidate_gradients(
     cotangents = (probs.unsqueeze(0) - eye.unsqueeze(1)) * scale  # (C, 1, K)
     (grads,) = vmap(pullback)(cotangents)
     return grads[wname].unsqueeze(0)  # (1, C, *W)
+
+
+def _single_linear(head: nn.Module) -> Optional[nn.Linear]:
+    if isinstance(head, nn.Sequential) and len(head) == 1:
+        head = head[0]
+    return head if type(head) is nn.Linear else None
+
+
+def _linear_candidates(linear: nn.Linear, z, eye, scale: float, gradient: str, create_graph: bool) -> torch.Tensor:
+    with torch.set_grad_enabled(create_graph):
+        weight = linear.weight
+        probs = F.linear(z, weight, linear.bias).softmax(dim=1)  # (B, K)
+        diff = (probs.unsqueeze(1) - eye.unsqueeze(0)) * scale  # (B, C, K)
+        if gradient == "cut":
+            return diff @ weight  # (B, C, D)
+        return diff.unsqueeze(-1) * z.view(z.shape[0], 1, 1, -1)  # (1, C, K, D)
 
 
 def label_inference(

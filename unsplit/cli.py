@@ -143,6 +143,16 @@ def _train_full(model: nn.Sequential, x, y, args, device) -> None:
     train_split(client, server, x, y, epochs=args.epochs, device=device, seed=args.seed, progress=not args.quiet)
 
 
+def train_mean_image(args, x_test: torch.Tensor) -> torch.Tensor:
+    """Per-pixel mean of the training images, ``(1, C, H, W)`` (a trivial reconstruction that knows the data
+    distribution); the test split's mean if only the test split is on disk."""
+    try:
+        x_train, _ = load_dataset(args.dataset, data_dir=args.data_dir, train=True, download=False)
+    except (DataUnavailable, OSError, RuntimeError):
+        x_train = x_test
+    return x_train.mean(dim=0, keepdim=True)
+
+
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help="trained-model cache file (default: checkpoints/<dataset>_epochs<E>_seed<S>.pt)")
