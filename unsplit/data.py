@@ -4,8 +4,9 @@ Images come back as float tensors ``(N, C, H, W)`` in [0, 1] (``ToTensor()`` onl
 labels as ``int64`` ``(N,)``. torchvision downloads missing datasets into the data directory; offline copies work
 too: MNIST / Fashion-MNIST in torchvision's raw layout (``DATA/MNIST/raw/train-images-idx3-ubyte`` ...), CIFAR-10
 either as torchvision's ``cifar-10-batches-py`` or as an ImageFolder tree (``DATA/cifar10-jpeg/{train,test}/<class>``,
-also ``DATA/cifar10/...``). Decoded ImageFolder trees are cached as one ``.pt`` file (``$UNSPLIT_CACHE`` or
-``~/.cache/unsplit``), so JPEGs are decoded once.
+also ``DATA/cifar10/...``, or the packed ``DATA/cifar10-jpeg.tar``, unpacked once into the cache). Decoded
+ImageFolder trees are cached as one ``.pt`` file (``$UNSPLIT_CACHE`` or ``~/.cache/unsplit``), so JPEGs are decoded
+once.
 """
 from __future__ import annotations
 
@@ -56,13 +57,33 @@ def _help(dataset: str, root: Path) -> str:
 
 def _find_image_folder(root: Path, train: bool) -> Optional[Path]:
     split = "train" if train else "test"
-    for name in _FOLDER_NAMES:
-        cand = root / name / split
-        if cand.is_dir():
-            return cand
+    for base in (root, _cache_dir()):
+        for name in _FOLDER_NAMES:
+            cand = base / name / split
+            if cand.is_dir():
+                return cand
     if (root / split).is_dir() and not (root / "cifar-10-batches-py").exists():
         return root / split
+    tar = root / "cifar10-jpeg.tar"
+    if tar.is_file():  # the packed JPEG copy: unpack once into the cache (the data dir may be read-only)
+        _unpack(tar, _cache_dir())
+        return _cache_dir() / "cifar10-jpeg" / split
     return None
+
+
+def _unpack(tar_path: Path, dest: Path) -> None:
+    import shutil
+    import tarfile
+    import tempfile
+
+    dest.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".unpack-", dir=dest))
+    try:
+        with tarfile.open(tar_path) as tar:
+            tar.extractall(tmp, filter="data")
+        os.replace(tmp / "cifar10-jpeg", dest / "cifar10-jpeg")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _load_image_folder(folder: Path) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -20,6 +20,7 @@ __all__ = [
     "seed_everything",
     "atomic_write_json",
     "atomic_save",
+    "atomic_write_text",
     "save_image_grid",
     "unique_dir",
 ]
@@ -131,6 +132,11 @@ def atomic_write_json(path: Union[str, Path], data: Any) -> Path:
     """Writes ``data`` as indented JSON to ``path`` via a temporary file and ``os.replace`` (never half-written)."""
     payload = (json.dumps(data, indent=2, sort_keys=False) + "\n").encode()
     return _atomic_write(Path(path), lambda fh: fh.write(payload))
+
+
+def atomic_write_text(path: Union[str, Path], text: str) -> Path:
+    """Writes ``text`` (UTF-8) to ``path`` atomically."""
+    return _atomic_write(Path(path), lambda fh: fh.write(text.encode()))
 
 
 def atomic_save(obj: Any, path: Union[str, Path]) -> Path:
