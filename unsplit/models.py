@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 __all__ = [
-    "FlattenLinear",
+    "flatten_linear",
     "MnistNet",
     "CifarNet",
     "split",
@@ -47,11 +47,9 @@ __all__ = [
 ]
 
 
-class FlattenLinear(nn.Linear):
-    """A linear layer that first flattens all but the batch dimension (one layer in the split count)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        return super().forward(torch.flatten(x, 1))
+def flatten_linear(in_features: int, out_features: int) -> nn.Sequential:
+    """Flatten followed by a linear layer, counted as one layer (the reference flattens implicitly before fc1)."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_features, out_features))
 
 
 class MnistNet(nn.Sequential):
@@ -74,7 +72,7 @@ class MnistNet(nn.Sequential):
             nn.Conv2d(8, 16, kernel_size=5),
             nn.ReLU(),
             nn.MaxPool2d(2),
-            FlattenLinear(256, 120),
+            flatten_linear(256, 120),
             nn.ReLU(),
             nn.Linear(120, 84),
             nn.ReLU(),
@@ -107,7 +105,7 @@ class CifarNet(nn.Sequential):
                 nn.MaxPool2d(2),
             ]
             in_ch = out_ch
-        layers += [FlattenLinear(2048, 512), nn.Sigmoid(), nn.Linear(512, num_classes)]
+        layers += [flatten_linear(2048, 512), nn.Sigmoid(), nn.Linear(512, num_classes)]
         super().__init__(*layers)
         self.num_classes = num_classes
 

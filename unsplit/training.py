@@ -75,6 +75,10 @@ class Defense:
         """Gradient the label-owning head returns to the server (compression, Marvell, max-norm act here)."""
         return g
 
+    def prepare_client(self, module: nn.Module, optimizer, n_samples: int, batch_size: int):
+        """Wraps the client front and its optimiser before training (DP-SGD acts here); returns both."""
+        return module, optimizer
+
 
 def make_optimizer(module: Optional[nn.Module], lr: float = 1e-3) -> Optional[torch.optim.Optimizer]:
     """The reference optimiser, ``Adam(lr, amsgrad=True)``; ``None`` for a module without parameters."""
@@ -137,9 +141,13 @@ def train_split(
     parties = [m for m in (client, server, head) if m is not None]
     for m in parties:
         m.to(device).train()
-    optimizers = [o for o in (make_optimizer(m, lr) for m in parties) if o is not None]
-    gen = torch.Generator().manual_seed(seed)
     n = inputs.shape[0]
+    client_opt = make_optimizer(client, lr)
+    if client is not None:
+        for d in defenses:
+            client, client_opt = d.prepare_client(client, client_opt, n, batch_size)
+    optimizers = [o for o in (client_opt, make_optimizer(server, lr), make_optimizer(head, lr)) if o is not None]
+    gen = torch.Generator().manual_seed(seed)
     losses = []
     steps_per_epoch = (n + batch_size - 1) // batch_size
     bar = tqdm(total=epochs * steps_per_epoch, desc="split training", unit="batch", disable=not progress, leave=False)

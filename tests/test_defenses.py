@@ -1,0 +1,126 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from unsplit.defenses import (
+    DPSGD,
+    GaussianNoise,
+    LaplaceNoise,
+    MaxNorm,
+    NoPeek,
+    RandomizedResponse,
+    TopK,
+    distance_correlation,
+    parse_defense,
+)
+from unsplit.training import Defense, train_split
+
+
+def _dcor_loop(x, y):
+    """Slow oracle: Székely's double-centred distance matrices with explicit loops."""
+    n = x.shape[0]
+    x, y = x.flatten(1).double(), y.flatten(1).double()
+    a = [[float((x[i] - x[j]).norm()) for j in range(n)] for i in range(n)]
+    b = [[float((y[i] - y[j]).norm()) for j in range(n)] for i in range(n)]
+
+    def centre(d):
+        rows = [sum(r) / n for r in d]
+        cols = [sum(d[i][j] for i in range(n)) / n for j in range(n)]
+        grand = sum(rows) / n
+        return [[d[i][j] - rows[i] - cols[j] + grand for j in range(n)] for i in range(n)]
+
+    A, B = centre(a), centre(b)
+    mean = lambda f: sum(f(i, j) for i in range(n) for j in range(n)) / n**2  # noqa: E731
+    dcov = mean(lambda i, j: A[i][j] * B[i][j])
+    return math.sqrt(dcov / math.sqrt(mean(lambda i, j: A[i][j] ** 2) * mean(lambda i, j: B[i][j] ** 2)))
+
+
+def test_distance_correlation_matches_the_loop_and_its_identities():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(12, 5, generator=g)
+    y = x[:, :3] ** 2 + 0.3 * torch.randn(12, 3, generator=g)
+    assert float(distance_correlation(x, y)) == pytest.approx(_dcor_loop(x, y), abs=1e-5)
+    assert float(distance_correlation(x, x)) == pytest.approx(1.0, abs=1e-5)
+    assert float(distance_correlation(x, 3 * x + 1)) == pytest.approx(1.0, abs=1e-5)
+    big_x, big_y = torch.randn(1000, 4, generator=g), torch.randn(1000, 4, generator=g)
+    assert float(distance_correlation(big_x, big_y)) < 0.15
+    xx = x.clone().requires_grad_(True)
+    distance_correlation(xx, y).backward()
+    assert torch.isfinite(xx.grad).all()
+
+
+def test_noise_defenses_change_only_the_smashed_data():
+    z = torch.zeros(4, 3, 5, 5)
+    for d, spread in ((GaussianNoise(0.5), 0.5), (LaplaceNoise(0.5), 0.5 * math.sqrt(2))):
+        noisy = d.smashed(z)
+        assert noisy.shape == z.shape and abs(float(noisy.std()) - spread) < 0.15
+        g = torch.randn(4, 7)
+        assert d.head_gradient(g) is g and d.front_gradient(g) is g and d.client_loss(z, z) is None
+
+
+def test_topk_keeps_the_largest_entries_per_sample():
+    g = torch.tensor([[1.0, -5.0, 0.5, 3.0], [0.1, 0.2, -0.3, 0.4]])
+    out = TopK(0.5).head_gradient(g)
+    assert torch.equal(out, torch.tensor([[0.0, -5.0, 0.0, 3.0], [0.0, 0.0, -0.3, 0.4]]))
+    assert TopK(0.5).front_gradient(g) is g and torch.equal(TopK(0.5, where="front").front_gradient(g), out)
+
+
+def test_maxnorm_equalises_expected_norms():
+    torch.manual_seed(0)
+    g = torch.cat([torch.full((1, 4000), 0.01), torch.full((1, 4000), 0.1)])
+    out = MaxNorm().head_gradient(g)
+    norms = out.pow(2).sum(1)
+    assert float(norms[0]) == pytest.approx(float(g[1].pow(2).sum()), rel=0.1)
+    assert torch.equal(out[1], g[1])  # the largest gradient is left as it is
+
+
+def test_randomized_response_flip_rate_and_prior():
+    torch.manual_seed(0)
+    y = torch.randint(0, 10, (20000,))
+    out = RandomizedResponse(epsilon=1.0).labels(y)
+    keep = math.e / (math.e + 9)
+    assert float((out == y).float().mean()) == pytest.approx(keep, abs=0.015)
+    assert set(out.unique().tolist()) == set(range(10))
+    prior = [0.5, 0.3, 0.2] + [0.0] * 7
+    rrp = RandomizedResponse(epsilon=2.0, prior=prior)
+    assert set(rrp.allowed.tolist()) <= {0, 1, 2}
+    assert set(rrp.labels(y).unique().tolist()) <= set(rrp.allowed.tolist())
+
+
+def test_dpsgd_reports_a_finite_epsilon_that_falls_as_noise_grows():
+    eps = []
+    for sigma in (0.8, 2.0):
+        torch.manual_seed(0)
+        client = nn.Sequential(nn.Linear(6, 8), nn.ReLU())
+        server = nn.Sequential(nn.Linear(8, 2))
+        x, y = torch.randn(128, 6), torch.randint(0, 2, (128,))
+        d = DPSGD(noise_multiplier=sigma, max_grad_norm=1.0)
+        before = client[0].weight.detach().clone()
+        train_split(client, server, x, y, epochs=2, batch_size=32, defenses=[d])
+        assert not torch.equal(client[0].weight, before)
+        eps.append(d.epsilon())
+    assert all(math.isfinite(e) and e > 0 for e in eps) and eps[1] < eps[0]
+
+
+def test_nopeek_lowers_the_distance_correlation_of_the_smashed_data():
+    results = []
+    for alpha in (0.0, 5.0):
+        torch.manual_seed(0)
+        client = nn.Sequential(nn.Linear(10, 10))
+        server = nn.Sequential(nn.ReLU(), nn.Linear(10, 2))
+        x = torch.randn(256, 10)
+        y = (x[:, 0] > 0).long()
+        train_split(client, server, x, y, epochs=15, batch_size=64, defenses=[NoPeek(alpha)])
+        with torch.no_grad():
+            results.append(float(distance_correlation(x, client(x))))
+    assert results[1] < results[0] - 0.05
+
+
+def test_parse_defense():
+    assert isinstance(parse_defense("gaussian:0.3"), GaussianNoise) and parse_defense("gaussian:0.3").sigma == 0.3
+    assert isinstance(parse_defense("maxnorm"), MaxNorm) and type(parse_defense("none")) is Defense
+    for bad in ("blur:1", "maxnorm:2", "topk:x"):
+        with pytest.raises(ValueError):
+            parse_defense(bad)

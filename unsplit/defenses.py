@@ -1,0 +1,259 @@
+"""Split-learning defenses, each acting at one place of the protocol (see :class:`unsplit.training.Defense`).
+
+| defense | acts on | reference |
+|---|---|---|
+| :class:`GaussianNoise`, :class:`LaplaceNoise` | the smashed data the client sends | noise defenses (e.g. Titcombe et al. 2021) |
+| :class:`NoPeek` | the client's own update (adds alpha * dCor(x, z)) | Vepakomma et al. 2020; FSHA's ``defense.py`` |
+| :class:`DPSGD` | the client's own update (per-sample clipping + noise, opacus, RDP accountant) | Abadi et al. 2016 |
+| :class:`RandomizedResponse` | the labels the owner trains on (label DP; RR, or RR-with-prior) | Ghazi et al., NeurIPS'21 |
+| :class:`TopK` | the cut gradient returned (keep the largest ``ratio`` of entries per sample) | gradient compression |
+| :class:`MaxNorm` | the cut gradient returned by the label owner (binary tasks) | Li et al., ICLR'22 |
+
+``parse_defense("gaussian:0.5")`` builds one from the ``NAME[:STRENGTH]`` form the demos accept.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+from .training import Defense
+
+__all__ = [
+    "distance_correlation",
+    "GaussianNoise",
+    "LaplaceNoise",
+    "NoPeek",
+    "DPSGD",
+    "RandomizedResponse",
+    "TopK",
+    "MaxNorm",
+    "DEFENSES",
+    "parse_defense",
+]
+
+
+def _pairwise_distances(x: torch.Tensor) -> torch.Tensor:
+    flat = x.flatten(1)
+    sq = flat.pow(2).sum(1)
+    d2 = (sq.unsqueeze(1) + sq.unsqueeze(0) - 2 * flat @ flat.T).clamp_min(0)
+    return (d2 + 1e-12).sqrt() * (1 - torch.eye(len(flat), device=x.device, dtype=x.dtype))
+
+
+def _double_centre(d: torch.Tensor) -> torch.Tensor:
+    return d - d.mean(0, keepdim=True) - d.mean(1, keepdim=True) + d.mean()
+
+
+def distance_correlation(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Sample distance correlation dCor(X, Y) of Székely et al. (2007), vectorised and differentiable.
+
+    Args:
+        x: ``(n, ...)`` samples (flattened per sample); ``y``: ``(n, ...)`` paired samples.
+
+    Returns:
+        A scalar in [0, 1]: 1 for ``y`` an isometric copy of ``x`` (e.g. ``x`` itself), near 0 for independent ones.
+    """
+    if x.shape[0] != y.shape[0] or x.shape[0] < 2:
+        raise ValueError("distance_correlation needs the same number (>= 2) of samples in x and y")
+    a = _double_centre(_pairwise_distances(x.float()))
+    b = _double_centre(_pairwise_distances(y.float()))
+    dcov2 = (a * b).mean()
+    denom = ((a * a).mean() * (b * b).mean()).sqrt()
+    return (dcov2.clamp_min(0) / denom.clamp_min(1e-12)).sqrt()
+
+
+class GaussianNoise(Defense):
+    """Adds N(0, sigma^2) noise to every element of the smashed data the client sends."""
+
+    name = "gaussian"
+
+    def __init__(self, sigma: float = 0.1):
+        if sigma < 0:
+            raise ValueError("sigma must be >= 0")
+        self.sigma = sigma
+
+    def smashed(self, z: torch.Tensor) -> torch.Tensor:
+        return z + self.sigma * torch.randn_like(z)
+
+
+class LaplaceNoise(Defense):
+    """Adds Laplace(0, scale) noise to every element of the smashed data the client sends."""
+
+    name = "laplace"
+
+    def __init__(self, scale: float = 0.1):
+        if scale < 0:
+            raise ValueError("scale must be >= 0")
+        self.scale = scale
+
+    def smashed(self, z: torch.Tensor) -> torch.Tensor:
+        if self.scale == 0:
+            return z
+        return z + torch.distributions.Laplace(0.0, self.scale).sample(z.shape).to(z)
+
+
+class NoPeek(Defense):
+    """NoPeek: the client also minimises ``alpha * dCor(x, z)`` between its inputs and its smashed data."""
+
+    name = "nopeek"
+
+    def __init__(self, alpha: float = 1.0):
+        if alpha < 0:
+            raise ValueError("alpha must be >= 0")
+        self.alpha = alpha
+
+    def client_loss(self, x: torch.Tensor, z: torch.Tensor) -> Optional[torch.Tensor]:
+        return self.alpha * distance_correlation(x, z)
+
+
+class DPSGD(Defense):
+    """DP-SGD on the client part through opacus: per-sample clipping to ``max_grad_norm`` and Gaussian noise of
+    ``noise_multiplier * max_grad_norm``, with opacus's RDP accountant (``epsilon()`` after training).
+
+    The client's per-sample gradients are those of its share of the batch-mean loss, as opacus expects.
+    """
+
+    name = "dpsgd"
+
+    def __init__(self, noise_multiplier: float = 1.0, max_grad_norm: float = 1.0, delta: float = 1e-5):
+        if noise_multiplier < 0 or max_grad_norm <= 0:
+            raise ValueError("noise_multiplier must be >= 0 and max_grad_norm > 0")
+        self.noise_multiplier = noise_multiplier
+        self.max_grad_norm = max_grad_norm
+        self.delta = delta
+        self.engine = None
+
+    def prepare_client(self, module: nn.Module, optimizer, n_samples: int, batch_size: int):
+        from opacus import PrivacyEngine
+        from torch.utils.data import DataLoader, TensorDataset
+
+        self.engine = PrivacyEngine(accountant="rdp")
+        # opacus reads the sampling rate from a loader; the loop itself slices tensors (uniform batches)
+        loader = DataLoader(TensorDataset(torch.zeros(n_samples, 1)), batch_size=batch_size)
+        module, optimizer, _ = self.engine.make_private(
+            module=module, optimizer=optimizer, data_loader=loader, noise_multiplier=self.noise_multiplier,
+            max_grad_norm=self.max_grad_norm, poisson_sampling=False,
+        )
+        return module, optimizer
+
+    def epsilon(self) -> float:
+        """ε spent so far at ``delta`` (RDP accountant); ``inf`` without noise."""
+        if self.engine is None:
+            raise RuntimeError("DPSGD has not been used in training yet")
+        return float(self.engine.get_epsilon(self.delta))
+
+
+class RandomizedResponse(Defense):
+    """Label DP by randomised response (ε-label-DP): the owner trains on a randomised label.
+
+    Plain RR keeps the label with probability ``e^ε / (e^ε + K - 1)`` and otherwise draws one of the other K - 1
+    uniformly. With ``prior`` (a class distribution, e.g. public class frequencies), RR-with-prior (Ghazi et al.,
+    NeurIPS'21) first restricts the output to the k most likely classes, k maximising
+    ``sum(top-k prior) * e^ε / (e^ε + k - 1)``, and runs RR on that set (a label outside it maps uniformly into it).
+    """
+
+    name = "label_dp"
+
+    def __init__(self, epsilon: float = 1.0, num_classes: int = 10, prior: Optional[Sequence[float]] = None):
+        if epsilon < 0 or num_classes < 2:
+            raise ValueError("epsilon must be >= 0 and num_classes >= 2")
+        self.epsilon, self.num_classes = epsilon, num_classes
+        self.prior = None if prior is None else torch.as_tensor(prior, dtype=torch.float)
+        if self.prior is not None and self.prior.shape != (num_classes,):
+            raise ValueError(f"prior must have {num_classes} entries")
+        self.allowed = torch.arange(num_classes)
+        if self.prior is not None:
+            order = torch.argsort(self.prior, descending=True)
+            e = math.exp(epsilon)
+            gains = [float(self.prior[order[:k]].sum()) * e / (e + k - 1) for k in range(1, num_classes + 1)]
+            self.allowed = order[: 1 + max(range(num_classes), key=lambda k: gains[k])].sort().values
+
+    def labels(self, y: torch.Tensor) -> torch.Tensor:
+        allowed = self.allowed.to(y.device)
+        k = len(allowed)
+        if k == 1:
+            return allowed.expand_as(y).clone()
+        keep_p = math.exp(self.epsilon) / (math.exp(self.epsilon) + k - 1)
+        inside = (y.unsqueeze(1) == allowed.unsqueeze(0))  # (B, k)
+        in_set = inside.any(1)
+        pos = inside.float().argmax(1)  # position of y in the allowed set (if present)
+        keep = in_set & (torch.rand(y.shape, device=y.device) < keep_p)
+        # another member of the set, uniformly: shift the position by 1..k-1 (or any member if y is outside)
+        shift = torch.randint(1, k, y.shape, device=y.device)
+        other = torch.where(in_set, (pos + shift) % k, torch.randint(0, k, y.shape, device=y.device))
+        return torch.where(keep, y, allowed[other])
+
+
+class TopK(Defense):
+    """Gradient compression: keeps the ``ratio`` largest-magnitude entries of each sample's returned cut gradient.
+
+    Args:
+        ratio: fraction of entries kept per sample, in (0, 1].
+        where: ``"head"`` (the gradient the label owner returns; the label-protection setting), ``"front"`` (the
+            gradient the server returns to the client front) or ``"both"``.
+    """
+
+    name = "topk"
+
+    def __init__(self, ratio: float = 0.1, where: str = "head"):
+        if not 0 < ratio <= 1:
+            raise ValueError("ratio must lie in (0, 1]")
+        if where not in ("head", "front", "both"):
+            raise ValueError("where must be 'head', 'front' or 'both'")
+        self.ratio, self.where = ratio, where
+
+    def _compress(self, g: torch.Tensor) -> torch.Tensor:
+        flat = g.flatten(1)
+        k = max(1, int(round(self.ratio * flat.shape[1])))
+        idx = flat.abs().topk(k, dim=1).indices
+        out = torch.zeros_like(flat).scatter_(1, idx, flat.gather(1, idx))
+        return out.view_as(g)
+
+    def head_gradient(self, g: torch.Tensor) -> torch.Tensor:
+        return self._compress(g) if self.where in ("head", "both") else g
+
+    def front_gradient(self, g: torch.Tensor) -> torch.Tensor:
+        return self._compress(g) if self.where in ("front", "both") else g
+
+
+class MaxNorm(Defense):
+    """Max-norm gradient perturbation (Li et al., ICLR'22) of the gradient the label owner returns.
+
+    Each sample's gradient g_i gets isotropic Gaussian noise of variance ``(max_j |g_j|^2 - |g_i|^2) / d`` per
+    element, so every perturbed gradient has the batch's largest squared norm in expectation and the gradient norm
+    no longer tells the classes apart. Designed for binary tasks; it runs on any.
+    """
+
+    name = "maxnorm"
+
+    def head_gradient(self, g: torch.Tensor) -> torch.Tensor:
+        flat = g.flatten(1)
+        sq = flat.pow(2).sum(1, keepdim=True)
+        var = (sq.max() - sq).clamp_min(0) / flat.shape[1]
+        return (flat + var.sqrt() * torch.randn_like(flat)).view_as(g)
+
+
+DEFENSES = {cls.name: cls for cls in (GaussianNoise, LaplaceNoise, NoPeek, DPSGD, RandomizedResponse, TopK, MaxNorm)}
+_STRENGTH = {"gaussian": "sigma", "laplace": "scale", "nopeek": "alpha", "dpsgd": "noise_multiplier",
+             "label_dp": "epsilon", "topk": "ratio"}
+
+
+def parse_defense(spec: str) -> Defense:
+    """Builds a defense from ``NAME[:STRENGTH]``, e.g. ``gaussian:0.5``, ``nopeek:2``, ``dpsgd:1.1``,
+    ``label_dp:1``, ``topk:0.1``, ``maxnorm``; ``none`` gives the identity."""
+    name, _, strength = spec.partition(":")
+    if name == "none":
+        return Defense()
+    if name not in DEFENSES:
+        raise ValueError(f"unknown defense {name!r}: choose one of none, {', '.join(DEFENSES)}")
+    if not strength:
+        return DEFENSES[name]()
+    if name not in _STRENGTH:
+        raise ValueError(f"defense {name!r} takes no strength")
+    try:
+        value = float(strength)
+    except ValueError:
+        raise ValueError(f"defense strength must be a number, got {strength!r}") from None
+    return DEFENSES[name](**{_STRENGTH[name]: value})
