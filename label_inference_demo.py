@@ -16,7 +16,8 @@ import sys
 import torch
 
 from unsplit.attacks import GRADIENT_KINDS
-from unsplit.cli import add_common_arguments, device_of, log, make_parser, output_dir, run_main
+from unsplit.cli import add_common_arguments, defense_specs, device_of, log, make_parser, output_dir, run_main
+from unsplit.defenses import parse_defense
 from unsplit.data import load_dataset
 from unsplit.experiments import label_experiment
 from unsplit.models import build_model
@@ -42,6 +43,11 @@ def parse_args(argv=None):
         args.known_per_class = 1 if args.gradient == "cut" else 0
     if args.count < 1 or args.batch_size < 1 or args.known_per_class < 0 or args.epochs < 1:
         p.error("--count, --batch-size and --epochs must be >= 1 and --known-per-class >= 0")
+    for spec in defense_specs(args):
+        try:
+            parse_defense(spec)
+        except ValueError as exc:
+            p.error(str(exc))
     if args.gradient == "weight" and args.batch_size != 1:
         p.error("--gradient weight observes a batch-summed weight gradient: it needs --batch-size 1")
     return args
@@ -63,8 +69,9 @@ def main(argv=None) -> int:
               f"batch size {args.batch_size}, {args.known_per_class} known per class ...")
     result = label_experiment(build_model(args.dataset), x, y, gradient=args.gradient, batch_size=args.batch_size,
                               known_per_class=args.known_per_class, epochs=args.epochs, device=device,
-                              seed=args.seed, progress=not args.quiet)
-    report = {"dataset": args.dataset, **result,
+                              seed=args.seed, progress=not args.quiet,
+                              defenses=[parse_defense(spec) for spec in defense_specs(args)])
+    report = {"dataset": args.dataset, "defenses": defense_specs(args), **result,
               "settings": {**vars(args), "data_dir": str(args.data_dir), "out": str(out), "device": str(device),
                            "torch": torch.__version__, "python": platform.python_version()}}
     report["settings"].pop("quiet", None)

@@ -19,6 +19,7 @@ from unsplit.cli import (
     UsageError,
     add_common_arguments,
     add_training_arguments,
+    defense_specs,
     device_of,
     log,
     make_parser,
@@ -28,6 +29,7 @@ from unsplit.cli import (
     trained_model,
 )
 from unsplit.data import first_of_each_class, load_dataset
+from unsplit.defenses import parse_defense
 from unsplit.experiments import inversion_experiment
 from unsplit.models import build_model, check_inversion_depth
 from unsplit.util import atomic_write_json, save_image_grid, seed_everything
@@ -53,6 +55,11 @@ def parse_args(argv=None):
         check_inversion_depth(model, args.split_depth)
     except ValueError as exc:
         p.error(str(exc))
+    for spec in defense_specs(args):
+        try:
+            parse_defense(spec)
+        except ValueError as exc:
+            p.error(str(exc))
     for name in ("main_iters", "input_iters", "model_iters", "epochs"):
         if getattr(args, name) < 0:
             p.error(f"--{name.replace('_', '-')} must be >= 0")
@@ -80,17 +87,22 @@ def main(argv=None) -> int:
     x_test, y_test = load_dataset(args.dataset, data_dir=args.data_dir, train=False, download=not args.no_download)
     idx = select_targets(args.images, y_test)
 
-    model, train_info = trained_model(args, device, test=(x_test, y_test))
+    defenses = [parse_defense(spec) for spec in defense_specs(args)]
+    model, train_info = trained_model(args, device, test=(x_test, y_test), split_depth=args.split_depth,
+                                      defenses=defenses)
     log(args, f"attacking {len(idx)} images at split depth {args.split_depth} "
               f"({args.main_iters} x ({args.input_iters} + {args.model_iters}) steps, preset {args.preset}) ...")
     cell, result = inversion_experiment(
         model, args.split_depth, x_test, y_test, idx, mean_image=train_mean_image(args, x_test),
         preset=args.preset, main_iters=args.main_iters, input_iters=args.input_iters, model_iters=args.model_iters,
         lambda_tv=args.lambda_tv, lambda_l2=args.lambda_l2, device=device, seed=args.seed, progress=not args.quiet,
+        defenses=defenses,
     )
     report = {
         "dataset": args.dataset,
         **cell,
+        "defenses": defense_specs(args),
+        "dp_epsilon": train_info.get("dp_epsilon"),
         "test_accuracy": train_info["test_accuracy"],
         "train_seconds": train_info.get("train_seconds"),
         "checkpoint": train_info["checkpoint"],

@@ -71,6 +71,8 @@ def test_label_inference_demo_end_to_end(tiny_mnist, tmp_path):
         ("model_inversion_demo.py", ["mnist", "3", "--main-iters", "-1"], "must be >= 0"),
         ("label_inference_demo.py", ["mnist", "--gradient", "weight", "--batch-size", "8"], "--batch-size 1"),
         ("label_inference_demo.py", ["mnist", "--gradient", "bias"], "invalid choice"),
+        ("model_inversion_demo.py", ["mnist", "3", "--defense", "blur:1"], "unknown defense 'blur'"),
+        ("label_inference_demo.py", ["mnist", "--defense", "topk:all"], "must be a number"),
     ],
 )
 def test_usage_errors_exit_2_in_one_line(script, args, message, tmp_path):

@@ -5,7 +5,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -47,6 +47,9 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, epochs: int = 10) -
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--no-download", action="store_true", help="never try to download missing data")
     parser.add_argument("--epochs", type=int, default=epochs, help="split-learning training epochs")
+    parser.add_argument("--defense", action="append", default=None, metavar="NAME[:STRENGTH]",
+                        help="defense used in split learning, repeatable: gaussian:SIGMA, laplace:SCALE, "
+                             "nopeek:ALPHA, dpsgd:NOISE_MULTIPLIER, label_dp:EPSILON, topk:RATIO, maxnorm, none")
 
 
 def log(args, message: str) -> None:
@@ -85,23 +88,34 @@ def device_of(args) -> torch.device:
         raise UsageError(str(exc)) from exc
 
 
+def defense_specs(args) -> list:
+    """The ``--defense`` values, without the no-op ``none``."""
+    return [d for d in (getattr(args, "defense", None) or []) if d != "none"]
+
+
 def trained_model(
     args,
     device: torch.device,
     *,
     test: Tuple[torch.Tensor, torch.Tensor],
+    split_depth: Optional[int] = None,
+    defenses: Sequence = (),
 ) -> Tuple[nn.Sequential, Dict[str, float]]:
     """The split model trained as in the reference (client + server, 10 epochs), from the cache when possible.
 
-    The cache key is (dataset, epochs, seed); training is the same whatever the split depth (no defense changes the
-    joint gradient), so one checkpoint serves every depth. ``--checkpoint PATH`` chooses the file, ``--retrain``
-    ignores an existing one.
+    Without a defense the cache key is (dataset, epochs, seed): training is the same whatever the split depth (the
+    cut does not change the joint gradient), so one checkpoint serves every depth. With defenses (``--defense``) the
+    model is trained split at ``split_depth`` with them, and the key adds the depth and the defenses.
+    ``--checkpoint PATH`` chooses the file, ``--retrain`` ignores an existing one.
 
     Returns:
-        The model (on ``device``, eval mode) and ``{"test_accuracy", "train_seconds", "from_checkpoint"}``.
+        The model (on ``device``, eval mode) and ``{"test_accuracy", "train_seconds", "from_checkpoint", ...}``
+        (``dp_epsilon`` when DP-SGD was used in this training run).
     """
     model = build_model(args.dataset)
-    path = args.checkpoint or Path("checkpoints") / f"{args.dataset}_epochs{args.epochs}_seed{args.seed}.pt"
+    specs = defense_specs(args)
+    suffix = f"_d{split_depth}_" + "_".join(s.replace(":", "-") for s in specs) if specs else ""
+    path = args.checkpoint or Path("checkpoints") / f"{args.dataset}_epochs{args.epochs}_seed{args.seed}{suffix}.pt"
     info: Dict[str, float] = {}
     if Path(path).exists() and not args.retrain:
         try:
@@ -111,7 +125,8 @@ def trained_model(
             raise UsageError(f"cannot load checkpoint {path}: {str(exc).splitlines()[0][:160]} (use --retrain)")
         if state.get("dataset") != args.dataset:
             raise UsageError(f"checkpoint {path} was trained on {state.get('dataset')!r}, not {args.dataset!r}")
-        info = {"train_seconds": state.get("train_seconds"), "from_checkpoint": True, "epochs": state.get("epochs")}
+        info = {"train_seconds": state.get("train_seconds"), "from_checkpoint": True, "epochs": state.get("epochs"),
+                "dp_epsilon": state.get("dp_epsilon")}
         log(args, f"loaded trained model from {path}")
     else:
         x_train, y_train = load_dataset(
@@ -121,12 +136,18 @@ def trained_model(
         model = build_model(args.dataset)
         log(args, f"training the split model: {args.epochs} epochs on {len(y_train)} images ...")
         start = time.perf_counter()
-        _train_full(model, x_train, y_train, args, device)
+        # Without a defense the cut does not change the gradients: train once, reuse at every depth.
+        client, server = split(model, split_depth if specs else 0)
+        train_split(client, server, x_train, y_train, epochs=args.epochs, device=device, seed=args.seed,
+                    defenses=list(defenses), progress=not args.quiet)
         seconds = time.perf_counter() - start
-        info = {"train_seconds": seconds, "from_checkpoint": False, "epochs": args.epochs}
+        eps = [d.epsilon() for d in defenses if hasattr(d, "epsilon")]
+        info = {"train_seconds": seconds, "from_checkpoint": False, "epochs": args.epochs,
+                "dp_epsilon": eps[0] if eps else None}
         atomic_save(
             {"model": model.state_dict(), "dataset": args.dataset, "epochs": args.epochs, "seed": args.seed,
-             "train_seconds": seconds},
+             "train_seconds": seconds, "defenses": specs, "split_depth": split_depth if specs else None,
+             "dp_epsilon": info["dp_epsilon"]},
             path,
         )
         log(args, f"trained in {seconds:.1f} s; saved to {path}")
@@ -134,13 +155,6 @@ def trained_model(
     info["test_accuracy"] = evaluate(model, *test, device=device)
     info["checkpoint"] = str(path)
     return model, info
-
-
-def _train_full(model: nn.Sequential, x, y, args, device) -> None:
-    # Client and server train jointly; without a defense the split does not change the gradients, so the model is
-    # trained once with the client = its first layer and reused at every depth.
-    client, server = split(model, 0)
-    train_split(client, server, x, y, epochs=args.epochs, device=device, seed=args.seed, progress=not args.quiet)
 
 
 def train_mean_image(args, x_test: torch.Tensor) -> torch.Tensor:

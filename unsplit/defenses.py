@@ -136,7 +136,20 @@ class DPSGD(Defense):
             module=module, optimizer=optimizer, data_loader=loader, noise_multiplier=self.noise_multiplier,
             max_grad_norm=self.max_grad_norm, poisson_sampling=False,
         )
+        self._wrapped = module
         return module, optimizer
+
+    def release(self) -> None:
+        # remove opacus's per-sample hooks so the trained client runs (and deep-copies) as a plain module again
+        wrapped = getattr(self, "_wrapped", None)
+        if wrapped is not None:
+            wrapped.remove_hooks()
+            wrapped.to_standard_module()
+            for p in wrapped._module.parameters():
+                for attr in ("grad_sample", "_forward_counter", "_current_grad_sample"):
+                    if hasattr(p, attr):
+                        delattr(p, attr)
+            self._wrapped = None
 
     def epsilon(self) -> float:
         """ε spent so far at ``delta`` (RDP accountant); ``inf`` without noise."""

@@ -14,7 +14,7 @@ from torch import nn
 
 from .attacks import GRADIENT_KINDS, InversionResult, LabelInferenceAttack, last_weight_name, model_inversion_stealing
 from .models import fresh_copy, label_inference_depth, split
-from .training import CutEvent, evaluate, train_split
+from .training import CutEvent, Defense, evaluate, train_split
 from .util import reconstruction_metrics
 
 __all__ = ["inversion_experiment", "label_experiment"]
@@ -42,6 +42,7 @@ def inversion_experiment(
     seed: int = 0,
     progress: bool = False,
     on_iteration: Optional[Callable[[int, torch.Tensor], None]] = None,
+    defenses: Sequence[Defense] = (),
 ) -> tuple[Dict[str, object], InversionResult]:
     """Runs UnSplit inversion + stealing on a trained model at one split depth and measures it.
 
@@ -54,6 +55,7 @@ def inversion_experiment(
         preset, main_iters, input_iters, model_iters, lambda_tv, lambda_l2: see :func:`model_inversion_stealing`.
         device: where to compute; seed: the attack's seed; progress: tqdm bar.
         on_iteration: forwarded to the attack (``(outer_iteration, x̃)`` after every outer iteration).
+        defenses: split-learning defenses in force; those acting on the smashed data change what the server sees.
 
     Returns:
         ``(report, result)``: per-image and mean MSE (raw, min-max), PSNR, SSIM, the grey / black / mean-image
@@ -64,7 +66,9 @@ def inversion_experiment(
     targets = x_test[target_indices].to(device)
     client, server = split(model, split_depth)
     with torch.no_grad():
-        smashed = client(targets)  # all the server observes, besides the client's architecture
+        smashed = client(targets)
+        for d in defenses:
+            smashed = d.smashed(smashed)  # all the server observes, besides the client's architecture
 
     start = time.perf_counter()
     result = model_inversion_stealing(
@@ -120,6 +124,7 @@ def label_experiment(
     device: torch.device | str = "cpu",
     seed: int = 0,
     progress: bool = False,
+    defenses: Sequence[Defense] = (),
 ) -> Dict[str, object]:
     """UnSplit label inference during split training of an untrained model (the reference protocol).
 
@@ -160,7 +165,7 @@ def label_experiment(
     start = time.perf_counter()
     train_split(None, bottom, x, y, head=head, epochs=epochs, batch_size=batch_size, order=order,
                 observers=[observe], share_head_weight_gradients=gradient == "weight", device=device, seed=seed,
-                progress=progress)
+                progress=progress, defenses=list(defenses))
     total_seconds = time.perf_counter() - start
 
     # metrics: ground truth enters only here; anchors are not scored

@@ -79,6 +79,9 @@ class Defense:
         """Wraps the client front and its optimiser before training (DP-SGD acts here); returns both."""
         return module, optimizer
 
+    def release(self) -> None:
+        """Undoes what ``prepare_client`` attached to the client's modules, once training ends."""
+
 
 def make_optimizer(module: Optional[nn.Module], lr: float = 1e-3) -> Optional[torch.optim.Optimizer]:
     """The reference optimiser, ``Adam(lr, amsgrad=True)``; ``None`` for a module without parameters."""
@@ -221,6 +224,8 @@ def train_split(
         losses.append(total / max(n, 1))
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
     bar.close()
+    for d in defenses:
+        d.release()
     return losses
 
 
