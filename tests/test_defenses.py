@@ -124,3 +124,33 @@ def test_parse_defense():
     for bad in ("blur:1", "maxnorm:2", "topk:x"):
         with pytest.raises(ValueError):
             parse_defense(bad)
+
+
+def test_marvell_solver_spends_its_power_budget_and_beats_isotropic_noise():
+    from unsplit.defenses import marvell_objective, solve_marvell
+
+    u, v, d, g, p, power = 0.02, 0.05, 16, 1.0, 0.3, 4.0
+    lam = solve_marvell(u, v, d, g, p, power)
+    spent = p * (lam[2] + (d - 1) * lam[3]) + (1 - p) * (lam[0] + (d - 1) * lam[1])
+    assert float(spent) == pytest.approx(power, rel=1e-6) and bool((lam >= 0).all())
+    iso = torch.full((4,), power / d, dtype=torch.float64)  # the same power spread evenly
+    none = torch.zeros(4, dtype=torch.float64)
+    assert float(marvell_objective(lam, u, v, d, g)) < float(marvell_objective(iso, u, v, d, g))
+    assert float(marvell_objective(iso, u, v, d, g)) < float(marvell_objective(none, u, v, d, g))
+
+
+def test_marvell_defense_spends_exactly_its_power_budget_on_average():
+    from unsplit.defenses import Marvell
+
+    torch.manual_seed(0)
+    n, d = 4000, 8
+    y = (torch.rand(n) < 0.3).long()
+    g = torch.randn(n, d) * 0.05 + y.unsqueeze(1).float() * torch.tensor([1.0] + [0.0] * (d - 1))
+    m = Marvell(strength=4.0)
+    assert torch.equal(m.labels(y), y)
+    out = m.head_gradient(g)
+    noise = out - g
+    measured = float(noise.pow(2).sum(1).mean())
+    assert measured == pytest.approx(m.last_power, rel=0.1)  # expected noise power = the budget
+    with pytest.raises(ValueError, match="binary"):
+        m.labels(torch.tensor([0, 2]))

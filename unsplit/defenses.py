@@ -8,6 +8,7 @@
 | :class:`RandomizedResponse` | the labels the owner trains on (label DP; RR, or RR-with-prior) | Ghazi et al., NeurIPS'21 |
 | :class:`TopK` | the cut gradient returned (keep the largest ``ratio`` of entries per sample) | gradient compression |
 | :class:`MaxNorm` | the cut gradient returned by the label owner (binary tasks) | Li et al., ICLR'22 |
+| :class:`Marvell` | the cut gradient returned by the label owner (binary tasks; optimised noise) | Li et al., ICLR'22 |
 
 ``parse_defense("gaussian:0.5")`` builds one from the ``NAME[:STRENGTH]`` form the demos accept.
 """
@@ -30,6 +31,9 @@ __all__ = [
     "RandomizedResponse",
     "TopK",
     "MaxNorm",
+    "Marvell",
+    "marvell_objective",
+    "solve_marvell",
     "DEFENSES",
     "parse_defense",
 ]
@@ -248,14 +252,104 @@ class MaxNorm(Defense):
         return (flat + var.sqrt() * torch.randn_like(flat)).view_as(g)
 
 
-DEFENSES = {cls.name: cls for cls in (GaussianNoise, LaplaceNoise, NoPeek, DPSGD, RandomizedResponse, TopK, MaxNorm)}
+def marvell_objective(lam: torch.Tensor, u: float, v: float, d: int, g: float) -> torch.Tensor:
+    """Symmetrised KL between the two classes' perturbed gradient distributions, as a function of the noise
+    variances ``lam = (lam10, lam20, lam11, lam21)`` (class 0 / class 1, along the mean difference / in each of the
+    d - 1 orthogonal directions), with per-coordinate gradient variances ``u`` (class 0) and ``v`` (class 1) and
+    ``g = |mean_1 - mean_0|^2`` (Li et al., ICLR'22, Marvell). Returns ``sumKL / 2 - d``-style value: 0 = perfect."""
+    l10, l20, l11, l21 = lam.unbind(-1)
+    a0, a1 = l10 + u, l11 + v
+    b0, b1 = l20 + u, l21 + v
+    return 0.5 * ((d - 1) * (b0 / b1 + b1 / b0) + (a0 + g) / a1 + (a1 + g) / a0) - d
+
+
+def solve_marvell(u: float, v: float, d: int, g: float, p: float, power: float, *, steps: int = 300,
+                  init: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Noise variances minimising :func:`marvell_objective` under the power budget
+    ``p * (lam11 + (d-1) lam21) + (1-p) * (lam10 + (d-1) lam20) = power``.
+
+    The objective falls as noise grows, so the budget is spent in full; the split of the budget between the four
+    variances is optimised with Adam on softmax weights (float64), warm-started from ``init``.
+    """
+    weights = torch.tensor([1 - p, (1 - p) * (d - 1), p, p * (d - 1)], dtype=torch.float64)
+    logits = torch.zeros(4, dtype=torch.float64) if init is None else (
+        (init.double() * weights).clamp_min(1e-30) / power).log()
+    logits = logits.clone().requires_grad_(True)
+    opt = torch.optim.Adam([logits], lr=0.1)
+    for _ in range(steps):
+        lam = power * logits.softmax(0) / weights
+        loss = marvell_objective(lam, u, v, d, g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        return power * logits.softmax(0) / weights
+
+
+class Marvell(Defense):
+    """Marvell (Li et al., ICLR'22): optimised Gaussian noise on the gradient the label owner returns, binary tasks.
+
+    Per batch, the owner estimates each class's mean gradient and per-coordinate variance, solves
+    :func:`solve_marvell` for noise variances along the mean difference and orthogonal to it under the power budget
+    ``power = strength * |mean_1 - mean_0|^2``, and adds class-dependent noise with those variances, so that the two
+    classes' returned gradients are hard to tell apart. The owner knows its labels: they are taken from the
+    ``labels`` hook of the same step.
+    """
+
+    name = "marvell"
+
+    def __init__(self, strength: float = 4.0, steps: int = 300):
+        if strength < 0:
+            raise ValueError("strength must be >= 0")
+        self.strength, self.steps = strength, steps
+        self._y: Optional[torch.Tensor] = None
+        self._init: Optional[torch.Tensor] = None
+        self.last_power: Optional[float] = None
+        self.last_variances: Optional[torch.Tensor] = None
+
+    def labels(self, y: torch.Tensor) -> torch.Tensor:
+        if y.numel() and int(y.max()) > 1:
+            raise ValueError("Marvell protects binary labels (0/1) only")
+        self._y = y
+        return y
+
+    def head_gradient(self, g: torch.Tensor) -> torch.Tensor:
+        y = self._y
+        if y is None or self.strength == 0 or bool((y == 0).all()) or bool((y == 1).all()):
+            return g
+        flat = g.flatten(1).double()
+        pos, neg = flat[y == 1], flat[y == 0]
+        d = flat.shape[1]
+        diff = pos.mean(0) - neg.mean(0)
+        gap = float(diff.pow(2).sum())
+        if gap == 0:
+            return g
+        u = float(neg.var(0, unbiased=False).mean()) if len(neg) > 1 else 0.0
+        v = float(pos.var(0, unbiased=False).mean()) if len(pos) > 1 else 0.0
+        p = float((y == 1).double().mean())
+        power = self.strength * gap
+        lam = solve_marvell(u, v, d, gap, p, power, steps=self.steps, init=self._init)
+        self._init, self.last_power, self.last_variances = lam, power, lam
+        unit = diff / diff.norm()
+        iso = torch.randn_like(flat)
+        along_rand = torch.randn(flat.shape[0], 1, dtype=flat.dtype, device=flat.device)
+        ortho = iso - (iso @ unit).unsqueeze(1) * unit
+        is_pos = (y == 1).unsqueeze(1)
+        sd_along = torch.where(is_pos, lam[2].sqrt(), lam[0].sqrt())
+        sd_ortho = torch.where(is_pos, lam[3].sqrt(), lam[1].sqrt())
+        noise = sd_along * along_rand * unit + sd_ortho * ortho
+        return (flat + noise).to(g.dtype).view_as(g)
+
+
+DEFENSES = {cls.name: cls for cls in (GaussianNoise, LaplaceNoise, NoPeek, DPSGD, RandomizedResponse, TopK, MaxNorm,
+                                      Marvell)}
 _STRENGTH = {"gaussian": "sigma", "laplace": "scale", "nopeek": "alpha", "dpsgd": "noise_multiplier",
-             "label_dp": "epsilon", "topk": "ratio"}
+             "label_dp": "epsilon", "topk": "ratio", "marvell": "strength"}
 
 
 def parse_defense(spec: str) -> Defense:
     """Builds a defense from ``NAME[:STRENGTH]``, e.g. ``gaussian:0.5``, ``nopeek:2``, ``dpsgd:1.1``,
-    ``label_dp:1``, ``topk:0.1``, ``maxnorm``; ``none`` gives the identity."""
+    ``label_dp:1``, ``topk:0.1``, ``maxnorm``, ``marvell:4``; ``none`` gives the identity."""
     name, _, strength = spec.partition(":")
     if name == "none":
         return Defense()
