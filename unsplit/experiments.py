@@ -112,7 +112,7 @@ def inversion_experiment(
 
 
 def label_experiment(
-    dataset_model: nn.Sequential,
+    model: nn.Sequential,
     x: torch.Tensor,
     y: torch.Tensor,
     *,
@@ -128,7 +128,7 @@ def label_experiment(
 ) -> Dict[str, object]:
     """UnSplit label inference during split training of an untrained model (the reference protocol).
 
-    The label owner keeps only ``dataset_model``'s last layer; the server runs the rest on ``x`` (in the given order,
+    The label owner keeps only ``model``'s last layer; the server runs the rest on ``x`` (in the given order,
     after the anchors) and attacks every batch. ``known_per_class`` samples per class are known to the attacker and
     sent first (default: 1 with ``cut``, 0 with ``weight``); they are excluded from the score.
 
@@ -146,7 +146,7 @@ def label_experiment(
     order = torch.tensor(anchor_pos + rest, dtype=torch.int64)
     known_labels = {i: int(y[i]) for i in anchor_pos}  # the attacker's side knowledge
 
-    bottom, head = split(dataset_model, label_inference_depth(dataset_model))
+    bottom, head = split(model, label_inference_depth(model))
     weight_name = last_weight_name(head)
     attack = LabelInferenceAttack(head, num_classes=num_classes, gradient=gradient, device=device, seed=seed + 1)
     predicted = torch.full((len(y),), -1, dtype=torch.int64)
