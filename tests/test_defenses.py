@@ -100,7 +100,7 @@ def test_dpsgd_reports_a_finite_epsilon_that_falls_as_noise_grows():
         before = client[0].weight.detach().clone()
         train_split(client, server, x, y, epochs=2, batch_size=32, defenses=[d])
         assert not torch.equal(client[0].weight, before)
-        eps.append(d.epsilon())
+        eps.append(d.spent_epsilon())
     assert all(math.isfinite(e) and e > 0 for e in eps) and eps[1] < eps[0]
 
 

@@ -50,11 +50,11 @@ def test_defense_tradeoff_benchmark_runs_and_reports(tiny_mnist, tmp_path):
     out = tmp_path / "def"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "UNSPLIT_CACHE": str(tmp_path / ".cache")}
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "defense_tradeoff.py"), "--defenses",
-                        "none,gaussian:0.5,dpsgd:1", "--epochs", "1", "--main-iters", "2", "--input-iters", "2",
+                        "none,gaussian:0.5,dpsgd:1,label_dp:1", "--epochs", "1", "--main-iters", "2", "--input-iters", "2",
                         "--model-iters", "2", "--label-count", "40", "--data-dir", str(tiny_mnist), "--out", str(out),
                         "--quiet"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     cells = {json.loads(p.read_text())["defense"]: json.loads(p.read_text()) for p in (out / "cells").glob("*.json")}
-    assert set(cells) == {"none", "gaussian:0.5", "dpsgd:1"}
+    assert set(cells) == {"none", "gaussian:0.5", "dpsgd:1", "label_dp:1"}
     assert cells["dpsgd:1"]["dp_epsilon"] > 0 and cells["none"]["dp_epsilon"] is None
     assert "| gaussian:0.5 |" in (out / "tradeoff.md").read_text() and (out / "tradeoff.png").stat().st_size > 1000

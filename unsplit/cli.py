@@ -141,7 +141,7 @@ def trained_model(
         train_split(client, server, x_train, y_train, epochs=args.epochs, device=device, seed=args.seed,
                     defenses=list(defenses), progress=not args.quiet)
         seconds = time.perf_counter() - start
-        eps = [d.epsilon() for d in defenses if hasattr(d, "epsilon")]
+        eps = [d.spent_epsilon() for d in defenses if hasattr(d, "spent_epsilon")]
         info = {"train_seconds": seconds, "from_checkpoint": False, "epochs": args.epochs,
                 "dp_epsilon": eps[0] if eps else None}
         atomic_save(

@@ -114,7 +114,7 @@ class NoPeek(Defense):
 
 class DPSGD(Defense):
     """DP-SGD on the client part through opacus: per-sample clipping to ``max_grad_norm`` and Gaussian noise of
-    ``noise_multiplier * max_grad_norm``, with opacus's RDP accountant (``epsilon()`` after training).
+    ``noise_multiplier * max_grad_norm``, with opacus's RDP accountant (``spent_epsilon()`` after training).
 
     The client's per-sample gradients are those of its share of the batch-mean loss, as opacus expects.
     """
@@ -155,7 +155,7 @@ class DPSGD(Defense):
                         delattr(p, attr)
             self._wrapped = None
 
-    def epsilon(self) -> float:
+    def spent_epsilon(self) -> float:
         """ε spent so far at ``delta`` (RDP accountant); ``inf`` without noise."""
         if self.engine is None:
             raise RuntimeError("DPSGD has not been used in training yet")
