@@ -15,7 +15,6 @@ min-max normalised, SSIM, speed ratio) and writes it as JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path

@@ -3,11 +3,9 @@
 On ../shared/data (real MNIST) when it is there, else on the tiny generated IDX files.
 """
 import os
-import sys
 from pathlib import Path
 
 import nbformat
-import pytest
 from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -485,7 +485,6 @@ class LabelInferenceAttack:
         self.anchor_steps = anchor_steps
         self.clone = fresh_copy(head_architecture, seed=seed).to(device)
         self.optimizer = _optimizer(self.clone.parameters(), lr)
-        self.predictions: List[torch.Tensor] = []
 
     def _match(self, z, g, labels, steps: int, batch_size: int) -> None:
         """Fits the clone so that its gradient for ``labels`` reproduces the observed gradients ``g``."""
@@ -537,5 +536,4 @@ class LabelInferenceAttack:
             self.optimizer.step()
         else:
             self._match(z, g, train_labels, self.match_steps, b)
-        self.predictions.append(train_labels.detach().cpu())
         return train_labels

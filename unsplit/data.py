@@ -140,8 +140,7 @@ def load_dataset(
     if dataset == "cifar":
         folder = _find_image_folder(root, train)
         if folder is not None:
-            x8, y = _load_image_folder(folder)
-            x = x8
+            x, y = _load_image_folder(folder)
         else:
             ds = _torchvision(torchvision.datasets.CIFAR10, dataset, root, train, download)
             x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
