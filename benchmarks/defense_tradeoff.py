@@ -4,10 +4,18 @@
 For each defense and strength: train the split model with the defense at the attacked depth, then record the task
 accuracy, the inversion attack's success (reconstruction MSE / SSIM of the ten class targets, the stolen client's
 accuracy under the real server) and the label-inference accuracy (cut gradient, online, with the defense in force).
-Each (defense, strength) is one atomic JSON under ``OUT/cells``; reruns skip finished cells. Writes ``tradeoff.md``
-and ``tradeoff.png`` (task accuracy against attack success, one line per defense).
+Each (defense, strength) is one atomic JSON under ``OUT/cells``; reruns skip finished cells. Writes
+``tradeoff_<dataset>_d<depth>.md`` and ``.png`` (task accuracy against attack success, one line per defense).
+
+Max-norm and Marvell are gradient perturbations for *binary* tasks (Li et al., ICLR'22). They get their own sweep on
+the binary version of the dataset (classes 0-4 against 5-9): the label owner keeps the output layer, the split model
+is trained on ``--binary-count`` training images with the defense in force while the server runs UnSplit's
+cut-gradient label inference on every batch; recorded: binary task accuracy on the test set and label-inference
+accuracy (``binary_tradeoff_<dataset>.png``; chance = the majority class, about 0.5).
 
     python benchmarks/defense_tradeoff.py --data-dir ../shared/data
+    python benchmarks/defense_tradeoff.py --data-dir ../shared/data --dataset cifar --depth 1 --epochs 2 \
+        --train-limit 10000 --defenses none,gaussian:0.5,nopeek:8,dpsgd:1,topk:0.01,label_dp:1
 """
 from __future__ import annotations
 
@@ -26,12 +34,15 @@ from unsplit.cli import run_main, train_mean_image, trained_model  # noqa: E402
 from unsplit.data import default_data_dir, first_of_each_class, load_dataset  # noqa: E402
 from unsplit.defenses import parse_defense  # noqa: E402
 from unsplit.experiments import inversion_experiment, label_experiment  # noqa: E402
-from unsplit.models import build_model  # noqa: E402
+from unsplit.models import MODELS, build_model  # noqa: E402
+from unsplit.training import evaluate  # noqa: E402
 from unsplit.util import atomic_write_json, atomic_write_text, resolve_device  # noqa: E402
 
 GRID = ["none", "gaussian:0.1", "gaussian:0.5", "gaussian:2", "laplace:0.1", "laplace:0.5", "laplace:2",
         "nopeek:0.5", "nopeek:2", "nopeek:8", "dpsgd:0.5", "dpsgd:1", "dpsgd:2", "topk:0.5", "topk:0.1",
         "topk:0.01", "maxnorm", "label_dp:0.5", "label_dp:1", "label_dp:2"]
+#: the binary-task sweep: the perturbations designed for binary labels, against no defense
+BINARY_GRID = ["none", "maxnorm", "marvell:0.1", "marvell:0.5", "marvell:2", "marvell:8"]
 
 
 def parse_args(argv=None):
@@ -43,7 +54,12 @@ def parse_args(argv=None):
     p.add_argument("--main-iters", type=int, default=100)
     p.add_argument("--input-iters", type=int, default=100)
     p.add_argument("--model-iters", type=int, default=100)
+    p.add_argument("--train-limit", type=int, default=None, help="train on the first N training images only")
     p.add_argument("--label-count", type=int, default=500)
+    p.add_argument("--binary-defenses", default=",".join(BINARY_GRID),
+                   help="specs for the binary-task sweep ('' skips it)")
+    p.add_argument("--binary-count", type=int, default=3000, help="training images of the binary-task sweep")
+    p.add_argument("--binary-epochs", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", type=Path, default=default_data_dir())
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/defenses"))
@@ -51,12 +67,19 @@ def parse_args(argv=None):
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     args.specs = [s.strip() for s in args.defenses.split(",") if s.strip()]
-    for spec in args.specs:
+    args.binary_specs = [s.strip() for s in args.binary_defenses.split(",") if s.strip()]
+    for spec in args.specs + args.binary_specs:
         try:
             parse_defense(spec)
         except ValueError as exc:
             p.error(str(exc))
     return args
+
+
+def cell_tag(args) -> str:
+    """Names the cells of one setting (dataset, depth, epochs, schedule, training-set size)."""
+    tag = f"{args.dataset}_d{args.depth}_e{args.epochs}_{args.main_iters}x{args.input_iters}+{args.model_iters}"
+    return tag + (f"_n{args.train_limit}" if args.train_limit else "")
 
 
 def run(args) -> None:
@@ -65,13 +88,14 @@ def run(args) -> None:
     device = resolve_device("auto")
     x_test, y_test = load_dataset(args.dataset, data_dir=args.data_dir, train=False)
     idx = first_of_each_class(y_test)
-    tag = f"{args.dataset}_d{args.depth}_e{args.epochs}_{args.main_iters}x{args.input_iters}+{args.model_iters}"
+    tag = cell_tag(args)
     for spec in tqdm(args.specs, desc="defenses", disable=args.quiet):
         path = args.out / "cells" / f"{tag}_{spec.replace(':', '-')}.json"
         if path.exists() and not args.recompute:
             continue
         margs = SimpleNamespace(dataset=args.dataset, epochs=args.epochs, seed=args.seed, data_dir=args.data_dir,
                                 retrain=False, no_download=False, quiet=True, defense=[spec],
+                                train_limit=args.train_limit,
                                 checkpoint=args.out / "checkpoints" / f"{tag}_{spec.replace(':', '-')}.pt")
         torch.manual_seed(args.seed)
         defense = parse_defense(spec)
@@ -98,17 +122,54 @@ def run(args) -> None:
         })
 
 
+def run_binary(args) -> None:
+    """The binary-task sweep (max-norm, Marvell): task accuracy and cut-gradient label inference, label owner keeps
+    the output layer, model trained online under the defense."""
+    from tqdm.auto import tqdm
+
+    if not args.binary_specs:
+        return
+    device = resolve_device("auto")
+    half = MODELS[args.dataset].num_classes // 2
+    x_train, y_train = load_dataset(args.dataset, data_dir=args.data_dir, train=True)
+    pick = torch.randperm(len(y_train), generator=torch.Generator().manual_seed(args.seed))[: args.binary_count]
+    x, y = x_train[pick], (y_train[pick] >= half).long()
+    x_test, y_test = load_dataset(args.dataset, data_dir=args.data_dir, train=False)
+    y_test = (y_test >= half).long()
+    tag = f"binary_{args.dataset}_n{args.binary_count}_e{args.binary_epochs}"
+    for spec in tqdm(args.binary_specs, desc="binary-task defenses", disable=args.quiet):
+        path = args.out / "cells" / f"{tag}_{spec.replace(':', '-')}.json"
+        if path.exists() and not args.recompute:
+            continue
+        torch.manual_seed(args.seed)
+        model = MODELS[args.dataset](num_classes=2)
+        defense = parse_defense(spec)
+        start = time.perf_counter()
+        labels = label_experiment(model, x, y, gradient="cut", num_classes=2, epochs=args.binary_epochs,
+                                  device=device, seed=args.seed, defenses=[defense])
+        atomic_write_json(path, {
+            "defense": spec, "family": spec.split(":")[0], "dataset": args.dataset, "task": f"classes <{half} vs >={half}",
+            "test_accuracy": evaluate(model, x_test, y_test, device=device),
+            "label_accuracy": labels["accuracy"], "label_scored": labels["scored"],
+            "majority_class_accuracy": labels["majority_class_accuracy"],
+            "seconds": time.perf_counter() - start, "settings": {k: str(v) for k, v in vars(args).items()},
+        })
+
+
 def report(args) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(p.read_text()) for p in sorted((args.out / "cells").glob("*.json"))]
-    rows = [r for r in rows if r["dataset"] == args.dataset and r["depth"] == args.depth]
+    tag = cell_tag(args)
+    rows = [json.loads(p.read_text()) for p in sorted((args.out / "cells").glob(f"{tag}_*.json"))]
     order = {s: i for i, s in enumerate(GRID)}
     rows.sort(key=lambda r: order.get(r["defense"], 99))
-    lines = [f"# Defenses against UnSplit — {args.dataset}, split depth {args.depth}, {args.epochs} training epochs",
+    stem = f"tradeoff_{args.dataset}_d{args.depth}"
+    trained_on = f"the first {args.train_limit} training images" if args.train_limit else "the whole training set"
+    lines = [f"# Defenses against UnSplit — {args.dataset}, split depth {args.depth}, {args.epochs} training epochs "
+             f"on {trained_on}",
              "", "Attack success: reconstruction MSE / SSIM of the ten class targets (higher MSE = better privacy), "
              "stolen client accuracy under the real server, label-inference accuracy (cut gradient, one known label "
              "per class, untrained model trained online with the defense).", "",
@@ -120,7 +181,7 @@ def report(args) -> Path:
     if rows:
         lines += ["", f"Baselines: black image MSE {rows[0]['black_mse_mean']:.4f}, training mean image "
                       f"{rows[0]['mean_image_mse_mean']:.4f}; untrained client under the real server "
-                      f"{rows[0]['baseline_stolen_accuracy']:.4f}.", "", "![trade-off](tradeoff.png)"]
+                      f"{rows[0]['baseline_stolen_accuracy']:.4f}.", "", f"![trade-off]({stem}.png)"]
         fig, axes = plt.subplots(1, 3, figsize=(14, 4))
         families = sorted({r["family"] for r in rows if r["family"] != "none"})
         none = [r for r in rows if r["family"] == "none"]
@@ -139,16 +200,53 @@ def report(args) -> Path:
         axes[0].axvline(rows[0]["mean_image_mse_mean"], linestyle=":", color="gray")
         axes[0].legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(args.out / "tradeoff.png", dpi=110)
+        fig.savefig(args.out / f"{stem}.png", dpi=110)
         plt.close(fig)
-    out = args.out / "tradeoff.md"
+    lines += binary_report(args)
+    out = args.out / f"{stem}.md"
     atomic_write_text(out, "\n".join(lines) + "\n")
     return out
+
+
+def binary_report(args) -> list:
+    import matplotlib.pyplot as plt
+
+    tag = f"binary_{args.dataset}_n{args.binary_count}_e{args.binary_epochs}_"
+    rows = [json.loads(p.read_text()) for p in sorted((args.out / "cells").glob(f"{tag}*.json"))]
+    if not rows:
+        return []
+    order = {s: i for i, s in enumerate(BINARY_GRID)}
+    rows.sort(key=lambda r: order.get(r["defense"], 99))
+    lines = ["", f"## Binary task ({rows[0]['task']}): gradient perturbations against label inference", "",
+             f"Split model with the output layer on the label owner, trained online for {args.binary_epochs} epoch(s) "
+             f"on {args.binary_count} training images with the defense; label-inference accuracy of UnSplit's "
+             "cut-gradient attack (one known label per class) over those images; task accuracy on the whole test "
+             "set.", "", "| defense | task acc | label acc | majority class |", "|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['defense']} | {r['test_accuracy']:.4f} | {r['label_accuracy']:.4f} | "
+                     f"{r['majority_class_accuracy']:.4f} |")
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for fam in sorted({r["family"] for r in rows}):
+        pts = sorted([r for r in rows if r["family"] == fam], key=lambda r: r["label_accuracy"])
+        ax.plot([r["label_accuracy"] for r in pts], [r["test_accuracy"] for r in pts], marker="o", label=fam)
+        for r in pts:
+            ax.annotate(r["defense"].split(":")[-1] if ":" in r["defense"] else "", (r["label_accuracy"],
+                        r["test_accuracy"]), fontsize=7, textcoords="offset points", xytext=(3, 3))
+    ax.axvline(rows[0]["majority_class_accuracy"], linestyle=":", color="gray")
+    ax.set_xlabel("label-inference accuracy (lower = more private)")
+    ax.set_ylabel("binary task accuracy")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(args.out / f"binary_tradeoff_{args.dataset}.png", dpi=110)
+    plt.close(fig)
+    return lines + ["", f"![binary trade-off](binary_tradeoff_{args.dataset}.png)"]
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     run(args)
+    run_binary(args)
     print(f"wrote {report(args)}")
     return 0
 

@@ -198,7 +198,8 @@ def build_report(args) -> Path:
     for (dataset, schedule), rows in sorted(by_key.items()):
         rows.sort(key=lambda c: (c["split_depth"], c["seed"]))
         lines += [f"## {NAMES.get(dataset, dataset)} — schedule {schedule}", "",
-                  f"Split model test accuracy: {rows[0]['test_accuracy']:.4f}.", "",
+                  f"Split model test accuracy: {rows[0]['test_accuracy']:.4f} after {rows[0].get('epochs')} "
+                  "training epochs.", "",
                   "| depth | seed | MSE | MSE (mm) | PSNR | SSIM | grey | black | mean img | stolen acc | untrained acc "
                   "| attack s |", "|" + "---|" * 12]
         for c in rows:

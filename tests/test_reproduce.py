@@ -51,10 +51,18 @@ def test_defense_tradeoff_benchmark_runs_and_reports(tiny_mnist, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "UNSPLIT_CACHE": str(tmp_path / ".cache")}
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "defense_tradeoff.py"), "--defenses",
                         "none,gaussian:0.5,dpsgd:1,label_dp:1", "--epochs", "1", "--main-iters", "2", "--input-iters", "2",
-                        "--model-iters", "2", "--label-count", "40", "--data-dir", str(tiny_mnist), "--out", str(out),
+                        "--model-iters", "2", "--label-count", "40", "--binary-defenses", "none,marvell:1",
+                        "--binary-count", "120", "--data-dir", str(tiny_mnist), "--out", str(out),
                         "--quiet"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
-    cells = {json.loads(p.read_text())["defense"]: json.loads(p.read_text()) for p in (out / "cells").glob("*.json")}
+    load = lambda p: json.loads(p.read_text())  # noqa: E731
+    cells = {load(p)["defense"]: load(p) for p in (out / "cells").glob("mnist_*.json")}
     assert set(cells) == {"none", "gaussian:0.5", "dpsgd:1", "label_dp:1"}
     assert cells["dpsgd:1"]["dp_epsilon"] > 0 and cells["none"]["dp_epsilon"] is None
-    assert "| gaussian:0.5 |" in (out / "tradeoff.md").read_text() and (out / "tradeoff.png").stat().st_size > 1000
+    binary = {load(p)["defense"]: load(p) for p in (out / "cells").glob("binary_mnist_*.json")}
+    assert set(binary) == {"none", "marvell:1"}
+    assert all(0 <= b["label_accuracy"] <= 1 and 0 <= b["test_accuracy"] <= 1 for b in binary.values())
+    report = (out / "tradeoff_mnist_d3.md").read_text()
+    assert "| gaussian:0.5 |" in report and "| marvell:1 |" in report
+    for name in ("tradeoff_mnist_d3.png", "binary_tradeoff_mnist.png"):
+        assert (out / name).stat().st_size > 1000, name

@@ -130,7 +130,8 @@ def trained_model(
         log(args, f"loaded trained model from {path}")
     else:
         x_train, y_train = load_dataset(
-            args.dataset, data_dir=args.data_dir, train=True, download=not args.no_download
+            args.dataset, data_dir=args.data_dir, train=True, download=not args.no_download,
+            limit=getattr(args, "train_limit", None),
         )
         torch.manual_seed(args.seed)
         model = build_model(args.dataset)
