@@ -52,17 +52,17 @@ def test_defense_tradeoff_benchmark_runs_and_reports(tiny_mnist, tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "defense_tradeoff.py"), "--defenses",
                         "none,gaussian:0.5,dpsgd:1,label_dp:1", "--epochs", "1", "--main-iters", "2", "--input-iters", "2",
                         "--model-iters", "2", "--label-count", "40", "--binary-defenses", "none,marvell:1",
-                        "--binary-count", "120", "--data-dir", str(tiny_mnist), "--out", str(out),
+                        "--binary-count", "120", "--train-limit", "200", "--data-dir", str(tiny_mnist), "--out", str(out),
                         "--quiet"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     load = lambda p: json.loads(p.read_text())  # noqa: E731
-    cells = {load(p)["defense"]: load(p) for p in (out / "cells").glob("mnist_*.json")}
+    cells = {load(p)["defense"]: load(p) for p in (out / "cells").glob("mnist_*_n200_*.json")}
     assert set(cells) == {"none", "gaussian:0.5", "dpsgd:1", "label_dp:1"}
     assert cells["dpsgd:1"]["dp_epsilon"] > 0 and cells["none"]["dp_epsilon"] is None
     binary = {load(p)["defense"]: load(p) for p in (out / "cells").glob("binary_mnist_*.json")}
     assert set(binary) == {"none", "marvell:1"}
     assert all(0 <= b["label_accuracy"] <= 1 and 0 <= b["test_accuracy"] <= 1 for b in binary.values())
     report = (out / "tradeoff_mnist_d3.md").read_text()
-    assert "| gaussian:0.5 |" in report and "| marvell:1 |" in report
+    assert "| gaussian:0.5 |" in report and "| marvell:1 |" in report and "first 200 training images" in report
     for name in ("tradeoff_mnist_d3.png", "binary_tradeoff_mnist.png"):
         assert (out / name).stat().st_size > 1000, name
