@@ -31,7 +31,13 @@ from unsplit.cli import run_main, train_mean_image, trained_model  # noqa: E402
 from unsplit.data import DATASETS, default_data_dir, first_of_each_class, load_dataset  # noqa: E402
 from unsplit.experiments import inversion_experiment, label_experiment  # noqa: E402
 from unsplit.models import MODELS, build_model  # noqa: E402
-from unsplit.util import atomic_save, atomic_write_json, atomic_write_text, reconstruction_metrics  # noqa: E402
+from unsplit.util import (  # noqa: E402
+    atomic_save,
+    atomic_write_json,
+    atomic_write_text,
+    minmax_normalise,
+    reconstruction_metrics,
+)
 
 #: (main_iters, input_iters, model_iters). ``fast`` was chosen from the quality-vs-cost curves (README).
 SCHEDULES = {"paper": (1000, 100, 100), "fast": (100, 100, 100)}
@@ -176,6 +182,30 @@ def run_curves(args, device) -> None:
         atomic_write_json(path, {"dataset": dataset, "depth": depth, **curve})
 
 
+def _reconstruction_figure(out: Path, tensors: list, fname: str, norm, plt) -> str:
+    """Rows = originals then one row per depth, columns = targets; ``norm`` rescales each reconstruction for display
+    (``minmax_normalise``: as the reference code shows CIFAR reconstructions), ``None`` shows raw values."""
+    n = tensors[0][1]["targets"].shape[0]
+    fig, axes = plt.subplots(len(tensors) + 1, n, figsize=(1.1 * n, 1.15 * (len(tensors) + 1)), squeeze=False)
+    grid = [("original", tensors[0][1]["targets"])] + [
+        (f"depth {d}", norm(t["reconstructions"].float()) if norm else t["reconstructions"]) for d, t in tensors]
+    for i, (name, imgs) in enumerate(grid):
+        for j in range(n):
+            img = imgs[j].float().clamp(0, 1)
+            ax = axes[i][j]
+            ax.imshow(img[0] if img.shape[0] == 1 else img.permute(1, 2, 0), cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j == 0:
+                ax.set_ylabel(name, fontsize=7)
+    if norm is not None:
+        fig.suptitle("reconstructions min-max normalised per image", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / fname, dpi=100)
+    plt.close(fig)
+    return fname
+
+
 def build_report(args) -> Path:
     import matplotlib
 
@@ -222,6 +252,9 @@ def build_report(args) -> Path:
     figures = []
     if cells:
         for key, fname, ylabel in (("mse_mean", "mse_vs_depth.png", "reconstruction MSE"),
+                                   ("mse_minmax_mean", "mse_minmax_vs_depth.png",
+                                    "reconstruction MSE, min-max normalised"),
+                                   ("ssim_mean", "ssim_vs_depth.png", "reconstruction SSIM"),
                                    ("stolen_accuracy", "stolen_vs_depth.png", "stolen model accuracy")):
             fig, ax = plt.subplots(figsize=(6, 4))
             for (dataset, schedule), rows in sorted(by_key.items()):
@@ -248,24 +281,9 @@ def build_report(args) -> Path:
                     tensors.append((c["split_depth"], torch.load(p)))
             if not tensors:
                 continue
-            n = tensors[0][1]["targets"].shape[0]
-            fig, axes = plt.subplots(len(tensors) + 1, n, figsize=(1.1 * n, 1.15 * (len(tensors) + 1)),
-                                     squeeze=False)
-            grid = [("original", tensors[0][1]["targets"])] + [(f"depth {d}", t["reconstructions"]) for d, t in tensors]
-            for i, (name, imgs) in enumerate(grid):
-                for j in range(n):
-                    img = imgs[j].float().clamp(0, 1)
-                    ax = axes[i][j]
-                    ax.imshow(img[0] if img.shape[0] == 1 else img.permute(1, 2, 0), cmap="gray", vmin=0, vmax=1)
-                    ax.set_xticks([])
-                    ax.set_yticks([])
-                    if j == 0:
-                        ax.set_ylabel(name, fontsize=7)
-            fig.tight_layout()
-            fname = f"reconstructions_{dataset}_{schedule}.png"
-            fig.savefig(out / fname, dpi=100)
-            plt.close(fig)
-            figures.append(fname)
+            for suffix, norm in (("", None), ("_minmax", minmax_normalise)):
+                figures.append(_reconstruction_figure(out, tensors, f"reconstructions_{dataset}_{schedule}{suffix}.png",
+                                                      norm, plt))
     if curves:
         fig, ax = plt.subplots(figsize=(6, 4))
         lines += ["## Quality vs cost (paper objective, mean over the ten targets)", "",

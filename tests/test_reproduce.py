@@ -28,7 +28,8 @@ def test_grid_resume_and_report(tiny_mnist, tmp_path):
     assert len(list((out / "labels").glob("*.json"))) == 2
     report = (out / "report.md").read_text()
     assert "| 1 | 0 |" in report and "| 2 | 0 |" in report and "weight" in report
-    for name in ("mse_vs_depth.png", "stolen_vs_depth.png", "reconstructions_mnist_2x2+2-paper.png"):
+    for name in ("mse_vs_depth.png", "mse_minmax_vs_depth.png", "stolen_vs_depth.png",
+                 "reconstructions_mnist_2x2+2-paper.png", "reconstructions_mnist_2x2+2-paper_minmax.png"):
         assert (out / name).stat().st_size > 1000, name
 
     # a rerun skips finished cells; a lost cell (an interrupted run) is redone alone
