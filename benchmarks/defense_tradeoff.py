@@ -182,22 +182,28 @@ def report(args) -> Path:
         lines += ["", f"Baselines: black image MSE {rows[0]['black_mse_mean']:.4f}, training mean image "
                       f"{rows[0]['mean_image_mse_mean']:.4f}; untrained client under the real server "
                       f"{rows[0]['baseline_stolen_accuracy']:.4f}.", "", f"![trade-off]({stem}.png)"]
-        fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+        fig, axes = plt.subplots(1, 4, figsize=(18, 4.2))
         families = sorted({r["family"] for r in rows if r["family"] != "none"})
         none = [r for r in rows if r["family"] == "none"]
         for ax, key, label in ((axes[0], "mse_mean", "reconstruction MSE (higher = more private)"),
-                               (axes[1], "stolen_accuracy", "stolen model accuracy"),
-                               (axes[2], "label_accuracy", "label-inference accuracy")):
+                               (axes[1], "ssim_mean", "reconstruction SSIM (lower = more private)"),
+                               (axes[2], "stolen_accuracy", "stolen model accuracy (lower = more private)"),
+                               (axes[3], "label_accuracy", "label-inference accuracy (lower = more private)")):
             for fam in families:
-                pts = [r for r in rows if r["family"] == fam] + none
-                pts.sort(key=lambda r: r["test_accuracy"])
-                ax.plot([r[key] for r in pts], [r["test_accuracy"] for r in pts], marker="o", label=fam)
+                pts = sorted([r for r in rows if r["family"] == fam], key=lambda r: r["test_accuracy"])
+                line = ax.plot([r[key] for r in pts + none], [r["test_accuracy"] for r in pts + none], marker="o",
+                               label=fam)[0]
+                for r in pts:  # the strength next to each point
+                    if ":" in r["defense"]:
+                        ax.annotate(r["defense"].split(":", 1)[1], (r[key], r["test_accuracy"]), fontsize=6,
+                                    color=line.get_color(), textcoords="offset points", xytext=(3, 3))
             for r in none:
                 ax.scatter([r[key]], [r["test_accuracy"]], color="black", zorder=5, label="no defense")
-            ax.set_xlabel(label)
+            ax.set_xlabel(label, fontsize=8)
             ax.set_ylabel("task accuracy")
             ax.grid(alpha=0.3)
         axes[0].axvline(rows[0]["mean_image_mse_mean"], linestyle=":", color="gray")
+        axes[2].axvline(rows[0]["baseline_stolen_accuracy"], linestyle=":", color="gray")
         axes[0].legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(args.out / f"{stem}.png", dpi=110)
