@@ -81,6 +81,7 @@ def main(argv=None) -> int:
     print(f"\n{args.dataset}: label inference with the {args.gradient} gradient: accuracy {accuracy:.4f} on "
           f"{scored} samples (chance 0.10, majority class {majority:.2f}); attack "
           f"{report['samples_per_second']:.0f} samples/s, training + attack {total_seconds:.2f} s")
+    print(f"accuracy under the best renaming of the inferred classes: {report['accuracy_best_renaming']:.4f}")
     print("per class: " + " ".join(f"{c}:{'-' if v is None else f'{v:.2f}'}" for c, v in per_class.items()))
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "metrics.json", report)

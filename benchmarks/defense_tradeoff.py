@@ -118,6 +118,7 @@ def run(args) -> None:
             "mse_minmax_mean": cell["mse_minmax_mean"], "black_mse_mean": cell["black_mse_mean"],
             "mean_image_mse_mean": cell["mean_image_mse_mean"], "stolen_accuracy": cell["stolen_accuracy"],
             "baseline_stolen_accuracy": cell["baseline_stolen_accuracy"], "label_accuracy": labels["accuracy"],
+            "label_accuracy_best_renaming": labels.get("accuracy_best_renaming"),
             "label_scored": labels["scored"], "settings": {k: str(v) for k, v in vars(args).items()},
         })
 
@@ -156,6 +157,10 @@ def run_binary(args) -> None:
         })
 
 
+def _num(value) -> str:
+    return "–" if value is None else f"{value:.4f}"
+
+
 def report(args) -> Path:
     import matplotlib
 
@@ -173,11 +178,13 @@ def report(args) -> Path:
              "", "Attack success: reconstruction MSE / SSIM of the ten class targets (higher MSE = better privacy), "
              "stolen client accuracy under the real server, label-inference accuracy (cut gradient, one known label "
              "per class, untrained model trained online with the defense).", "",
-             "| defense | task acc | ε (δ=1e-5) | MSE | SSIM | stolen acc | label acc |", "|" + "---|" * 7]
+             "| defense | task acc | ε (δ=1e-5) | MSE | SSIM | stolen acc | label acc | label acc, best renaming |",
+             "|" + "---|" * 8]
     for r in rows:
         eps = "" if r.get("dp_epsilon") is None else f"{r['dp_epsilon']:.2f}"
         lines.append(f"| {r['defense']} | {r['test_accuracy']:.4f} | {eps} | {r['mse_mean']:.4f} | "
-                     f"{r['ssim_mean']:.3f} | {r['stolen_accuracy']:.4f} | {r['label_accuracy']:.4f} |")
+                     f"{r['ssim_mean']:.3f} | {r['stolen_accuracy']:.4f} | {r['label_accuracy']:.4f} | "
+                     f"{_num(r.get('label_accuracy_best_renaming'))} |")
     if rows:
         lines += ["", f"Baselines: black image MSE {rows[0]['black_mse_mean']:.4f}, training mean image "
                       f"{rows[0]['mean_image_mse_mean']:.4f}; untrained client under the real server "

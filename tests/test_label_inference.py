@@ -110,3 +110,18 @@ def test_the_attack_leaves_the_servers_own_training_untouched():
 def test_unknown_gradient_kind_is_rejected():
     with pytest.raises(ValueError, match="cut, weight"):
         LabelInferenceAttack(nn.Linear(3, 2), num_classes=2, gradient="bias")
+
+
+def test_best_renaming_accuracy_matches_a_brute_force_search():
+    import itertools
+
+    from unsplit.experiments import _best_renaming_accuracy
+
+    g = torch.Generator().manual_seed(3)
+    for _ in range(5):
+        conf = torch.randint(0, 20, (4, 4), generator=g)
+        brute = max(sum(int(conf[i, p[i]]) for i in range(4)) for p in itertools.permutations(range(4)))
+        assert abs(_best_renaming_accuracy(conf) - brute / int(conf.sum())) < 1e-12
+    # a perfect but renamed attack: 0 plain accuracy, 1 under the best renaming
+    renamed = torch.eye(3, dtype=torch.int64)[[1, 2, 0]] * 7
+    assert int(renamed.diagonal().sum()) == 0 and _best_renaming_accuracy(renamed) == 1.0

@@ -111,6 +111,21 @@ def inversion_experiment(
     return report, result
 
 
+def _best_renaming_accuracy(confusion: torch.Tensor) -> float:
+    """Accuracy under the one-to-one renaming of predicted classes that agrees best with the truth (Hungarian method).
+
+    Tells an attack that separates the classes but names them wrongly (cut gradients determine the classes only up
+    to a renaming, Erdogan et al. WPES'22 §label inference; see ``LabelInferenceAttack``) from one that does not
+    separate them at all."""
+    from scipy.optimize import linear_sum_assignment
+
+    total = int(confusion.sum())
+    if total == 0:
+        return float("nan")
+    rows, cols = linear_sum_assignment(-confusion.numpy())
+    return float(confusion[rows, cols].sum()) / total
+
+
 def label_experiment(
     model: nn.Sequential,
     x: torch.Tensor,
@@ -133,7 +148,8 @@ def label_experiment(
     sent first (default: 1 with ``cut``, 0 with ``weight``); they are excluded from the score.
 
     Returns:
-        ``accuracy``, per-class accuracy, confusion matrix, chance and majority-class baselines, attack throughput.
+        ``accuracy``, ``accuracy_best_renaming`` (under the best one-to-one renaming of the predicted classes),
+        per-class accuracy, confusion matrix, chance and majority-class baselines, attack throughput.
     """
     if gradient not in GRADIENT_KINDS:
         raise ValueError(f"unknown gradient kind {gradient!r}: choose one of {', '.join(GRADIENT_KINDS)}")
@@ -179,6 +195,7 @@ def label_experiment(
     confusion.index_put_((y[scored], predicted[scored].clamp_min(0)), torch.ones(len(scored), dtype=torch.int64),
                          accumulate=True)
     counts = torch.bincount(y[scored], minlength=num_classes)
+    best_renaming = _best_renaming_accuracy(confusion)
     processed = len(y) * epochs
     return {
         "gradient": gradient,
@@ -191,6 +208,7 @@ def label_experiment(
         "epochs": epochs,
         "per_class_accuracy": per_class,
         "confusion": confusion.tolist(),
+        "accuracy_best_renaming": best_renaming,
         "chance_accuracy": 1.0 / num_classes,
         "majority_class_accuracy": float(counts.max()) / max(len(scored), 1),
         "samples_per_second": processed / max(attack_time[0], 1e-9),
