@@ -85,6 +85,27 @@ def cell_tag(args) -> str:
     return tag + (f"_n{args.train_limit}" if args.train_limit else "")
 
 
+def binary_tag(args) -> str:
+    """Names the cells of one binary-task setting (dataset, training images, epochs)."""
+    return f"binary_{args.dataset}_n{args.binary_count}_e{args.binary_epochs}"
+
+
+def _cell_path(args, tag: str, spec: str) -> Path:
+    return args.out / "cells" / f"{tag}_{spec.replace(':', '-')}.json"
+
+
+def _settings(args) -> dict:
+    return {k: str(v) for k, v in vars(args).items()}
+
+
+def _annotate_strengths(ax, rows, key: str, **style) -> None:
+    """Writes each defense's strength (``NAME:STRENGTH``) next to its point."""
+    for r in rows:
+        if ":" in r["defense"]:
+            ax.annotate(r["defense"].split(":", 1)[1], (r[key], r["test_accuracy"]), textcoords="offset points",
+                        xytext=(3, 3), **style)
+
+
 def run(args) -> None:
     from tqdm.auto import tqdm
 
@@ -93,7 +114,7 @@ def run(args) -> None:
     idx = first_of_each_class(y_test)
     tag = cell_tag(args)
     for spec in tqdm(args.specs, desc="defenses", disable=args.quiet):
-        path = args.out / "cells" / f"{tag}_{spec.replace(':', '-')}.json"
+        path = _cell_path(args, tag, spec)
         if path.exists() and not args.recompute:
             continue
         margs = SimpleNamespace(dataset=args.dataset, epochs=args.epochs, seed=args.seed, data_dir=args.data_dir,
@@ -122,7 +143,7 @@ def run(args) -> None:
             "mean_image_mse_mean": cell["mean_image_mse_mean"], "stolen_accuracy": cell["stolen_accuracy"],
             "baseline_stolen_accuracy": cell["baseline_stolen_accuracy"], "label_accuracy": labels["accuracy"],
             "label_accuracy_best_renaming": labels.get("accuracy_best_renaming"),
-            "label_scored": labels["scored"], "settings": {k: str(v) for k, v in vars(args).items()},
+            "label_scored": labels["scored"], "settings": _settings(args),
         })
 
 
@@ -140,9 +161,9 @@ def run_binary(args) -> None:
     x, y = x_train[pick], (y_train[pick] >= half).long()
     x_test, y_test = load_dataset(args.dataset, data_dir=args.data_dir, train=False)
     y_test = (y_test >= half).long()
-    tag = f"binary_{args.dataset}_n{args.binary_count}_e{args.binary_epochs}"
+    tag = binary_tag(args)
     for spec in tqdm(args.binary_specs, desc="binary-task defenses", disable=args.quiet):
-        path = args.out / "cells" / f"{tag}_{spec.replace(':', '-')}.json"
+        path = _cell_path(args, tag, spec)
         if path.exists() and not args.recompute:
             continue
         torch.manual_seed(args.seed)
@@ -156,7 +177,7 @@ def run_binary(args) -> None:
             "test_accuracy": evaluate(model, x_test, y_test, device=device),
             "label_accuracy": labels["accuracy"], "label_scored": labels["scored"],
             "majority_class_accuracy": labels["majority_class_accuracy"],
-            "seconds": time.perf_counter() - start, "settings": {k: str(v) for k, v in vars(args).items()},
+            "seconds": time.perf_counter() - start, "settings": _settings(args),
         })
 
 
@@ -205,10 +226,7 @@ def report(args) -> Path:
                 pts = sorted([r for r in rows if r["family"] == fam], key=lambda r: r["test_accuracy"])
                 line = ax.plot([r[key] for r in pts + none], [r["test_accuracy"] for r in pts + none], marker="o",
                                label=fam)[0]
-                for r in pts:  # the strength next to each point
-                    if ":" in r["defense"]:
-                        ax.annotate(r["defense"].split(":", 1)[1], (r[key], r["test_accuracy"]), fontsize=6,
-                                    color=line.get_color(), textcoords="offset points", xytext=(3, 3))
+                _annotate_strengths(ax, pts, key, fontsize=6, color=line.get_color())
             for r in none:
                 ax.scatter([r[key]], [r["test_accuracy"]], color="black", zorder=5, label="no defense")
             ax.set_xlabel(label, fontsize=8)
@@ -229,8 +247,7 @@ def report(args) -> Path:
 def binary_report(args) -> list:
     import matplotlib.pyplot as plt
 
-    tag = f"binary_{args.dataset}_n{args.binary_count}_e{args.binary_epochs}_"
-    rows = [json.loads(p.read_text()) for p in sorted((args.out / "cells").glob(f"{tag}*.json"))]
+    rows = [json.loads(p.read_text()) for p in sorted((args.out / "cells").glob(f"{binary_tag(args)}_*.json"))]
     if not rows:
         return []
     order = {s: i for i, s in enumerate(BINARY_GRID)}
@@ -247,9 +264,7 @@ def binary_report(args) -> list:
     for fam in sorted({r["family"] for r in rows}):
         pts = sorted([r for r in rows if r["family"] == fam], key=lambda r: r["label_accuracy"])
         ax.plot([r["label_accuracy"] for r in pts], [r["test_accuracy"] for r in pts], marker="o", label=fam)
-        for r in pts:
-            ax.annotate(r["defense"].split(":")[-1] if ":" in r["defense"] else "", (r["label_accuracy"],
-                        r["test_accuracy"]), fontsize=7, textcoords="offset points", xytext=(3, 3))
+        _annotate_strengths(ax, pts, "label_accuracy", fontsize=7)
     ax.axvline(rows[0]["majority_class_accuracy"], linestyle=":", color="gray")
     ax.set_xlabel("label-inference accuracy (lower = more private)")
     ax.set_ylabel("binary task accuracy")

@@ -182,9 +182,11 @@ def run_curves(args, device) -> None:
         atomic_write_json(path, {"dataset": dataset, "depth": depth, **curve})
 
 
-def _reconstruction_figure(out: Path, tensors: list, fname: str, norm, plt) -> str:
+def _reconstruction_figure(out: Path, tensors: list, fname: str, norm) -> str:
     """Rows = originals then one row per depth, columns = targets; ``norm`` rescales each reconstruction for display
     (``minmax_normalise``: as the reference code shows CIFAR reconstructions), ``None`` shows raw values."""
+    import matplotlib.pyplot as plt
+
     n = tensors[0][1]["targets"].shape[0]
     fig, axes = plt.subplots(len(tensors) + 1, n, figsize=(1.1 * n, 1.15 * (len(tensors) + 1)), squeeze=False)
     grid = [("original", tensors[0][1]["targets"])] + [
@@ -283,7 +285,7 @@ def build_report(args) -> Path:
                 continue
             for suffix, norm in (("", None), ("_minmax", minmax_normalise)):
                 figures.append(_reconstruction_figure(out, tensors, f"reconstructions_{dataset}_{schedule}{suffix}.png",
-                                                      norm, plt))
+                                                      norm))
     if curves:
         fig, ax = plt.subplots(figsize=(6, 4))
         lines += ["## Quality vs cost (paper objective, mean over the ten targets)", "",
