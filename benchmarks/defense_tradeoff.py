@@ -185,6 +185,48 @@ def _num(value) -> str:
     return "–" if value is None else f"{value:.4f}"
 
 
+#: the report's "what it costs" columns: (metric, name, multiple of the undefended value, True = higher is private)
+COST_COLUMNS = (("mse_mean", "MSE", 1.25, True), ("mse_mean", "MSE", 1.5, True), ("mse_mean", "MSE", 2.0, True),
+                ("mse_minmax_mean", "MSE (mm)", 1.25, True), ("mse_minmax_mean", "MSE (mm)", 1.5, True),
+                ("ssim_mean", "SSIM", 0.5, False))
+
+
+def cost_to_reach(rows: list, key: str, level: float, *, higher: bool = True, chance: float) -> dict:
+    """For each defense family, the cheapest setting whose ``key`` reaches ``level``.
+
+    ``higher``: the metric is an error (higher = more private; reached when ``>= level``); otherwise a similarity
+    (reached when ``<= level``). Returns ``{family: (task-accuracy cost in points, spec)}``, ``None`` for a family none
+    of whose settings gets there. The cost is measured against the undefended row; rows left at chance do not count
+    (they did not train).
+    """
+    base = next(r for r in rows if r["family"] == "none")
+    out = {}
+    for fam in sorted({r["family"] for r in rows} - {"none"}):
+        ok = [r for r in rows if r["family"] == fam and r["test_accuracy"] >= 1.5 * chance
+              and (r[key] >= level if higher else r[key] <= level)]
+        best = max(ok, key=lambda r: r["test_accuracy"], default=None)
+        out[fam] = None if best is None else (100 * (base["test_accuracy"] - best["test_accuracy"]), best["defense"])
+    return out
+
+
+def _cost_table(rows: list, chance: float) -> list:
+    if not any(r["family"] == "none" for r in rows) or len(rows) < 2:
+        return []
+    base = next(r for r in rows if r["family"] == "none")
+    head = [f"{name} {'≥' if higher else '≤'} {f:g}×" for _, name, f, higher in COST_COLUMNS]
+    lines = ["", "What it costs: task-accuracy points lost (against no defense) by the cheapest swept setting of each "
+                 "defense that moves the attack's reconstruction error up (or its SSIM down) to the given multiple of "
+                 f"the undefended model's (MSE {base['mse_mean']:.4f}, MSE (mm) {base['mse_minmax_mean']:.4f}, "
+                 f"SSIM {base['ssim_mean']:.3f}); – = no setting swept gets there.", "",
+             "| defense | " + " | ".join(head) + " |", "|" + "---|" * (len(head) + 1)]
+    found = [cost_to_reach(rows, key, f * base[key], higher=higher, chance=chance)
+             for key, _, f, higher in COST_COLUMNS]
+    for fam in found[0]:
+        cells = ["–" if c[fam] is None else f"{c[fam][0]:.1f} ({c[fam][1]})" for c in found]
+        lines.append(f"| {fam} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def report(args) -> Path:
     import matplotlib
 
@@ -202,26 +244,31 @@ def report(args) -> Path:
              "", "Attack success: reconstruction MSE / SSIM of the ten class targets (higher MSE = better privacy), "
              "stolen client accuracy under the real server, label-inference accuracy (cut gradient, one known label "
              "per class, untrained model trained online with the defense).", "",
-             "| defense | task acc | ε (δ=1e-5) | MSE | SSIM | stolen acc | label acc | label acc, best renaming |",
-             "|" + "---|" * 8]
+             "| defense | task acc | ε (δ=1e-5) | MSE | MSE (mm) | SSIM | stolen acc | label acc | "
+             "label acc, best renaming |",
+             "|" + "---|" * 9]
     chance = 1.0 / MODELS[args.dataset].num_classes
     for r in rows:
         eps = "" if r.get("dp_epsilon") is None else f"{r['dp_epsilon']:.2f}"
         flag = " (at chance: did not train)" if r["test_accuracy"] < 1.5 * chance else ""
         lines.append(f"| {r['defense']}{flag} | {r['test_accuracy']:.4f} | {eps} | {r['mse_mean']:.4f} | "
-                     f"{r['ssim_mean']:.3f} | {r['stolen_accuracy']:.4f} | {r['label_accuracy']:.4f} | "
+                     f"{r['mse_minmax_mean']:.4f} | {r['ssim_mean']:.3f} | {r['stolen_accuracy']:.4f} | {r['label_accuracy']:.4f} | "
                      f"{_num(r.get('label_accuracy_best_renaming'))} |")
     if rows:
         lines += ["", f"Baselines: black image MSE {rows[0]['black_mse_mean']:.4f}, training mean image "
                       f"{rows[0]['mean_image_mse_mean']:.4f}; untrained client under the real server "
-                      f"{rows[0]['baseline_stolen_accuracy']:.4f}.", "", f"![trade-off]({stem}.png)"]
-        fig, axes = plt.subplots(1, 4, figsize=(18, 4.2))
+                      f"{rows[0]['baseline_stolen_accuracy']:.4f}. MSE (mm): each image min-max normalised before "
+                      "the MSE, which removes the global dimming of UnSplit's estimates."]
+        lines += _cost_table(rows, chance) + ["", f"![trade-off]({stem}.png)"]
+        fig, axes = plt.subplots(1, 5, figsize=(22, 4.2))
         families = sorted({r["family"] for r in rows if r["family"] != "none"})
         none = [r for r in rows if r["family"] == "none"]
         for ax, key, label in ((axes[0], "mse_mean", "reconstruction MSE (higher = more private)"),
-                               (axes[1], "ssim_mean", "reconstruction SSIM (lower = more private)"),
-                               (axes[2], "stolen_accuracy", "stolen model accuracy (lower = more private)"),
-                               (axes[3], "label_accuracy", "label-inference accuracy (lower = more private)")):
+                               (axes[1], "mse_minmax_mean", "reconstruction MSE, min-max normalised (higher = more "
+                                                            "private)"),
+                               (axes[2], "ssim_mean", "reconstruction SSIM (lower = more private)"),
+                               (axes[3], "stolen_accuracy", "stolen model accuracy (lower = more private)"),
+                               (axes[4], "label_accuracy", "label-inference accuracy (lower = more private)")):
             for fam in families:
                 pts = sorted([r for r in rows if r["family"] == fam], key=lambda r: r["test_accuracy"])
                 line = ax.plot([r[key] for r in pts + none], [r["test_accuracy"] for r in pts + none], marker="o",
@@ -233,7 +280,7 @@ def report(args) -> Path:
             ax.set_ylabel("task accuracy")
             ax.grid(alpha=0.3)
         axes[0].axvline(rows[0]["mean_image_mse_mean"], linestyle=":", color="gray")
-        axes[2].axvline(rows[0]["baseline_stolen_accuracy"], linestyle=":", color="gray")
+        axes[3].axvline(rows[0]["baseline_stolen_accuracy"], linestyle=":", color="gray")
         axes[0].legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(args.out / f"{stem}.png", dpi=110)

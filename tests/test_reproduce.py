@@ -72,3 +72,20 @@ def test_defense_tradeoff_benchmark_runs_and_reports(tiny_mnist, tmp_path):
         assert (f"| {spec} |" in main_table) == (not flagged)
     for name in ("tradeoff_mnist_d3.png", "binary_tradeoff_mnist.png"):
         assert (out / name).stat().st_size > 1000, name
+
+
+def test_cost_to_reach_picks_the_cheapest_trained_setting():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from defense_tradeoff import cost_to_reach
+
+    def row(spec, acc, mse, ssim):
+        return {"defense": spec, "family": spec.split(":")[0], "test_accuracy": acc, "mse_mean": mse,
+                "ssim_mean": ssim}
+
+    rows = [row("none", 0.90, 0.10, 0.40), row("a:1", 0.88, 0.12, 0.30), row("a:2", 0.80, 0.20, 0.10),
+            row("a:3", 0.70, 0.30, 0.05), row("b:1", 0.05, 0.50, 0.00), row("b:2", 0.89, 0.11, 0.35)]
+    got = cost_to_reach(rows, "mse_mean", 0.15, chance=0.1)
+    assert got["a"][1] == "a:2" and abs(got["a"][0] - 10.0) < 1e-9  # a:3 also gets there, but costs more
+    assert got["b"] is None  # b:1 gets there only because it never trained
+    got = cost_to_reach(rows, "ssim_mean", 0.2, higher=False, chance=0.1)
+    assert got["a"][1] == "a:2" and got["b"] is None
