@@ -5,13 +5,14 @@ For each defense and strength: train the split model with the defense at the att
 accuracy, the inversion attack's success (reconstruction MSE / SSIM of the ten class targets, the stolen client's
 accuracy under the real server) and the label-inference accuracy (cut gradient, online, with the defense in force).
 Each (defense, strength) is one atomic JSON under ``OUT/cells``; reruns skip finished cells. Writes
-``tradeoff_<dataset>_d<depth>.md`` and ``.png`` (task accuracy against attack success, one line per defense).
+``tradeoff_<setting>.md`` and ``.png`` (task accuracy against attack success, one line per defense), the setting
+named like the cells (e.g. ``tradeoff_mnist_d3_e2_100x100+100``), so runs with other settings keep their reports.
 
 Max-norm and Marvell are gradient perturbations for *binary* tasks (Li et al., ICLR'22). They get their own sweep on
 the binary version of the dataset (classes 0-4 against 5-9): the label owner keeps the output layer, the split model
 is trained on ``--binary-count`` training images with the defense in force while the server runs UnSplit's
 cut-gradient label inference on every batch; recorded: binary task accuracy on the test set and label-inference
-accuracy (``binary_tradeoff_<dataset>.png``; chance = the majority class, about 0.5).
+accuracy (``binary_tradeoff_<dataset>_n<count>_e<epochs>.png``; chance = the majority class, about 0.5).
 
     python benchmarks/defense_tradeoff.py --data-dir ../shared/data
     python benchmarks/defense_tradeoff.py --data-dir ../shared/data --dataset cifar --depth 1 --epochs 3 \
@@ -88,6 +89,10 @@ def cell_tag(args) -> str:
 def binary_tag(args) -> str:
     """Names the cells of one binary-task setting (dataset, training images, epochs)."""
     return f"binary_{args.dataset}_n{args.binary_count}_e{args.binary_epochs}"
+
+
+def _binary_stem(args) -> str:
+    return "binary_tradeoff_" + binary_tag(args).removeprefix("binary_")
 
 
 def _cell_path(args, tag: str, spec: str) -> Path:
@@ -237,7 +242,7 @@ def report(args) -> Path:
     rows = [json.loads(p.read_text()) for p in sorted((args.out / "cells").glob(f"{tag}_*.json"))]
     order = {s: i for i, s in enumerate(GRID)}
     rows.sort(key=lambda r: order.get(r["defense"], 99))
-    stem = f"tradeoff_{args.dataset}_d{args.depth}"
+    stem = f"tradeoff_{tag}"
     trained_on = f"the first {args.train_limit} training images" if args.train_limit else "the whole training set"
     lines = [f"# Defenses against UnSplit — {args.dataset}, split depth {args.depth}, {args.epochs} training epochs "
              f"on {trained_on}",
@@ -318,9 +323,9 @@ def binary_report(args) -> list:
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(args.out / f"binary_tradeoff_{args.dataset}.png", dpi=110)
+    fig.savefig(args.out / f"{_binary_stem(args)}.png", dpi=110)
     plt.close(fig)
-    return lines + ["", f"![binary trade-off](binary_tradeoff_{args.dataset}.png)"]
+    return lines + ["", f"![binary trade-off]({_binary_stem(args)}.png)"]
 
 
 def main(argv=None) -> int:

@@ -63,14 +63,14 @@ def test_defense_tradeoff_benchmark_runs_and_reports(tiny_mnist, tmp_path):
     binary = {load(p)["defense"]: load(p) for p in (out / "cells").glob("binary_mnist_*.json")}
     assert set(binary) == {"none", "marvell:1"}
     assert all(0 <= b["label_accuracy"] <= 1 and 0 <= b["test_accuracy"] <= 1 for b in binary.values())
-    report = (out / "tradeoff_mnist_d3.md").read_text()
+    report = (out / "tradeoff_mnist_d3_e1_2x2+2_n200.md").read_text()
     assert "| marvell:1 |" in report and "first 200 training images" in report
     main_table = report.split("## Binary task")[0]
     for spec, cell in cells.items():  # a model left at chance is flagged, a trained one is not
         flagged = cell["test_accuracy"] < 0.15
         assert (f"| {spec} (at chance: did not train) |" in main_table) == flagged
         assert (f"| {spec} |" in main_table) == (not flagged)
-    for name in ("tradeoff_mnist_d3.png", "binary_tradeoff_mnist.png"):
+    for name in ("tradeoff_mnist_d3_e1_2x2+2_n200.png", "binary_tradeoff_mnist_n120_e1.png"):
         assert (out / name).stat().st_size > 1000, name
 
 
