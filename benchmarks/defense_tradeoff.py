@@ -122,15 +122,18 @@ def run(args) -> None:
         path = _cell_path(args, tag, spec)
         if path.exists() and not args.recompute:
             continue
-        margs = SimpleNamespace(dataset=args.dataset, epochs=args.epochs, seed=args.seed, data_dir=args.data_dir,
-                                retrain=False, no_download=False, quiet=True, defense=[spec],
-                                train_limit=args.train_limit,
-                                checkpoint=args.out / "checkpoints" / f"{tag}_{spec.replace(':', '-')}.pt")
-        torch.manual_seed(args.seed)
         defense = parse_defense(spec)
+        # a defense acting only on the gradient a label-owning head returns leaves this two-part training unchanged:
+        # its model is the undefended one (same seed, same steps), so it is trained once, under "none"
+        train_spec = "none" if defense.acts_on <= {"head_gradient"} else spec
+        margs = SimpleNamespace(dataset=args.dataset, epochs=args.epochs, seed=args.seed, data_dir=args.data_dir,
+                                retrain=False, no_download=False, quiet=True, defense=[train_spec],
+                                train_limit=args.train_limit,
+                                checkpoint=args.out / "checkpoints" / f"{tag}_{train_spec.replace(':', '-')}.pt")
+        torch.manual_seed(args.seed)
         start = time.perf_counter()
         model, info = trained_model(margs, device, test=(x_test, y_test), split_depth=args.depth,
-                                    defenses=[defense])
+                                    defenses=[parse_defense(train_spec)])
         train_seconds = time.perf_counter() - start
         cell, _ = inversion_experiment(model, args.depth, x_test, y_test, idx, mean_image=train_mean_image(margs, x_test),
                                        main_iters=args.main_iters, input_iters=args.input_iters,

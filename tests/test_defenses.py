@@ -154,3 +154,31 @@ def test_marvell_defense_spends_exactly_its_power_budget_on_average():
     assert measured == pytest.approx(m.last_power, rel=0.1)  # expected noise power = the budget
     with pytest.raises(ValueError, match="binary"):
         m.labels(torch.tensor([0, 2]))
+
+
+@pytest.mark.parametrize("spec", ["none", "gaussian:0.5", "laplace:0.5", "nopeek:1", "dpsgd:1", "label_dp:1",
+                                  "topk:0.1", "maxnorm", "marvell:4"])
+def test_acts_on_names_exactly_the_hooks_a_defense_changes(spec):
+    torch.manual_seed(0)
+    defense = parse_defense(spec)
+    y = torch.arange(64) % 2
+    x, z = torch.rand(64, 1, 4, 4), torch.randn(64, 32)
+    g = torch.randn(64, 32) + 3 * y[:, None].float()  # class-dependent returned gradients (Marvell needs a gap)
+    changed = set()
+    if not torch.equal(defense.labels(y), y):
+        changed.add("labels")
+    if not torch.equal(defense.smashed(z), z):
+        changed.add("smashed")
+    if defense.client_loss(x, z) is not None:
+        changed.add("client_loss")
+    if not torch.equal(defense.front_gradient(g), g):
+        changed.add("front_gradient")
+    if not torch.equal(defense.head_gradient(g), g):
+        changed.add("head_gradient")
+    if type(defense).prepare_client is not Defense.prepare_client:
+        changed.add("prepare_client")
+    assert changed == set(defense.acts_on)
+    for where in ("front", "both") if spec.startswith("topk") else ():
+        topk = TopK(0.1, where=where)
+        assert ("front_gradient" in topk.acts_on) and (("head_gradient" in topk.acts_on) == (where == "both"))
+        assert not torch.equal(topk.front_gradient(g), g)

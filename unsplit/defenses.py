@@ -72,6 +72,7 @@ class GaussianNoise(Defense):
     """Adds N(0, sigma^2) noise to every element of the smashed data the client sends."""
 
     name = "gaussian"
+    acts_on = frozenset({"smashed"})
 
     def __init__(self, sigma: float = 0.1):
         if sigma < 0:
@@ -86,6 +87,7 @@ class LaplaceNoise(Defense):
     """Adds Laplace(0, scale) noise to every element of the smashed data the client sends."""
 
     name = "laplace"
+    acts_on = frozenset({"smashed"})
 
     def __init__(self, scale: float = 0.1):
         if scale < 0:
@@ -102,6 +104,7 @@ class NoPeek(Defense):
     """NoPeek: the client also minimises ``alpha * dCor(x, z)`` between its inputs and its smashed data."""
 
     name = "nopeek"
+    acts_on = frozenset({"client_loss"})
 
     def __init__(self, alpha: float = 1.0):
         if alpha < 0:
@@ -120,6 +123,7 @@ class DPSGD(Defense):
     """
 
     name = "dpsgd"
+    acts_on = frozenset({"prepare_client"})
 
     def __init__(self, noise_multiplier: float = 1.0, max_grad_norm: float = 1.0, delta: float = 1e-5):
         if noise_multiplier < 0 or max_grad_norm <= 0:
@@ -172,6 +176,7 @@ class RandomizedResponse(Defense):
     """
 
     name = "label_dp"
+    acts_on = frozenset({"labels"})
 
     def __init__(self, epsilon: float = 1.0, num_classes: int = 10, prior: Optional[Sequence[float]] = None):
         if epsilon < 0 or num_classes < 2:
@@ -221,6 +226,11 @@ class TopK(Defense):
             raise ValueError("where must be 'head', 'front' or 'both'")
         self.ratio, self.where = ratio, where
 
+    @property
+    def acts_on(self) -> frozenset:
+        return frozenset({"head": {"head_gradient"}, "front": {"front_gradient"},
+                          "both": {"head_gradient", "front_gradient"}}[self.where])
+
     def _compress(self, g: torch.Tensor) -> torch.Tensor:
         flat = g.flatten(1)
         k = max(1, int(round(self.ratio * flat.shape[1])))
@@ -244,6 +254,7 @@ class MaxNorm(Defense):
     """
 
     name = "maxnorm"
+    acts_on = frozenset({"head_gradient"})
 
     def head_gradient(self, g: torch.Tensor) -> torch.Tensor:
         flat = g.flatten(1)
@@ -297,6 +308,7 @@ class Marvell(Defense):
     """
 
     name = "marvell"
+    acts_on = frozenset({"head_gradient"})
 
     def __init__(self, strength: float = 4.0, steps: int = 300):
         if strength < 0:

@@ -54,6 +54,9 @@ class Defense:
     """Base class of split-learning defenses: every hook is the identity; a defense overrides where it acts."""
 
     name = "none"
+    #: the hooks below that this defense changes (capabilities as data): ``"labels"``, ``"smashed"``,
+    #: ``"client_loss"``, ``"front_gradient"``, ``"head_gradient"``, ``"prepare_client"``
+    acts_on: frozenset = frozenset()
 
     def labels(self, y: torch.Tensor) -> torch.Tensor:
         """Labels the label owner trains on (label DP acts here)."""
