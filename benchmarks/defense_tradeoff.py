@@ -103,12 +103,12 @@ def _settings(args) -> dict:
     return {k: str(v) for k, v in vars(args).items()}
 
 
-def _annotate_strengths(ax, rows, key: str, **style) -> None:
-    """Writes each defense's strength (``NAME:STRENGTH``) next to its point."""
+def _annotate_strengths(ax, rows, key: str, full: bool = False, **style) -> None:
+    """Writes each defense's strength (``NAME:STRENGTH``; the whole spec if ``full``) next to its point."""
     for r in rows:
-        if ":" in r["defense"]:
-            ax.annotate(r["defense"].split(":", 1)[1], (r[key], r["test_accuracy"]), textcoords="offset points",
-                        xytext=(3, 3), **style)
+        if full or ":" in r["defense"]:
+            text = r["defense"] if full else r["defense"].split(":", 1)[1]
+            ax.annotate(text, (r[key], r["test_accuracy"]), textcoords="offset points", xytext=(3, 3), **style)
 
 
 def run(args) -> None:
@@ -278,16 +278,25 @@ def report(args) -> Path:
                                (axes[3], "stolen_accuracy", "stolen model accuracy (lower = more private)"),
                                (axes[4], "label_accuracy", "label-inference accuracy (lower = more private)")):
             for fam in families:
-                pts = sorted([r for r in rows if r["family"] == fam], key=lambda r: r["test_accuracy"])
+                pts = sorted([r for r in rows if r["family"] == fam and r["test_accuracy"] >= 1.5 * chance],
+                             key=lambda r: r["test_accuracy"])
+                if not pts:
+                    continue
                 line = ax.plot([r[key] for r in pts + none], [r["test_accuracy"] for r in pts + none], marker="o",
                                label=fam)[0]
                 _annotate_strengths(ax, pts, key, fontsize=6, color=line.get_color())
+            failed = [r for r in rows if r["test_accuracy"] < 1.5 * chance]
+            if failed:  # no trade-off to draw: the model did not train
+                ax.scatter([r[key] for r in failed], [r["test_accuracy"] for r in failed], marker="x", color="gray",
+                           label="at chance (did not train)")
+                _annotate_strengths(ax, failed, key, full=True, fontsize=6, color="gray")
             for r in none:
                 ax.scatter([r[key]], [r["test_accuracy"]], color="black", zorder=5, label="no defense")
             ax.set_xlabel(label, fontsize=8)
             ax.set_ylabel("task accuracy")
             ax.grid(alpha=0.3)
-        axes[0].axvline(rows[0]["mean_image_mse_mean"], linestyle=":", color="gray")
+        axes[0].axvline(rows[0]["mean_image_mse_mean"], linestyle=":", color="gray", label="mean image")
+        axes[0].axvline(rows[0]["black_mse_mean"], linestyle="--", color="gray", label="black image")
         axes[3].axvline(rows[0]["baseline_stolen_accuracy"], linestyle=":", color="gray")
         axes[0].legend(fontsize=7)
         fig.tight_layout()
