@@ -16,8 +16,8 @@ import sys
 import torch
 
 from unsplit.attacks import GRADIENT_KINDS
-from unsplit.cli import add_common_arguments, defense_specs, device_of, log, make_parser, output_dir, run_main
-from unsplit.defenses import parse_defense
+from unsplit.cli import add_common_arguments, device_of, log, make_parser, output_dir, parse_with_defenses, run_main
+from unsplit.defenses import parse_defenses
 from unsplit.data import load_dataset
 from unsplit.experiments import label_experiment
 from unsplit.models import build_model
@@ -36,18 +36,13 @@ def parse_args(argv=None):
     p.add_argument("--known-per-class", type=int, default=None,
                    help="samples per class whose label the attacker knows and which are sent first (anchors that "
                         "name the classes; default: 1 with cut, 0 with weight)")
-    args = p.parse_args(argv)
+    args = parse_with_defenses(p, argv)
     if args.batch_size is None:
         args.batch_size = 64 if args.gradient == "cut" else 1
     if args.known_per_class is None:
         args.known_per_class = 1 if args.gradient == "cut" else 0
     if args.count < 1 or args.batch_size < 1 or args.known_per_class < 0 or args.epochs < 1:
         p.error("--count, --batch-size and --epochs must be >= 1 and --known-per-class >= 0")
-    for spec in defense_specs(args):
-        try:
-            parse_defense(spec)
-        except ValueError as exc:
-            p.error(str(exc))
     if args.gradient == "weight" and args.batch_size != 1:
         p.error("--gradient weight observes a batch-summed weight gradient: it needs --batch-size 1")
     return args
@@ -70,8 +65,8 @@ def main(argv=None) -> int:
     result = label_experiment(build_model(args.dataset), x, y, gradient=args.gradient, batch_size=args.batch_size,
                               known_per_class=args.known_per_class, epochs=args.epochs, device=device,
                               seed=args.seed, progress=not args.quiet,
-                              defenses=[parse_defense(spec) for spec in defense_specs(args)])
-    report = {"dataset": args.dataset, "defenses": defense_specs(args), **result,
+                              defenses=parse_defenses(args.defense))
+    report = {"dataset": args.dataset, "defenses": args.defense, **result,
               "settings": {**vars(args), "data_dir": str(args.data_dir), "out": str(out), "device": str(device),
                            "torch": torch.__version__, "python": platform.python_version()}}
     report["settings"].pop("quiet", None)

@@ -19,17 +19,18 @@ from unsplit.cli import (
     UsageError,
     add_common_arguments,
     add_training_arguments,
-    defense_specs,
     device_of,
+    finite_float,
     log,
     make_parser,
     output_dir,
+    parse_with_defenses,
     run_main,
     train_mean_image,
     trained_model,
 )
 from unsplit.data import first_of_each_class, load_dataset
-from unsplit.defenses import parse_defense
+from unsplit.defenses import parse_defenses
 from unsplit.experiments import inversion_experiment
 from unsplit.models import build_model, check_inversion_depth
 from unsplit.util import atomic_write_json, save_image_grid, seed_everything
@@ -45,23 +46,22 @@ def parse_args(argv=None):
     p.add_argument("--main-iters", type=int, default=1000, help="outer coordinate-descent iterations")
     p.add_argument("--input-iters", type=int, default=100, help="input steps per outer iteration")
     p.add_argument("--model-iters", type=int, default=100, help="clone steps per outer iteration")
-    p.add_argument("--lambda-tv", type=float, default=None, help="TV weight (default: the preset's, paper 0.1)")
-    p.add_argument("--lambda-l2", type=float, default=None, help="mean(x^2) weight (default: the preset's, paper 1)")
+    p.add_argument("--lambda-tv", type=finite_float, default=None, help="TV weight (default: the preset's, paper 0.1)")
+    p.add_argument("--lambda-l2", type=finite_float, default=None,
+                   help="mean(x^2) weight (default: the preset's, paper 1)")
     p.add_argument("--images", default="classes",
                    help="'classes' (first test image of each class) or comma-separated test-set indices")
-    args = p.parse_args(argv)
+    args = parse_with_defenses(p, argv)
     model = build_model(args.dataset)
     try:
         check_inversion_depth(model, args.split_depth)
     except ValueError as exc:
         p.error(str(exc))
-    for spec in defense_specs(args):
-        try:
-            parse_defense(spec)
-        except ValueError as exc:
-            p.error(str(exc))
     for name in ("main_iters", "input_iters", "model_iters", "epochs"):
         if getattr(args, name) < 0:
+            p.error(f"--{name.replace('_', '-')} must be >= 0")
+    for name in ("lambda_tv", "lambda_l2"):
+        if getattr(args, name) is not None and getattr(args, name) < 0:
             p.error(f"--{name.replace('_', '-')} must be >= 0")
     return args
 
@@ -87,22 +87,23 @@ def main(argv=None) -> int:
     x_test, y_test = load_dataset(args.dataset, data_dir=args.data_dir, train=False, download=not args.no_download)
     idx = select_targets(args.images, y_test)
 
-    defenses = [parse_defense(spec) for spec in defense_specs(args)]
-    model, train_info = trained_model(args, device, test=(x_test, y_test), split_depth=args.split_depth,
-                                      defenses=defenses)
+    defenses = parse_defenses(args.defense)
+    model, train_info = trained_model(args, device, test=(x_test, y_test), split_depth=args.split_depth)
     log(args, f"attacking {len(idx)} images at split depth {args.split_depth} "
               f"({args.main_iters} x ({args.input_iters} + {args.model_iters}) steps, preset {args.preset}) ...")
+    attack = {k: getattr(args, k) for k in ("preset", "main_iters", "input_iters", "model_iters", "lambda_tv",
+                                            "lambda_l2")}
     cell, result = inversion_experiment(
-        model, args.split_depth, x_test, y_test, idx, mean_image=train_mean_image(args, x_test),
-        preset=args.preset, main_iters=args.main_iters, input_iters=args.input_iters, model_iters=args.model_iters,
-        lambda_tv=args.lambda_tv, lambda_l2=args.lambda_l2, device=device, seed=args.seed, progress=not args.quiet,
-        defenses=defenses,
+        model, args.split_depth, x_test, y_test, idx, mean_image=train_mean_image(args.dataset, x_test,
+                                                                                  data_dir=args.data_dir),
+        attack=attack, device=device, seed=args.seed, progress=not args.quiet, defenses=defenses,
     )
     report = {
         "dataset": args.dataset,
         **cell,
-        "defenses": defense_specs(args),
+        "defenses": args.defense,
         "dp_epsilon": train_info.get("dp_epsilon"),
+        "dp_accounting": train_info.get("dp_accounting"),
         "test_accuracy": train_info["test_accuracy"],
         "train_seconds": train_info.get("train_seconds"),
         "checkpoint": train_info["checkpoint"],

@@ -23,22 +23,21 @@ accuracy (``binary_tradeoff_<dataset>_n<count>_e<epochs>.png``; chance = the maj
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from unsplit.cli import run_main, train_mean_image, trained_model  # noqa: E402
+from unsplit.cli import check_defenses, make_parser, run_main, train_mean_image  # noqa: E402
 from unsplit.data import default_data_dir, first_of_each_class, load_dataset  # noqa: E402
 from unsplit.defenses import parse_defense  # noqa: E402
-from unsplit.experiments import inversion_experiment, label_experiment  # noqa: E402
+from unsplit.experiments import TrainingCase, inversion_experiment, label_experiment, train_or_load  # noqa: E402
 from unsplit.models import MODELS, build_model  # noqa: E402
+from unsplit.protocol import Topology  # noqa: E402
 from unsplit.training import evaluate  # noqa: E402
 from unsplit.util import atomic_write_json, atomic_write_text, resolve_device  # noqa: E402
 
@@ -50,7 +49,7 @@ BINARY_GRID = ["none", "maxnorm", "marvell:0.1", "marvell:0.5", "marvell:2", "ma
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = make_parser(__doc__)
     p.add_argument("--dataset", default="mnist", choices=("mnist", "f_mnist", "cifar"))
     p.add_argument("--depth", type=int, default=3)
     p.add_argument("--defenses", default=",".join(GRID), help="comma-separated NAME[:STRENGTH] specs")
@@ -70,13 +69,11 @@ def parse_args(argv=None):
     p.add_argument("--recompute", action="store_true")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
-    args.specs = [s.strip() for s in args.defenses.split(",") if s.strip()]
-    args.binary_specs = [s.strip() for s in args.binary_defenses.split(",") if s.strip()]
-    for spec in args.specs + args.binary_specs:
-        try:
-            parse_defense(spec)
-        except ValueError as exc:
-            p.error(str(exc))
+    classes = MODELS[args.dataset].num_classes
+    args.specs = ["none"] * ("none" in args.defenses.split(",")) + check_defenses(
+        p, args.defenses.split(","), num_classes=classes)
+    args.binary_specs = ["none"] * ("none" in args.binary_defenses.split(",")) + check_defenses(
+        p, args.binary_defenses.split(","), num_classes=2)
     return args
 
 
@@ -123,36 +120,47 @@ def run(args) -> None:
         if path.exists() and not args.recompute:
             continue
         defense = parse_defense(spec)
-        # a defense acting only on the gradient a label-owning head returns leaves this two-part training unchanged:
+        # a defense acting only on the gradient a label-owning head returns cannot act in this two-part training:
         # its model is the undefended one (same seed, same steps), so it is trained once, under "none"
         train_spec = "none" if defense.acts_on <= {"head_gradient"} else spec
-        margs = SimpleNamespace(dataset=args.dataset, epochs=args.epochs, seed=args.seed, data_dir=args.data_dir,
-                                retrain=False, no_download=False, quiet=True, defense=[train_spec],
-                                train_limit=args.train_limit,
-                                checkpoint=args.out / "checkpoints" / f"{tag}_{train_spec.replace(':', '-')}.pt")
-        torch.manual_seed(args.seed)
+        case = TrainingCase(args.dataset, epochs=args.epochs, seed=args.seed, defenses=(train_spec,),
+                            split_depth=args.depth, train_limit=args.train_limit)
         start = time.perf_counter()
-        model, info = trained_model(margs, device, test=(x_test, y_test), split_depth=args.depth,
-                                    defenses=[parse_defense(train_spec)])
+        model, info = train_or_load(case, data_dir=args.data_dir, cache_dir=args.out / "checkpoints",
+                                    test=(x_test, y_test), device=device)
         train_seconds = time.perf_counter() - start
-        cell, _ = inversion_experiment(model, args.depth, x_test, y_test, idx, mean_image=train_mean_image(margs, x_test),
-                                       main_iters=args.main_iters, input_iters=args.input_iters,
-                                       model_iters=args.model_iters, device=device, seed=args.seed,
-                                       defenses=[defense], progress=not args.quiet)
-        pick = torch.randperm(len(y_test), generator=torch.Generator().manual_seed(args.seed))[: args.label_count]
-        torch.manual_seed(args.seed)
-        labels = label_experiment(build_model(args.dataset), x_test[pick], y_test[pick], gradient="cut",
-                                  device=device, seed=args.seed, defenses=[parse_defense(spec)])
+        attack = {"main_iters": args.main_iters, "input_iters": args.input_iters, "model_iters": args.model_iters}
+        cell, _ = inversion_experiment(model, args.depth, x_test, y_test, idx,
+                                       mean_image=train_mean_image(args.dataset, x_test, data_dir=args.data_dir),
+                                       attack=attack, device=device, seed=args.seed, defenses=[defense],
+                                       progress=not args.quiet)
+        labels = _label_cell(args, spec, x_test, y_test, device)
         atomic_write_json(path, {
             "defense": spec, "family": spec.split(":")[0], "dataset": args.dataset, "depth": args.depth,
             "test_accuracy": info["test_accuracy"], "dp_epsilon": info.get("dp_epsilon"),
+            "dp_accounting": info.get("dp_accounting"), "checkpoint": info["checkpoint"],
             "train_seconds": train_seconds, "mse_mean": cell["mse_mean"], "ssim_mean": cell["ssim_mean"],
             "mse_minmax_mean": cell["mse_minmax_mean"], "black_mse_mean": cell["black_mse_mean"],
             "mean_image_mse_mean": cell["mean_image_mse_mean"], "stolen_accuracy": cell["stolen_accuracy"],
-            "baseline_stolen_accuracy": cell["baseline_stolen_accuracy"], "label_accuracy": labels["accuracy"],
-            "label_accuracy_best_renaming": labels.get("accuracy_best_renaming"),
-            "label_scored": labels["scored"], "settings": _settings(args),
+            "baseline_stolen_accuracy": cell["baseline_stolen_accuracy"], **labels, "settings": _settings(args),
         })
+
+
+def _label_cell(args, spec: str, x_test, y_test, device) -> dict:
+    """UnSplit label inference (cut gradient) with the defense in force, or why the defense cannot act there (the
+    server holds the inputs: a defense of the client front has nothing to act on)."""
+    shape = build_model(args.dataset)
+    try:
+        Topology.split(shape, head_start=len(shape) - 1).check_defense(parse_defense(spec))
+    except ValueError as exc:
+        return {"label_accuracy": None, "label_accuracy_best_renaming": None, "label_scored": 0,
+                "label_not_applicable": str(exc)}
+    pick = torch.randperm(len(y_test), generator=torch.Generator().manual_seed(args.seed))[: args.label_count]
+    torch.manual_seed(args.seed)  # the untrained model trained online: seeded as every row's
+    labels = label_experiment(build_model(args.dataset), x_test[pick], y_test[pick], gradient="cut", device=device, seed=args.seed,
+                              defenses=[parse_defense(spec)])
+    return {"label_accuracy": labels["accuracy"], "label_accuracy_best_renaming": labels["accuracy_best_renaming"],
+            "label_scored": labels["scored"]}
 
 
 def run_binary(args) -> None:
@@ -176,7 +184,7 @@ def run_binary(args) -> None:
             continue
         torch.manual_seed(args.seed)
         model = MODELS[args.dataset](num_classes=2)
-        defense = parse_defense(spec)
+        defense = parse_defense(spec, num_classes=2)
         start = time.perf_counter()
         labels = label_experiment(model, x, y, gradient="cut", num_classes=2, epochs=args.binary_epochs,
                                   device=device, seed=args.seed, defenses=[defense])
@@ -192,6 +200,11 @@ def run_binary(args) -> None:
 def _trained(row: dict, chance: float) -> bool:
     """Whether a row's task model left chance (below 1.5x chance it did not train: its attack numbers mean nothing)."""
     return row["test_accuracy"] >= 1.5 * chance
+
+
+def _label(row: dict, key: str) -> str:
+    """A label-inference cell: its value, or n/a where the defense cannot act in the label-inference setting."""
+    return "n/a" if row.get("label_not_applicable") else _num(row.get(key))
 
 
 def _num(value) -> str:
@@ -266,12 +279,15 @@ def report(args) -> Path:
         flag = "" if _trained(r, chance) else " (at chance: did not train)"
         lines.append(f"| {r['defense']}{flag} | {r['test_accuracy']:.4f} | {eps} | {r['mse_mean']:.4f} | "
                      f"{r['mse_minmax_mean']:.4f} | {r['ssim_mean']:.3f} | {r['stolen_accuracy']:.4f} | "
-                     f"{r['label_accuracy']:.4f} | {_num(r.get('label_accuracy_best_renaming'))} |")
+                     f"{_label(r, 'label_accuracy')} | {_label(r, 'label_accuracy_best_renaming')} |")
     if rows:
         lines += ["", f"Baselines: black image MSE {rows[0]['black_mse_mean']:.4f}, training mean image "
                       f"{rows[0]['mean_image_mse_mean']:.4f}; untrained client under the real server "
                       f"{rows[0]['baseline_stolen_accuracy']:.4f}. MSE (mm): each image min-max normalised before "
                       "the MSE, which removes the global dimming of UnSplit's estimates."]
+        if any(r.get("label_not_applicable") for r in rows):
+            lines += ["", "n/a: the defense acts on the client front, and in UnSplit's label-inference setting the "
+                          "server holds the inputs (there is no front): it cannot act there."]
         lines += _cost_table(rows, chance) + ["", f"![trade-off]({stem}.png)"]
         fig, axes = plt.subplots(1, 5, figsize=(22, 4.2))
         families = sorted({r["family"] for r in rows if r["family"] != "none"})
@@ -283,14 +299,14 @@ def report(args) -> Path:
                                (axes[3], "stolen_accuracy", "stolen model accuracy (lower = more private)"),
                                (axes[4], "label_accuracy", "label-inference accuracy (lower = more private)")):
             for fam in families:
-                pts = sorted([r for r in rows if r["family"] == fam and _trained(r, chance)],
+                pts = sorted([r for r in rows if r["family"] == fam and _trained(r, chance) and r[key] is not None],
                              key=lambda r: r["test_accuracy"])
                 if not pts:
                     continue
                 line = ax.plot([r[key] for r in pts + none], [r["test_accuracy"] for r in pts + none], marker="o",
                                label=fam)[0]
                 _annotate_strengths(ax, pts, key, fontsize=6, color=line.get_color())
-            failed = [r for r in rows if not _trained(r, chance)]
+            failed = [r for r in rows if not _trained(r, chance) and r[key] is not None]
             if failed:  # no trade-off to draw: the model did not train
                 ax.scatter([r[key] for r in failed], [r["test_accuracy"] for r in failed], marker="x", color="gray",
                            label="at chance (did not train)")

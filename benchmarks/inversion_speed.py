@@ -25,7 +25,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from unsplit.attacks import model_inversion_stealing  # noqa: E402
-from unsplit.cli import trained_model  # noqa: E402
+from unsplit.experiments import TrainingCase, train_or_load  # noqa: E402
 from unsplit.data import default_data_dir, first_of_each_class, load_dataset  # noqa: E402
 from unsplit.models import fresh_copy, split  # noqa: E402
 from unsplit.util import atomic_write_json, l2_prior, reconstruction_metrics, total_variation  # noqa: E402
@@ -74,14 +74,14 @@ def main(argv=None) -> int:
     p.add_argument("--skip-contrast", action="store_true", help="do not also time the contrast preset")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
-    args.retrain = False
-    args.no_download = False
     torch.manual_seed(args.seed)
     device = torch.device("cpu")
 
     x_test, y_test = load_dataset(args.dataset, data_dir=args.data_dir, train=False)
     targets = x_test[first_of_each_class(y_test)]
-    model, info = trained_model(args, device, test=(x_test, y_test))
+    model, info = train_or_load(TrainingCase(args.dataset, epochs=args.epochs, seed=args.seed), data_dir=args.data_dir,
+                                checkpoint=args.checkpoint, test=(x_test, y_test), device=device,
+                                progress=not args.quiet)
     client, _ = split(model, args.split_depth)
     for param in model.parameters():
         param.requires_grad_(True)

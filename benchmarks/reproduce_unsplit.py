@@ -21,15 +21,14 @@ import json
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from unsplit.cli import run_main, train_mean_image, trained_model  # noqa: E402
+from unsplit.cli import run_main, train_mean_image  # noqa: E402
 from unsplit.data import DATASETS, default_data_dir, first_of_each_class, load_dataset  # noqa: E402
-from unsplit.experiments import inversion_experiment, label_experiment  # noqa: E402
+from unsplit.experiments import TrainingCase, inversion_experiment, label_experiment, train_or_load  # noqa: E402
 from unsplit.models import MODELS, build_model  # noqa: E402
 from unsplit.util import (  # noqa: E402
     atomic_save,
@@ -93,10 +92,16 @@ def depths_for(dataset: str, args) -> list:
     return [d for d in args.depth_list if d in valid]
 
 
-def _model_args(args, dataset, seed):
-    return SimpleNamespace(dataset=dataset, epochs=args.epochs, seed=seed, data_dir=args.data_dir, retrain=False,
-                           no_download=False, quiet=args.quiet,
-                           checkpoint=args.out / "checkpoints" / f"{dataset}_epochs{args.epochs}_seed{seed}.pt")
+def _trained(args, dataset, seed, device, test):
+    """The undefended split model of (dataset, seed), trained once and shared by every depth."""
+    case = TrainingCase(dataset, epochs=args.epochs, seed=seed)
+    return train_or_load(case, data_dir=args.data_dir, cache_dir=args.out / "checkpoints", test=test, device=device,
+                         progress=not args.quiet)
+
+
+def _attack(args) -> dict:
+    return {"preset": args.preset, "main_iters": args.main_iters, "input_iters": args.input_iters,
+            "model_iters": args.model_iters}
 
 
 def run_grid(args, device) -> None:
@@ -114,16 +119,15 @@ def run_grid(args, device) -> None:
         if (dataset, seed) not in loaded:
             torch.manual_seed(seed)
             x_test, y_test = load_dataset(dataset, data_dir=args.data_dir, train=False)
-            margs = _model_args(args, dataset, seed)
-            model, info = trained_model(margs, device, test=(x_test, y_test))
+            model, info = _trained(args, dataset, seed, device, (x_test, y_test))
             loaded.clear()
-            loaded[(dataset, seed)] = (x_test, y_test, model, info, train_mean_image(margs, x_test))
+            loaded[(dataset, seed)] = (x_test, y_test, model, info,
+                                       train_mean_image(dataset, x_test, data_dir=args.data_dir))
         x_test, y_test, model, info, mean_image = loaded[(dataset, seed)]
         idx = first_of_each_class(y_test) if args.images == "classes" else torch.tensor(
             [int(i) for i in args.images.split(",")])
         report, result = inversion_experiment(
-            model, depth, x_test, y_test, idx, mean_image=mean_image, preset=args.preset,
-            main_iters=args.main_iters, input_iters=args.input_iters, model_iters=args.model_iters, device=device,
+            model, depth, x_test, y_test, idx, mean_image=mean_image, attack=_attack(args), device=device,
             seed=seed, progress=not args.quiet,
         )
         report.update(dataset=dataset, seed=seed, schedule=args.tag, test_accuracy=info["test_accuracy"],
@@ -158,8 +162,7 @@ def run_curves(args, device) -> None:
             continue
         torch.manual_seed(seed)
         x_test, y_test = load_dataset(dataset, data_dir=args.data_dir, train=False)
-        margs = _model_args(args, dataset, seed)
-        model, _ = trained_model(margs, device, test=(x_test, y_test))
+        model, _ = _trained(args, dataset, seed, device, None)
         idx = first_of_each_class(y_test)
         targets = x_test[idx].to(device)
         marks = sorted({int(round(m)) for m in torch.logspace(0, torch.log10(torch.tensor(float(args.curve_iters))),
@@ -175,10 +178,10 @@ def run_curves(args, device) -> None:
                 for key in ("mse", "mse_minmax", "ssim"):
                     curve[key].append(sum(m[key]) / len(m[key]))
 
-        inversion_experiment(model, depth, x_test, y_test, idx, mean_image=train_mean_image(margs, x_test),
-                             preset="paper", main_iters=args.curve_iters, input_iters=args.input_iters,
-                             model_iters=args.model_iters, device=device, seed=seed, progress=not args.quiet,
-                             on_iteration=record)
+        inversion_experiment(model, depth, x_test, y_test, idx,
+                             mean_image=train_mean_image(dataset, x_test, data_dir=args.data_dir),
+                             attack={**_attack(args), "preset": "paper", "main_iters": args.curve_iters},
+                             device=device, seed=seed, progress=not args.quiet, on_iteration=record)
         atomic_write_json(path, {"dataset": dataset, "depth": depth, **curve})
 
 

@@ -46,6 +46,11 @@ def test_model_inversion_demo_end_to_end(tiny_mnist, tmp_path):
         "train_seconds"] == m["train_seconds"]
     r3 = run("model_inversion_demo.py", "mnist", "2", *common, "--out", out, cwd=tmp_path)
     assert r3.returncode == 2 and "--overwrite" in r3.stderr and "Traceback" not in r3.stderr
+    # the checkpoint holds a 2-epoch undefended model: another training case must not load it silently
+    other = [a if a != "2" else "1" for a in common]  # --epochs 1
+    r4 = run("model_inversion_demo.py", "mnist", "2", *other, "--defense", "nopeek:2", cwd=tmp_path)
+    assert r4.returncode == 2 and "trained for another case" in r4.stderr and "Traceback" not in r4.stderr
+    assert len(r4.stderr.strip().splitlines()) == 1
 
 
 def test_label_inference_demo_end_to_end(tiny_mnist, tmp_path):
@@ -73,6 +78,10 @@ def test_label_inference_demo_end_to_end(tiny_mnist, tmp_path):
         ("label_inference_demo.py", ["mnist", "--gradient", "bias"], "invalid choice"),
         ("model_inversion_demo.py", ["mnist", "3", "--defense", "blur:1"], "unknown defense 'blur'"),
         ("label_inference_demo.py", ["mnist", "--defense", "topk:all"], "must be a number"),
+        ("model_inversion_demo.py", ["mnist", "3", "--lambda-l2", "nan"], "must be a finite number"),
+        ("model_inversion_demo.py", ["mnist", "3", "--lambda-tv=-inf"], "must be a finite number"),
+        ("model_inversion_demo.py", ["mnist", "3", "--defense", "gaussian:nan"], "finite number"),
+        ("label_inference_demo.py", ["mnist", "--defense", "marvell:4"], "binary tasks only"),
     ],
 )
 def test_usage_errors_exit_2_in_one_line(script, args, message, tmp_path):
@@ -80,6 +89,13 @@ def test_usage_errors_exit_2_in_one_line(script, args, message, tmp_path):
     assert r.returncode == 2
     assert message in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_label_inference_with_nothing_left_to_score_is_an_error(tiny_mnist, tmp_path):
+    r = run("label_inference_demo.py", "mnist", "--data-dir", tiny_mnist, "--count", "60", "--known-per-class", "99",
+            "--quiet", cwd=tmp_path)
+    assert r.returncode == 2 and "nothing left to score" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "results").exists()
 
 
 @pytest.mark.parametrize("script,args", [("model_inversion_demo.py", ["mnist", "3"]),

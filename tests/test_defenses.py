@@ -1,3 +1,4 @@
+import copy
 import math
 
 import pytest
@@ -15,6 +16,7 @@ from unsplit.defenses import (
     distance_correlation,
     parse_defense,
 )
+from unsplit.protocol import SplitCallback, StepContext, Topology
 from unsplit.training import Defense, train_split
 
 
@@ -57,7 +59,7 @@ def test_noise_defenses_change_only_the_smashed_data():
         noisy = d.smashed(z)
         assert noisy.shape == z.shape and abs(float(noisy.std()) - spread) < 0.15
         g = torch.randn(4, 7)
-        assert d.head_gradient(g) is g and d.front_gradient(g) is g and d.client_loss(z, z) is None
+        assert d.head_gradient(g) is g and d.front_gradient(g) is g and d.front_loss(z, z) is None
 
 
 def test_topk_keeps_the_largest_entries_per_sample():
@@ -121,9 +123,13 @@ def test_nopeek_lowers_the_distance_correlation_of_the_smashed_data():
 def test_parse_defense():
     assert isinstance(parse_defense("gaussian:0.3"), GaussianNoise) and parse_defense("gaussian:0.3").sigma == 0.3
     assert isinstance(parse_defense("maxnorm"), MaxNorm) and type(parse_defense("none")) is Defense
-    for bad in ("blur:1", "maxnorm:2", "topk:x"):
-        with pytest.raises(ValueError):
+    for bad, message in (("blur:1", "unknown defense"), ("maxnorm:2", "takes no strength"),
+                         ("topk:x", "must be a number"), ("gaussian:nan", "finite"), ("dpsgd:inf", "finite"),
+                         ("marvell:1", "binary tasks only")):
+        with pytest.raises(ValueError, match=message):
             parse_defense(bad)
+    assert parse_defense("label_dp:1", num_classes=2).num_classes == 2
+    assert parse_defense("marvell:1", num_classes=2).strength == 1.0
 
 
 def test_marvell_solver_spends_its_power_budget_and_beats_isotropic_noise():
@@ -147,38 +153,139 @@ def test_marvell_defense_spends_exactly_its_power_budget_on_average():
     y = (torch.rand(n) < 0.3).long()
     g = torch.randn(n, d) * 0.05 + y.unsqueeze(1).float() * torch.tensor([1.0] + [0.0] * (d - 1))
     m = Marvell(strength=4.0)
-    assert torch.equal(m.labels(y), y)
-    out = m.head_gradient(g)
+    assert torch.equal(m.labels(y), y)  # the owner's labels pass unchanged
+    with pytest.raises(ValueError, match="labels of the step"):
+        m.head_gradient(g)  # without the owner's labels it refuses, rather than silently doing nothing
+    out = m.head_gradient(g, StepContext(0, 0, torch.arange(n), labels=y))
     noise = out - g
     measured = float(noise.pow(2).sum(1).mean())
     assert measured == pytest.approx(m.last_power, rel=0.1)  # expected noise power = the budget
     with pytest.raises(ValueError, match="binary"):
-        m.labels(torch.tensor([0, 2]))
+        m.head_gradient(g[:2], StepContext(0, 0, torch.arange(2), labels=torch.tensor([0, 2])))
 
 
 @pytest.mark.parametrize("spec", ["none", "gaussian:0.5", "laplace:0.5", "nopeek:1", "dpsgd:1", "label_dp:1",
                                   "topk:0.1", "maxnorm", "marvell:4"])
 def test_acts_on_names_exactly_the_hooks_a_defense_changes(spec):
     torch.manual_seed(0)
-    defense = parse_defense(spec)
+    defense = parse_defense(spec, num_classes=2 if spec.startswith("marvell") else 10)
     y = torch.arange(64) % 2
     x, z = torch.rand(64, 1, 4, 4), torch.randn(64, 32)
     g = torch.randn(64, 32) + 3 * y[:, None].float()  # class-dependent returned gradients (Marvell needs a gap)
     changed = set()
-    if not torch.equal(defense.labels(y), y):
+    ctx = StepContext(0, 0, torch.arange(64), labels=y)
+    if not torch.equal(defense.labels(y, ctx), y):
         changed.add("labels")
-    if not torch.equal(defense.smashed(z), z):
+    if not torch.equal(defense.smashed(z, ctx), z):
         changed.add("smashed")
-    if defense.client_loss(x, z) is not None:
-        changed.add("client_loss")
-    if not torch.equal(defense.front_gradient(g), g):
+    if not torch.equal(defense.inputs(x, ctx), x):
+        changed.add("inputs")
+    if defense.front_loss(x, z, ctx) is not None:
+        changed.add("front_loss")
+    if not torch.equal(defense.front_gradient(g, ctx), g):
         changed.add("front_gradient")
-    if not torch.equal(defense.head_gradient(g), g):
+    if not torch.equal(defense.head_gradient(g, ctx), g):
         changed.add("head_gradient")
-    if type(defense).prepare_client is not Defense.prepare_client:
-        changed.add("prepare_client")
+    if type(defense).prepare_front is not Defense.prepare_front:
+        changed.add("prepare_front")
     assert changed == set(defense.acts_on)
     for where in ("front", "both") if spec.startswith("topk") else ():
         topk = TopK(0.1, where=where)
         assert ("front_gradient" in topk.acts_on) and (("head_gradient" in topk.acts_on) == (where == "both"))
         assert not torch.equal(topk.front_gradient(g), g)
+
+
+def test_label_dp_randomises_each_sample_once_over_several_epochs():
+    torch.manual_seed(0)
+    n = 600
+    x, y = torch.randn(n, 5), torch.randint(0, 10, (n,))
+    trained_on = {}
+
+    def loss_fn(logits, labels):
+        return torch.nn.functional.cross_entropy(logits, labels)
+
+    class Spy(torch.nn.Module):  # the label owner's head, recording the labels the loss is computed on
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(8, 10)
+
+    rr = RandomizedResponse(epsilon=1.0)
+    seen = []
+    train_split(Topology(nn.Linear(5, 8), nn.Sequential(nn.ReLU(), nn.Linear(8, 10))), x, y, epochs=3, batch_size=50,
+                defenses=[rr], loss_fn=lambda out, lab: (seen.append(lab), loss_fn(out, lab))[1],
+                callbacks=[lambda ev: trained_on.setdefault(ev.epoch, []).append(ev.indices)])
+    per_epoch = []
+    for e in range(3):
+        idx = torch.cat(trained_on[e])
+        labels = torch.cat(seen[e * 12:(e + 1) * 12])
+        out = torch.full((n,), -1)
+        out[idx] = labels
+        per_epoch.append(out)
+    assert torch.equal(per_epoch[0], per_epoch[1]) and torch.equal(per_epoch[1], per_epoch[2])  # drawn once
+    keep = math.e / (math.e + 9)
+    assert float((per_epoch[0] == y).float().mean()) == pytest.approx(keep, abs=0.06)
+    with pytest.raises(ValueError, match="different true label"):
+        rr.labels(torch.tensor([(int(y[0]) + 1) % 10]), StepContext(0, 0, torch.tensor([0])))
+
+
+def test_label_dp_on_a_binary_task_trains():
+    torch.manual_seed(0)
+    x = torch.randn(256, 4)
+    y = (x[:, 0] > 0).long()
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    rr = parse_defense("label_dp:4", num_classes=2)
+    train_split(Topology.split(model, front_depth=0), x, y, epochs=10, batch_size=32, lr=1e-2, defenses=[rr])
+    assert set(rr._drawn.tolist()) <= {0, 1}
+    with torch.no_grad():
+        assert float((model(x).argmax(1) == y).float().mean()) > 0.8
+    with pytest.raises(ValueError, match="built for 10 classes"):
+        RandomizedResponse(1.0).labels(torch.tensor([10]))
+
+
+def test_dp_split_path_per_sample_gradients_equal_a_microbatch_loop():
+    """Opacus's per-sample gradients of the client front, computed from the gradient the server returns, equal those
+    of each sample run alone through front and server; clipping and averaging follow DP-SGD."""
+    torch.manual_seed(0)
+    n, clip = 12, 0.05
+    front = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 6))
+    server = nn.Sequential(nn.ReLU(), nn.Linear(6, 3))
+    x, y = torch.randn(n, 5), torch.randint(0, 3, (n,))
+    start_front = copy.deepcopy(front)
+    start_server = copy.deepcopy(server)
+
+    # oracle: one sample at a time through the untouched parts, each gradient clipped, summed, averaged
+    total = [torch.zeros_like(p) for p in front.parameters()]
+    for i in range(n):
+        f, s = copy.deepcopy(start_front), copy.deepcopy(start_server)
+        torch.nn.functional.cross_entropy(s(f(x[i:i + 1])), y[i:i + 1]).backward()
+        grads = [p.grad for p in f.parameters()]
+        norm = torch.sqrt(sum(g.pow(2).sum() for g in grads))
+        for t, g in zip(total, grads):
+            t += g * min(1.0, clip / float(norm))
+    expected = [p.detach() - t / n for p, t in zip(start_front.parameters(), total)]  # SGD, lr 1
+
+    dp = DPSGD(noise_multiplier=0.0, max_grad_norm=clip)
+    runs = []
+    train_split(Topology(front, server), x, y, epochs=1, batch_size=n, defenses=[dp],
+                optimizers={"front": lambda p: torch.optim.SGD(p, lr=1.0)},
+                callbacks=[type("Run", (SplitCallback,), {"on_train_begin": lambda self, run: runs.append(run)})()])
+    assert runs[0].sampling == "poisson"  # DP-SGD asks the loop for Poisson sampling (rate 1 here: every sample)
+    for got, want in zip(front.parameters(), expected):
+        assert torch.allclose(got.detach(), want, atol=1e-6)
+    assert not hasattr(next(front.parameters()), "grad_sample")  # opacus's hooks were released
+
+
+def test_dpsgd_without_poisson_sampling_says_its_epsilon_is_not_a_guarantee(tiny_mnist, tmp_path):
+    from unsplit.experiments import TrainingCase, train_or_load
+
+    case = TrainingCase("mnist", epochs=1, defenses=("dpsgd:1",), split_depth=2, train_limit=128)
+    _, info = train_or_load(case, data_dir=tiny_mnist, cache_dir=tmp_path)
+    assert info["dp_epsilon"] > 0 and "Poisson sampling" in info["dp_accounting"]
+    assert "not a valid" not in info["dp_accounting"]
+    x, y = torch.randn(64, 6), torch.randint(0, 2, (64,))
+    with pytest.raises(ValueError, match="need poisson sampling"):
+        train_split(Topology(nn.Linear(6, 4), nn.Linear(4, 2)), x, y, epochs=1, sampling="shuffle",
+                    defenses=[DPSGD()])
+    d = DPSGD(poisson_sampling=False)
+    train_split(Topology(nn.Linear(6, 4), nn.Linear(4, 2)), x, y, epochs=1, batch_size=16, defenses=[d])
+    assert d.sampling is None and math.isfinite(d.spent_epsilon())

@@ -60,12 +60,17 @@ def test_defense_tradeoff_benchmark_runs_and_reports(tiny_mnist, tmp_path):
     cells = {load(p)["defense"]: load(p) for p in (out / "cells").glob("mnist_*_n200_*.json")}
     assert set(cells) == {"none", "gaussian:0.5", "dpsgd:1", "label_dp:1"}
     assert cells["dpsgd:1"]["dp_epsilon"] > 0 and cells["none"]["dp_epsilon"] is None
+    assert "Poisson" in cells["dpsgd:1"]["dp_accounting"]
+    for spec in ("gaussian:0.5", "dpsgd:1"):  # front defenses cannot act where the server holds the inputs: said so
+        assert cells[spec]["label_accuracy"] is None and "needs a front" in cells[spec]["label_not_applicable"]
+    assert 0 <= cells["label_dp:1"]["label_accuracy"] <= 1
     binary = {load(p)["defense"]: load(p) for p in (out / "cells").glob("binary_mnist_*.json")}
     assert set(binary) == {"none", "marvell:1"}
     assert all(0 <= b["label_accuracy"] <= 1 and 0 <= b["test_accuracy"] <= 1 for b in binary.values())
     report = (out / "tradeoff_mnist_d3_e1_2x2+2_n200.md").read_text()
     assert "| marvell:1 |" in report and "first 200 training images" in report
     main_table = report.split("## Binary task")[0]
+    assert "| n/a | n/a |" in main_table
     for spec, cell in cells.items():  # a model left at chance is flagged, a trained one is not
         flagged = cell["test_accuracy"] < 0.15
         assert (f"| {spec} (at chance: did not train) |" in main_table) == flagged

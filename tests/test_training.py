@@ -1,9 +1,13 @@
+import math
+
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from unsplit.models import MnistNet, split, split_three
-from unsplit.training import CutEvent, Defense, evaluate, train_split
+from unsplit.protocol import SplitCallback, Topology
+from unsplit.training import CutEvent, Defense, evaluate, run_split, train_split
 
 
 def _data(n=64, seed=0):
@@ -69,38 +73,263 @@ def test_u_shaped_three_way_split_learns_and_exposes_both_cuts():
     assert evaluate(model, x, y) > 0.9
 
 
-class _Recorder(Defense):
-    def __init__(self):
-        self.calls = []
+class _Hooks(Defense):
+    """Each hook replaces what it gets by something recognisable, so a test can see that the loop uses it."""
 
-    def labels(self, y):
-        self.calls.append("labels")
-        return y
+    acts_on = frozenset({"labels", "inputs", "smashed", "front_gradient", "head_gradient"})
 
-    def smashed(self, z):
-        self.calls.append("smashed")
-        return z * 0  # the server sees nothing
+    def __init__(self, active):
+        self.active = set(active)
 
-    def head_gradient(self, g):
-        self.calls.append("head_gradient")
-        return g
+    def labels(self, y, ctx=None):
+        return torch.zeros_like(y) if "labels" in self.active else y
 
-    def front_gradient(self, g):
-        self.calls.append("front_gradient")
-        return g
+    def inputs(self, x, ctx=None):
+        return torch.zeros_like(x) if "inputs" in self.active else x
 
-    def client_loss(self, x, z):
-        self.calls.append("client_loss")
-        return z.pow(2).mean()
+    def smashed(self, z, ctx=None):
+        return torch.full_like(z, 0.5) if "smashed" in self.active else z
+
+    def front_gradient(self, g, ctx=None):
+        return torch.zeros_like(g) if "front_gradient" in self.active else g
+
+    def head_gradient(self, g, ctx=None):
+        return torch.zeros_like(g) if "head_gradient" in self.active else g
 
 
-def test_defense_hooks_act_where_they_should():
+def _u_model():
     torch.manual_seed(0)
-    front, middle, head = split_three(MnistNet(), 2, 10)
-    x, y = _data(8)
-    rec = _Recorder()
-    seen = []
-    train_split(front, middle, x, y, head=head, epochs=1, batch_size=8, defenses=[rec],
-                observers=[lambda ev: seen.append((ev.cut, float(ev.smashed.abs().max())))])
-    assert rec.calls == ["labels", "smashed", "head_gradient", "front_gradient", "client_loss"]
-    assert ("front", 0.0) in seen  # observers get what crossed the cut, after the defense
+    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 3))
+    return model, Topology.split(model, front_depth=1, head_start=4)
+
+
+def _flat(module):
+    return torch.cat([p.detach().flatten() for p in module.parameters()])
+
+
+def test_defense_hook_outputs_are_what_the_parties_use():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(16, 6, generator=g), torch.randint(0, 3, (16,), generator=g)
+
+    def run(active, **kw):
+        model, t = _u_model()
+        before = {p: _flat(m) for p, m in t.parts.items()}
+        seen = {"labels": [], "front": [], "head": []}
+
+        def loss_fn(logits, labels):
+            seen["labels"].append(labels)
+            return F.cross_entropy(logits, labels)
+
+        def observe(ev):
+            seen[ev.cut].append(ev)
+
+        train_split(t, x, y, epochs=1, batch_size=16, defenses=[_Hooks(active)], loss_fn=loss_fn, observers=[observe],
+                    **kw)
+        moved = {p: not torch.equal(before[p], _flat(m)) for p, m in t.parts.items()}
+        return t, seen, moved
+
+    _, seen, moved = run({"labels"})
+    assert torch.equal(seen["labels"][0], torch.zeros(16, dtype=torch.int64))  # the owner trains on the new labels
+    t, seen, _ = run({"inputs"})
+    with torch.no_grad():  # the front computed on the replaced inputs (its weights before the step)
+        model, t0 = _u_model()
+        assert torch.allclose(seen["front"][0].smashed.as_subclass(torch.Tensor), t0.front(torch.zeros_like(x)))
+    _, seen, _ = run({"smashed"})
+    assert bool((seen["front"][0].smashed == 0.5).all())  # what crossed the cut
+    with torch.no_grad():
+        model, t0 = _u_model()
+        assert torch.allclose(seen["head"][0].smashed.as_subclass(torch.Tensor), t0.middle(torch.full((16, 8), 0.5)))
+    _, seen, moved = run({"head_gradient"})
+    assert bool((seen["head"][0].gradient == 0).all()) and bool((seen["front"][0].gradient == 0).all())
+    assert moved == {"front": False, "middle": False, "head": True}  # a zero returned gradient stops both below
+    _, seen, moved = run({"front_gradient"})
+    assert bool((seen["front"][0].gradient != 0).any())  # the server sent a real gradient...
+    assert moved == {"front": False, "middle": True, "head": True}  # ...which the client replaced before applying
+
+
+def test_front_loss_trains_the_front_on_its_own():
+    class PullToZero(Defense):
+        acts_on = frozenset({"front_loss", "front_gradient"})
+
+        def front_loss(self, x, z, ctx=None):
+            return 10 * z.pow(2).mean()
+
+        def front_gradient(self, g, ctx=None):
+            return torch.zeros_like(g)
+
+    model, t = _u_model()
+    x, y = torch.randn(64, 6), torch.randint(0, 3, (64,))
+    with torch.no_grad():
+        start = float(t.front(x).pow(2).mean())
+    train_split(t, x, y, epochs=50, batch_size=64, defenses=[PullToZero()],
+                optimizers={"front": lambda p: torch.optim.SGD(p, lr=0.5)})
+    with torch.no_grad():
+        assert float(t.front(x).pow(2).mean()) < 0.2 * start
+
+
+def test_injectable_task_loss_and_optimisers_per_part():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, 1))
+    t = Topology.split(model, front_depth=1)
+    x = torch.randn(128, 3)
+    target = x.sum(1, keepdim=True)  # a regression task: the loop is not tied to classification
+    frozen = _flat(t.middle)
+    losses = train_split(t, x, target, epochs=30, batch_size=32, loss_fn=F.mse_loss,
+                         optimizers={"front": lambda p: torch.optim.SGD(p, lr=0.05),
+                                     "middle": lambda p: torch.optim.SGD(p, lr=0.0)})
+    assert losses[-1] < 0.3 * losses[0]
+    assert torch.equal(frozen, _flat(t.middle))  # the middle's own optimiser (lr 0) left it where it was
+    with pytest.raises(ValueError, match="parts this vanilla split lacks"):
+        train_split(t, x, target, epochs=1, loss_fn=F.mse_loss, optimizers={"head": torch.optim.SGD})
+
+
+def test_a_failing_step_still_releases_the_defenses():
+    class Fragile(Defense):
+        acts_on = frozenset({"front_loss"})
+        released = False
+
+        def front_loss(self, x, z, ctx=None):
+            if ctx.step == 1:
+                raise RuntimeError("boom")
+            return None
+
+        def release(self):
+            self.released = True
+
+    model, t = _u_model()
+    d = Fragile()
+    with pytest.raises(RuntimeError, match="boom"):
+        train_split(t, torch.randn(20, 6), torch.randint(0, 3, (20,)), epochs=1, batch_size=5, defenses=[d])
+    assert d.released
+
+
+def test_poisson_sampling_draws_batches_of_random_size_at_the_right_rate():
+    model, t = _u_model()
+    x, y = torch.randn(400, 6), torch.randint(0, 3, (400,))
+    sizes, runs = [], []
+
+    class Count(SplitCallback):
+        observes = frozenset({"front.smashed"})
+
+        def on_train_begin(self, run):
+            runs.append(run)
+
+        def on_cut(self, ev):
+            if ev.cut == "front":
+                sizes.append(ev.batch_size)
+
+    train_split(t, x, y, epochs=5, batch_size=20, sampling="poisson", callbacks=[Count()])
+    assert runs[0].sampling == "poisson" and runs[0].steps_per_epoch == 20
+    assert len(set(sizes)) > 5 and abs(sum(sizes) / len(sizes) - 20) < 2  # Binomial(400, 1/20): mean 20
+    with pytest.raises(ValueError, match="unknown sampling"):
+        train_split(t, x, y, epochs=1, sampling="stratified")
+
+
+# -- how the three kinds of attacker plug in (see the module docstring of unsplit.training) ------------------------
+
+
+class PassiveRecorder(SplitCallback):
+    """Records the smashed data and the returned gradient of every training step; touches nothing."""
+
+    observes = frozenset({"front.smashed", "front.gradient"})
+
+    def __init__(self):
+        self.indices, self.smashed, self.gradients = [], [], []
+
+    def on_cut(self, ev):
+        if ev.cut == "front" and ev.phase == "train":
+            self.indices.append(ev.indices)
+            self.smashed.append(ev.smashed)
+            self.gradients.append(ev.gradient)
+
+
+def test_passive_recorder_gets_exactly_what_crossed_the_cut():
+    torch.manual_seed(0)
+    model = MnistNet()
+    t = Topology.split(model, front_depth=3)
+    x, y = _data(24)
+    rec = PassiveRecorder()
+    train_split(t, x, y, epochs=2, batch_size=8, callbacks=[rec])
+    assert len(rec.smashed) == 6 and all(s.shape == (8, 16, 8, 8) for s in rec.smashed)
+    assert sorted(torch.cat(rec.indices[:3]).tolist()) == list(range(24))  # one epoch = every sample once
+    # the recorded gradients are what an honest server computes: they move the client as plain training does
+    assert all(float(g.abs().sum()) > 0 for g in rec.gradients)
+
+
+class ActiveServer(SplitCallback):
+    """A malicious server (FSHA-like): it never runs the task; it returns the gradient of its own loss, which pulls
+    the client's smashed data towards a target of its choosing."""
+
+    observes = frozenset({"front.smashed"})
+    replaces_server_step = True
+
+    def __init__(self, target: float):
+        self.target, self.losses = target, []
+
+    def server_gradient(self, ev):
+        z = ev.smashed.clone().requires_grad_(True)
+        loss = (z - self.target).pow(2).mean()
+        loss.backward()
+        self.losses.append(float(loss.detach()))
+        return z.grad
+
+
+def test_active_server_hijacks_the_client_and_the_honest_server_never_trains():
+    torch.manual_seed(0)
+    model = MnistNet()
+    t = Topology.split(model, front_depth=3)
+    x, y = _data(64)
+    with torch.no_grad():
+        server_before, start = _flat(t.middle), float((t.front(x) - 1.0).pow(2).mean())
+    attacker = ActiveServer(target=1.0)
+    losses = train_split(t, x, y, epochs=10, batch_size=32, callbacks=[attacker],
+                         optimizers=lambda p: torch.optim.Adam(p, lr=1e-2))
+    assert all(math.isnan(v) for v in losses)  # no task loss: the server's step was replaced
+    assert torch.equal(server_before, _flat(t.middle))
+    with torch.no_grad():
+        assert float((t.front(x) - 1.0).pow(2).mean()) < 0.1 * start  # the client now lives where it was pushed
+
+
+class ShadowAttacker(SplitCallback):
+    """SLADV-like: records the smashed data in training, then fits a shadow of the client front on its own unlabeled
+    inputs so that the shadow's outputs match the observed distribution (mean and covariance), and uses the
+    inference pass to check it against fresh observations."""
+
+    observes = frozenset({"front.smashed"})
+
+    def __init__(self, own_inputs, shadow):
+        self.own, self.shadow, self.recorded, self.inference = own_inputs, shadow, [], []
+
+    def on_cut(self, ev):
+        (self.recorded if ev.phase == "train" else self.inference).append(ev.smashed)
+
+    @staticmethod
+    def gap(a, b):
+        return (a.mean(0) - b.mean(0)).pow(2).sum() + (torch.cov(a.T) - torch.cov(b.T)).pow(2).sum()
+
+    def on_train_end(self, run):
+        seen = torch.cat(self.recorded[-len(self.recorded) // run.epochs:]).as_subclass(torch.Tensor)  # last epoch
+        opt = torch.optim.Adam(self.shadow.parameters(), lr=0.05)
+        with torch.no_grad():
+            self.before = float(self.gap(self.shadow(self.own), seen))
+        for _ in range(150):
+            opt.zero_grad()
+            self.gap(self.shadow(self.own), seen).backward()
+            opt.step()
+
+
+def test_shadow_model_attacker_fits_a_shadow_front_from_what_it_observed():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 2))
+    t = Topology.split(model, front_depth=1)
+    mix = torch.randn(5, 5)
+    x = torch.randn(512, 5) @ mix
+    y = (x[:, 0] > 0).long()
+    attacker = ShadowAttacker(own_inputs=torch.randn(256, 5) @ mix, shadow=nn.Sequential(nn.Linear(5, 4), nn.Tanh()))
+    train_split(t, x, y, epochs=3, batch_size=64, callbacks=[attacker])
+    x_test = torch.randn(300, 5) @ mix
+    run_split(t, x_test, callbacks=[attacker])  # the inference pass: the same events, gradient None
+    fresh = torch.cat(attacker.inference).as_subclass(torch.Tensor)
+    with torch.no_grad():
+        after = float(attacker.gap(attacker.shadow(x_test), fresh))
+    assert after < 0.1 * attacker.before  # the shadow's outputs now land where the real front's do

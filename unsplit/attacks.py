@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import torch
@@ -151,8 +152,11 @@ def model_inversion_stealing(
             raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
     if cfg["normalise"] not in (None, "scale", "minmax"):
         raise ValueError(f"unknown normalise {cfg['normalise']!r}: choose None, 'scale' or 'minmax'")
-    if cfg["lambda_tv"] < 0 or cfg["lambda_l2"] < 0:
-        raise ValueError("lambda_tv and lambda_l2 must be >= 0")
+    for key in ("lambda_tv", "lambda_l2", "input_lr", "model_lr"):
+        if not (isinstance(cfg[key], (int, float)) and math.isfinite(cfg[key]) and cfg[key] >= 0):
+            raise ValueError(f"{key} must be a finite number >= 0, got {cfg[key]!r}")
+    if not math.isfinite(init_value):
+        raise ValueError(f"init_value must be finite, got {init_value!r}")
     if not torch.is_tensor(smashed) or smashed.dim() < 2:
         raise ValueError("smashed must be a tensor of shape (N, ...) with N >= 1 targets")
     if log_every < 1:

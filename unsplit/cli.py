@@ -2,20 +2,21 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
-import time
 from pathlib import Path
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from .data import DATASETS, DataUnavailable, default_data_dir, load_dataset
-from .models import build_model, split
-from .training import evaluate, train_split
-from .util import atomic_save, resolve_device, unique_dir
+from .defenses import parse_defenses
+from .experiments import TrainingCase, train_or_load
+from .util import resolve_device, unique_dir
 
-__all__ = ["UsageError", "add_common_arguments", "run_main", "trained_model", "output_dir", "log"]
+__all__ = ["UsageError", "add_common_arguments", "run_main", "trained_model", "output_dir", "log", "finite_float",
+           "check_defenses"]
 
 
 class UsageError(ValueError):
@@ -36,6 +37,28 @@ def make_parser(description: str) -> argparse.ArgumentParser:
     return _Parser(description=description, formatter_class=_Formatter)
 
 
+def finite_float(text: str) -> float:
+    """argparse type: a finite float (``nan`` and ``inf`` are usage errors, exit 2)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def check_defenses(parser: argparse.ArgumentParser, specs: Sequence[str], *, num_classes: int = 10) -> List[str]:
+    """Validates ``NAME[:STRENGTH]`` defense specs (a bad one is a one-line usage error, exit 2) and returns them
+    without the no-op ``none``."""
+    specs = [s.strip() for s in specs if s.strip() and s.strip() != "none"]
+    try:
+        parse_defenses(specs, num_classes=num_classes)
+    except ValueError as exc:
+        parser.error(str(exc))
+    return specs
+
+
 def add_common_arguments(parser: argparse.ArgumentParser, *, epochs: int = 10) -> None:
     """Options every demo shares (data, output, seed, device, training cache, verbosity)."""
     parser.add_argument("dataset", choices=DATASETS, help="dataset")
@@ -52,6 +75,13 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, epochs: int = 10) -
                              "nopeek:ALPHA, dpsgd:NOISE_MULTIPLIER, label_dp:EPSILON, topk:RATIO, maxnorm, none")
 
 
+def parse_with_defenses(parser: argparse.ArgumentParser, argv=None, *, num_classes: int = 10) -> argparse.Namespace:
+    """``parser.parse_args`` that also validates ``--defense`` (``args.defense`` becomes the checked specs)."""
+    args = parser.parse_args(argv)
+    args.defense = check_defenses(parser, args.defense or [], num_classes=num_classes)
+    return args
+
+
 def log(args, message: str) -> None:
     """Prints a status line (stdout), unless ``--quiet``."""
     if not getattr(args, "quiet", False):
@@ -62,7 +92,7 @@ def run_main(main: Callable[[Optional[list]], int], argv: Optional[list] = None)
     """Runs a demo's ``main``, turning expected failures into one-line messages and exit code 2."""
     try:
         return main(argv)
-    except (UsageError, DataUnavailable, ValueError, FileExistsError) as exc:
+    except (UsageError, DataUnavailable, ValueError, FileExistsError) as exc:  # CheckpointMismatch is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -99,70 +129,24 @@ def trained_model(
     *,
     test: Tuple[torch.Tensor, torch.Tensor],
     split_depth: Optional[int] = None,
-    defenses: Sequence = (),
-) -> Tuple[nn.Sequential, Dict[str, float]]:
-    """The split model trained as in the reference (client + server, 10 epochs), from the cache when possible.
-
-    Without a defense the cache key is (dataset, epochs, seed): training is the same whatever the split depth (the
-    cut does not change the joint gradient), so one checkpoint serves every depth. With defenses (``--defense``) the
-    model is trained split at ``split_depth`` with them, and the key adds the depth and the defenses.
-    ``--checkpoint PATH`` chooses the file, ``--retrain`` ignores an existing one.
-
-    Returns:
-        The model (on ``device``, eval mode) and ``{"test_accuracy", "train_seconds", "from_checkpoint", ...}``
-        (``dp_epsilon`` when DP-SGD was used in this training run).
-    """
-    model = build_model(args.dataset)
-    specs = defense_specs(args)
-    suffix = f"_d{split_depth}_" + "_".join(s.replace(":", "-") for s in specs) if specs else ""
-    path = args.checkpoint or Path("checkpoints") / f"{args.dataset}_epochs{args.epochs}_seed{args.seed}{suffix}.pt"
-    info: Dict[str, float] = {}
-    if Path(path).exists() and not args.retrain:
-        try:
-            state = torch.load(path, map_location="cpu")
-            model.load_state_dict(state["model"])
-        except Exception as exc:  # a foreign or corrupt file
-            raise UsageError(f"cannot load checkpoint {path}: {str(exc).splitlines()[0][:160]} (use --retrain)")
-        if state.get("dataset") != args.dataset:
-            raise UsageError(f"checkpoint {path} was trained on {state.get('dataset')!r}, not {args.dataset!r}")
-        info = {"train_seconds": state.get("train_seconds"), "from_checkpoint": True, "epochs": state.get("epochs"),
-                "dp_epsilon": state.get("dp_epsilon")}
-        log(args, f"loaded trained model from {path}")
-    else:
-        x_train, y_train = load_dataset(
-            args.dataset, data_dir=args.data_dir, train=True, download=not args.no_download,
-            limit=getattr(args, "train_limit", None),
-        )
-        torch.manual_seed(args.seed)
-        model = build_model(args.dataset)
-        log(args, f"training the split model: {args.epochs} epochs on {len(y_train)} images ...")
-        start = time.perf_counter()
-        # Without a defense the cut does not change the gradients: train once, reuse at every depth.
-        client, server = split(model, split_depth if specs else 0)
-        train_split(client, server, x_train, y_train, epochs=args.epochs, device=device, seed=args.seed,
-                    defenses=list(defenses), progress=not args.quiet)
-        seconds = time.perf_counter() - start
-        eps = [d.spent_epsilon() for d in defenses if hasattr(d, "spent_epsilon")]
-        info = {"train_seconds": seconds, "from_checkpoint": False, "epochs": args.epochs,
-                "dp_epsilon": eps[0] if eps else None}
-        atomic_save(
-            {"model": model.state_dict(), "dataset": args.dataset, "epochs": args.epochs, "seed": args.seed,
-             "train_seconds": seconds, "defenses": specs, "split_depth": split_depth if specs else None,
-             "dp_epsilon": info["dp_epsilon"]},
-            path,
-        )
-        log(args, f"trained in {seconds:.1f} s; saved to {path}")
-    model = model.to(device).eval()
-    info["test_accuracy"] = evaluate(model, *test, device=device)
-    info["checkpoint"] = str(path)
-    return model, info
+) -> Tuple[nn.Sequential, Dict[str, object]]:
+    """The demos' split model: the :class:`~unsplit.experiments.TrainingCase` their options describe (dataset,
+    ``--epochs``, ``--seed``, ``--defense`` at ``split_depth``), through :func:`~unsplit.experiments.train_or_load`
+    (``--checkpoint PATH`` chooses the file, ``--retrain`` ignores an existing one; a checkpoint of another case is
+    a usage error)."""
+    specs = tuple(defense_specs(args))
+    case = TrainingCase(args.dataset, epochs=args.epochs, seed=args.seed, defenses=specs,
+                        split_depth=split_depth if specs else None)
+    return train_or_load(case, data_dir=args.data_dir, checkpoint=args.checkpoint, retrain=args.retrain,
+                         download=not args.no_download, test=test, device=device, progress=not args.quiet,
+                         log=lambda message: log(args, message))
 
 
-def train_mean_image(args, x_test: torch.Tensor) -> torch.Tensor:
+def train_mean_image(dataset: str, x_test: torch.Tensor, *, data_dir=None) -> torch.Tensor:
     """Per-pixel mean of the training images, ``(1, C, H, W)`` (a trivial reconstruction that knows the data
     distribution); the test split's mean if only the test split is on disk."""
     try:
-        x_train, _ = load_dataset(args.dataset, data_dir=args.data_dir, train=True, download=False)
+        x_train, _ = load_dataset(dataset, data_dir=data_dir, train=True, download=False)
     except (DataUnavailable, OSError, RuntimeError):
         x_train = x_test
     return x_train.mean(dim=0, keepdim=True)
@@ -170,5 +154,5 @@ def train_mean_image(args, x_test: torch.Tensor) -> torch.Tensor:
 
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="trained-model cache file (default: checkpoints/<dataset>_epochs<E>_seed<S>.pt)")
+                        help="trained-model cache file (default: checkpoints/<training case>.pt)")
     parser.add_argument("--retrain", action="store_true", help="train even if the checkpoint exists")

@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from .training import Defense
+from .protocol import Defense, RunInfo, StepContext
 
 __all__ = [
     "distance_correlation",
@@ -36,6 +36,7 @@ __all__ = [
     "solve_marvell",
     "DEFENSES",
     "parse_defense",
+    "parse_defenses",
 ]
 
 
@@ -75,11 +76,11 @@ class GaussianNoise(Defense):
     acts_on = frozenset({"smashed"})
 
     def __init__(self, sigma: float = 0.1):
-        if sigma < 0:
-            raise ValueError("sigma must be >= 0")
+        if not (math.isfinite(sigma) and sigma >= 0):
+            raise ValueError("sigma must be a finite number >= 0")
         self.sigma = sigma
 
-    def smashed(self, z: torch.Tensor) -> torch.Tensor:
+    def smashed(self, z: torch.Tensor, ctx: Optional[StepContext] = None) -> torch.Tensor:
         return z + self.sigma * torch.randn_like(z)
 
 
@@ -90,11 +91,11 @@ class LaplaceNoise(Defense):
     acts_on = frozenset({"smashed"})
 
     def __init__(self, scale: float = 0.1):
-        if scale < 0:
-            raise ValueError("scale must be >= 0")
+        if not (math.isfinite(scale) and scale >= 0):
+            raise ValueError("scale must be a finite number >= 0")
         self.scale = scale
 
-    def smashed(self, z: torch.Tensor) -> torch.Tensor:
+    def smashed(self, z: torch.Tensor, ctx: Optional[StepContext] = None) -> torch.Tensor:
         if self.scale == 0:
             return z
         return z + torch.distributions.Laplace(0.0, self.scale).sample(z.shape).to(z)
@@ -104,52 +105,73 @@ class NoPeek(Defense):
     """NoPeek: the client also minimises ``alpha * dCor(x, z)`` between its inputs and its smashed data."""
 
     name = "nopeek"
-    acts_on = frozenset({"client_loss"})
+    acts_on = frozenset({"front_loss"})
 
     def __init__(self, alpha: float = 1.0):
-        if alpha < 0:
-            raise ValueError("alpha must be >= 0")
+        if not (math.isfinite(alpha) and alpha >= 0):
+            raise ValueError("alpha must be a finite number >= 0")
         self.alpha = alpha
 
-    def client_loss(self, x: torch.Tensor, z: torch.Tensor) -> Optional[torch.Tensor]:
+    def front_loss(self, x: torch.Tensor, z: torch.Tensor, ctx: Optional[StepContext] = None) -> Optional[torch.Tensor]:
         return self.alpha * distance_correlation(x, z)
 
 
 class DPSGD(Defense):
-    """DP-SGD on the client part through opacus: per-sample clipping to ``max_grad_norm`` and Gaussian noise of
-    ``noise_multiplier * max_grad_norm``, with opacus's RDP accountant (``spent_epsilon()`` after training).
+    """DP-SGD on the client front through opacus (Abadi et al., CCS'16): per-sample clipping to ``max_grad_norm``,
+    Gaussian noise of ``noise_multiplier * max_grad_norm``, opacus's RDP accountant (``spent_epsilon()``).
 
-    The client's per-sample gradients are those of its share of the batch-mean loss, as opacus expects.
+    The front's per-sample gradients are those of its share of the batch-mean loss, as opacus expects. With
+    ``poisson_sampling=True`` (the default, as opacus's) the training loop samples each batch by Poisson sampling
+    (each sample joins each step with probability batch_size / N), which is what the accountant assumes, so the
+    reported ε holds. ``poisson_sampling=False`` trains on shuffled fixed-size batches (the behaviour before 0.2):
+    the accountant's ε then assumes a sampling that did not happen and is not a valid guarantee for that run.
+
+    Args:
+        noise_multiplier: σ, noise std relative to ``max_grad_norm``.
+        max_grad_norm: per-sample clipping norm C.
+        delta: δ of the reported (ε, δ).
+        poisson_sampling: train with Poisson sampling (see above).
     """
 
     name = "dpsgd"
-    acts_on = frozenset({"prepare_client"})
+    acts_on = frozenset({"prepare_front"})
 
-    def __init__(self, noise_multiplier: float = 1.0, max_grad_norm: float = 1.0, delta: float = 1e-5):
-        if noise_multiplier < 0 or max_grad_norm <= 0:
-            raise ValueError("noise_multiplier must be >= 0 and max_grad_norm > 0")
+    def __init__(self, noise_multiplier: float = 1.0, max_grad_norm: float = 1.0, delta: float = 1e-5,
+                 poisson_sampling: bool = True):
+        if not (math.isfinite(noise_multiplier) and noise_multiplier >= 0):
+            raise ValueError("noise_multiplier must be a finite number >= 0")
+        if not (math.isfinite(max_grad_norm) and max_grad_norm > 0) or not 0 < delta < 1:
+            raise ValueError("max_grad_norm must be a finite number > 0 and delta lie in (0, 1)")
         self.noise_multiplier = noise_multiplier
         self.max_grad_norm = max_grad_norm
         self.delta = delta
+        self.poisson_sampling = poisson_sampling
         self.engine = None
+        self._wrapped = None
 
-    def prepare_client(self, module: nn.Module, optimizer, n_samples: int, batch_size: int):
+    @property
+    def sampling(self) -> Optional[str]:
+        return "poisson" if self.poisson_sampling else None
+
+    def prepare_front(self, module: nn.Module, optimizer, run: RunInfo):
         from opacus import PrivacyEngine
         from torch.utils.data import DataLoader, TensorDataset
 
+        if self.poisson_sampling and run.sampling != "poisson":
+            raise ValueError(f"DPSGD(poisson_sampling=True) needs Poisson sampling, the loop samples {run.sampling!r}")
         self.engine = PrivacyEngine(accountant="rdp")
-        # opacus reads the sampling rate from a loader; the loop itself slices tensors (uniform batches)
-        loader = DataLoader(TensorDataset(torch.zeros(n_samples, 1)), batch_size=batch_size)
+        # opacus reads the sample rate (1 / batches per epoch) from a loader; the loop samples the batches itself
+        loader = DataLoader(TensorDataset(torch.zeros(run.n_samples, 1)), batch_size=run.batch_size)
         module, optimizer, _ = self.engine.make_private(
             module=module, optimizer=optimizer, data_loader=loader, noise_multiplier=self.noise_multiplier,
-            max_grad_norm=self.max_grad_norm, poisson_sampling=False,
+            max_grad_norm=self.max_grad_norm, poisson_sampling=self.poisson_sampling,
         )
         self._wrapped = module
         return module, optimizer
 
     def release(self) -> None:
         # remove opacus's per-sample hooks so the trained client runs (and deep-copies) as a plain module again
-        wrapped = getattr(self, "_wrapped", None)
+        wrapped = self._wrapped
         if wrapped is not None:
             wrapped.remove_hooks()
             wrapped.to_standard_module()
@@ -173,14 +195,22 @@ class RandomizedResponse(Defense):
     uniformly. With ``prior`` (a class distribution, e.g. public class frequencies), RR-with-prior (Ghazi et al.,
     NeurIPS'21) first restricts the output to the k most likely classes, k maximising
     ``sum(top-k prior) * e^ε / (e^ε + k - 1)``, and runs RR on that set (a label outside it maps uniformly into it).
+
+    Each sample's label is randomised **once** (cached by its dataset index) and reused in every epoch, so the whole
+    training spends ε however many epochs it runs (a fresh draw per epoch would spend E·ε over E epochs).
+
+    Args:
+        epsilon: ε of the label-DP guarantee.
+        num_classes: K, the number of classes (labels must lie in 0..K-1).
+        prior: optional class distribution for RR-with-prior.
     """
 
     name = "label_dp"
     acts_on = frozenset({"labels"})
 
     def __init__(self, epsilon: float = 1.0, num_classes: int = 10, prior: Optional[Sequence[float]] = None):
-        if epsilon < 0 or num_classes < 2:
-            raise ValueError("epsilon must be >= 0 and num_classes >= 2")
+        if not (math.isfinite(epsilon) and epsilon >= 0) or num_classes < 2:
+            raise ValueError("epsilon must be a finite number >= 0 and num_classes >= 2")
         self.epsilon, self.num_classes = epsilon, num_classes
         self.prior = None if prior is None else torch.as_tensor(prior, dtype=torch.float)
         if self.prior is not None and self.prior.shape != (num_classes,):
@@ -191,8 +221,12 @@ class RandomizedResponse(Defense):
             e = math.exp(epsilon)
             gains = [float(self.prior[order[:k]].sum()) * e / (e + k - 1) for k in range(1, num_classes + 1)]
             self.allowed = order[: 1 + max(range(num_classes), key=lambda k: gains[k])].sort().values
+        # the draw of each sample, by dataset index (-1: not drawn yet), and the true label it was drawn for
+        self._true = torch.empty(0, dtype=torch.int64)
+        self._drawn = torch.empty(0, dtype=torch.int64)
 
-    def labels(self, y: torch.Tensor) -> torch.Tensor:
+    def draw(self, y: torch.Tensor) -> torch.Tensor:
+        """One fresh randomised response per label (no caching)."""
         allowed = self.allowed.to(y.device)
         k = len(allowed)
         if k == 1:
@@ -206,6 +240,31 @@ class RandomizedResponse(Defense):
         shift = torch.randint(1, k, y.shape, device=y.device)
         other = torch.where(in_set, (pos + shift) % k, torch.randint(0, k, y.shape, device=y.device))
         return torch.where(keep, y, allowed[other])
+
+    def labels(self, y: torch.Tensor, ctx: Optional[StepContext] = None) -> torch.Tensor:
+        """The randomised labels of a batch: drawn once per sample (by ``ctx.indices``) and reused in every later
+        epoch, so that E epochs still spend ε, not E·ε. Without a context each call draws afresh."""
+        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
+            raise ValueError(f"label DP was built for {self.num_classes} classes, got labels in "
+                             f"[{int(y.min())}, {int(y.max())}]: pass num_classes")
+        if ctx is None:
+            return self.draw(y)
+        idx = ctx.indices.to(torch.int64).cpu()
+        need = int(idx.max()) + 1 if idx.numel() else 0
+        if need > len(self._true):
+            grow = need - len(self._true)
+            self._true = torch.cat([self._true, torch.full((grow,), -1, dtype=torch.int64)])
+            self._drawn = torch.cat([self._drawn, torch.full((grow,), -1, dtype=torch.int64)])
+        true = y.detach().cpu().to(torch.int64)
+        known = self._true[idx] >= 0
+        if bool((self._true[idx][known] != true[known]).any()):
+            raise ValueError("label DP already drew a label for one of these sample indices under a different true "
+                             "label: use one RandomizedResponse per dataset")
+        fresh = idx[~known]
+        if len(fresh):
+            self._true[fresh] = true[~known]
+            self._drawn[fresh] = self.draw(true[~known])
+        return self._drawn[idx].to(y.device)
 
 
 class TopK(Defense):
@@ -238,10 +297,10 @@ class TopK(Defense):
         out = torch.zeros_like(flat).scatter_(1, idx, flat.gather(1, idx))
         return out.view_as(g)
 
-    def head_gradient(self, g: torch.Tensor) -> torch.Tensor:
+    def head_gradient(self, g: torch.Tensor, ctx: Optional[StepContext] = None) -> torch.Tensor:
         return self._compress(g) if self.where in ("head", "both") else g
 
-    def front_gradient(self, g: torch.Tensor) -> torch.Tensor:
+    def front_gradient(self, g: torch.Tensor, ctx: Optional[StepContext] = None) -> torch.Tensor:
         return self._compress(g) if self.where in ("front", "both") else g
 
 
@@ -256,7 +315,7 @@ class MaxNorm(Defense):
     name = "maxnorm"
     acts_on = frozenset({"head_gradient"})
 
-    def head_gradient(self, g: torch.Tensor) -> torch.Tensor:
+    def head_gradient(self, g: torch.Tensor, ctx: Optional[StepContext] = None) -> torch.Tensor:
         flat = g.flatten(1)
         sq = flat.pow(2).sum(1, keepdim=True)
         var = (sq.max() - sq).clamp_min(0) / flat.shape[1]
@@ -303,31 +362,28 @@ class Marvell(Defense):
     Per batch, the owner estimates each class's mean gradient and per-coordinate variance, solves
     :func:`solve_marvell` for noise variances along the mean difference and orthogonal to it under the power budget
     ``power = strength * |mean_1 - mean_0|^2``, and adds class-dependent noise with those variances, so that the two
-    classes' returned gradients are hard to tell apart. The owner knows its labels: they are taken from the
-    ``labels`` hook of the same step.
+    classes' returned gradients are hard to tell apart. The owner knows its labels: the loop passes those it
+    trained on this step in ``ctx.labels`` (after any label-DP randomisation).
     """
 
     name = "marvell"
     acts_on = frozenset({"head_gradient"})
 
     def __init__(self, strength: float = 4.0, steps: int = 300):
-        if strength < 0:
-            raise ValueError("strength must be >= 0")
+        if not (math.isfinite(strength) and strength >= 0):
+            raise ValueError("strength must be a finite number >= 0")
         self.strength, self.steps = strength, steps
-        self._y: Optional[torch.Tensor] = None
         self._init: Optional[torch.Tensor] = None
         self.last_power: Optional[float] = None
         self.last_variances: Optional[torch.Tensor] = None
 
-    def labels(self, y: torch.Tensor) -> torch.Tensor:
-        if y.numel() and int(y.max()) > 1:
+    def head_gradient(self, g: torch.Tensor, ctx: Optional[StepContext] = None) -> torch.Tensor:
+        y = None if ctx is None else ctx.labels
+        if y is None:
+            raise ValueError("Marvell needs the label owner's labels of the step (a StepContext with labels)")
+        if y.numel() and (int(y.min()) < 0 or int(y.max()) > 1):
             raise ValueError("Marvell protects binary labels (0/1) only")
-        self._y = y
-        return y
-
-    def head_gradient(self, g: torch.Tensor) -> torch.Tensor:
-        y = self._y
-        if y is None or self.strength == 0 or bool((y == 0).all()) or bool((y == 1).all()):
+        if self.strength == 0 or bool((y == 0).all()) or bool((y == 1).all()):
             return g
         flat = g.flatten(1).double()
         pos, neg = flat[y == 1], flat[y == 0]
@@ -359,20 +415,40 @@ _STRENGTH = {"gaussian": "sigma", "laplace": "scale", "nopeek": "alpha", "dpsgd"
              "label_dp": "epsilon", "topk": "ratio", "marvell": "strength"}
 
 
-def parse_defense(spec: str) -> Defense:
+def parse_defense(spec: str, *, num_classes: int = 10) -> Defense:
     """Builds a defense from ``NAME[:STRENGTH]``, e.g. ``gaussian:0.5``, ``nopeek:2``, ``dpsgd:1.1``,
-    ``label_dp:1``, ``topk:0.1``, ``maxnorm``, ``marvell:4``; ``none`` gives the identity."""
-    name, _, strength = spec.partition(":")
+    ``label_dp:1``, ``topk:0.1``, ``maxnorm``, ``marvell:4``; ``none`` gives the identity.
+
+    Args:
+        spec: the defense and its strength.
+        num_classes: classes of the task (label DP randomises among them; Marvell needs 2).
+
+    Raises:
+        ValueError: unknown name, a strength that is not a finite number, a defense that does not fit the task.
+    """
+    name, _, strength = spec.strip().partition(":")
     if name == "none":
         return Defense()
     if name not in DEFENSES:
         raise ValueError(f"unknown defense {name!r}: choose one of none, {', '.join(DEFENSES)}")
-    if not strength:
-        return DEFENSES[name]()
-    if name not in _STRENGTH:
-        raise ValueError(f"defense {name!r} takes no strength")
-    try:
-        value = float(strength)
-    except ValueError:
-        raise ValueError(f"defense strength must be a number, got {strength!r}") from None
-    return DEFENSES[name](**{_STRENGTH[name]: value})
+    kwargs = {}
+    if strength:
+        if name not in _STRENGTH:
+            raise ValueError(f"defense {name!r} takes no strength")
+        try:
+            value = float(strength)
+        except ValueError:
+            raise ValueError(f"defense strength must be a number, got {strength!r}") from None
+        if not math.isfinite(value):
+            raise ValueError(f"defense strength must be a finite number, got {strength!r}")
+        kwargs[_STRENGTH[name]] = value
+    if name == "label_dp":
+        kwargs["num_classes"] = num_classes
+    if name == "marvell" and num_classes != 2:
+        raise ValueError(f"marvell protects binary tasks only, this task has {num_classes} classes")
+    return DEFENSES[name](**kwargs)
+
+
+def parse_defenses(specs: Sequence[str], *, num_classes: int = 10) -> list:
+    """:func:`parse_defense` for each spec, leaving out ``none`` (the no-op)."""
+    return [parse_defense(s, num_classes=num_classes) for s in specs if s.strip() and s.strip() != "none"]

@@ -6,18 +6,41 @@ labels enter only the metric code below.
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import inspect
+import json
 import time
-from typing import Callable, Dict, Optional, Sequence
+from pathlib import Path
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
 from .attacks import GRADIENT_KINDS, InversionResult, LabelInferenceAttack, last_weight_name, model_inversion_stealing
-from .models import fresh_copy, label_inference_depth, split
-from .training import CutEvent, Defense, evaluate, train_split
-from .util import reconstruction_metrics
+from .models import MODELS, fresh_copy
+from .protocol import CutEvent, SplitCallback, Topology
+from .training import Defense, evaluate, train_split
+from .util import atomic_save, reconstruction_metrics
 
-__all__ = ["inversion_experiment", "label_experiment"]
+__all__ = ["inversion_experiment", "label_experiment", "TrainingCase", "CheckpointMismatch", "train_or_load",
+           "attack_options"]
+
+
+def attack_options(attack: Callable, config: Optional[Mapping[str, Any]], *, reserved: Sequence[str]) -> Dict[str, Any]:
+    """Checks an attack config (keyword arguments of ``attack``) and returns it as a dict.
+
+    Raises:
+        ValueError: a key that ``attack`` does not take, or one the experiment sets itself (``reserved``).
+    """
+    config = dict(config or {})
+    params = inspect.signature(attack).parameters
+    taken = set(params) - set(reserved)
+    bad = sorted(set(config) - taken)
+    if bad:
+        raise ValueError(f"{attack.__name__} takes no option(s) {', '.join(bad)} here: choose from "
+                         f"{', '.join(sorted(k for k in taken if params[k].kind == params[k].KEYWORD_ONLY))}")
+    return config
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -32,12 +55,7 @@ def inversion_experiment(
     target_indices: torch.Tensor,
     *,
     mean_image: torch.Tensor,
-    preset: str = "paper",
-    main_iters: int = 1000,
-    input_iters: int = 100,
-    model_iters: int = 100,
-    lambda_tv: Optional[float] = None,
-    lambda_l2: Optional[float] = None,
+    attack: Optional[Mapping[str, Any]] = None,
     device: torch.device | str = "cpu",
     seed: int = 0,
     progress: bool = False,
@@ -52,7 +70,9 @@ def inversion_experiment(
         x_test: ``(N, C, H, W)`` test images in [0, 1]; ``y_test``: their labels.
         target_indices: indices of the private images the client sends.
         mean_image: ``(1, C, H, W)`` per-pixel mean of the training images (a trivial baseline).
-        preset, main_iters, input_iters, model_iters, lambda_tv, lambda_l2: see :func:`model_inversion_stealing`.
+        attack: keyword arguments of :func:`model_inversion_stealing` (any of them but the ones this function sets:
+            the architecture, smashed data, input shape, device, seed, progress and ``on_iteration``), e.g.
+            ``{"preset": "paper", "main_iters": 100}``; default: the paper's settings.
         device: where to compute; seed: the attack's seed; progress: tqdm bar.
         on_iteration: forwarded to the attack (``(outer_iteration, x̃)`` after every outer iteration).
         defenses: split-learning defenses in force; those acting on the smashed data change what the server sees.
@@ -61,21 +81,21 @@ def inversion_experiment(
         ``(report, result)``: per-image and mean MSE (raw, min-max), PSNR, SSIM, the grey / black / mean-image
         baselines, the stolen client's accuracy under the real server, an untrained client's, and attack seconds.
     """
+    options = attack_options(model_inversion_stealing, attack, reserved=_INVERSION_RESERVED)
     device = torch.device(device)
     model = model.to(device).eval()
     targets = x_test[target_indices].to(device)
-    client, server = split(model, split_depth)
+    topology = Topology.split(model, front_depth=split_depth)
+    client, server = topology.front, topology.middle
     with torch.no_grad():
         smashed = client(targets)
         for d in defenses:
-            smashed = d.smashed(smashed)  # all the server observes, besides the client's architecture
+            if "smashed" in d.acts_on:
+                smashed = d.smashed(smashed)  # all the server observes, besides the client's architecture
 
     start = time.perf_counter()
-    result = model_inversion_stealing(
-        client, smashed, input_shape=tuple(targets.shape[1:]), main_iters=main_iters, input_iters=input_iters,
-        model_iters=model_iters, lambda_tv=lambda_tv, lambda_l2=lambda_l2, preset=preset, device=device, seed=seed,
-        progress=progress, on_iteration=on_iteration,
-    )
+    result = model_inversion_stealing(client, smashed, input_shape=tuple(targets.shape[1:]), device=device,
+                                      seed=seed, progress=progress, on_iteration=on_iteration, **options)
     attack_seconds = time.perf_counter() - start
 
     metrics = reconstruction_metrics(result.reconstructions, targets)
@@ -87,7 +107,7 @@ def inversion_experiment(
     baseline_stolen_acc = evaluate(nn.Sequential(untrained, server), x_test, y_test, device=device)
     report: Dict[str, object] = {
         "split_depth": split_depth,
-        "preset": preset,
+        "preset": result.settings["preset"],
         "images": target_indices.tolist(),
         "labels": y_test[target_indices].tolist(),
         "mse": metrics["mse"],
@@ -111,6 +131,9 @@ def inversion_experiment(
     return report, result
 
 
+_INVERSION_RESERVED = ("client_architecture", "smashed", "input_shape", "device", "seed", "progress", "on_iteration")
+
+
 def _best_renaming_accuracy(confusion: torch.Tensor) -> float:
     """Accuracy under the one-to-one renaming of predicted classes that agrees best with the truth (Hungarian method).
 
@@ -126,6 +149,29 @@ def _best_renaming_accuracy(confusion: torch.Tensor) -> float:
     return float(confusion[rows, cols].sum()) / total
 
 
+class _LabelInferenceServer(SplitCallback):
+    """The server running UnSplit's online label inference: it observes the head cut (its own output and what the
+    label owner returns) and knows the labels of a few anchor samples by index."""
+
+    def __init__(self, attack: LabelInferenceAttack, known: Dict[int, int], n: int, *, weight_name: Optional[str],
+                 device: torch.device):
+        self.attack, self.known, self.weight_name, self.device = attack, known, weight_name, device
+        observed = "head.gradient" if weight_name is None else "head.weight_gradients"
+        self.observes = frozenset({"head.smashed", observed})
+        self.predicted = torch.full((n,), -1, dtype=torch.int64)
+        self.seconds = 0.0
+
+    def on_cut(self, event: CutEvent) -> None:
+        if event.cut != "head" or event.phase != "train":
+            return
+        start = time.perf_counter()
+        observed = event.gradient if self.weight_name is None else event.head_weight_gradients[self.weight_name]
+        known = torch.tensor([self.known.get(int(i), -1) for i in event.indices], device=self.device)
+        pred = self.attack.step(event.smashed, observed, batch_size=event.batch_size, known=known)
+        self.seconds += time.perf_counter() - start
+        self.predicted[event.indices] = pred.cpu()  # a later epoch's guess replaces an earlier one
+
+
 def label_experiment(
     model: nn.Sequential,
     x: torch.Tensor,
@@ -136,53 +182,64 @@ def label_experiment(
     known_per_class: Optional[int] = None,
     epochs: int = 1,
     num_classes: int = 10,
+    attack: Optional[Mapping[str, Any]] = None,
     device: torch.device | str = "cpu",
     seed: int = 0,
     progress: bool = False,
     defenses: Sequence[Defense] = (),
 ) -> Dict[str, object]:
-    """UnSplit label inference during split training of an untrained model (the reference protocol).
+    """UnSplit label inference during split training of an untrained model (Erdogan et al., WPES'22; the reference
+    protocol).
 
-    The label owner keeps only ``model``'s last layer; the server runs the rest on ``x`` (in the given order,
-    after the anchors) and attacks every batch. ``known_per_class`` samples per class are known to the attacker and
-    sent first (default: 1 with ``cut``, 0 with ``weight``); they are excluded from the score.
+    The label owner keeps only ``model``'s last layer; the server holds the inputs and runs the rest on ``x`` (in the
+    given order, after the anchors) and attacks every batch. ``known_per_class`` samples per class are known to the
+    attacker and sent first (default: 1 with ``cut``, 0 with ``weight``); they are excluded from the score.
+
+    Args:
+        model: the untrained ``nn.Sequential``; x: ``(N, ...)`` inputs in [0, 1]; y: ``(N,)`` labels (metric only).
+        attack: keyword arguments of :class:`LabelInferenceAttack` besides ``num_classes``, ``gradient``, ``device``
+            and ``seed`` (e.g. ``{"anchor_steps": 300}``).
+        defenses: in force during the training; one that cannot act in this topology (no client front: noise,
+            NoPeek, DP-SGD) raises ``ValueError``.
 
     Returns:
         ``accuracy``, ``accuracy_best_renaming`` (under the best one-to-one renaming of the predicted classes),
         per-class accuracy, confusion matrix, chance and majority-class baselines, attack throughput.
+
+    Raises:
+        ValueError: an unknown gradient kind, or no sample left to score (every sample is a known anchor).
     """
     if gradient not in GRADIENT_KINDS:
         raise ValueError(f"unknown gradient kind {gradient!r}: choose one of {', '.join(GRADIENT_KINDS)}")
+    options = attack_options(LabelInferenceAttack, attack,
+                             reserved=("head_architecture", "num_classes", "gradient", "device", "seed"))
     batch_size = batch_size or (64 if gradient == "cut" else 1)
     known_per_class = (1 if gradient == "cut" else 0) if known_per_class is None else known_per_class
     device = torch.device(device)
     anchor_pos = [int(i) for c in range(num_classes) for i in (y == c).nonzero().flatten()[:known_per_class]]
     anchor_set = set(anchor_pos)
     rest = [i for i in range(len(y)) if i not in anchor_set]
+    if not rest:
+        raise ValueError(f"nothing left to score: all {len(y)} samples are known anchors ({known_per_class} known "
+                         "per class); lower the known samples per class or infer more samples")
     order = torch.tensor(anchor_pos + rest, dtype=torch.int64)
     known_labels = {i: int(y[i]) for i in anchor_pos}  # the attacker's side knowledge
 
-    bottom, head = split(model, label_inference_depth(model))
-    weight_name = last_weight_name(head)
-    attack = LabelInferenceAttack(head, num_classes=num_classes, gradient=gradient, device=device, seed=seed + 1)
-    predicted = torch.full((len(y),), -1, dtype=torch.int64)
-    attack_time = [0.0]
-
-    def observe(event: CutEvent) -> None:
-        if event.cut != "head":
-            return
-        start = time.perf_counter()
-        observed = event.gradient if gradient == "cut" else event.head_weight_gradients[weight_name]
-        known = torch.tensor([known_labels.get(int(i), -1) for i in event.indices], device=device)
-        pred = attack.step(event.smashed, observed, batch_size=event.batch_size, known=known)
-        attack_time[0] += time.perf_counter() - start
-        predicted[event.indices] = pred.cpu()  # a later epoch's guess replaces an earlier one
+    topology = Topology.split(model, head_start=len(model) - 1)
+    for d in defenses:
+        topology.check_defense(d)
+    server = _LabelInferenceServer(
+        LabelInferenceAttack(topology.head, num_classes=num_classes, gradient=gradient, device=device, seed=seed + 1,
+                             **options),
+        known_labels, len(y), weight_name=last_weight_name(topology.head) if gradient == "weight" else None,
+        device=device)
 
     start = time.perf_counter()
-    train_split(None, bottom, x, y, head=head, epochs=epochs, batch_size=batch_size, order=order,
-                observers=[observe], share_head_weight_gradients=gradient == "weight", device=device, seed=seed,
-                progress=progress, defenses=list(defenses))
+    train_split(topology, x, y, epochs=epochs, batch_size=batch_size, order=order, callbacks=[server],
+                share_head_weight_gradients=gradient == "weight", device=device, seed=seed, progress=progress,
+                defenses=list(defenses))
     total_seconds = time.perf_counter() - start
+    predicted, attack_seconds = server.predicted, server.seconds
 
     # metrics: ground truth enters only here; anchors are not scored
     scored = torch.tensor(rest, dtype=torch.int64)
@@ -211,8 +268,170 @@ def label_experiment(
         "accuracy_best_renaming": best_renaming,
         "chance_accuracy": 1.0 / num_classes,
         "majority_class_accuracy": float(counts.max()) / max(len(scored), 1),
-        "samples_per_second": processed / max(attack_time[0], 1e-9),
-        "attack_seconds": attack_time[0],
+        "samples_per_second": processed / max(attack_seconds, 1e-9),
+        "attack_seconds": attack_seconds,
         "total_seconds": total_seconds,
         "end_to_end_samples_per_second": processed / max(total_seconds, 1e-9),
     }
+
+
+class CheckpointMismatch(ValueError):
+    """A cached model was trained for another training case than the one asked for."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingCase:
+    """Everything that decides a trained split model: the cache key of :func:`train_or_load`.
+
+    Attributes:
+        dataset: ``mnist``, ``f_mnist`` or ``cifar`` (the model is that dataset's reference network).
+        epochs: split-learning epochs; seed: seeds the initialisation and the batch sampling.
+        defenses: defense specs in force during training (``NAME[:STRENGTH]``, see
+            :func:`unsplit.defenses.parse_defense`); the key holds each one's full parameters.
+        split_depth: the client front's last layer. Without a defense it does not change training (the joint
+            gradient is the same at every cut), so it is left out of the key and one model serves every depth.
+        train_limit: train on the first N training images only (``None``: all).
+        batch_size, lr: the loop's batch size and every party's Adam learning rate.
+    """
+
+    dataset: str
+    epochs: int = 10
+    seed: int = 0
+    defenses: Tuple[str, ...] = ()
+    split_depth: Optional[int] = None
+    train_limit: Optional[int] = None
+    batch_size: int = 64
+    lr: float = 1e-3
+
+    def __post_init__(self):
+        from .defenses import parse_defenses
+
+        if self.dataset not in MODELS:
+            raise ValueError(f"unknown dataset {self.dataset!r}: choose one of {', '.join(MODELS)}")
+        specs = tuple(s.strip() for s in self.defenses if s.strip() and s.strip() != "none")
+        object.__setattr__(self, "defenses", specs)
+        if specs and self.split_depth is None:
+            raise ValueError("training with a defense needs the split depth it is trained at")
+        if not specs:
+            object.__setattr__(self, "split_depth", None)
+        if self.epochs < 0 or self.batch_size < 1 or (self.train_limit is not None and self.train_limit < 1):
+            raise ValueError("epochs must be >= 0, batch_size >= 1 and train_limit >= 1")
+        parse_defenses(specs, num_classes=MODELS[self.dataset].num_classes)  # a bad spec fails here, not later
+
+    def build_defenses(self) -> list:
+        """Fresh defense objects for this case."""
+        from .defenses import parse_defenses
+
+        return parse_defenses(self.defenses, num_classes=MODELS[self.dataset].num_classes)
+
+    def key(self) -> Dict[str, Any]:
+        """The canonical description of the training (JSON-friendly): what a checkpoint must match."""
+        return {"dataset": self.dataset, "model": MODELS[self.dataset].__name__, "epochs": self.epochs,
+                "seed": self.seed, "split_depth": self.split_depth, "train_limit": self.train_limit,
+                "batch_size": self.batch_size, "lr": self.lr, "optimizer": "adam-amsgrad", "loss": "cross_entropy",
+                "defenses": [d.config() for d in self.build_defenses()]}
+
+    @property
+    def name(self) -> str:
+        """A readable, unique file stem: ``<dataset>_e<epochs>_s<seed>[_d<depth>_<defenses>]_<hash>``."""
+        digest = hashlib.sha256(json.dumps(self.key(), sort_keys=True).encode()).hexdigest()[:10]
+        parts = [self.dataset, f"e{self.epochs}", f"s{self.seed}"]
+        if self.train_limit:
+            parts.append(f"n{self.train_limit}")
+        if self.defenses:
+            parts += [f"d{self.split_depth}", *(s.replace(":", "-") for s in self.defenses)]
+        return "_".join(parts + [digest])
+
+
+def _differences(stored: Mapping[str, Any], wanted: Mapping[str, Any]) -> str:
+    keys = sorted(set(stored) | set(wanted))
+    return ", ".join(f"{k}={stored.get(k)!r} (wanted {wanted.get(k)!r})" for k in keys
+                     if stored.get(k) != wanted.get(k))
+
+
+def train_or_load(
+    case: TrainingCase,
+    *,
+    data_dir: Union[str, Path, None] = None,
+    checkpoint: Union[str, Path, None] = None,
+    cache_dir: Union[str, Path] = "checkpoints",
+    retrain: bool = False,
+    download: bool = True,
+    test: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+    log: Optional[Callable[[str], None]] = None,
+) -> Tuple[nn.Sequential, Dict[str, Any]]:
+    """The split model of a training case: loaded from its checkpoint when one matches, else trained and saved.
+
+    The model is trained as in the UnSplit reference (:func:`unsplit.training.train_split`), split at
+    ``case.split_depth`` with the case's defenses in force. The checkpoint stores the case's key; loading checks it,
+    so a checkpoint of another case is refused rather than silently used.
+
+    Args:
+        case: what to train.
+        data_dir: dataset root (only read when training).
+        checkpoint: the file to use (default: ``cache_dir / (case.name + ".pt")``).
+        retrain: train even if the checkpoint exists (and overwrite it).
+        download: let torchvision download missing data.
+        test: ``(x, y)`` to report ``test_accuracy`` on.
+        device: where to train; progress: tqdm bar; log: receives status lines.
+
+    Returns:
+        The model (on ``device``, eval mode) and ``{"from_checkpoint", "train_seconds", "dp_epsilon",
+        "dp_accounting", "checkpoint", "case", ["test_accuracy"]}``.
+
+    Raises:
+        CheckpointMismatch: the checkpoint holds another case (or none: written by an older version).
+        ValueError: an unreadable checkpoint.
+    """
+    from .data import load_dataset
+    from .models import build_model
+
+    say = log or (lambda message: None)
+    path = Path(checkpoint) if checkpoint is not None else Path(cache_dir) / f"{case.name}.pt"
+    wanted = case.key()
+    model = build_model(case.dataset)
+    if path.exists() and not retrain:
+        try:
+            state = torch.load(path, map_location="cpu")
+            stored = state["case"] if isinstance(state, dict) and "case" in state else None
+        except Exception as exc:  # a foreign or corrupt file
+            raise ValueError(f"cannot load checkpoint {path}: {str(exc).splitlines()[0][:160]} (retrain it)") from None
+        if stored is None:
+            raise CheckpointMismatch(f"checkpoint {path} records no training case (written by an older unsplit): "
+                                     "retrain it or choose another checkpoint")
+        if stored != wanted:
+            raise CheckpointMismatch(f"checkpoint {path} was trained for another case: {_differences(stored, wanted)};"
+                                     " retrain it or choose another checkpoint")
+        model.load_state_dict(state["model"])
+        info = {k: state.get(k) for k in ("train_seconds", "dp_epsilon", "dp_accounting")}
+        info["from_checkpoint"] = True
+        say(f"loaded trained model from {path}")
+    else:
+        x_train, y_train = load_dataset(case.dataset, data_dir=data_dir, train=True, download=download,
+                                        limit=case.train_limit)
+        torch.manual_seed(case.seed)
+        model = build_model(case.dataset)
+        defenses = case.build_defenses()
+        say(f"training the split model: {case.epochs} epochs on {len(y_train)} images"
+            + (f" with {', '.join(case.defenses)}" if case.defenses else "") + " ...")
+        start = time.perf_counter()
+        topology = Topology.split(model, front_depth=case.split_depth or 0)
+        train_split(topology, x_train, y_train, epochs=case.epochs, batch_size=case.batch_size, lr=case.lr,
+                    device=device, seed=case.seed, defenses=defenses, progress=progress)
+        seconds = time.perf_counter() - start
+        dp = [d for d in defenses if hasattr(d, "spent_epsilon")]
+        info = {"train_seconds": seconds, "from_checkpoint": False,
+                "dp_epsilon": dp[0].spent_epsilon() if dp else None,
+                "dp_accounting": (f"RDP accountant at delta={dp[0].delta}, "
+                                  + ("Poisson sampling (rate batch/N): the guarantee holds" if dp[0].poisson_sampling
+                                     else "shuffled fixed-size batches: the accountant assumes Poisson sampling, so "
+                                          "this epsilon is not a valid guarantee")) if dp else None}
+        atomic_save({"model": model.state_dict(), "case": wanted, **info}, path)
+        say(f"trained in {seconds:.1f} s; saved to {path}")
+    model = model.to(device).eval()
+    info.update(checkpoint=str(path), case=wanted)
+    if test is not None:
+        info["test_accuracy"] = evaluate(model, *test, device=device)
+    return model, info

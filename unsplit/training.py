@@ -1,89 +1,73 @@
-"""Split-learning training with what crosses each cut made observable.
+"""Split learning with what crosses each cut made observable: one training loop and one inference pass.
 
-One loop covers vanilla split learning (client front -> server, the server holds the labels) and U-shaped split
-learning (client front -> server middle -> client head, the client keeps the labels; ``head=...``). The client front
-may be absent (``client=None``): the server then holds the inputs, as in UnSplit's label-inference setting.
+Both run a :class:`~unsplit.protocol.Topology` (vanilla, U-shaped, or the server holding the inputs) and report to
+:class:`~unsplit.protocol.SplitCallback` objects: lifecycle hooks, one read-only :class:`~unsplit.protocol.CutEvent`
+per batch and cut, and (training only) an optional override of the gradient the server returns to the client front.
+:class:`~unsplit.protocol.Defense` objects act at their hooks with a :class:`~unsplit.protocol.StepContext`.
 
-Extension points, each acting where it acts in the protocol:
+How the three kinds of attacker plug in (each shown by a test in ``tests/test_training.py``)::
 
-* ``observers``: callables receiving a :class:`CutEvent` for every batch and every cut (smashed data forward,
-  gradient back, per sample): this is all an honest-but-curious server sees.
-* ``server_gradient``: a malicious server chooses the gradient it returns to the client front (e.g. FSHA).
-* ``defenses``: :class:`Defense` objects that may change the smashed data the client sends, the gradient returned to
-  the client, the gradient the label-owning head returns, the client's own loss, or the labels.
+    class Recorder(SplitCallback):                   # passive: an honest-but-curious server or passive party
+        observes = frozenset({"front.smashed", "front.gradient"})
+        def on_cut(self, ev): self.seen.append((ev.indices, ev.smashed, ev.gradient))
+
+    class Hijacker(SplitCallback):                   # active: a malicious server (FSHA)
+        observes = frozenset({"front.smashed"})
+        replaces_server_step = True                  # the honest middle does not train
+        def server_gradient(self, ev): return grad_of_my_loss(ev.smashed)
+
+    class Shadow(SplitCallback):                     # shadow model: record in training, fit after it, then act at
+        def on_cut(self, ev): ...                    # inference (run_split emits the same events, gradient=None)
+        def on_train_end(self, run): fit_shadow_front(self.recorded)
+
+    train_split(Topology.split(model, front_depth=3), x, y, callbacks=[Recorder(), ...])
+    logits = run_split(topology, x_test, callbacks=[shadow])
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Dict, List, Optional, Sequence
+import math
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["CutEvent", "Defense", "train_split", "evaluate", "make_optimizer"]
+from .protocol import (
+    CutEvent,
+    Defense,
+    RunInfo,
+    SplitCallback,
+    StepContext,
+    Topology,
+    read_only,
+)
+
+__all__ = [
+    "CutEvent",
+    "Defense",
+    "RunInfo",
+    "SplitCallback",
+    "StepContext",
+    "Topology",
+    "SAMPLINGS",
+    "train_split",
+    "run_split",
+    "evaluate",
+    "make_optimizer",
+    "adam",
+]
+
+#: batch sampling of :func:`train_split`: a fresh seeded permutation per epoch, the data order, or Poisson sampling
+#: (each sample joins each step independently with probability batch_size / N: what DP-SGD's accountant assumes)
+SAMPLINGS = ("shuffle", "sequential", "poisson")
+
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
 
-@dataclasses.dataclass
-class CutEvent:
-    """What crossed one cut for one batch.
-
-    Attributes:
-        epoch: 0-based epoch.
-        step: 0-based batch index within the epoch.
-        cut: ``"front"`` (client front -> server) or ``"head"`` (server -> label-owning client head).
-        indices: ``(B,)`` dataset indices of the batch's samples.
-        smashed: ``(B, ...)`` activations sent forward across the cut (detached).
-        gradient: ``(B, ...)`` gradient sent back across the cut (detached), after any defense.
-        batch_size: size of the batch whose mean loss produced ``gradient``.
-        head_weight_gradients: for ``cut="head"`` when ``share_head_weight_gradients=True``: the head's parameter
-            gradients (observable only under weight sharing; UnSplit's reference label inference uses them).
-    """
-
-    epoch: int
-    step: int
-    cut: str
-    indices: torch.Tensor
-    smashed: torch.Tensor
-    gradient: torch.Tensor
-    batch_size: int
-    head_weight_gradients: Optional[Dict[str, torch.Tensor]] = None
-
-
-class Defense:
-    """Base class of split-learning defenses: every hook is the identity; a defense overrides where it acts."""
-
-    name = "none"
-    #: the hooks below that this defense changes (capabilities as data): ``"labels"``, ``"smashed"``,
-    #: ``"client_loss"``, ``"front_gradient"``, ``"head_gradient"``, ``"prepare_client"``
-    acts_on: frozenset = frozenset()
-
-    def labels(self, y: torch.Tensor) -> torch.Tensor:
-        """Labels the label owner trains on (label DP acts here)."""
-        return y
-
-    def smashed(self, z: torch.Tensor) -> torch.Tensor:
-        """Smashed data the client front sends (noise defenses act here)."""
-        return z
-
-    def client_loss(self, x: torch.Tensor, z: torch.Tensor) -> Optional[torch.Tensor]:
-        """An extra loss on the client front's own update (e.g. NoPeek distance correlation), or ``None``."""
-        return None
-
-    def front_gradient(self, g: torch.Tensor) -> torch.Tensor:
-        """Gradient the client front applies after receiving it from the server."""
-        return g
-
-    def head_gradient(self, g: torch.Tensor) -> torch.Tensor:
-        """Gradient the label-owning head returns to the server (compression, Marvell, max-norm act here)."""
-        return g
-
-    def prepare_client(self, module: nn.Module, optimizer, n_samples: int, batch_size: int):
-        """Wraps the client front and its optimiser before training (DP-SGD acts here); returns both."""
-        return module, optimizer
-
-    def release(self) -> None:
-        """Undoes what ``prepare_client`` attached to the client's modules, once training ends."""
+def adam(lr: float = 1e-3) -> OptimizerFactory:
+    """The reference optimiser of every party, ``Adam(lr, amsgrad=True)``, as a factory of parameters."""
+    return lambda params: torch.optim.Adam(params, lr=lr, amsgrad=True)
 
 
 def make_optimizer(module: Optional[nn.Module], lr: float = 1e-3) -> Optional[torch.optim.Optimizer]:
@@ -91,21 +75,118 @@ def make_optimizer(module: Optional[nn.Module], lr: float = 1e-3) -> Optional[to
     if module is None:
         return None
     params = [p for p in module.parameters() if p.requires_grad]
-    return torch.optim.Adam(params, lr=lr, amsgrad=True) if params else None
+    return adam(lr)(params) if params else None
+
+
+class _Observer(SplitCallback):
+    """A plain callable used as a callback: it observes everything the topology exposes."""
+
+    def __init__(self, fn: Callable[[CutEvent], None], observes):
+        self.fn, self.observes = fn, observes
+
+    def on_cut(self, event: CutEvent) -> None:
+        if event.phase == "train":
+            self.fn(event)
+
+
+class _Override(SplitCallback):
+    """``server_gradient=fn``: the returned gradient is ``fn(event)``; the server still trains honestly."""
+
+    def __init__(self, fn: Callable[[CutEvent], torch.Tensor], observes):
+        self.fn, self.observes = fn, observes
+
+    def server_gradient(self, event: CutEvent) -> Optional[torch.Tensor]:
+        return self.fn(event)
+
+
+def _callbacks(topology: Topology, callbacks, observers=(), server_gradient=None, *,
+               weight_sharing: bool = False) -> List[Tuple[SplitCallback, frozenset]]:
+    """The run's callbacks, each with what it observes (checked against the topology)."""
+    everything = topology.observable(weight_sharing=weight_sharing)
+    out = []
+    for c in list(callbacks) + list(observers):
+        if isinstance(c, SplitCallback):
+            out.append(c)
+        elif callable(c):
+            out.append(_Observer(c, everything))
+        else:
+            raise TypeError(f"a callback must be a SplitCallback or a callable, got {type(c).__name__}")
+    if server_gradient is not None:
+        out.append(_Override(server_gradient, everything))
+    pairs = []
+    for c in out:
+        observes = topology.observable() if c.observes is None else frozenset(c.observes)
+        topology.check_observes(observes, who=type(c).__name__, weight_sharing=weight_sharing)
+        pairs.append((c, observes))
+    answering = [c for c in out if c.answers]
+    if len(answering) > 1:
+        raise ValueError(f"at most one callback may choose the returned gradient, got {len(answering)}: "
+                         + ", ".join(type(c).__name__ for c in answering))
+    for c in out:
+        if c.replaces_server_step and not c.answers:
+            raise ValueError(f"{type(c).__name__} replaces the server's step but defines no server_gradient")
+        if (c.answers or c.replaces_server_step) and topology.front is None:
+            raise ValueError(f"{type(c).__name__} chooses the gradient returned to the client front, but this "
+                             f"{topology.kind} split has no front")
+    return pairs
+
+
+def _legacy_topology(topology, inputs, labels, legacy, head):
+    """``train_split(client, server, inputs, labels, head=...)`` (the signature before topologies) still works."""
+    if isinstance(topology, Topology):
+        if legacy or head is not None:
+            raise TypeError("train_split(topology, inputs, labels): the parts come from the topology "
+                            "(no server or head argument)")
+        return topology, inputs, labels
+    if len(legacy) != 1 or not isinstance(inputs, nn.Module):
+        raise TypeError("train_split takes (topology, inputs, labels) or, as before, (client, server, inputs, "
+                        "labels, head=None)")
+    return Topology(topology, inputs, head), labels, legacy[0]
+
+
+def _sampling(sampling: Optional[str], shuffle: bool, order, defenses: Sequence[Defense]) -> str:
+    wanted = {d.sampling for d in defenses if d.sampling}
+    if len(wanted) > 1:
+        raise ValueError(f"the defenses need different batch samplings: {sorted(wanted)}")
+    if order is not None:
+        if wanted:
+            raise ValueError(f"{sorted(wanted)[0]} sampling (needed by a defense) cannot follow an explicit order")
+        return "order"
+    if sampling is None:
+        return wanted.pop() if wanted else ("shuffle" if shuffle else "sequential")
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"unknown sampling {sampling!r}: choose one of {', '.join(SAMPLINGS)}")
+    if wanted and sampling not in wanted:
+        need = [d.name for d in defenses if d.sampling]
+        raise ValueError(f"defense(s) {', '.join(need)} need {sorted(wanted)[0]} sampling, not {sampling!r}")
+    return sampling
+
+
+def _batches(mode: str, n: int, batch_size: int, order, gen: torch.Generator):
+    """The sample indices of each step of one epoch."""
+    steps = math.ceil(n / batch_size)
+    if mode == "poisson":
+        rate = 1.0 / steps  # opacus's sample rate for `steps` batches per epoch
+        return [(torch.rand(n, generator=gen) < rate).nonzero().flatten() for _ in range(steps)]
+    perm = order if mode == "order" else (torch.randperm(n, generator=gen) if mode == "shuffle" else torch.arange(n))
+    return [perm[s * batch_size: (s + 1) * batch_size] for s in range(math.ceil(len(perm) / batch_size))]
 
 
 def train_split(
-    client: Optional[nn.Module],
-    server: nn.Module,
+    topology: Union[Topology, nn.Module, None],
     inputs: torch.Tensor,
     labels: torch.Tensor,
-    *,
+    *legacy,
     head: Optional[nn.Module] = None,
     epochs: int = 10,
     batch_size: int = 64,
     lr: float = 1e-3,
+    loss_fn: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None,
+    optimizers: Union[OptimizerFactory, Mapping[str, OptimizerFactory], None] = None,
+    sampling: Optional[str] = None,
     shuffle: bool = True,
     order: Optional[torch.Tensor] = None,
+    callbacks: Sequence[Union[SplitCallback, Callable[[CutEvent], None]]] = (),
     observers: Sequence[Callable[[CutEvent], None]] = (),
     server_gradient: Optional[Callable[[CutEvent], torch.Tensor]] = None,
     defenses: Sequence[Defense] = (),
@@ -114,134 +195,284 @@ def train_split(
     seed: int = 0,
     progress: bool = False,
 ) -> List[float]:
-    """Trains a split model as in the UnSplit reference: Adam(1e-3, amsgrad) per party, batch 64, 10 epochs.
+    """Trains a split model as in the UnSplit reference (Erdogan et al., WPES'22): Adam(1e-3, amsgrad) per part,
+    batch 64, 10 epochs, cross-entropy at the label owner.
+
+    Per step: the label owner's ``labels`` hooks; the client's ``inputs`` hooks, front forward, ``smashed`` hooks;
+    the server's middle (and the label owner's head, whose gradient passes its ``head_gradient`` hooks; a head-cut
+    event); the gradient returned to the front (honest, or a callback's ``server_gradient``; a front-cut event); the
+    client's ``front_gradient`` hooks and ``front_loss``; every part's optimiser steps.
 
     Args:
-        client: the client front (``None``: the server holds the inputs).
-        server: the server part.
-        inputs: ``(N, C, H, W)`` training images in [0, 1] (kept on their device; batches are moved to ``device``).
+        topology: the parts (:class:`~unsplit.protocol.Topology`). The signature before topologies,
+            ``train_split(client, server, inputs, labels, head=None, ...)``, still works.
+        inputs: ``(N, C, H, W)`` training inputs, e.g. images in [0, 1] (kept on their device; batches move).
         labels: ``(N,)`` integer labels.
-        head: the label-owning client's head for U-shaped split learning (``None``: the server computes the loss).
-        epochs: passes over the data.
-        batch_size: samples per step.
-        lr: learning rate of every party's Adam.
-        shuffle: reshuffle the data each epoch (seeded by ``seed``).
-        order: explicit sample order (overrides ``shuffle``), e.g. to send some samples first.
-        observers: called with a :class:`CutEvent` per batch and cut.
-        server_gradient: if given, the gradient the server returns to the client front is ``server_gradient(event)``
-            instead of the true one (a malicious server).
-        defenses: applied in order at their hooks.
-        share_head_weight_gradients: expose the head's parameter gradients to observers (weight sharing).
-        device: where to compute.
-        seed: seeds the shuffling.
-        progress: show a tqdm bar.
+        epochs: passes over the data; batch_size: samples per step (expected samples with Poisson sampling).
+        lr: learning rate of the default optimiser (``adam(lr)``) of every part.
+        loss_fn: the label owner's task loss ``loss_fn(logits, labels)`` (default: mean cross-entropy).
+        optimizers: one factory ``params -> Optimizer`` for every part, or a mapping from part name (``"front"``,
+            ``"middle"``, ``"head"``) to a factory (parts not named get ``adam(lr)``).
+        sampling: ``"shuffle"`` (seeded by ``seed``), ``"sequential"`` or ``"poisson"`` (see :data:`SAMPLINGS`);
+            default: what a defense needs (DP-SGD: Poisson), else ``"shuffle"`` (``"sequential"`` if not
+            ``shuffle``). A Poisson step that samples nobody (probability about e^-batch_size) is skipped.
+        order: an explicit sample order for every epoch (e.g. to send some samples first).
+        callbacks: :class:`~unsplit.protocol.SplitCallback` objects (a plain callable is an observer of every event).
+        observers: plain callables receiving every training :class:`CutEvent` (kept for older callers).
+        server_gradient: ``fn(event) -> gradient`` returned to the client front instead of the honest one (kept for
+            older callers; a callback's ``server_gradient`` is the general form).
+        defenses: applied in order at their hooks; one that cannot act in the topology is an error.
+        share_head_weight_gradients: weight sharing: the head's parameter gradients become observable
+            (``"head.weight_gradients"``; UnSplit's reference label inference uses them).
+        device: where to compute; seed: seeds the batch sampling; progress: a tqdm bar.
 
     Returns:
-        The mean training loss of each epoch.
+        The mean task loss of each epoch (``nan`` where a callback replaced the server's step).
+
+    Raises:
+        ValueError: bad sizes, a defense or an observation the topology cannot have, several gradient overrides,
+            a returned gradient of the wrong shape.
     """
     from tqdm.auto import tqdm
 
+    topology, inputs, labels = _legacy_topology(topology, inputs, labels, legacy, head)
     if epochs < 0 or batch_size < 1:
         raise ValueError("epochs must be >= 0 and batch_size >= 1")
-    device = torch.device(device)
-    parties = [m for m in (client, server, head) if m is not None]
-    for m in parties:
-        m.to(device).train()
-    n = inputs.shape[0]
-    client_opt = make_optimizer(client, lr)
-    if client is not None:
-        for d in defenses:
-            client, client_opt = d.prepare_client(client, client_opt, n, batch_size)
-    optimizers = [o for o in (client_opt, make_optimizer(server, lr), make_optimizer(head, lr)) if o is not None]
-    gen = torch.Generator().manual_seed(seed)
-    losses = []
-    steps_per_epoch = (n + batch_size - 1) // batch_size
-    bar = tqdm(total=epochs * steps_per_epoch, desc="split training", unit="batch", disable=not progress, leave=False)
-    for epoch in range(epochs):
-        if order is not None:
-            perm = order
-        else:
-            perm = torch.randperm(n, generator=gen) if shuffle else torch.arange(n)
-        total = 0.0
-        for step in range(steps_per_epoch):
-            idx = perm[step * batch_size : (step + 1) * batch_size]
-            x = inputs[idx].to(device, non_blocking=True)
-            y = labels[idx].to(device, non_blocking=True)
-            for d in defenses:
-                y = d.labels(y)
-            for o in optimizers:
-                o.zero_grad(set_to_none=True)
-            b = x.shape[0]
-
-            # client front -> server
-            if client is not None:
-                z = client(x)
-                sent = z.detach()
-                for d in defenses:
-                    sent = d.smashed(sent)
-                z_server = sent.requires_grad_(True)
-            else:
-                z = None
-                z_server = x
-            out = server(z_server)
-
-            if head is None:
-                loss = F.cross_entropy(out, y)
-                loss.backward()
-            else:
-                # server -> label-owning head, and the head's gradient back
-                h = out.detach().requires_grad_(True)
-                loss = F.cross_entropy(head(h), y)
-                loss.backward()
-                g_head = h.grad
-                for d in defenses:
-                    g_head = d.head_gradient(g_head)
-                if observers:
-                    shared = None
-                    if share_head_weight_gradients:
-                        shared = {k: p.grad.detach().clone() for k, p in head.named_parameters() if p.grad is not None}
-                    ev = CutEvent(epoch, step, "head", idx, out.detach(), g_head.detach(), b, shared)
-                    for obs in observers:
-                        obs(ev)
-                out.backward(g_head)
-
-            if client is not None:
-                g_front = z_server.grad
-                event = CutEvent(epoch, step, "front", idx, sent.detach(), g_front.detach(), b)
-                if server_gradient is not None:
-                    g_front = server_gradient(event).detach()
-                    event = dataclasses.replace(event, gradient=g_front)
-                for obs in observers:
-                    obs(event)
-                for d in defenses:
-                    g_front = d.front_gradient(g_front)
-                extra = [l for l in (d.client_loss(x, z) for d in defenses) if l is not None]
-                if extra:
-                    torch.autograd.backward([z, *extra], [g_front, *[torch.ones_like(l) for l in extra]])
-                else:
-                    z.backward(g_front)
-            for o in optimizers:
-                o.step()
-            total += float(loss.detach()) * b
-            bar.update(1)
-        losses.append(total / max(n, 1))
-        bar.set_postfix(loss=f"{losses[-1]:.4f}")
-    bar.close()
+    if inputs.shape[0] != labels.shape[0]:
+        raise ValueError(f"inputs ({inputs.shape[0]}) and labels ({labels.shape[0]}) differ in length")
+    defenses = list(defenses)
     for d in defenses:
-        d.release()
+        topology.check_defense(d)
+    cbs = _callbacks(topology, callbacks, observers, server_gradient, weight_sharing=share_head_weight_gradients)
+    answering = next(((c, seen) for c, seen in cbs if c.answers), None)
+    replaced = answering is not None and answering[0].replaces_server_step
+    needed = frozenset().union(*(seen for _, seen in cbs))
+    mode = _sampling(sampling, shuffle, order, defenses)
+    loss_fn = loss_fn or F.cross_entropy
+    device = torch.device(device)
+    n = inputs.shape[0]
+    steps_per_epoch = math.ceil((len(order) if order is not None else n) / batch_size)
+    run = RunInfo("train", topology.kind, topology.cuts, n, batch_size, epochs, steps_per_epoch, mode, device)
+
+    parts = topology.parts
+    if callable(optimizers) or optimizers is None:
+        factories = {p: optimizers or adam(lr) for p in parts}
+    else:
+        unknown = set(optimizers) - set(parts)
+        if unknown:
+            raise ValueError(f"optimizers for parts this {topology.kind} split lacks: {sorted(unknown)} (parts: "
+                             f"{', '.join(parts)})")
+        factories = {p: optimizers.get(p, adam(lr)) for p in parts}
+    for m in parts.values():
+        m.to(device).train()
+    opts: Dict[str, Optional[torch.optim.Optimizer]] = {}
+    for p, m in parts.items():
+        params = [q for q in m.parameters() if q.requires_grad]
+        opts[p] = factories[p](params) if params else None
+    front, middle, top = topology.front, topology.middle, topology.head
+    gen = torch.Generator().manual_seed(seed)
+    losses: List[float] = []
+    bar = tqdm(total=epochs * steps_per_epoch, desc="split training", unit="batch", disable=not progress, leave=False)
+    try:
+        if front is not None:
+            for d in defenses:
+                front, opts["front"] = d.prepare_front(front, opts["front"], run)
+        for c, _ in cbs:
+            c.on_train_begin(run)
+        for epoch in range(epochs):
+            for c, _ in cbs:
+                c.on_epoch_begin(run, epoch)
+            total, count = 0.0, 0
+            for step, idx in enumerate(_batches(mode, n, batch_size, order, gen)):
+                bar.update(1)
+                b = len(idx)
+                if b == 0:
+                    continue
+                x = inputs[idx].to(device, non_blocking=True)
+                y = labels[idx].to(device, non_blocking=True)
+                for o in opts.values():
+                    if o is not None:
+                        o.zero_grad(set_to_none=True)
+                ctx = StepContext(epoch, step, idx)
+                for d in defenses:
+                    y = d.labels(y, ctx)
+                owner_ctx = dataclasses.replace(ctx, labels=y)
+
+                def emit(cut: str, sent, grad, weights=None) -> CutEvent:
+                    return CutEvent(
+                        epoch, step, cut, read_only(idx),
+                        read_only(sent) if f"{cut}.smashed" in needed else None,
+                        read_only(grad) if f"{cut}.gradient" in needed else None, b,
+                        weights if f"{cut}.weight_gradients" in needed else None)
+
+                if front is not None:  # client front -> server
+                    for d in defenses:
+                        x = d.inputs(x, ctx)
+                    z = front(x)
+                    sent = z.detach()
+                    for d in defenses:
+                        sent = d.smashed(sent, ctx)
+                g_front = None
+                if replaced:
+                    loss = torch.tensor(float("nan"))
+                else:
+                    z_server = sent.requires_grad_(True) if front is not None else x
+                    out = middle(z_server)
+                    if top is None:
+                        loss = loss_fn(out, y)
+                        loss.backward()
+                    else:  # server -> label-owning head, and the head's gradient back
+                        h = out.detach().requires_grad_(True)
+                        loss = loss_fn(top(h), y)
+                        loss.backward()
+                        g_head = h.grad
+                        for d in defenses:
+                            g_head = d.head_gradient(g_head, owner_ctx)
+                        if cbs:
+                            weights = None
+                            if "head.weight_gradients" in needed:
+                                weights = {k: read_only(p.grad) for k, p in top.named_parameters()
+                                           if p.grad is not None}
+                            event = emit("head", out, g_head, weights)
+                            for c, seen in cbs:
+                                c.on_cut(event.restricted(seen))
+                        out.backward(g_head)
+                    if front is not None:
+                        g_front = z_server.grad
+
+                if front is not None:
+                    if answering is not None:
+                        attacker, its_view = answering
+                        chosen = attacker.server_gradient(emit("front", sent, g_front).restricted(its_view))
+                        if chosen is None and replaced:
+                            raise ValueError(f"{type(attacker).__name__} replaces the server's step but returned "
+                                             "no gradient")
+                        if chosen is not None:
+                            if tuple(chosen.shape) != tuple(sent.shape):
+                                raise ValueError(f"{type(attacker).__name__} returned a gradient of shape "
+                                                 f"{tuple(chosen.shape)} for smashed data of shape "
+                                                 f"{tuple(sent.shape)}")
+                            g_front = chosen.detach().to(device=sent.device, dtype=sent.dtype)
+                    if cbs:
+                        event = emit("front", sent, g_front)
+                        for c, seen in cbs:
+                            c.on_cut(event.restricted(seen))
+                    for d in defenses:
+                        g_front = d.front_gradient(g_front, ctx)
+                    extra = [term for term in (d.front_loss(x, z, ctx) for d in defenses) if term is not None]
+                    if extra:
+                        torch.autograd.backward([z, *extra], [g_front, *[torch.ones_like(t) for t in extra]])
+                    else:
+                        z.backward(g_front)
+                for p, o in opts.items():
+                    if o is not None and (not replaced or p == "front"):
+                        o.step()
+                total += float(loss.detach()) * b
+                count += b
+            losses.append(total / max(count, 1))
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+            for c, _ in cbs:
+                c.on_epoch_end(run, epoch, {"loss": losses[-1]})
+        for c, _ in cbs:
+            c.on_train_end(run)
+    finally:
+        bar.close()
+        for d in defenses:
+            d.release()
     return losses
+
+
+def run_split(
+    topology: Topology,
+    inputs: torch.Tensor,
+    *,
+    callbacks: Sequence[Union[SplitCallback, Callable[[CutEvent], None]]] = (),
+    defenses: Sequence[Defense] = (),
+    batch_size: int = 1000,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> torch.Tensor:
+    """The inference pass of a split model, emitting the same cut events as training (``phase="inference"``,
+    ``gradient=None``): what the server sees when the trained model is used, e.g. for Liu et al.'s (TIFS 2024)
+    inference-phase label attack or SLADV's (Fan et al., ECAI'23) shadow-model attacker.
+
+    Every part runs in eval mode (restored afterwards); defenses act at their ``smashed`` hook (noise is added at
+    inference too); the others act only in training. Callbacks run outside ``torch.no_grad``.
+
+    Args:
+        topology: the trained parts.
+        inputs: ``(N, ...)`` inputs, e.g. images in [0, 1].
+        callbacks: as in :func:`train_split`; batch_size: samples per batch; device: where to compute.
+
+    Returns:
+        ``(N, ...)`` outputs of the last part (logits), on the CPU.
+    """
+    from tqdm.auto import tqdm
+
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    defenses = list(defenses)
+    for d in defenses:
+        topology.check_defense(d)
+    cbs = _callbacks(topology, callbacks)
+    needed = frozenset().union(*(seen for _, seen in cbs))
+    device = torch.device(device)
+    n = inputs.shape[0]
+    steps = math.ceil(n / batch_size)
+    run = RunInfo("inference", topology.kind, topology.cuts, n, batch_size, 1, steps, "sequential", device)
+    parts = topology.parts
+    modes = {p: m.training for p, m in parts.items()}
+    for m in parts.values():
+        m.to(device).eval()
+    outputs = []
+    try:
+        for c, _ in cbs:
+            c.on_inference_begin(run)
+        for step in tqdm(range(steps), desc="split inference", unit="batch", disable=not progress, leave=False):
+            idx = torch.arange(step * batch_size, min(n, (step + 1) * batch_size))
+            ctx = StepContext(0, step, idx, phase="inference")
+            x = inputs[idx].to(device)
+            for cut in ("front", "middle", "head"):
+                part = parts.get(cut)
+                if part is None:
+                    continue
+                if cut == "head" and cbs:
+                    event = CutEvent(0, step, "head", read_only(idx), read_only(x) if "head.smashed" in needed
+                                     else None, None, len(idx), phase="inference")
+                    for c, seen in cbs:
+                        c.on_cut(event.restricted(seen))
+                with torch.no_grad():
+                    x = part(x)
+                    if cut == "front":
+                        for d in defenses:
+                            x = d.smashed(x, ctx)
+                if cut == "front" and cbs:
+                    event = CutEvent(0, step, "front", read_only(idx), read_only(x) if "front.smashed" in needed
+                                     else None, None, len(idx), phase="inference")
+                    for c, seen in cbs:
+                        c.on_cut(event.restricted(seen))
+            outputs.append(x.detach().cpu())
+        for c, _ in cbs:
+            c.on_inference_end(run)
+    finally:
+        for p, m in parts.items():
+            m.train(modes[p])
+    return torch.cat(outputs) if outputs else torch.empty(0)
 
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module,
+    model: Union[nn.Module, Topology],
     inputs: torch.Tensor,
     labels: torch.Tensor,
     *,
     batch_size: int = 1000,
     device: torch.device | str = "cpu",
 ) -> float:
-    """Top-1 accuracy of ``model`` (e.g. ``nn.Sequential(client, server)``) on the whole of ``inputs``."""
+    """Top-1 accuracy of ``model`` (a module, e.g. ``nn.Sequential(client, server)``, or a topology) on all of
+    ``inputs``."""
+    if isinstance(model, Topology):
+        model = model.as_model()
     model = model.to(device)
     was_training = model.training
     model.eval()

@@ -1,0 +1,73 @@
+"""The trained-model cache (keyed on the whole training case) and the experiments' attack configs."""
+import pytest
+import torch
+
+from unsplit.experiments import CheckpointMismatch, TrainingCase, inversion_experiment, label_experiment, train_or_load
+from unsplit.models import MnistNet
+
+
+def _flat(model):
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def test_the_cache_is_keyed_on_the_whole_training_case_and_refuses_another_cases_checkpoint(tiny_mnist, tmp_path):
+    case = TrainingCase("mnist", epochs=1, seed=0, train_limit=120)
+    model, info = train_or_load(case, data_dir=tiny_mnist, cache_dir=tmp_path)
+    assert not info["from_checkpoint"] and info["case"]["epochs"] == 1
+    again, info2 = train_or_load(case, data_dir=tiny_mnist, cache_dir=tmp_path)
+    assert info2["from_checkpoint"] and torch.equal(_flat(model), _flat(again))
+
+    # without a defense the cut does not change training: one model for every depth
+    assert TrainingCase("mnist", epochs=1, train_limit=120, split_depth=3).name == case.name
+    others = [TrainingCase("mnist", epochs=2, train_limit=120), TrainingCase("mnist", epochs=1, seed=1, train_limit=120),
+              TrainingCase("mnist", epochs=1, train_limit=60),
+              TrainingCase("mnist", epochs=1, train_limit=120, defenses=("nopeek:2",), split_depth=2),
+              TrainingCase("mnist", epochs=1, train_limit=120, defenses=("nopeek:2",), split_depth=3),
+              TrainingCase("mnist", epochs=1, train_limit=120, defenses=("nopeek:8",), split_depth=2),
+              TrainingCase("f_mnist", epochs=1, train_limit=120)]
+    assert len({c.name for c in others + [case]}) == len(others) + 1
+    assert TrainingCase("mnist", defenses=("nopeek:2",), split_depth=2).key()["defenses"] == [
+        {"name": "nopeek", "alpha": 2.0}]
+
+    # the issue's example: a checkpoint of another case under an explicit path is refused, naming the difference
+    path = tmp_path / f"{case.name}.pt"
+    wrong = TrainingCase("mnist", epochs=2, train_limit=120, defenses=("nopeek:2",), split_depth=2)
+    with pytest.raises(CheckpointMismatch, match=r"epochs=1 \(wanted 2\)") as err:
+        train_or_load(wrong, data_dir=tiny_mnist, checkpoint=path)
+    assert "nopeek" in str(err.value)
+    legacy = tmp_path / "old.pt"
+    torch.save({"model": model.state_dict(), "dataset": "mnist", "epochs": 1}, legacy)
+    with pytest.raises(CheckpointMismatch, match="older unsplit"):
+        train_or_load(case, checkpoint=legacy)
+    _, info3 = train_or_load(wrong, data_dir=tiny_mnist, checkpoint=path, retrain=True)  # explicit retraining
+    assert not info3["from_checkpoint"] and torch.load(path)["case"] == wrong.key()
+
+
+def test_training_case_rejects_bad_cases():
+    with pytest.raises(ValueError, match="split depth"):
+        TrainingCase("mnist", defenses=("nopeek:2",))
+    with pytest.raises(ValueError, match="unknown defense"):
+        TrainingCase("mnist", defenses=("blur:2",), split_depth=1)
+    with pytest.raises(ValueError, match="unknown dataset"):
+        TrainingCase("svhn")
+    assert TrainingCase("mnist", defenses=("none",)).defenses == ()
+
+
+def test_experiments_take_the_attacks_own_config():
+    torch.manual_seed(0)
+    model = MnistNet().eval()
+    x, y = torch.rand(20, 1, 28, 28), torch.arange(20) % 10
+    report, result = inversion_experiment(model, 3, x, y, torch.arange(2), mean_image=x.mean(0, keepdim=True),
+                                          attack={"main_iters": 1, "input_iters": 2, "model_iters": 2,
+                                                  "tv_kind": "l1", "clamp": True, "input_lr": 0.01})
+    assert result.settings["tv_kind"] == "l1" and result.settings["clamp"] and result.settings["input_lr"] == 0.01
+    assert report["preset"] == "paper"
+    for bad in ({"main_iter": 3}, {"seed": 1}, {"smashed": None}):
+        with pytest.raises(ValueError, match="takes no option"):
+            inversion_experiment(model, 3, x, y, torch.arange(2), mean_image=x, attack=bad)
+    with pytest.raises(ValueError, match="lambda_l2 must be a finite number"):
+        inversion_experiment(model, 3, x, y, torch.arange(2), mean_image=x, attack={"lambda_l2": float("nan")})
+    with pytest.raises(ValueError, match="takes no option"):
+        label_experiment(MnistNet(), x, y, attack={"steps": 3})
+    with pytest.raises(ValueError, match="nothing left to score"):
+        label_experiment(MnistNet(), x, y, known_per_class=5)
