@@ -341,9 +341,10 @@ def train_split(
                         g_front = z_server.grad
 
                 if front is not None:
+                    event = emit("front", sent, g_front) if cbs else None
                     if answering is not None:
                         attacker, its_view = answering
-                        chosen = attacker.server_gradient(emit("front", sent, g_front).restricted(its_view))
+                        chosen = attacker.server_gradient(event.restricted(its_view))
                         if chosen is None and replaced:
                             raise ValueError(f"{type(attacker).__name__} replaces the server's step but returned "
                                              "no gradient")
@@ -353,8 +354,9 @@ def train_split(
                                                  f"{tuple(chosen.shape)} for smashed data of shape "
                                                  f"{tuple(sent.shape)}")
                             g_front = chosen.detach().to(device=sent.device, dtype=sent.dtype)
+                            if "front.gradient" in needed:  # what crossed the cut: the attacker's choice
+                                event = dataclasses.replace(event, gradient=read_only(g_front))
                     if cbs:
-                        event = emit("front", sent, g_front)
                         for c, seen in cbs:
                             c.on_cut(event.restricted(seen))
                     for d in defenses:
