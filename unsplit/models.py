@@ -37,6 +37,9 @@ __all__ = [
     "flatten_linear",
     "MnistNet",
     "CifarNet",
+    "ResBlock",
+    "FunnelNet",
+    "keras_init",
     "split",
     "split_three",
     "check_inversion_depth",
@@ -108,6 +111,69 @@ class CifarNet(nn.Sequential):
         layers += [flatten_linear(2048, 512), nn.Sigmoid(), nn.Linear(512, num_classes)]
         super().__init__(*layers)
         self.num_classes = num_classes
+
+
+def keras_init(module: nn.Module) -> nn.Module:
+    """Keras's default initialisation (Glorot-uniform weights, zero biases) for every convolution, transposed
+    convolution and linear layer of ``module``, as the TensorFlow code of FSHA (Pasquini et al., CCS'21) gets it."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    return module
+
+
+class ResBlock(nn.Module):
+    """FSHA's pre-activation residual block (Pasquini et al., CCS'21, appendix): ReLU -> Conv(3x3, stride) -> ReLU ->
+    Conv(3x3) added to the input, whose shortcut is a Conv(3x3, stride) when ``stride > 1``. 'same' padding, no
+    normalisation. Input ``(N, in_channels, H, W)``, output ``(N, channels, H / stride, W / stride)``."""
+
+    def __init__(self, in_channels: int, channels: int, stride: int = 1):
+        super().__init__()
+        if stride == 1 and in_channels != channels:
+            raise ValueError("a stride-1 block keeps the channel count (its shortcut is the identity)")
+        self.body = nn.Sequential(nn.ReLU(), nn.Conv2d(in_channels, channels, 3, stride, padding=1), nn.ReLU(),
+                                  nn.Conv2d(channels, channels, 3, padding=1))
+        self.shortcut = nn.Conv2d(in_channels, channels, 3, stride, padding=1) if stride > 1 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.shortcut(x) + self.body(x)
+
+
+class FunnelNet(nn.Sequential):
+    """The client network of FSHA (Pasquini, Ateniese, Bernaschi, CCS'21, appendix; the "resnet" of the official
+    code) as a layer list, with a small task head for the honest server, on ``(N, 3, 32, 32)`` inputs in [-1, 1]::
+
+        0 conv 3->64   1 BatchNorm   2 ReLU   3 maxpool 2   4 ResBlock(64)          <- split level 1 (64x16x16)
+        5 ResBlock(128, stride 2)                                                   <- level 2 (128x8x8)
+        6 ResBlock(128)                                                             <- level 3 (128x8x8)
+        7 ResBlock(256, stride 2)                                                   <- level 4 (256x4x4)
+        8 flatten + linear 4096 -> num_classes                                     (the server's task head)
+
+    ``split(model, FunnelNet.level_depths[level])`` gives the client f of a split level. BatchNorm uses Keras's
+    settings (momentum 0.99, i.e. torch's 0.01, eps 1e-3); weights are initialised as Keras does (:func:`keras_init`).
+    """
+
+    level_depths = {1: 4, 2: 5, 3: 6, 4: 7}
+    inversion_depths = range(4, 8)
+    input_shape = (3, 32, 32)
+    num_classes = 10
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__(
+            nn.Conv2d(3, 64, 3, padding=1),
+            nn.BatchNorm2d(64, eps=1e-3, momentum=0.01),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            ResBlock(64, 64),
+            ResBlock(64, 128, stride=2),
+            ResBlock(128, 128),
+            ResBlock(128, 256, stride=2),
+            flatten_linear(256 * 4 * 4, num_classes),
+        )
+        self.num_classes = num_classes
+        keras_init(self)
 
 
 MODELS = {"mnist": MnistNet, "f_mnist": MnistNet, "cifar": CifarNet}

@@ -1,0 +1,235 @@
+"""FSHA, the feature-space hijacking attack (Pasquini, Ateniese, Bernaschi, "Unleashing the Tiger: Inference Attacks
+on Split Learning", CCS'21, arXiv:2012.02670).
+
+Threat model: a **malicious** server in vanilla split learning. It never runs the task: each step it returns to the
+client front f the gradient of an adversarial loss that drives f's outputs into the feature space of its own pilot
+encoder f̃, trained with a decoder f̃⁻¹ on public same-domain data X_pub. Once f lives there, every private input is
+reconstructed as f̃⁻¹(f(x)). :class:`FSHAServer` is that server as a :class:`~unsplit.protocol.SplitCallback`: it
+observes only the smashed data (``front.smashed``), replaces the server's step, and keeps the pilot, decoder and
+critic as its own state. It never reads the client's weights, the private inputs or any label.
+
+Networks per split level (the paper's appendix): the client f is :class:`unsplit.models.FunnelNet` cut at
+``FunnelNet.level_depths[level]``; :func:`pilot` (swish, the paper's default; ``variant="linear"`` = the official
+repository's HEAD, commit 4d933ec), :func:`decoder` (ReLU / linear), :func:`critic` (as the official code builds it
+at every level: its level-dependent stems are dead code, bug F1). Data as the paper: 32x32x3 in [-1, 1]
+(:func:`fsha_images`).
+
+Losses: WGAN-GP (default) or the vanilla GAN; the gradient penalty either as the official code computes it
+(``gp_form="per_channel"``: the gradient's norm per channel over H and W, bug F4) or in the standard flattened form.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .models import FunnelNet, ResBlock, keras_init
+from .protocol import CutEvent, SplitCallback
+
+__all__ = ["LEVELS", "SMASHED_SHAPES", "fsha_images", "pilot", "decoder", "critic", "gradient_penalty",
+           "FSHAServer"]
+
+LEVELS = (1, 2, 3, 4)
+#: the client's output shape per split level
+SMASHED_SHAPES = {1: (64, 16, 16), 2: (128, 8, 8), 3: (128, 8, 8), 4: (256, 4, 4)}
+PILOTS = ("paper", "linear")
+LOSSES = ("wgan", "gan")
+GP_FORMS = ("per_channel", "flat")
+
+
+def _check_level(level: int) -> int:
+    if level not in LEVELS:
+        raise ValueError(f"FSHA split level must be one of {LEVELS}, got {level!r}")
+    return level
+
+
+def fsha_images(x: torch.Tensor) -> torch.Tensor:
+    """Images as FSHA uses them: ``(N, C, H, W)`` in [0, 1] (C = 1 or 3) -> ``(N, 3, 32, 32)`` in [-1, 1]
+    (greyscale replicated to three channels, bilinear resize as ``tf.image.resize``, clipped)."""
+    if x.dim() != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(f"expected (N, 1 or 3, H, W) images, got shape {tuple(x.shape)}")
+    x = x.float()
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    if x.shape[-2:] != (32, 32):
+        x = F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)
+    return (2 * x - 1).clamp(-1, 1)
+
+
+def pilot(level: int = 4, *, variant: str = "paper") -> nn.Sequential:
+    """The attacker's pilot encoder f̃: ``(N, 3, 32, 32)`` -> the level's smashed shape. ``"paper"``: swish after
+    every strided convolution (paper's appendix); ``"linear"``: no activation (official HEAD)."""
+    _check_level(level)
+    if variant not in PILOTS:
+        raise ValueError(f"pilot variant must be one of {PILOTS}, got {variant!r}")
+    act = (lambda: nn.SiLU()) if variant == "paper" else (lambda: nn.Identity())
+    widths = {1: [64], 2: [64, 128], 3: [64, 128], 4: [64, 128, 256]}[level]
+    layers, c = [], 3
+    for w in widths:
+        layers += [nn.Conv2d(c, w, 3, 2, padding=1), act()]
+        c = w
+    layers.append(nn.Conv2d(c, c, 3, 1, padding=1))
+    return keras_init(nn.Sequential(*[m for m in layers if not isinstance(m, nn.Identity)]))
+
+
+def decoder(level: int = 4, *, variant: str = "paper", channels: int = 3) -> nn.Sequential:
+    """The attacker's decoder f̃⁻¹: the level's smashed shape -> ``(N, channels, 32, 32)`` in [-1, 1] (tanh).
+    ``"paper"``: ReLU after the hidden transposed convolutions; ``"linear"``: none (official HEAD)."""
+    _check_level(level)
+    if variant not in PILOTS:
+        raise ValueError(f"decoder variant must be one of {PILOTS}, got {variant!r}")
+    c = SMASHED_SHAPES[level][0]
+
+    def up(cin, cout):  # 'same' transposed convolution, stride 2: doubles H and W
+        return nn.ConvTranspose2d(cin, cout, 3, 2, padding=1, output_padding=1)
+
+    hidden = [256] if level == 1 else [256, 128]
+    layers = []
+    for w in hidden:
+        layers.append(up(c, w))
+        if variant == "paper":
+            layers.append(nn.ReLU())
+        c = w
+    layers.append(up(c, channels) if level == 4 else nn.Conv2d(c, channels, 3, 1, padding=1))
+    layers.append(nn.Tanh())
+    return keras_init(nn.Sequential(*layers))
+
+
+def critic(level: int = 4) -> nn.Sequential:
+    """The critic D on feature space, as the official code builds it at every level: Conv(256, 3) -> 6 residual
+    blocks (256) -> Conv(256, 3, stride 2) -> Flatten -> Dense(1)."""
+    c, h, w = SMASHED_SHAPES[_check_level(level)]
+    layers = [nn.Conv2d(c, 256, 3, 1, padding=1)] + [ResBlock(256, 256) for _ in range(6)]
+    layers += [nn.Conv2d(256, 256, 3, 2, padding=1), nn.Flatten(), nn.Linear(256 * math.ceil(h / 2) * math.ceil(w / 2), 1)]
+    return keras_init(nn.Sequential(*layers))
+
+
+def gradient_penalty(d: nn.Module, real: torch.Tensor, fake: torch.Tensor, *, form: str = "per_channel",
+                     generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """WGAN-GP's penalty ``mean((||∇D(x̂)|| - 1)^2)`` at ``x̂ = ε fake + (1 - ε) real``, ε ~ U[0, 1] per sample.
+
+    Args:
+        d: the critic; real, fake: ``(B, C, H, W)`` features (the pilot's, the client's).
+        form: ``"per_channel"``: the norm per sample and channel over H and W, then the mean over samples and
+            channels (the official FSHA code, bug F4); ``"flat"``: one norm per sample over all of C, H, W (Gulrajani
+            et al. 2017).
+        generator: draws ε.
+
+    Returns:
+        A scalar with a graph to the critic's parameters.
+    """
+    if form not in GP_FORMS:
+        raise ValueError(f"gradient-penalty form must be one of {GP_FORMS}, got {form!r}")
+    eps = torch.rand(real.shape[0], *([1] * (real.dim() - 1)), generator=generator).to(real)
+    mixed = (eps * fake.detach() + (1 - eps) * real.detach()).requires_grad_(True)
+    (grad,) = torch.autograd.grad(d(mixed).sum(), mixed, create_graph=True)
+    norm = grad.pow(2).sum(dim=(2, 3)).sqrt() if form == "per_channel" else grad.flatten(1).norm(dim=1)
+    return (norm - 1).pow(2).mean()
+
+
+class FSHAServer(SplitCallback):
+    """The FSHA server (Pasquini et al., CCS'21, Algorithm 1; one critic step per client step).
+
+    Each training step it gets the client's smashed data z = f(x_priv) (and nothing else), draws a batch of its own
+    public data, and (from one set of network weights, as the official code's single tape): updates the pilot and
+    decoder on ``MSE(f̃⁻¹(f̃(x_pub)), x_pub)``, updates the critic on ``mean D(f̃(x_pub)) - mean D(z) + w_gp GP`` (WGAN)
+    or ``½[BCE(1, D(f̃(x_pub))) + BCE(0, D(z))]`` (GAN), and returns to the client ``∂(scale · L_f)/∂z`` with
+    ``L_f = mean D(z)`` (WGAN) or ``BCE(1, D(z))`` (GAN).
+
+    Args:
+        public: ``(N, 3, 32, 32)`` the attacker's public data X_pub in [-1, 1] (:func:`fsha_images`).
+        level: split level 1-4 (decides the networks' shapes).
+        pilot_variant: ``"paper"`` (swish pilot, ReLU decoder) or ``"linear"`` (official HEAD).
+        loss: ``"wgan"`` (WGAN-GP, default) or ``"gan"``.
+        gp_weight: gradient-penalty weight (paper: 500).
+        gp_form: ``"per_channel"`` (official code) or ``"flat"`` (standard); see :func:`gradient_penalty`.
+        lr_tilde: Adam learning rate of pilot + decoder (paper: 1e-5); lr_critic: of the critic (paper: 1e-4).
+        adam_eps: Adam's epsilon (Keras's default 1e-7, as the official code).
+        scale: α₂, the factor on the hijacking loss (1; 50 against NoPeek in the official notebook).
+        batch_size: public samples per step (default: the client's batch size).
+        device: where the attacker's networks live; seed: their initialisation and the public batches.
+    """
+
+    observes = frozenset({"front.smashed"})
+    replaces_server_step = True
+
+    def __init__(self, public: torch.Tensor, *, level: int = 4, pilot_variant: str = "paper", loss: str = "wgan",
+                 gp_weight: float = 500.0, gp_form: str = "per_channel", lr_tilde: float = 1e-5,
+                 lr_critic: float = 1e-4, adam_eps: float = 1e-7, scale: float = 1.0,
+                 batch_size: Optional[int] = None, device: torch.device | str = "cpu", seed: int = 0):
+        _check_level(level)
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        if gp_form not in GP_FORMS:
+            raise ValueError(f"gp_form must be one of {GP_FORMS}, got {gp_form!r}")
+        for name, value in (("gp_weight", gp_weight), ("lr_tilde", lr_tilde), ("lr_critic", lr_critic),
+                            ("scale", scale)):
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if public.dim() != 4 or tuple(public.shape[1:]) != (3, 32, 32):
+            raise ValueError(f"public data must be (N, 3, 32, 32) in [-1, 1] (see fsha_images), got "
+                             f"{tuple(public.shape)}")
+        self.level, self.loss, self.gp_weight, self.gp_form, self.scale = level, loss, gp_weight, gp_form, scale
+        self.device = torch.device(device)
+        self.public = public
+        self.batch_size = batch_size
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.pilot = pilot(level, variant=pilot_variant).to(self.device)
+            self.decoder = decoder(level, variant=pilot_variant).to(self.device)
+            self.critic = critic(level).to(self.device)
+        self.generator = torch.Generator().manual_seed(seed + 1)
+        self.opt_tilde = torch.optim.Adam([*self.pilot.parameters(), *self.decoder.parameters()], lr=lr_tilde,
+                                          eps=adam_eps)
+        self.opt_critic = torch.optim.Adam(self.critic.parameters(), lr=lr_critic, eps=adam_eps)
+        self._order = torch.empty(0, dtype=torch.int64)
+        self.history: Dict[str, list] = {"ae_loss": [], "critic_loss": [], "hijack_loss": []}
+
+    def _public_batch(self, b: int) -> torch.Tensor:
+        """The next ``b`` public samples: reshuffled passes over X_pub, no sample twice in a pass."""
+        if len(self._order) < b:
+            fresh = torch.randperm(len(self.public), generator=self.generator)
+            self._order = torch.cat([self._order, fresh])
+        idx, self._order = self._order[:b], self._order[b:]
+        return self.public[idx].to(self.device)
+
+    def server_gradient(self, event: CutEvent) -> torch.Tensor:
+        z = event.smashed.clone().to(self.device).requires_grad_(True)
+        x_pub = self._public_batch(self.batch_size or z.shape[0])
+        z_pub = self.pilot(x_pub)
+        ae_loss = F.mse_loss(self.decoder(z_pub), x_pub)
+        scores = self.critic(torch.cat([z, z_pub.detach()]))  # one critic pass serves both losses
+        s_priv, s_pub = scores[: len(z)], scores[len(z):]
+        if self.loss == "wgan":
+            hijack = s_priv.mean()
+            critic_loss = s_pub.mean() - s_priv.mean()
+            if self.gp_weight:
+                critic_loss = critic_loss + self.gp_weight * gradient_penalty(
+                    self.critic, z_pub, z, form=self.gp_form, generator=self.generator)
+        else:
+            hijack = F.binary_cross_entropy_with_logits(s_priv, torch.ones_like(s_priv))
+            critic_loss = 0.5 * (F.binary_cross_entropy_with_logits(s_pub, torch.ones_like(s_pub))
+                                 + F.binary_cross_entropy_with_logits(s_priv, torch.zeros_like(s_priv)))
+        # the gradient sent to the client, from the critic before its update (the official single tape)
+        (grad,) = torch.autograd.grad(self.scale * hijack, z, retain_graph=True)
+        self.opt_tilde.zero_grad(set_to_none=True)
+        self.opt_critic.zero_grad(set_to_none=True)
+        torch.autograd.backward([ae_loss, critic_loss], inputs=[*self.pilot.parameters(), *self.decoder.parameters(),
+                                                                 *self.critic.parameters()])
+        self.opt_tilde.step()
+        self.opt_critic.step()
+        for key, value in (("ae_loss", ae_loss), ("critic_loss", critic_loss), ("hijack_loss", hijack)):
+            self.history[key].append(float(value.detach()))
+        return grad.detach()
+
+    @torch.no_grad()
+    def reconstruct(self, smashed: torch.Tensor) -> torch.Tensor:
+        """The attack's output f̃⁻¹(z) for smashed data ``z`` the server observed: images in [-1, 1]."""
+        was = self.decoder.training
+        self.decoder.eval()
+        out = self.decoder(smashed.as_subclass(torch.Tensor).to(self.device))
+        self.decoder.train(was)
+        return out
