@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models import FunnelNet, ResBlock, keras_init
+from .models import ResBlock, keras_init
 from .protocol import CutEvent, SplitCallback
 
 __all__ = ["LEVELS", "SMASHED_SHAPES", "fsha_images", "pilot", "decoder", "critic", "gradient_penalty",
