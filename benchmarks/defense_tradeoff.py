@@ -291,6 +291,7 @@ def report(args) -> Path:
         lines += _cost_table(rows, chance) + ["", f"![trade-off]({stem}.png)"]
         fig, axes = plt.subplots(1, 5, figsize=(22, 4.2))
         families = sorted({r["family"] for r in rows if r["family"] != "none"})
+        colours = {fam: f"C{i}" for i, fam in enumerate(families)}  # one colour per defense in every panel
         none = [r for r in rows if r["family"] == "none"]
         for ax, key, label in ((axes[0], "mse_mean", "reconstruction MSE (higher = more private)"),
                                (axes[1], "mse_minmax_mean", "reconstruction MSE, min-max normalised (higher = more "
@@ -304,7 +305,7 @@ def report(args) -> Path:
                 if not pts:
                     continue
                 line = ax.plot([r[key] for r in pts + none], [r["test_accuracy"] for r in pts + none], marker="o",
-                               label=fam)[0]
+                               label=fam, color=colours[fam])[0]
                 _annotate_strengths(ax, pts, key, fontsize=6, color=line.get_color())
             failed = [r for r in rows if not _trained(r, chance) and r[key] is not None]
             if failed:  # no trade-off to draw: the model did not train

@@ -71,3 +71,19 @@ def test_experiments_take_the_attacks_own_config():
         label_experiment(MnistNet(), x, y, attack={"steps": 3})
     with pytest.raises(ValueError, match="nothing left to score"):
         label_experiment(MnistNet(), x, y, known_per_class=5)
+
+
+def test_a_noise_defense_draws_the_same_noise_whatever_ran_before():
+    from unsplit.defenses import GaussianNoise
+
+    torch.manual_seed(0)
+    model = MnistNet().eval()
+    x, y = torch.rand(20, 1, 28, 28), torch.arange(20) % 10
+    reports = []
+    for burn in (0, 1000):
+        torch.rand(burn)  # e.g. a model trained in the same process, or loaded from its checkpoint
+        report, _ = inversion_experiment(model, 3, x, y, torch.arange(2), mean_image=x.mean(0, keepdim=True),
+                                         attack={"main_iters": 1, "input_iters": 2, "model_iters": 2},
+                                         defenses=[GaussianNoise(0.5)])
+        reports.append(report["mse"])
+    assert reports[0] == reports[1]

@@ -87,7 +87,8 @@ def inversion_experiment(
     targets = x_test[target_indices].to(device)
     topology = Topology.split(model, front_depth=split_depth)
     client, server = topology.front, topology.middle
-    with torch.no_grad():
+    with torch.no_grad(), torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        torch.manual_seed(seed)  # a noise defense's draw depends on the seed only, not on what ran before
         smashed = client(targets)
         for d in defenses:
             if "smashed" in d.acts_on:
@@ -166,7 +167,7 @@ class _LabelInferenceServer(SplitCallback):
             return
         start = time.perf_counter()
         observed = event.gradient if self.weight_name is None else event.head_weight_gradients[self.weight_name]
-        known = torch.tensor([self.known.get(int(i), -1) for i in event.indices], device=self.device)
+        known = torch.tensor([self.known.get(i, -1) for i in event.indices.tolist()], device=self.device)
         pred = self.attack.step(event.smashed, observed, batch_size=event.batch_size, known=known)
         self.seconds += time.perf_counter() - start
         self.predicted[event.indices] = pred.cpu()  # a later epoch's guess replaces an earlier one
