@@ -118,11 +118,6 @@ def device_of(args) -> torch.device:
         raise UsageError(str(exc)) from exc
 
 
-def defense_specs(args) -> list:
-    """The ``--defense`` values, without the no-op ``none``."""
-    return [d for d in (getattr(args, "defense", None) or []) if d != "none"]
-
-
 def trained_model(
     args,
     device: torch.device,
@@ -134,7 +129,7 @@ def trained_model(
     ``--epochs``, ``--seed``, ``--defense`` at ``split_depth``), through :func:`~unsplit.experiments.train_or_load`
     (``--checkpoint PATH`` chooses the file, ``--retrain`` ignores an existing one; a checkpoint of another case is
     a usage error)."""
-    specs = tuple(defense_specs(args))
+    specs = tuple(args.defense or ())  # checked by parse_with_defenses
     case = TrainingCase(args.dataset, epochs=args.epochs, seed=args.seed, defenses=specs,
                         split_depth=split_depth if specs else None)
     return train_or_load(case, data_dir=args.data_dir, checkpoint=args.checkpoint, retrain=args.retrain,
