@@ -305,8 +305,6 @@ class TrainingCase:
     lr: float = 1e-3
 
     def __post_init__(self):
-        from .defenses import parse_defenses
-
         if self.dataset not in MODELS:
             raise ValueError(f"unknown dataset {self.dataset!r}: choose one of {', '.join(MODELS)}")
         specs = tuple(s.strip() for s in self.defenses if s.strip() and s.strip() != "none")
@@ -317,7 +315,7 @@ class TrainingCase:
             object.__setattr__(self, "split_depth", None)
         if self.epochs < 0 or self.batch_size < 1 or (self.train_limit is not None and self.train_limit < 1):
             raise ValueError("epochs must be >= 0, batch_size >= 1 and train_limit >= 1")
-        parse_defenses(specs, num_classes=MODELS[self.dataset].num_classes)  # a bad spec fails here, not later
+        self.build_defenses()  # a bad spec fails here, not later
 
     def build_defenses(self) -> list:
         """Fresh defense objects for this case."""

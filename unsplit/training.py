@@ -131,6 +131,21 @@ def _callbacks(topology: Topology, callbacks, observers=(), server_gradient=None
     return pairs
 
 
+def _event(epoch: int, step: int, cut: str, idx: torch.Tensor, sent, grad, batch: int, needed, *,
+           weights=None, phase: str = "train") -> CutEvent:
+    """A cut event holding read-only clones of what crossed the cut, but only of what some callback observes."""
+    return CutEvent(epoch, step, cut, read_only(idx),
+                    read_only(sent) if f"{cut}.smashed" in needed else None,
+                    read_only(grad) if f"{cut}.gradient" in needed else None, batch,
+                    weights if f"{cut}.weight_gradients" in needed else None, phase)
+
+
+def _dispatch(cbs, event: CutEvent) -> None:
+    """Gives each callback its view of ``event`` (the fields it declared)."""
+    for c, seen in cbs:
+        c.on_cut(event.restricted(seen))
+
+
 def _legacy_topology(topology, inputs, labels, legacy, head):
     """``train_split(client, server, inputs, labels, head=...)`` (the signature before topologies) still works."""
     if isinstance(topology, Topology):
@@ -298,13 +313,6 @@ def train_split(
                     y = d.labels(y, ctx)
                 owner_ctx = dataclasses.replace(ctx, labels=y)
 
-                def emit(cut: str, sent, grad, weights=None) -> CutEvent:
-                    return CutEvent(
-                        epoch, step, cut, read_only(idx),
-                        read_only(sent) if f"{cut}.smashed" in needed else None,
-                        read_only(grad) if f"{cut}.gradient" in needed else None, b,
-                        weights if f"{cut}.weight_gradients" in needed else None)
-
                 if front is not None:  # client front -> server
                     for d in defenses:
                         x = d.inputs(x, ctx)
@@ -333,15 +341,13 @@ def train_split(
                             if "head.weight_gradients" in needed:
                                 weights = {k: read_only(p.grad) for k, p in top.named_parameters()
                                            if p.grad is not None}
-                            event = emit("head", out, g_head, weights)
-                            for c, seen in cbs:
-                                c.on_cut(event.restricted(seen))
+                            _dispatch(cbs, _event(epoch, step, "head", idx, out, g_head, b, needed, weights=weights))
                         out.backward(g_head)
                     if front is not None:
                         g_front = z_server.grad
 
                 if front is not None:
-                    event = emit("front", sent, g_front) if cbs else None
+                    event = _event(epoch, step, "front", idx, sent, g_front, b, needed) if cbs else None
                     if answering is not None:
                         attacker, its_view = answering
                         chosen = attacker.server_gradient(event.restricted(its_view))
@@ -357,8 +363,7 @@ def train_split(
                             if "front.gradient" in needed:  # what crossed the cut: the attacker's choice
                                 event = dataclasses.replace(event, gradient=read_only(g_front))
                     if cbs:
-                        for c, seen in cbs:
-                            c.on_cut(event.restricted(seen))
+                        _dispatch(cbs, event)
                     for d in defenses:
                         g_front = d.front_gradient(g_front, ctx)
                     extra = [term for term in (d.front_loss(x, z, ctx) for d in defenses) if term is not None]
@@ -439,20 +444,14 @@ def run_split(
                 if part is None:
                     continue
                 if cut == "head" and cbs:
-                    event = CutEvent(0, step, "head", read_only(idx), read_only(x) if "head.smashed" in needed
-                                     else None, None, len(idx), phase="inference")
-                    for c, seen in cbs:
-                        c.on_cut(event.restricted(seen))
+                    _dispatch(cbs, _event(0, step, "head", idx, x, None, len(idx), needed, phase="inference"))
                 with torch.no_grad():
                     x = part(x)
                     if cut == "front":
                         for d in defenses:
                             x = d.smashed(x, ctx)
                 if cut == "front" and cbs:
-                    event = CutEvent(0, step, "front", read_only(idx), read_only(x) if "front.smashed" in needed
-                                     else None, None, len(idx), phase="inference")
-                    for c, seen in cbs:
-                        c.on_cut(event.restricted(seen))
+                    _dispatch(cbs, _event(0, step, "front", idx, x, None, len(idx), needed, phase="inference"))
             outputs.append(x.detach().cpu())
         for c, _ in cbs:
             c.on_inference_end(run)
