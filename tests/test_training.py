@@ -333,3 +333,76 @@ def test_shadow_model_attacker_fits_a_shadow_front_from_what_it_observed():
     with torch.no_grad():
         after = float(attacker.gap(attacker.shadow(x_test), fresh))
     assert after < 0.1 * attacker.before  # the shadow's outputs now land where the real front's do
+
+
+class _Counter(SplitCallback):
+    """A stateful observer: counts the steps it saw and sums the smashed data (so a resume must restore it)."""
+
+    observes = frozenset({"front.smashed"})
+
+    def __init__(self):
+        self.steps, self.total = 0, 0.0
+
+    def on_cut(self, ev):
+        self.steps += 1
+        self.total += float(ev.smashed.sum())
+
+    def state_dict(self):
+        return {"steps": self.steps, "total": self.total}
+
+    def load_state_dict(self, state):
+        self.steps, self.total = state["steps"], state["total"]
+
+
+def _fresh(seed=0):
+    torch.manual_seed(seed)
+    return Topology.split(MnistNet(), front_depth=3)
+
+
+def test_max_steps_stops_mid_epoch_and_drop_last_skips_the_short_batch():
+    x, y = _data(50)
+    counter = _Counter()
+    losses = train_split(_fresh(), x, y, epochs=5, batch_size=16, max_steps=6, callbacks=[counter])
+    assert counter.steps == 6 and len(losses) == 2  # 4 steps per epoch: one whole epoch and a partial one
+    counter = _Counter()
+    train_split(_fresh(), x, y, epochs=2, batch_size=16, drop_last=True, callbacks=[counter])
+    assert counter.steps == 6  # 3 full batches per epoch, the 2-sample remainder dropped
+    with pytest.raises(ValueError, match="max_steps"):
+        train_split(_fresh(), x, y, max_steps=-1)
+    with pytest.raises(ValueError, match="precision"):
+        train_split(_fresh(), x, y, precision="fp8")
+
+
+@pytest.mark.parametrize("stop_at", [3, 4, 9])  # mid-epoch, at an epoch's end, in the last epoch
+def test_a_checkpointed_run_resumes_exactly_where_it_stopped(tmp_path, stop_at):
+    x, y = _data(50)
+    whole, whole_counter = _fresh(), _Counter()
+    whole_losses = train_split(whole, x, y, epochs=3, batch_size=16, max_steps=11, callbacks=[whole_counter])
+
+    path = tmp_path / "run.pt"
+    part, counter = _fresh(), _Counter()
+    train_split(part, x, y, epochs=3, batch_size=16, max_steps=stop_at, checkpoint=path, checkpoint_every=2,
+                callbacks=[counter])
+    resumed, counter = _fresh(seed=1), _Counter()  # other weights: everything must come from the checkpoint
+    losses = train_split(resumed, x, y, epochs=3, batch_size=16, max_steps=11, checkpoint=path, callbacks=[counter])
+    assert counter.steps == 11 and counter.total == pytest.approx(whole_counter.total, rel=1e-6)
+    assert losses == pytest.approx(whole_losses, rel=1e-6)
+    for a, b in zip(whole.as_model().parameters(), resumed.as_model().parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+    # a finished run's checkpoint returns at once; another run's settings are refused
+    again = _Counter()
+    assert train_split(_fresh(), x, y, epochs=3, batch_size=16, max_steps=11, checkpoint=path,
+                       callbacks=[again]) == pytest.approx(whole_losses, rel=1e-6) and again.steps == 11
+    with pytest.raises(ValueError, match="another run"):
+        train_split(_fresh(), x, y, epochs=3, batch_size=8, checkpoint=path, callbacks=[_Counter()])
+
+
+def test_bf16_training_follows_the_fp32_trajectory():
+    x, y = _data(64)
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        t = _fresh()
+        runs[precision] = (train_split(t, x, y, epochs=8, batch_size=16, precision=precision), evaluate(t, x, y))
+    (fp32, acc32), (bf16, acc16) = runs["fp32"], runs["bf16"]
+    assert bf16[-1] < 0.7 * bf16[0] and acc16 > 0.5
+    assert bf16 == pytest.approx(fp32, rel=0.03) and bf16 != fp32  # close, yet computed another way

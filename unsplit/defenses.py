@@ -135,6 +135,7 @@ class DPSGD(Defense):
 
     name = "dpsgd"
     acts_on = frozenset({"prepare_front"})
+    resumable = False  # opacus's wrapped module and accountant are not checkpointed
 
     def __init__(self, noise_multiplier: float = 1.0, max_grad_norm: float = 1.0, delta: float = 1e-5,
                  poisson_sampling: bool = True):
@@ -224,6 +225,12 @@ class RandomizedResponse(Defense):
         # the draw of each sample, by dataset index (-1: not drawn yet), and the true label it was drawn for
         self._true = torch.empty(0, dtype=torch.int64)
         self._drawn = torch.empty(0, dtype=torch.int64)
+
+    def state_dict(self):
+        return {"true": self._true.clone(), "drawn": self._drawn.clone()}
+
+    def load_state_dict(self, state):
+        self._true, self._drawn = state["true"].clone(), state["drawn"].clone()
 
     def draw(self, y: torch.Tensor) -> torch.Tensor:
         """One fresh randomised response per label (no caching)."""

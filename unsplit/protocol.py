@@ -282,6 +282,8 @@ class RunInfo:
         n_samples: samples in the run; batch_size: (expected) samples per step; epochs: passes (1 at inference).
         steps_per_epoch: steps per pass; sampling: ``"shuffle"``, ``"sequential"``, ``"poisson"`` or ``"order"``.
         device: where the parties compute.
+        max_steps: the run's total step budget (``None``: every step of every epoch); start_step: the first step
+            this call runs (> 0 when a checkpointed run resumes).
     """
 
     phase: str
@@ -293,6 +295,8 @@ class RunInfo:
     steps_per_epoch: int
     sampling: str
     device: torch.device
+    max_steps: Optional[int] = None
+    start_step: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -361,6 +365,18 @@ class SplitCallback:
         """The gradient to return to the client front instead of the honest one, or ``None`` (no override)."""
         return None
 
+    def status(self) -> Dict[str, float]:
+        """Numbers to show beside the training's progress bar (e.g. a running error); empty by default."""
+        return {}
+
+    def state_dict(self) -> Dict[str, object]:
+        """What a checkpointed run must restore to resume this callback (see ``train_split(checkpoint=...)``).
+        Override when the callback carries state across steps; the default (stateless) stores nothing."""
+        return {}
+
+    def load_state_dict(self, state: Dict[str, object]) -> None:
+        """Restores :meth:`state_dict`'s output when a checkpointed run resumes."""
+
     @property
     def answers(self) -> bool:
         """Whether this callback may override the returned gradient (it defines ``server_gradient``)."""
@@ -420,6 +436,16 @@ class Defense:
 
     def release(self) -> None:
         """Undoes what ``prepare_front`` attached to the client's modules; runs when training ends or fails."""
+
+    #: whether a checkpointed training can resume this defense (its state round-trips through state_dict)
+    resumable: bool = True
+
+    def state_dict(self) -> Dict[str, object]:
+        """State carried across steps that a resumed training must restore (stateless by default)."""
+        return {}
+
+    def load_state_dict(self, state: Dict[str, object]) -> None:
+        """Restores :meth:`state_dict`'s output."""
 
     def config(self) -> Dict[str, object]:
         """The defense's name and constructor parameters (JSON-friendly), e.g. for a training-cache key."""

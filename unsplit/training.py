@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
@@ -42,6 +43,7 @@ from .protocol import (
     Topology,
     read_only,
 )
+from .util import atomic_save
 
 __all__ = [
     "CutEvent",
@@ -51,6 +53,7 @@ __all__ = [
     "StepContext",
     "Topology",
     "SAMPLINGS",
+    "PRECISIONS",
     "train_split",
     "run_split",
     "evaluate",
@@ -61,6 +64,8 @@ __all__ = [
 #: batch sampling of :func:`train_split`: a fresh seeded permutation per epoch, the data order, or Poisson sampling
 #: (each sample joins each step independently with probability batch_size / N: what DP-SGD's accountant assumes)
 SAMPLINGS = ("shuffle", "sequential", "poisson")
+#: numeric precision of :func:`train_split`'s forward passes
+PRECISIONS = ("fp32", "bf16")
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
@@ -206,6 +211,11 @@ def train_split(
     server_gradient: Optional[Callable[[CutEvent], torch.Tensor]] = None,
     defenses: Sequence[Defense] = (),
     share_head_weight_gradients: bool = False,
+    drop_last: bool = False,
+    max_steps: Optional[int] = None,
+    precision: str = "fp32",
+    checkpoint: Union[str, "os.PathLike[str]", None] = None,
+    checkpoint_every: int = 500,
     device: torch.device | str = "cpu",
     seed: int = 0,
     progress: bool = False,
@@ -239,10 +249,22 @@ def train_split(
         defenses: applied in order at their hooks; one that cannot act in the topology is an error.
         share_head_weight_gradients: weight sharing: the head's parameter gradients become observable
             (``"head.weight_gradients"``; UnSplit's reference label inference uses them).
-        device: where to compute; seed: seeds the batch sampling; progress: a tqdm bar.
+        drop_last: skip each epoch's last batch when it is smaller than ``batch_size`` (as ``tf.data``'s
+            ``drop_remainder``).
+        max_steps: a total step budget: training stops after this many steps, mid-epoch if need be (``None``: all
+            ``epochs``). A GAN-style attack counts iterations, not epochs.
+        precision: ``"fp32"`` or ``"bf16"`` (every part's forward under ``torch.autocast``; what crosses a cut is
+            sent in float32).
+        checkpoint: a file holding the whole training state (parts, optimisers, sampler, RNG, the callbacks' and
+            defenses' ``state_dict()``), written atomically every ``checkpoint_every`` steps and at the end. If it
+            exists, training resumes from it (the run's settings must match; ``epochs`` and ``max_steps`` may grow),
+            so a long run can span several sittings.
+        device: where to compute; seed: seeds the batch sampling; progress: a tqdm bar (with the callbacks'
+            ``status()``).
 
     Returns:
-        The mean task loss of each epoch (``nan`` where a callback replaced the server's step).
+        The mean task loss of each epoch (``nan`` where a callback replaced the server's step; the last entry
+        covers a partial epoch when ``max_steps`` ends one).
 
     Raises:
         ValueError: bad sizes, a defense or an observation the topology cannot have, several gradient overrides,
@@ -253,21 +275,35 @@ def train_split(
     topology, inputs, labels = _legacy_topology(topology, inputs, labels, legacy, head)
     if epochs < 0 or batch_size < 1:
         raise ValueError("epochs must be >= 0 and batch_size >= 1")
+    if max_steps is not None and max_steps < 0:
+        raise ValueError(f"max_steps must be >= 0, got {max_steps}")
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if inputs.shape[0] != labels.shape[0]:
         raise ValueError(f"inputs ({inputs.shape[0]}) and labels ({labels.shape[0]}) differ in length")
     defenses = list(defenses)
     for d in defenses:
         topology.check_defense(d)
+    if checkpoint is not None:
+        stuck = [d.name for d in defenses if not d.resumable]
+        if stuck:
+            raise ValueError(f"a checkpointed training cannot resume defense(s) {', '.join(stuck)}")
     cbs = _callbacks(topology, callbacks, observers, server_gradient, weight_sharing=share_head_weight_gradients)
     answering = next(((c, seen) for c, seen in cbs if c.answers), None)
     replaced = answering is not None and answering[0].replaces_server_step
     needed = frozenset().union(*(seen for _, seen in cbs))
     mode = _sampling(sampling, shuffle, order, defenses)
+    if drop_last and mode == "poisson":
+        raise ValueError("drop_last does not apply to Poisson sampling")
     loss_fn = loss_fn or F.cross_entropy
     device = torch.device(device)
     n = inputs.shape[0]
-    steps_per_epoch = math.ceil((len(order) if order is not None else n) / batch_size)
-    run = RunInfo("train", topology.kind, topology.cuts, n, batch_size, epochs, steps_per_epoch, mode, device)
+    steps_per_epoch = (len(order) if order is not None else n) // batch_size if drop_last else \
+        math.ceil((len(order) if order is not None else n) / batch_size)
+    total_steps = epochs * steps_per_epoch if max_steps is None else min(max_steps, epochs * steps_per_epoch)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
     parts = topology.parts
     if callable(optimizers) or optimizers is None:
@@ -286,19 +322,65 @@ def train_split(
         opts[p] = factories[p](params) if params else None
     front, middle, top = topology.front, topology.middle, topology.head
     gen = torch.Generator().manual_seed(seed)
-    losses: List[float] = []
-    bar = tqdm(total=epochs * steps_per_epoch, desc="split training", unit="batch", disable=not progress, leave=False)
+    settings = {"kind": topology.kind, "parts": sorted(parts), "n": n, "batch_size": batch_size, "sampling": mode,
+                "seed": seed, "drop_last": drop_last, "callbacks": [type(c).__name__ for c, _ in cbs],
+                "defenses": [d.name for d in defenses]}
+    state = _load_checkpoint(checkpoint, settings)
+    epoch0, step0, done = (state["epoch"], state["step"], state["done"]) if state else (0, 0, 0)
+    losses: List[float] = list(state["losses"]) if state else []
+    total, count = (state["total"], state["count"]) if state else (0.0, 0)
+    if state:
+        for p, m in parts.items():
+            m.load_state_dict(state["parts"][p])
+            if opts[p] is not None:
+                opts[p].load_state_dict(state["optimizers"][p])
+        gen.set_state(state["generator"])
+        torch.set_rng_state(state["rng"])
+    run = RunInfo("train", topology.kind, topology.cuts, n, batch_size, epochs, steps_per_epoch, mode, device,
+                  max_steps, done)
+
+    def save(epoch: int, step: int, epoch_gen: torch.Tensor) -> None:
+        if checkpoint is None:
+            return
+        atomic_save({"version": 1, "settings": settings, "epoch": epoch, "step": step, "done": done,
+                     "losses": losses, "total": total, "count": count, "generator": epoch_gen,
+                     "rng": torch.get_rng_state(),
+                     "parts": {p: m.state_dict() for p, m in parts.items()},
+                     "optimizers": {p: o.state_dict() for p, o in opts.items() if o is not None},
+                     "callbacks": [c.state_dict() for c, _ in cbs],
+                     "defenses": [d.state_dict() for d in defenses]}, checkpoint)
+
+    bar = tqdm(total=total_steps, initial=min(done, total_steps), desc="split training", unit="batch",
+               disable=not progress, leave=False)
     try:
         if front is not None:
             for d in defenses:
                 front, opts["front"] = d.prepare_front(front, opts["front"], run)
         for c, _ in cbs:
             c.on_train_begin(run)
-        for epoch in range(epochs):
-            for c, _ in cbs:
-                c.on_epoch_begin(run, epoch)
-            total, count = 0.0, 0
-            for step, idx in enumerate(_batches(mode, n, batch_size, order, gen)):
+        if state:
+            for (c, _), cs in zip(cbs, state["callbacks"]):
+                c.load_state_dict(cs)
+            for d, ds in zip(defenses, state["defenses"]):
+                d.load_state_dict(ds)
+        for epoch in range(epoch0, epochs):
+            epoch_gen = gen.get_state()  # the epoch's batches are redrawn from here when a run resumes mid-epoch
+            first = step0 if epoch == epoch0 else 0
+            if done >= total_steps and first == 0:  # the budget ended with the previous epoch
+                save(epoch, 0, epoch_gen)
+                break
+            if first == 0:
+                total, count = 0.0, 0
+                for c, _ in cbs:
+                    c.on_epoch_begin(run, epoch)
+            batches = _batches(mode, n, batch_size, order, gen)
+            if drop_last:
+                batches = batches[:steps_per_epoch]
+            for step in range(first, len(batches)):
+                if done >= total_steps:
+                    break
+                idx = batches[step]
+                done += 1
                 bar.update(1)
                 b = len(idx)
                 if b == 0:
@@ -316,8 +398,9 @@ def train_split(
                 if front is not None:  # client front -> server
                     for d in defenses:
                         x = d.inputs(x, ctx)
-                    z = front(x)
-                    sent = z.detach()
+                    with autocast:
+                        z = front(x)
+                    sent = z.detach().float()
                     for d in defenses:
                         sent = d.smashed(sent, ctx)
                 g_front = None
@@ -325,13 +408,16 @@ def train_split(
                     loss = torch.tensor(float("nan"))
                 else:
                     z_server = sent.requires_grad_(True) if front is not None else x
-                    out = middle(z_server)
+                    with autocast:
+                        out = middle(z_server)
                     if top is None:
-                        loss = loss_fn(out, y)
+                        with autocast:
+                            loss = loss_fn(out.float(), y)
                         loss.backward()
                     else:  # server -> label-owning head, and the head's gradient back
-                        h = out.detach().requires_grad_(True)
-                        loss = loss_fn(top(h), y)
+                        h = out.detach().float().requires_grad_(True)
+                        with autocast:
+                            loss = loss_fn(top(h).float(), y)
                         loss.backward()
                         g_head = h.grad
                         for d in defenses:
@@ -341,8 +427,9 @@ def train_split(
                             if "head.weight_gradients" in needed:
                                 weights = {k: read_only(p.grad) for k, p in top.named_parameters()
                                            if p.grad is not None}
-                            _dispatch(cbs, _event(epoch, step, "head", idx, out, g_head, b, needed, weights=weights))
-                        out.backward(g_head)
+                            _dispatch(cbs, _event(epoch, step, "head", idx, h.detach(), g_head, b, needed,
+                                                  weights=weights))
+                        out.backward(g_head.to(out.dtype))
                     if front is not None:
                         g_front = z_server.grad
 
@@ -368,18 +455,30 @@ def train_split(
                         g_front = d.front_gradient(g_front, ctx)
                     extra = [term for term in (d.front_loss(x, z, ctx) for d in defenses) if term is not None]
                     if extra:
-                        torch.autograd.backward([z, *extra], [g_front, *[torch.ones_like(t) for t in extra]])
+                        torch.autograd.backward([z, *extra], [g_front.to(z.dtype), *[torch.ones_like(t) for t in extra]])
                     else:
-                        z.backward(g_front)
+                        z.backward(g_front.to(z.dtype))
                 for p, o in opts.items():
                     if o is not None and (not replaced or p == "front"):
                         o.step()
                 total += float(loss.detach()) * b
                 count += b
+                if progress and done % 10 == 0:
+                    bar.set_postfix(_status(cbs), refresh=False)
+                if checkpoint is not None and done % checkpoint_every == 0 and done < total_steps:
+                    save(epoch, step + 1, epoch_gen)
+            else:  # the epoch ran to its end
+                losses.append(total / max(count, 1))
+                bar.set_postfix(loss=f"{losses[-1]:.4f}", **_status(cbs))
+                for c, _ in cbs:
+                    c.on_epoch_end(run, epoch, {"loss": losses[-1]})
+                continue
+            # the step budget ended this epoch: keep its position (a longer budget resumes here), report it partial
+            save(epoch, step, epoch_gen)
             losses.append(total / max(count, 1))
-            bar.set_postfix(loss=f"{losses[-1]:.4f}")
-            for c, _ in cbs:
-                c.on_epoch_end(run, epoch, {"loss": losses[-1]})
+            break
+        else:
+            save(epochs, 0, gen.get_state())
         for c, _ in cbs:
             c.on_train_end(run)
     finally:
@@ -387,6 +486,29 @@ def train_split(
         for d in defenses:
             d.release()
     return losses
+
+
+def _status(cbs) -> Dict[str, str]:
+    out = {}
+    for c, _ in cbs:
+        for k, v in c.status().items():
+            out[k] = f"{v:.4g}" if isinstance(v, float) else str(v)
+    return out
+
+
+def _load_checkpoint(path, settings: Mapping[str, object]) -> Optional[dict]:
+    """A training checkpoint's state, or ``None`` when there is none; a checkpoint of other settings is an error."""
+    if path is None or not os.path.exists(path):
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(state, dict) or state.get("version") != 1:
+        raise ValueError(f"{path} is not a train_split checkpoint")
+    stored = state["settings"]
+    diff = [f"{k}: {stored.get(k)!r} stored, {v!r} now" for k, v in settings.items() if stored.get(k) != v]
+    if diff:
+        raise ValueError(f"checkpoint {path} belongs to another run ({'; '.join(diff)}): use another path or delete "
+                         "it")
+    return state
 
 
 def run_split(
