@@ -102,15 +102,24 @@ class LaplaceNoise(Defense):
 
 
 class NoPeek(Defense):
-    """NoPeek: the client also minimises ``alpha * dCor(x, z)`` between its inputs and its smashed data."""
+    """NoPeek (Vepakomma et al., 2020): the client also minimises ``alpha * dCor(x, z)`` between its inputs and its
+    smashed data.
+
+    Args:
+        alpha: the weight α₁ of the distance correlation.
+        separate_step: apply the distance-correlation gradient as its own optimiser step before the step on the
+            returned gradient, as the official FSHA code's NoPeek client does (two Adam steps per iteration);
+            default: one step on the sum.
+    """
 
     name = "nopeek"
     acts_on = frozenset({"front_loss"})
 
-    def __init__(self, alpha: float = 1.0):
+    def __init__(self, alpha: float = 1.0, separate_step: bool = False):
         if not (math.isfinite(alpha) and alpha >= 0):
             raise ValueError("alpha must be a finite number >= 0")
         self.alpha = alpha
+        self.separate_step = bool(separate_step)
 
     def front_loss(self, x: torch.Tensor, z: torch.Tensor, ctx: Optional[StepContext] = None) -> Optional[torch.Tensor]:
         return self.alpha * distance_correlation(x, z)

@@ -19,6 +19,7 @@ Losses: WGAN-GP (default) or the vanilla GAN; the gradient penalty either as the
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Dict, Optional
 
@@ -27,10 +28,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .models import ResBlock, keras_init
-from .protocol import CutEvent, SplitCallback
+from .protocol import CutEvent, SplitCallback, Topology
 
 __all__ = ["LEVELS", "SMASHED_SHAPES", "fsha_images", "pilot", "decoder", "critic", "gradient_penalty",
-           "FSHAServer"]
+           "FSHAServer", "ReconstructionMonitor", "reconstruction_error", "FSHARun", "run_fsha"]
 
 LEVELS = (1, 2, 3, 4)
 #: the client's output shape per split level
@@ -271,9 +272,167 @@ class FSHAServer(SplitCallback):
 
     @torch.no_grad()
     def reconstruct(self, smashed: torch.Tensor) -> torch.Tensor:
-        """The attack's output f̃⁻¹(z) for smashed data ``z`` the server observed: images in [-1, 1]."""
+        """The attack's output f̃⁻¹(z) for smashed data ``z`` ``(N, *SMASHED_SHAPES[level])`` the server observed:
+        ``(N, 3, 32, 32)`` images in [-1, 1] (float32)."""
         was = self.decoder.training
         self.decoder.eval()
-        out = self.decoder(smashed.as_subclass(torch.Tensor).to(self.device))
+        with self._autocast():
+            out = self.decoder(self._to_format(smashed.as_subclass(torch.Tensor).to(self.device)))
         self.decoder.train(was)
-        return out
+        return out.float()
+
+
+class ReconstructionMonitor(SplitCallback):
+    """Metric code (not part of the attack): scores the server's reconstructions of each training batch against the
+    private inputs, which only this monitor holds. It observes what the server observes, after the server's step.
+
+    The running mean over the last ``window`` iterations of the MSE in [-1, 1] space is what the official notebooks
+    print (divide by 4 for [0, 1] space).
+
+    Args:
+        server: the attacker (anything with ``reconstruct(z)``).
+        private: ``(N, 3, 32, 32)`` the client's training inputs in [-1, 1], indexed as in training.
+        window: iterations in the running mean (official: 500).
+    """
+
+    observes = frozenset({"front.smashed"})
+
+    def __init__(self, server: "FSHAServer", private: torch.Tensor, *, window: int = 500):
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        self.server, self.private, self.window = server, private, window
+        self.errors: list = []
+
+    def on_cut(self, event: CutEvent) -> None:
+        if event.phase != "train" or event.cut != "front":
+            return
+        rec = self.server.reconstruct(event.smashed)
+        target = self.private[event.indices.as_subclass(torch.Tensor)].to(rec.device)
+        self.errors.append(float(F.mse_loss(rec.float(), target)))
+
+    def running(self, at: Optional[int] = None) -> float:
+        """The running mean MSE ([-1, 1] space) over the ``window`` iterations up to iteration ``at`` (default: the
+        last); at iteration 0 that is a single batch, as in the notebooks."""
+        end = len(self.errors) if at is None else at + 1
+        chunk = self.errors[max(0, end - self.window): end]
+        return sum(chunk) / len(chunk) if chunk else float("nan")
+
+    def status(self) -> Dict[str, float]:
+        return {"mse": self.running()} if self.errors else {}
+
+    def state_dict(self) -> dict:
+        return {"errors": list(self.errors)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.errors = list(state["errors"])
+
+
+@torch.no_grad()
+def reconstruction_error(front: nn.Module, server: "FSHAServer", private: torch.Tensor, *,
+                         labels: Optional[torch.Tensor] = None, batch_size: int = 500,
+                         device: torch.device | str = "cpu") -> Dict[str, object]:
+    """Metric code: the attack on inputs the client sends after training (its front in eval mode, BatchNorm with
+    running statistics). Returns the mean MSE in [-1, 1] and [0, 1] space and, given ``labels`` (ground truth), the
+    [-1, 1] MSE per class.
+
+    Args:
+        front: the client's trained front f; server: the attacker; private: ``(N, 3, 32, 32)`` in [-1, 1].
+    """
+    was = front.training
+    front.eval()
+    per = []
+    try:
+        for start in range(0, len(private), batch_size):
+            x = private[start:start + batch_size].to(device)
+            rec = server.reconstruct(front(x))
+            per.append((rec.float() - x).pow(2).flatten(1).mean(1).cpu())
+    finally:
+        front.train(was)
+    per = torch.cat(per)
+    out: Dict[str, object] = {"mse": float(per.mean()), "mse_01": float(per.mean()) / 4}
+    if labels is not None:
+        out["mse_per_class"] = {int(c): float(per[labels == c].mean()) for c in labels.unique()}
+    return out
+
+
+@dataclasses.dataclass
+class FSHARun:
+    """What :func:`run_fsha` returns: the client's parts, the attacker, the metric monitor, the client's losses."""
+
+    topology: Topology
+    server: FSHAServer
+    monitor: ReconstructionMonitor
+    losses: list
+
+
+def run_fsha(private: torch.Tensor, public: torch.Tensor, *, labels: Optional[torch.Tensor] = None, level: int = 4,
+             iterations: int = 10_000, batch_size: int = 64, lr_client: float = 1e-5,
+             server_options: Optional[Dict[str, object]] = None, defenses=(), callbacks=(),
+             precision: str = "fp32", window: int = 500, checkpoint=None, checkpoint_every: int = 500,
+             device: torch.device | str = "cpu", seed: int = 0, progress: bool = False) -> FSHARun:
+    """Split learning of a client against the FSHA server (Pasquini et al., CCS'21), as the official notebooks run
+    it: the client's FunnelNet front f at ``level``, Adam(``lr_client``, eps 1e-7), batches of ``batch_size`` drawn
+    from reshuffled passes over the private data (the short last batch of a pass dropped), ``iterations`` steps.
+
+    Args:
+        private: ``(N, 3, 32, 32)`` X_priv in [-1, 1] (:func:`fsha_images`); labels: its labels (the client's; the
+            malicious server never reads them; only needed by defenses that use them).
+        public: ``(M, 3, 32, 32)`` the attacker's X_pub in [-1, 1].
+        server_options: keyword arguments of :class:`FSHAServer` (paper defaults otherwise).
+        defenses: the client's defenses (e.g. ``NoPeek(1e4)``); callbacks: more observers (e.g. a detector).
+        precision: ``"fp32"`` or ``"bf16"`` for the client and the attacker.
+        window: the monitor's running-mean window; checkpoint / checkpoint_every: resume a long run (see
+            :func:`unsplit.training.train_split`).
+        device, seed: where to compute; seeds f's initialisation, the batch order and the attacker.
+    """
+    from .models import FunnelNet, split
+    from .training import train_split
+
+    options = dict(server_options or {})
+    options.setdefault("precision", precision)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        front, middle = split(FunnelNet(), FunnelNet.level_depths[_check_level(level)])
+    topology = Topology(front, middle)
+    server = FSHAServer(public, level=level, device=device, seed=seed + 1, **options)
+    monitor = ReconstructionMonitor(server, private, window=window)
+    y = labels if labels is not None else torch.zeros(len(private), dtype=torch.int64)
+    epochs = math.ceil(iterations / max(1, len(private) // batch_size))
+    losses = train_split(topology, private, y, epochs=epochs, batch_size=batch_size, max_steps=iterations,
+                         drop_last=True, optimizers={"front": lambda p: torch.optim.Adam(p, lr=lr_client, eps=1e-7)},
+                         callbacks=[server, monitor, *callbacks], defenses=defenses, precision=precision,
+                         checkpoint=checkpoint, checkpoint_every=checkpoint_every, device=device, seed=seed,
+                         progress=progress)
+    return FSHARun(topology, server, monitor, losses)
+
+
+def fsha_data(dataset: str, *, data_dir=None, download: bool = True, private_limit: Optional[int] = None,
+              public_limit: Optional[int] = None):
+    """The paper's data: X_priv = the training split, X_pub = the test split, both :func:`fsha_images`
+    (``(N, 3, 32, 32)`` in [-1, 1]).
+
+    Args:
+        dataset: ``mnist``, ``f_mnist``, ``cifar``, or a directory holding an ImageFolder tree per split
+            (``train/<class>/*`` and ``test/<class>/*``: Omniglot, CelebA, AT&T faces, ...).
+        data_dir: dataset root; download: let torchvision fetch what is missing; *_limit: keep the first N.
+
+    Returns:
+        ``(x_private, y_private, x_public, y_public)``; labels are for metric code and the label-based variants.
+    """
+    from pathlib import Path
+
+    from .data import DATASETS, _load_image_folder, load_dataset
+
+    if dataset in DATASETS:
+        xs, ys = load_dataset(dataset, data_dir=data_dir, train=True, download=download, limit=private_limit)
+        xp, yp = load_dataset(dataset, data_dir=data_dir, train=False, download=download, limit=public_limit)
+    else:
+        root = Path(dataset)
+        if not (root / "train").is_dir() or not (root / "test").is_dir():
+            raise ValueError(f"{dataset!r} is neither one of {', '.join(DATASETS)} nor a directory with train/ and "
+                             "test/ ImageFolder trees")
+        xs, ys = _load_image_folder(root / "train")
+        xp, yp = _load_image_folder(root / "test")
+        xs, ys, xp, yp = xs[:private_limit], ys[:private_limit], xp[:public_limit], yp[:public_limit]
+        xs, xp = xs.float() / 255, xp.float() / 255
+    return fsha_images(xs), ys, fsha_images(xp), yp

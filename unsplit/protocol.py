@@ -437,6 +437,8 @@ class Defense:
     def release(self) -> None:
         """Undoes what ``prepare_front`` attached to the client's modules; runs when training ends or fails."""
 
+    #: apply ``front_loss`` as its own optimiser step of the front, before the step on the returned gradient
+    separate_step: bool = False
     #: whether a checkpointed training can resume this defense (its state round-trips through state_dict)
     resumable: bool = True
 

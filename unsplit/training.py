@@ -453,7 +453,15 @@ def train_split(
                         _dispatch(cbs, event)
                     for d in defenses:
                         g_front = d.front_gradient(g_front, ctx)
-                    extra = [term for term in (d.front_loss(x, z, ctx) for d in defenses) if term is not None]
+                    extra, alone = [], []
+                    for d in defenses:
+                        term = d.front_loss(x, z, ctx)
+                        if term is not None:
+                            (alone if d.separate_step else extra).append(term)
+                    if alone and opts["front"] is not None:  # their own step first, from the same forward pass
+                        torch.autograd.backward(alone, retain_graph=True)
+                        opts["front"].step()
+                        opts["front"].zero_grad(set_to_none=True)
                     if extra:
                         torch.autograd.backward([z, *extra], [g_front.to(z.dtype), *[torch.ones_like(t) for t in extra]])
                     else:

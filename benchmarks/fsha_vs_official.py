@@ -1,0 +1,228 @@
+#!/usr/bin/env python
+"""FSHA (Pasquini et al., CCS'21) against the official notebooks' numbers.
+
+Cells (each resumable: a checkpoint every ``--checkpoint-every`` iterations under ``--checkpoints``, so a
+10,000-iteration run can span sittings; a finished cell is one atomic JSON under ``OUT/cells`` and is skipped on
+rerun):
+
+    mnist-l4          the official notebook: MNIST, split level 4, batch 64, lr_f = lr_f~ = 1e-5, lr_D = 1e-4, gp 500
+    f_mnist-l4        the same on Fashion-MNIST
+    mnist-l4-nopeek   the client runs NoPeek, alpha1 = 1e4, as its own Adam step (as the official client); the
+                      attacker scales its loss by alpha2 = 50
+    mnist-l4-mangled  X_pub without class 0; the final score per class (class 0 unseen by the attacker)
+    mnist-l1 .. l3    the other split levels
+
+Recorded per cell: the running mean (last 500 iterations) of the training-batch reconstruction MSE in [-1, 1] space
+(as the notebooks print it) every 100 iterations, in [0, 1] space (/4), seconds per iteration (this sitting's
+steady-state steps), and the score on 2,000 private inputs sent after training (the client's front in eval mode).
+``report.md`` and ``curves.png`` put them beside the notebook numbers.
+
+    python benchmarks/fsha_vs_official.py --data-dir ../shared/data --cells mnist-l4
+    python benchmarks/fsha_vs_official.py --data-dir ../shared/data --cells mnist-l4-nopeek,mnist-l4-mangled --iters 3000
+    python benchmarks/fsha_vs_official.py --report-only
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from unsplit.cli import make_parser, run_main  # noqa: E402
+from unsplit.data import default_data_dir  # noqa: E402
+from unsplit.defenses import NoPeek  # noqa: E402
+from unsplit.fsha import fsha_data, reconstruction_error, run_fsha  # noqa: E402
+from unsplit.protocol import SplitCallback  # noqa: E402
+from unsplit.util import atomic_write_json, atomic_write_text, resolve_device  # noqa: E402
+
+#: the official notebooks' printed running means (MNIST, level 4, [-1, 1] MSE), by iteration
+OFFICIAL = {
+    "mnist-l4": {0: 0.1628, 500: 0.1511, 1000: 0.1102, 2000: 0.0728, 3000: 0.0476, 4000: 0.0374, 5000: 0.0320,
+                 6000: 0.0274, 7000: 0.0240, 8000: 0.0205, 9000: 0.0192, 9500: 0.0193},
+    "mnist-l4-nopeek": {0: 0.8722, 500: 0.5172, 1000: 0.1891, 2000: 0.1086, 3000: 0.0654, 4000: 0.0518,
+                        5000: 0.0436, 6000: 0.0416, 7000: 0.0338, 8000: 0.0326, 9000: 0.0292, 9500: 0.0267},
+    "mnist-l4-mangled": {0: 0.8558, 500: 0.5253, 1000: 0.1838, 2000: 0.1294, 3000: 0.0752, 4000: 0.0489,
+                         5000: 0.0416, 6000: 0.0365, 7000: 0.0311, 8000: 0.0286, 9000: 0.0263, 9500: 0.0256},
+}
+#: the official code's seconds per iteration on this project's 2-core CPU (MNIST, level 4, batch 64)
+OFFICIAL_SECONDS = 1.31
+CELLS = {
+    "mnist-l4": dict(dataset="mnist", level=4),
+    "f_mnist-l4": dict(dataset="f_mnist", level=4),
+    "mnist-l4-nopeek": dict(dataset="mnist", level=4, nopeek=1e4, scale=50.0),
+    "mnist-l4-mangled": dict(dataset="mnist", level=4, removed=0),
+    "mnist-l1": dict(dataset="mnist", level=1),
+    "mnist-l2": dict(dataset="mnist", level=2),
+    "mnist-l3": dict(dataset="mnist", level=3),
+}
+
+
+class StepTimer(SplitCallback):
+    """Seconds between consecutive training steps (the first step of each sitting excluded)."""
+
+    observes = frozenset()
+
+    def __init__(self):
+        self.last, self.seconds, self.steps = None, 0.0, 0
+
+    def on_train_begin(self, run):
+        self.last = None
+
+    def on_cut(self, event):
+        now = time.perf_counter()
+        if self.last is not None:
+            self.seconds += now - self.last
+            self.steps += 1
+        self.last = now
+
+    def state_dict(self):
+        return {"seconds": self.seconds, "steps": self.steps}
+
+    def load_state_dict(self, state):
+        self.seconds, self.steps = state["seconds"], state["steps"]
+
+
+def parse_args(argv=None):
+    p = make_parser(__doc__)
+    p.add_argument("--cells", default="mnist-l4", help=f"comma-separated: {','.join(CELLS)}")
+    p.add_argument("--iters", type=int, default=10_000)
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="bf16")
+    p.add_argument("--pilot", choices=("paper", "linear"), default="paper")
+    p.add_argument("--gp-form", choices=("per_channel", "flat"), default="per_channel")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir", type=Path, default=default_data_dir())
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/fsha"))
+    p.add_argument("--checkpoints", type=Path, default=Path("checkpoints/fsha"))
+    p.add_argument("--checkpoint-every", type=int, default=250)
+    p.add_argument("--recompute", action="store_true", help="rerun finished cells (their checkpoints are kept)")
+    p.add_argument("--report-only", action="store_true")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+    cells = [c.strip() for c in args.cells.split(",") if c.strip()]
+    unknown = [c for c in cells if c not in CELLS]
+    if unknown:
+        p.error(f"unknown cell(s) {', '.join(unknown)}: choose from {', '.join(CELLS)}")
+    if args.iters < 1 or args.checkpoint_every < 1:
+        p.error("--iters and --checkpoint-every must be >= 1")
+    args.cells = cells
+    return args
+
+
+def cell_name(cell: str, args) -> str:
+    extra = "" if (args.pilot, args.gp_form) == ("paper", "per_channel") else f"_{args.pilot}_{args.gp_form}"
+    return f"{cell}_{args.precision}{extra}_i{args.iters}_s{args.seed}"
+
+
+def run_cell(cell: str, args, device) -> dict:
+    spec = CELLS[cell]
+    xs, ys, xp, yp = fsha_data(spec["dataset"], data_dir=args.data_dir, download=False)
+    if "removed" in spec:
+        xp = xp[yp != spec["removed"]]
+    name = cell_name(cell, args)
+    args.checkpoints.mkdir(parents=True, exist_ok=True)
+    timer = StepTimer()
+    defenses = [NoPeek(spec["nopeek"], separate_step=True)] if "nopeek" in spec else []
+    result = run_fsha(xs, xp, level=spec["level"], iterations=args.iters, precision=args.precision,
+                      server_options={"pilot_variant": args.pilot, "gp_form": args.gp_form,
+                                      "scale": spec.get("scale", 1.0)},
+                      defenses=defenses, callbacks=[timer], checkpoint=args.checkpoints / f"{name}.pt",
+                      checkpoint_every=args.checkpoint_every, device=device, seed=args.seed,
+                      progress=not args.quiet)
+    mon = result.monitor
+    g = torch.Generator().manual_seed(1234)
+    probe = torch.randperm(len(xs), generator=g)[:2000]
+    final = reconstruction_error(result.topology.front, result.server, xs[probe], labels=ys[probe], device=device)
+    curve = {i: mon.running(i) for i in range(0, len(mon.errors), 100)}
+    curve[len(mon.errors) - 1] = mon.running()
+    return {"cell": cell, "name": name, **spec, "iterations": len(mon.errors), "precision": args.precision,
+            "pilot": args.pilot, "gp_form": args.gp_form, "seed": args.seed,
+            "seconds_per_iteration": timer.seconds / max(timer.steps, 1), "timed_steps": timer.steps,
+            "curve": curve, "curve_01": {i: v / 4 for i, v in curve.items()},
+            "after_training": final, "device": str(device), "threads": torch.get_num_threads()}
+
+
+def build_report(args) -> Path:
+    cells = {}
+    for f in sorted((args.out / "cells").glob("*.json")):
+        import json
+
+        data = json.loads(f.read_text())
+        cells[data["name"]] = data
+    lines = ["# FSHA against the official notebooks", "",
+             "Running mean over the last 500 iterations of the training-batch reconstruction MSE in [-1, 1] space "
+             "(the notebooks' number; [0, 1] space = /4). Official: the notebook outputs (paper networks, TF).", "",
+             "| run | iterations | s/it | @1k (official) | @3k (official) | @5k (official) | @9.5k (official) | "
+             "after training, [-1,1] | [0,1] |", "|---|---|---|---|---|---|---|---|---|"]
+
+    def at(d, i, official):
+        v = d["curve"].get(str(i))
+        o = official.get(i)
+        cell = "—" if v is None else f"{v:.4f}"
+        return cell + (f" ({o:.4f}, {100 * (v - o) / o:+.0f}%)" if (o is not None and v is not None) else
+                       (f" ({o:.4f})" if o is not None else ""))
+
+    for name, d in cells.items():
+        official = OFFICIAL.get(d["cell"], {})
+        lines.append(f"| {name} | {d['iterations']} | {d['seconds_per_iteration']:.3f} | {at(d, 1000, official)} | "
+                     f"{at(d, 3000, official)} | {at(d, 5000, official)} | {at(d, 9500, official)} | "
+                     f"{d['after_training']['mse']:.4f} | {d['after_training']['mse_01']:.4f} |")
+        per = d["after_training"].get("mse_per_class")
+        if d.get("removed") is not None and per:
+            known = [v for c, v in per.items() if int(c) != d["removed"]]
+            lines.append(f"|  ↳ removed class {d['removed']}: {per[str(d['removed'])]:.4f}; known classes' mean "
+                         f"{sum(known) / len(known):.4f} | | | | | | | | |")
+    lines += ["", f"Official code: {OFFICIAL_SECONDS} s/iteration on this machine (MNIST, level 4, batch 64)."]
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = atomic_write_text(args.out / "report.md", "\n".join(lines) + "\n")
+    _plot(cells, args.out / "curves.png")
+    return path
+
+
+def _plot(cells: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not cells:
+        return
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, (name, d) in enumerate(cells.items()):
+        xs = sorted(int(k) for k in d["curve"])
+        line, = ax.plot(xs, [d["curve"][str(k)] for k in xs], label=name, color=f"C{i}")
+        official = OFFICIAL.get(d["cell"])
+        if official:
+            ax.plot(list(official), list(official.values()), "o--", color=line.get_color(), alpha=0.6,
+                    label=f"official notebook ({d['cell']})")
+    ax.set(xlabel="iteration", ylabel="reconstruction MSE, [-1, 1] (running mean of 500)", ylim=(0, 0.2))
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    device = resolve_device(args.device)
+    if not args.report_only:
+        (args.out / "cells").mkdir(parents=True, exist_ok=True)
+        for cell in args.cells:
+            path = args.out / "cells" / f"{cell_name(cell, args)}.json"
+            if path.exists() and not args.recompute:
+                print(f"{path.name}: done (use --recompute to rerun)")
+                continue
+            atomic_write_json(path, run_cell(cell, args, device))
+            print(f"{path.name}: written")
+    print(build_report(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
