@@ -1,10 +1,22 @@
 """FSHA (Pasquini et al., CCS'21): networks per split level, the gradient penalty, and the server as a callback."""
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-from unsplit.fsha import SMASHED_SHAPES, FSHAServer, critic, decoder, fsha_images, gradient_penalty, pilot
+from unsplit.fsha import (
+    SMASHED_SHAPES,
+    FSHAServer,
+    ReconstructionMonitor,
+    critic,
+    decoder,
+    fsha_images,
+    gradient_penalty,
+    pilot,
+    reconstruction_error,
+)
 from unsplit.models import FunnelNet, split
-from unsplit.protocol import Topology
+from unsplit.protocol import CutEvent, Topology, read_only
 from unsplit.training import train_split
 
 
@@ -68,3 +80,105 @@ def test_the_server_hijacks_through_the_protocol_and_never_sees_inputs_labels_or
         FSHAServer(torch.rand(4, 1, 28, 28))
     with pytest.raises(ValueError, match="level"):
         FSHAServer(torch.rand(4, 3, 32, 32), level=5)
+
+
+# a tiny problem: 16x16 greyscale "crosses" (a horizontal and a vertical bar at random places), small networks
+def _crosses(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.full((n, 1, 16, 16), -1.0)
+    rows, cols = torch.randint(0, 13, (n,), generator=g), torch.randint(0, 13, (n,), generator=g)
+    for i in range(n):
+        x[i, :, rows[i]:rows[i] + 3, :] = 1.0
+        x[i, :, :, cols[i]:cols[i] + 3] = 1.0
+    return x
+
+
+def _encoder():
+    return nn.Sequential(nn.Conv2d(1, 16, 3, 2, 1), nn.ReLU(), nn.Conv2d(16, 8, 3, 2, 1))
+
+
+def _tiny_server(public, lr=2e-3, seed=0, **kw):
+    dec = nn.Sequential(nn.ConvTranspose2d(8, 16, 3, 2, 1, output_padding=1), nn.ReLU(),
+                        nn.ConvTranspose2d(16, 1, 3, 2, 1, output_padding=1), nn.Tanh())
+    crit = nn.Sequential(nn.Conv2d(8, 32, 3, 1, 1), nn.ReLU(), nn.Conv2d(32, 32, 3, 2, 1), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(128, 1))
+    return FSHAServer(public, pilot_net=_encoder(), decoder_net=dec, critic_net=crit, lr_tilde=lr, lr_critic=lr,
+                      gp_weight=10, seed=seed, **kw)
+
+
+def _tiny_topology(seed=0):
+    torch.manual_seed(seed)
+    return Topology(_encoder(), nn.Sequential(nn.Flatten(), nn.Linear(128, 2)))
+
+
+def test_the_hijack_reconstructs_private_inputs_far_better_than_the_baselines():
+    private, public = _crosses(512, 0), _crosses(512, 1)
+    t = _tiny_topology()
+    server = _tiny_server(public)
+    monitor = ReconstructionMonitor(server, private, window=20)
+    untrained = reconstruction_error(t.front, server, private)["mse"]
+    mean_image = float((public.mean(0) - private).pow(2).mean())  # the attacker's best guess without the attack
+    train_split(t, private, torch.zeros(512, dtype=torch.long), epochs=30, batch_size=32, callbacks=[server, monitor],
+                optimizers={"front": lambda p: torch.optim.Adam(p, lr=2e-3)})
+    after = reconstruction_error(t.front, server, private)["mse"]  # inputs sent after training, BN in eval mode
+    assert untrained > 0.8 and mean_image > 0.8
+    assert after < 0.3 * untrained and after < 0.3 * mean_image
+    assert monitor.running() < 0.3 * monitor.errors[0]
+
+
+def test_the_fused_step_equals_a_plain_transcription():
+    torch.manual_seed(0)
+    public = torch.rand(16, 3, 32, 32) * 2 - 1
+    z = torch.randn(4, 256, 4, 4)
+    event = CutEvent(0, 0, "front", read_only(torch.arange(4)), read_only(z), None, 4, None, "train")
+    fused, plain = FSHAServer(public, seed=3), FSHAServer(public, seed=3, fused=False)
+    g_fused, g_plain = fused.server_gradient(event), plain.server_gradient(event)
+    assert g_fused.abs().sum() > 0
+    assert torch.allclose(g_fused, g_plain, rtol=1e-4, atol=1e-9)
+    scale = max(float(p.grad.abs().max()) for p in plain.critic.parameters())
+    for a, b in zip(fused.critic.parameters(), plain.critic.parameters()):  # the critic's update: same gradients
+        assert torch.allclose(a.grad, b.grad, rtol=1e-3, atol=1e-5 * scale)
+    fast = FSHAServer(public, seed=3, precision="bf16", channels_last=True).server_gradient(event)
+    cos = F.cosine_similarity(fast.flatten(), g_plain.flatten(), dim=0)
+    assert cos > 0.95  # bf16 follows the fp32 direction
+
+
+def test_the_server_reads_no_label_and_no_server_weight():
+    """Run twice: honest labels and weights, then garbage labels and a NaN-poisoned middle. A server that looked at
+    either would change (or NaN) the trajectory; FSHA's must be bit-identical."""
+    private, public = _crosses(64, 0), _crosses(64, 1)
+    runs = []
+    for poisoned in (False, True):
+        t = _tiny_topology()
+        labels = torch.randint(0, 2, (64,), generator=torch.Generator().manual_seed(int(poisoned)))
+        if poisoned:
+            with torch.no_grad():
+                for p in t.middle.parameters():
+                    p.fill_(float("nan"))
+        server = _tiny_server(public)
+        train_split(t, private, labels, epochs=2, batch_size=16, callbacks=[server])
+        runs.append((torch.cat([p.flatten() for p in t.front.parameters()]), server.history["critic_loss"]))
+    (front_a, hist_a), (front_b, hist_b) = runs
+    assert torch.isfinite(front_b).all() and torch.equal(front_a, front_b) and hist_a == hist_b
+
+
+def test_an_fsha_run_resumes_from_its_checkpoint_exactly(tmp_path):
+    private, public = _crosses(64, 0), _crosses(64, 1)
+    y = torch.zeros(64, dtype=torch.long)
+
+    def run(steps, path=None, seed=0):
+        t, server = _tiny_topology(seed), _tiny_server(public, seed=seed)
+        monitor = ReconstructionMonitor(server, private, window=4)
+        train_split(t, private, y, epochs=3, batch_size=16, max_steps=steps, callbacks=[server, monitor],
+                    checkpoint=path, checkpoint_every=3)
+        return t, server, monitor
+
+    t_whole, s_whole, m_whole = run(10)
+    run(5, tmp_path / "c.pt")
+    t_res, s_res, m_res = run(10, tmp_path / "c.pt", seed=7)  # other initial weights: all must come from the file
+    assert m_res.errors == pytest.approx(m_whole.errors, rel=1e-5) and len(m_res.errors) == 10
+    for key, values in s_whole.history.items():
+        assert s_res.history[key] == pytest.approx(values, rel=1e-5)
+    for a, b in zip([*t_whole.front.parameters(), *s_whole.critic.parameters()],
+                    [*t_res.front.parameters(), *s_res.critic.parameters()]):
+        assert torch.allclose(a, b, atol=1e-6)

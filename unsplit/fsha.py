@@ -159,6 +159,8 @@ class FSHAServer(SplitCallback):
         fused: one critic pass over private and public features for every loss and, with WGAN, one backward pass
             for the critic's update and the returned gradient (the same values); ``False`` = a plain transcription
             (one critic pass per loss, a separate backward for the returned gradient).
+        pilot_net, decoder_net, critic_net: the attacker's own networks instead of the paper's for ``level`` (the
+            pilot's output must have the smashed data's shape; the decoder maps it back to images in [-1, 1]).
         device: where the attacker's networks live; seed: their initialisation and the public batches.
     """
 
@@ -169,7 +171,8 @@ class FSHAServer(SplitCallback):
                  gp_weight: float = 500.0, gp_form: str = "per_channel", lr_tilde: float = 1e-5,
                  lr_critic: float = 1e-4, adam_eps: float = 1e-7, scale: float = 1.0,
                  batch_size: Optional[int] = None, precision: str = "fp32", channels_last: bool = False,
-                 fused: bool = True, device: torch.device | str = "cpu", seed: int = 0):
+                 fused: bool = True, pilot_net: Optional[nn.Module] = None, decoder_net: Optional[nn.Module] = None,
+                 critic_net: Optional[nn.Module] = None, device: torch.device | str = "cpu", seed: int = 0):
         _check_level(level)
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
@@ -179,7 +182,7 @@ class FSHAServer(SplitCallback):
                             ("scale", scale)):
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-        if public.dim() != 4 or tuple(public.shape[1:]) != (3, 32, 32):
+        if public.dim() != 4 or (pilot_net is None and tuple(public.shape[1:]) != (3, 32, 32)):
             raise ValueError(f"public data must be (N, 3, 32, 32) in [-1, 1] (see fsha_images), got "
                              f"{tuple(public.shape)}")
         if precision not in PRECISIONS:
@@ -191,9 +194,9 @@ class FSHAServer(SplitCallback):
         self.batch_size = batch_size
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.pilot = pilot(level, variant=pilot_variant).to(self.device)
-            self.decoder = decoder(level, variant=pilot_variant).to(self.device)
-            self.critic = critic(level).to(self.device)
+            self.pilot = (pilot_net or pilot(level, variant=pilot_variant)).to(self.device)
+            self.decoder = (decoder_net or decoder(level, variant=pilot_variant)).to(self.device)
+            self.critic = (critic_net or critic(level)).to(self.device)
         if self.channels_last:
             for net in (self.pilot, self.decoder, self.critic):
                 net.to(memory_format=torch.channels_last)
