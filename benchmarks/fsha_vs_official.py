@@ -34,19 +34,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from unsplit.cli import make_parser, run_main  # noqa: E402
 from unsplit.data import default_data_dir  # noqa: E402
 from unsplit.defenses import NoPeek  # noqa: E402
+from unsplit.fsha import OFFICIAL_NOTEBOOK as OFFICIAL  # noqa: E402
 from unsplit.fsha import fsha_data, reconstruction_error, run_fsha  # noqa: E402
 from unsplit.protocol import SplitCallback  # noqa: E402
 from unsplit.util import atomic_write_json, atomic_write_text, resolve_device  # noqa: E402
 
-#: the official notebooks' printed running means (MNIST, level 4, [-1, 1] MSE), by iteration
-OFFICIAL = {
-    "mnist-l4": {0: 0.1628, 500: 0.1511, 1000: 0.1102, 2000: 0.0728, 3000: 0.0476, 4000: 0.0374, 5000: 0.0320,
-                 6000: 0.0274, 7000: 0.0240, 8000: 0.0205, 9000: 0.0192, 9500: 0.0193},
-    "mnist-l4-nopeek": {0: 0.8722, 500: 0.5172, 1000: 0.1891, 2000: 0.1086, 3000: 0.0654, 4000: 0.0518,
-                        5000: 0.0436, 6000: 0.0416, 7000: 0.0338, 8000: 0.0326, 9000: 0.0292, 9500: 0.0267},
-    "mnist-l4-mangled": {0: 0.8558, 500: 0.5253, 1000: 0.1838, 2000: 0.1294, 3000: 0.0752, 4000: 0.0489,
-                         5000: 0.0416, 6000: 0.0365, 7000: 0.0311, 8000: 0.0286, 9000: 0.0263, 9500: 0.0256},
-}
 #: the official code's seconds per iteration on this project's 2-core CPU (MNIST, level 4, batch 64)
 OFFICIAL_SECONDS = 1.31
 CELLS = {

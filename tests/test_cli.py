@@ -107,3 +107,28 @@ def test_missing_data_offline_exits_2_saying_where_to_put_it(script, args, tmp_p
     assert "not found under" in r.stderr
     assert ("t10k-images-idx3-ubyte" in r.stderr) or ("cifar10-jpeg" in r.stderr)
     assert not (tmp_path / "results").exists()
+
+
+def test_fsha_demo_end_to_end_resumes_and_refuses_bad_input(tiny_mnist, tmp_path):
+    out = tmp_path / "fsha"
+    common = ["--data-dir", tiny_mnist, "--batch-size", "8", "--precision", "bf16", "--quiet", "--out", out]
+    r = run("fsha_demo.py", "mnist", "--iters", "4", *common, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["iterations"] == 4 and m["level"] == 4 and 0 < m["running_mse"] < 4
+    assert set(m["after_training"]) >= {"mse", "mse_01", "mse_per_class"}
+    assert (out / "reconstructions.png").stat().st_size > 1000 and (out / "curve.png").stat().st_size > 1000
+    # an existing result is never overwritten silently
+    r = run("fsha_demo.py", "mnist", "--iters", "4", *common, cwd=tmp_path)
+    assert r.returncode == 2 and "--overwrite" in r.stderr and "Traceback" not in r.stderr
+    # an interrupted run (no metrics.json yet) resumes from its checkpoint
+    (out / "metrics.json").unlink()
+    r = run("fsha_demo.py", "mnist", "--iters", "7", *common[:-3], "--out", out, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "resuming" in r.stdout and json.loads((out / "metrics.json").read_text())["iterations"] == 7
+    for bad in (["--level", "5"], ["--iters", "0"], ["--alpha1", "nan"], ["--variant", "mangled", "--removed-class",
+                                                                             "42"]):
+        r = run("fsha_demo.py", "mnist", *bad, *common[:-1], tmp_path / "bad", cwd=tmp_path)
+        assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, bad
+    r = run("fsha_demo.py", "no_such_dataset", "--data-dir", tiny_mnist, cwd=tmp_path)
+    assert r.returncode == 2 and "ImageFolder" in r.stderr

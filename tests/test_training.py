@@ -404,5 +404,5 @@ def test_bf16_training_follows_the_fp32_trajectory():
         t = _fresh()
         runs[precision] = (train_split(t, x, y, epochs=8, batch_size=16, precision=precision), evaluate(t, x, y))
     (fp32, acc32), (bf16, acc16) = runs["fp32"], runs["bf16"]
-    assert bf16[-1] < 0.7 * bf16[0] and acc16 > 0.5
+    assert bf16[-1] < 0.7 * bf16[0] and acc16 > 0.5 and abs(acc16 - acc32) < 0.1
     assert bf16 == pytest.approx(fp32, rel=0.03) and bf16 != fp32  # close, yet computed another way

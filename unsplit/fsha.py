@@ -30,12 +30,22 @@ from torch import nn
 from .models import ResBlock, keras_init
 from .protocol import CutEvent, SplitCallback, Topology
 
-__all__ = ["LEVELS", "SMASHED_SHAPES", "fsha_images", "pilot", "decoder", "critic", "gradient_penalty",
+__all__ = ["LEVELS", "OFFICIAL_NOTEBOOK", "SMASHED_SHAPES", "fsha_images", "pilot", "decoder", "critic", "gradient_penalty",
            "FSHAServer", "ReconstructionMonitor", "reconstruction_error", "FSHARun", "run_fsha"]
 
 LEVELS = (1, 2, 3, 4)
 #: the client's output shape per split level
 SMASHED_SHAPES = {1: (64, 16, 16), 2: (128, 8, 8), 3: (128, 8, 8), 4: (256, 4, 4)}
+#: the official notebooks' printed running means of the training-batch MSE ([-1, 1] space; last 500 iterations),
+#: MNIST, level 4, paper networks, by iteration: plain, against NoPeek (alpha1 1e4, alpha2 50), X_pub without class 0
+OFFICIAL_NOTEBOOK = {
+    "mnist-l4": {0: 0.1628, 500: 0.1511, 1000: 0.1102, 2000: 0.0728, 3000: 0.0476, 4000: 0.0374, 5000: 0.0320,
+                 6000: 0.0274, 7000: 0.0240, 8000: 0.0205, 9000: 0.0192, 9500: 0.0193},
+    "mnist-l4-nopeek": {0: 0.8722, 500: 0.5172, 1000: 0.1891, 2000: 0.1086, 3000: 0.0654, 4000: 0.0518,
+                        5000: 0.0436, 6000: 0.0416, 7000: 0.0338, 8000: 0.0326, 9000: 0.0292, 9500: 0.0267},
+    "mnist-l4-mangled": {0: 0.8558, 500: 0.5253, 1000: 0.1838, 2000: 0.1294, 3000: 0.0752, 4000: 0.0489,
+                         5000: 0.0416, 6000: 0.0365, 7000: 0.0311, 8000: 0.0286, 9000: 0.0263, 9500: 0.0256},
+}
 PILOTS = ("paper", "linear")
 LOSSES = ("wgan", "gan")
 GP_FORMS = ("per_channel", "flat")
@@ -296,21 +306,29 @@ class ReconstructionMonitor(SplitCallback):
         server: the attacker (anything with ``reconstruct(z)``).
         private: ``(N, 3, 32, 32)`` the client's training inputs in [-1, 1], indexed as in training.
         window: iterations in the running mean (official: 500).
+        snapshots_at: iterations at which the first ``snapshot_count`` inputs of the batch and their
+            reconstructions are kept (``snapshots[iteration] = (inputs, reconstructions)``, for figures).
     """
 
     observes = frozenset({"front.smashed"})
 
-    def __init__(self, server: "FSHAServer", private: torch.Tensor, *, window: int = 500):
+    def __init__(self, server: "FSHAServer", private: torch.Tensor, *, window: int = 500, snapshots_at=(),
+                 snapshot_count: int = 8):
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
         self.server, self.private, self.window = server, private, window
+        self.snapshots_at, self.snapshot_count = set(snapshots_at), snapshot_count
         self.errors: list = []
+        self.snapshots: Dict[int, tuple] = {}
 
     def on_cut(self, event: CutEvent) -> None:
         if event.phase != "train" or event.cut != "front":
             return
         rec = self.server.reconstruct(event.smashed)
         target = self.private[event.indices.as_subclass(torch.Tensor)].to(rec.device)
+        if len(self.errors) in self.snapshots_at:
+            k = self.snapshot_count
+            self.snapshots[len(self.errors)] = (target[:k].cpu().clone(), rec[:k].cpu().clone())
         self.errors.append(float(F.mse_loss(rec.float(), target)))
 
     def running(self, at: Optional[int] = None) -> float:
@@ -324,10 +342,10 @@ class ReconstructionMonitor(SplitCallback):
         return {"mse": self.running()} if self.errors else {}
 
     def state_dict(self) -> dict:
-        return {"errors": list(self.errors)}
+        return {"errors": list(self.errors), "snapshots": dict(self.snapshots)}
 
     def load_state_dict(self, state: dict) -> None:
-        self.errors = list(state["errors"])
+        self.errors, self.snapshots = list(state["errors"]), dict(state.get("snapshots", {}))
 
 
 @torch.no_grad()
@@ -371,7 +389,7 @@ class FSHARun:
 def run_fsha(private: torch.Tensor, public: torch.Tensor, *, labels: Optional[torch.Tensor] = None, level: int = 4,
              iterations: int = 10_000, batch_size: int = 64, lr_client: float = 1e-5,
              server_options: Optional[Dict[str, object]] = None, defenses=(), callbacks=(),
-             precision: str = "fp32", window: int = 500, checkpoint=None, checkpoint_every: int = 500,
+             precision: str = "fp32", window: int = 500, snapshots_at=(), checkpoint=None, checkpoint_every: int = 500,
              device: torch.device | str = "cpu", seed: int = 0, progress: bool = False) -> FSHARun:
     """Split learning of a client against the FSHA server (Pasquini et al., CCS'21), as the official notebooks run
     it: the client's FunnelNet front f at ``level``, Adam(``lr_client``, eps 1e-7), batches of ``batch_size`` drawn
@@ -384,7 +402,8 @@ def run_fsha(private: torch.Tensor, public: torch.Tensor, *, labels: Optional[to
         server_options: keyword arguments of :class:`FSHAServer` (paper defaults otherwise).
         defenses: the client's defenses (e.g. ``NoPeek(1e4)``); callbacks: more observers (e.g. a detector).
         precision: ``"fp32"`` or ``"bf16"`` for the client and the attacker.
-        window: the monitor's running-mean window; checkpoint / checkpoint_every: resume a long run (see
+        window: the monitor's running-mean window; snapshots_at: iterations whose first inputs and reconstructions
+            the monitor keeps (see :class:`ReconstructionMonitor`); checkpoint / checkpoint_every: resume a long run (see
             :func:`unsplit.training.train_split`).
         device, seed: where to compute; seeds f's initialisation, the batch order and the attacker.
     """
@@ -398,7 +417,7 @@ def run_fsha(private: torch.Tensor, public: torch.Tensor, *, labels: Optional[to
         front, middle = split(FunnelNet(), FunnelNet.level_depths[_check_level(level)])
     topology = Topology(front, middle)
     server = FSHAServer(public, level=level, device=device, seed=seed + 1, **options)
-    monitor = ReconstructionMonitor(server, private, window=window)
+    monitor = ReconstructionMonitor(server, private, window=window, snapshots_at=snapshots_at)
     y = labels if labels is not None else torch.zeros(len(private), dtype=torch.int64)
     epochs = math.ceil(iterations / max(1, len(private) // batch_size))
     losses = train_split(topology, private, y, epochs=epochs, batch_size=batch_size, max_steps=iterations,
