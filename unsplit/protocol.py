@@ -422,8 +422,9 @@ class Defense:
         """An extra loss on the client front's own update (e.g. NoPeek distance correlation), or ``None``."""
         return None
 
-    def front_gradient(self, g: torch.Tensor, ctx: Optional[StepContext] = None) -> torch.Tensor:
-        """Gradient the client front applies after receiving it from the server."""
+    def front_gradient(self, g: torch.Tensor, ctx: Optional[StepContext] = None) -> Optional[torch.Tensor]:
+        """Gradient the client front applies after receiving it from the server; ``None``: the client withholds its
+        update this step (no backward, no optimiser step of the front; later defenses' hooks are skipped)."""
         return g
 
     def head_gradient(self, g: torch.Tensor, ctx: Optional[StepContext] = None) -> torch.Tensor:

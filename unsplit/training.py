@@ -451,23 +451,31 @@ def train_split(
                                 event = dataclasses.replace(event, gradient=read_only(g_front))
                     if cbs:
                         _dispatch(cbs, event)
+                    withheld = False
                     for d in defenses:
                         g_front = d.front_gradient(g_front, ctx)
-                    extra, alone = [], []
-                    for d in defenses:
-                        term = d.front_loss(x, z, ctx)
-                        if term is not None:
-                            (alone if d.separate_step else extra).append(term)
-                    if alone and opts["front"] is not None:  # their own step first, from the same forward pass
-                        torch.autograd.backward(alone, retain_graph=True)
-                        opts["front"].step()
-                        opts["front"].zero_grad(set_to_none=True)
-                    if extra:
-                        torch.autograd.backward([z, *extra], [g_front.to(z.dtype), *[torch.ones_like(t) for t in extra]])
-                    else:
-                        z.backward(g_front.to(z.dtype))
+                        if g_front is None:  # the client applies nothing this step (e.g. SplitGuard's fake batches)
+                            withheld = True
+                            break
+                    if not withheld:
+                        extra, alone = [], []
+                        for d in defenses:
+                            term = d.front_loss(x, z, ctx)
+                            if term is not None:
+                                (alone if d.separate_step else extra).append(term)
+                        if alone and opts["front"] is not None:  # their own step first, from the same forward pass
+                            torch.autograd.backward(alone, retain_graph=True)
+                            opts["front"].step()
+                            opts["front"].zero_grad(set_to_none=True)
+                        if extra:
+                            torch.autograd.backward([z, *extra],
+                                                    [g_front.to(z.dtype), *[torch.ones_like(t) for t in extra]])
+                        else:
+                            z.backward(g_front.to(z.dtype))
+                else:
+                    withheld = False
                 for p, o in opts.items():
-                    if o is not None and (not replaced or p == "front"):
+                    if o is not None and (not replaced or p == "front") and not (withheld and p == "front"):
                         o.step()
                 total += float(loss.detach()) * b
                 count += b

@@ -1,0 +1,64 @@
+"""SplitGuard (Erdoğan et al., WPES'22): the score formula, and honest vs hijacking servers on a tiny problem."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from test_fsha import _crosses, _encoder, _tiny_server
+from unsplit.detection import SplitGuard, splitguard_score
+from unsplit.protocol import Topology
+from unsplit.training import train_split
+
+
+def test_score_formula_on_hand_made_vectors():
+    e1, e2 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    # fakes orthogonal to the regular batches and much larger; the two regular halves identical in direction
+    x = splitguard_score(3 * e2, 3.0, e1, 1.0, e1, 1.5, raw=True)
+    d = abs(3.0 - 1.25) + 0.5
+    assert x == pytest.approx(math.pi / 2 * 1.75 / d)
+    assert splitguard_score(3 * e2, 3.0, e1, 1.0, e1, 1.5) == pytest.approx((1 / (1 + math.exp(-5 * x))) ** 2)
+    # fakes that look like the regular batches score low
+    assert splitguard_score(e1, 1.0, e1, 1.0, e1 + 0.1 * e2, 1.2) < 0.3
+    with pytest.raises(ValueError):
+        SplitGuard(p_fake=0)
+
+
+def test_splitguard_separates_an_honest_server_from_fsha():
+    x = _crosses(512, 0)
+    rows = (x[:, 0, :, 0] > 0).float().argmax(1)
+    y = (rows * 5 // 13).clamp(max=4)  # the task: where the horizontal bar is (5 classes)
+    results = {}
+    for who in ("honest", "fsha"):
+        torch.manual_seed(0)
+        t = Topology(_encoder(), nn.Sequential(nn.Flatten(), nn.Linear(128, 5)))
+        guard = SplitGuard(p_fake=0.2, start=5, num_classes=5)
+        before = [p.detach().clone() for p in t.front.parameters()]
+        callbacks = [_tiny_server(_crosses(512, 1))] if who == "fsha" else []
+        train_split(t, x, y, epochs=4, batch_size=32, callbacks=callbacks, defenses=[guard],
+                    optimizers=lambda p: torch.optim.Adam(p, lr=2e-3))
+        assert not all(torch.equal(a, b) for a, b in zip(before, t.front.parameters()))
+        assert len(guard.fake_steps) >= 5 and len(guard.scores) >= 4
+        results[who] = guard
+    honest, fsha = results["honest"], results["fsha"]
+    assert min(s for _, s in honest.scores) > 0.9 and honest.alarm_step() is None
+    assert sum(s for _, s in fsha.scores) / len(fsha.scores) < 0.7 and fsha.alarm_step() is not None
+
+
+def test_a_fake_batch_is_never_learned_from():
+    x, y = _crosses(64, 0), torch.arange(64) % 5
+
+    def run(steps):
+        torch.manual_seed(0)
+        t = Topology(_encoder(), nn.Sequential(nn.Flatten(), nn.Linear(128, 5)))
+        guard = SplitGuard(p_fake=0.99, start=0, num_classes=5)  # step 0 regular, (almost) every later one fake
+        train_split(t, x, y, epochs=1, batch_size=16, defenses=[guard], shuffle=False, max_steps=steps)
+        return [p.detach().clone() for p in t.front.parameters()], guard
+
+    torch.manual_seed(0)
+    initial = [p.detach().clone() for p in _encoder().parameters()]
+    after_one, _ = run(1)
+    after_four, guard = run(4)
+    assert guard.fake_steps == [1, 2, 3]
+    assert not all(torch.equal(a, b) for a, b in zip(initial, after_one))  # the regular batch is learned
+    assert all(torch.equal(a, b) for a, b in zip(after_one, after_four))  # the fake ones are not

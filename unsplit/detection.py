@@ -1,0 +1,160 @@
+"""Detecting a hijacked training from the client's side: SplitGuard (Erdoğan, Küpçü, Çiçek, "SplitGuard: Detecting
+and Mitigating Training-Hijacking Attacks in Split Learning", WPES'22, arXiv:2108.09052).
+
+The client occasionally sends a *fake* batch: real inputs with deliberately wrong labels. A server that trains the
+client's task returns, for a fake batch, a gradient pointing elsewhere than for regular batches; a server that
+hijacks the training (FSHA) returns gradients that ignore the labels, so fake and regular batches look alike. The
+SplitGuard score compares the mean fake gradient with the mean regular gradient (angle and magnitude), against the
+same comparison between two random halves of the regular batches, squashed to [0, 1]: near 1 for an honest server,
+low under a hijack.
+
+:class:`SplitGuard` is a client-side :class:`~unsplit.protocol.Defense` (it acts on the labels the client sends and
+on the gradient it gets back; the client does not apply a fake batch's gradient). Defaults as its public code:
+fake-batch probability 0.1, the first 20 batches regular, squashing ``sigmoid(5 x) ** 2``.
+"""
+from __future__ import annotations
+
+import math
+import random
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+from .protocol import Defense, StepContext
+
+__all__ = ["SplitGuard", "splitguard_score"]
+
+
+def _angle(u: torch.Tensor, v: torch.Tensor) -> float:
+    cos = float(torch.dot(u, v) / (u.norm() * v.norm()).clamp_min(1e-30))
+    return math.acos(max(-1.0, min(1.0, cos)))
+
+
+def splitguard_score(fake_mean: torch.Tensor, fake_norm: float, r1_mean: torch.Tensor, r1_norm: float,
+                     r2_mean: torch.Tensor, r2_norm: float, *, mult: float = 5.0, exp: float = 2.0,
+                     raw: bool = False) -> float:
+    """SplitGuard's score from the mean gradient vectors and the mean gradient norms of the fake batches and of two
+    random halves R1, R2 of the regular batches (Erdoğan et al., WPES'22)::
+
+        R = (R1 + R2) / 2,  d = |‖F‖ - ‖R‖| + |‖R1‖ - ‖R2‖|
+        x = angle(F, R) |‖F‖ - ‖R‖| / d - angle(R1, R2) |‖R1‖ - ‖R2‖| / d,   score = sigmoid(mult x) ** exp
+
+    ``raw=True`` returns ``x``. Vectors are flattened gradients; norms are the means of the per-batch norms.
+    """
+    r_mean, r_norm = (r1_mean + r2_mean) / 2, (r1_norm + r2_norm) / 2
+    gap_fake, gap_regular = abs(fake_norm - r_norm), abs(r1_norm - r2_norm)
+    d = gap_fake + gap_regular
+    if d == 0:
+        x = 0.0
+    else:
+        x = _angle(fake_mean, r_mean) * gap_fake / d - _angle(r1_mean, r2_mean) * gap_regular / d
+    if raw:
+        return x
+    return (1.0 / (1.0 + math.exp(-mult * x))) ** exp
+
+
+class _Running:
+    """A running sum of vectors and of their norms."""
+
+    def __init__(self):
+        self.sum: Optional[torch.Tensor] = None
+        self.norms, self.count = 0.0, 0
+
+    def add(self, v: torch.Tensor) -> None:
+        self.sum = v.clone() if self.sum is None else self.sum + v
+        self.norms += float(v.norm())
+        self.count += 1
+
+    def mean(self) -> Tuple[torch.Tensor, float]:
+        return self.sum / self.count, self.norms / self.count
+
+    def state(self) -> dict:
+        return {"sum": self.sum, "norms": self.norms, "count": self.count}
+
+    def load(self, state: dict) -> None:
+        self.sum, self.norms, self.count = state["sum"], state["norms"], state["count"]
+
+
+class SplitGuard(Defense):
+    """SplitGuard on the client (Erdoğan, Küpçü, Çiçek, WPES'22): fake batches with wrong labels, and a score per fake
+    batch of how differently the server's returned gradient treats them.
+
+    What is scored: the gradient the client receives at the cut, summed over the batch and flattened (the public
+    code uses the gradient of the client's first layer's weights, a linear image of the same returned gradient).
+    The client withholds its update on a fake batch (as the public code); a server that trains honestly also trains
+    on it.
+
+    Args:
+        p_fake: probability that a batch after the first ``start`` is fake (0.1).
+        start: batches sent before SplitGuard starts (20).
+        fake_fraction: share of a fake batch's samples whose label is changed (1: all, as the public code's
+            ``b_fake`` = the batch size).
+        num_classes: K; a changed label is ``(y + r) mod K`` with one r drawn from 1..K-2 per fake batch.
+        mult, exp: the squashing ``sigmoid(mult x) ** exp`` (5, 2).
+        threshold: :meth:`alarm_step` reports the first fake batch whose score falls below it (0.5).
+        seed: the client's own draws (which batches are fake, the label shift, the R1/R2 split).
+
+    After training, ``scores`` holds ``(step, score)`` per fake batch (from the third on, once R1 and R2 hold one
+    regular batch each); ``fake_steps`` the global steps of the fake batches.
+    """
+
+    name = "splitguard"
+    acts_on = frozenset({"labels", "front_gradient"})
+
+    def __init__(self, p_fake: float = 0.1, start: int = 20, fake_fraction: float = 1.0, num_classes: int = 10,
+                 mult: float = 5.0, exp: float = 2.0, threshold: float = 0.5, seed: int = 0):
+        if not 0 < p_fake < 1 or not 0 < fake_fraction <= 1:
+            raise ValueError("p_fake must lie in (0, 1) and fake_fraction in (0, 1]")
+        if start < 0 or num_classes < 3:
+            raise ValueError("start must be >= 0 and num_classes >= 3 (a wrong label needs a shift in 1..K-2)")
+        self.p_fake, self.start, self.fake_fraction, self.num_classes = p_fake, start, fake_fraction, num_classes
+        self.mult, self.exp, self.threshold, self.seed = mult, exp, threshold, seed
+        self._rng = random.Random(seed)
+        self._step = -1
+        self._fake_now = False
+        self._fake, self._r1, self._r2 = _Running(), _Running(), _Running()
+        self.scores: List[Tuple[int, float]] = []
+        self.fake_steps: List[int] = []
+
+    def labels(self, y: torch.Tensor, ctx: Optional[StepContext] = None) -> torch.Tensor:
+        if ctx is not None and ctx.phase != "train":
+            return y
+        self._step += 1
+        self._fake_now = self._step > self.start and self._rng.random() < self.p_fake
+        if not self._fake_now:
+            return y
+        self.fake_steps.append(self._step)
+        k = max(1, round(self.fake_fraction * len(y)))
+        shift = self._rng.randint(1, self.num_classes - 2)
+        out = y.clone()
+        out[:k] = (y[:k] + shift) % self.num_classes
+        return out
+
+    def front_gradient(self, g: torch.Tensor, ctx: Optional[StepContext] = None) -> Optional[torch.Tensor]:
+        v = g.detach().float().sum(0).flatten().cpu()
+        if self._fake_now:
+            self._fake.add(v)
+            if self._r1.count and self._r2.count:
+                self.scores.append((self._step, splitguard_score(*self._fake.mean(), *self._r1.mean(),
+                                                                 *self._r2.mean(), mult=self.mult, exp=self.exp)))
+            return None  # the client does not learn from a fake batch
+        if self._step > self.start:
+            (self._r1 if self._rng.random() < 0.5 else self._r2).add(v)
+        return g
+
+    def alarm_step(self, threshold: Optional[float] = None) -> Optional[int]:
+        """The training step of the first fake batch whose score fell below ``threshold`` (default: the
+        constructor's), or ``None``."""
+        t = self.threshold if threshold is None else threshold
+        return next((step for step, s in self.scores if s < t), None)
+
+    def state_dict(self) -> Dict[str, object]:
+        return {"rng": self._rng.getstate(), "step": self._step, "fake": self._fake.state(), "r1": self._r1.state(),
+                "r2": self._r2.state(), "scores": list(self.scores), "fake_steps": list(self.fake_steps)}
+
+    def load_state_dict(self, state: Dict[str, object]) -> None:
+        self._rng.setstate(state["rng"])
+        self._step = state["step"]
+        for name in ("fake", "r1", "r2"):
+            getattr(self, f"_{name}").load(state[name])
+        self.scores, self.fake_steps = list(state["scores"]), list(state["fake_steps"])
