@@ -7,7 +7,7 @@ from torch import nn
 
 from test_fsha import _crosses, _encoder, _tiny_server
 from unsplit.detection import SplitGuard, splitguard_score
-from unsplit.protocol import Topology
+from unsplit.protocol import SplitCallback, Topology
 from unsplit.training import train_split
 
 
@@ -62,3 +62,45 @@ def test_a_fake_batch_is_never_learned_from():
     assert guard.fake_steps == [1, 2, 3]
     assert not all(torch.equal(a, b) for a, b in zip(initial, after_one))  # the regular batch is learned
     assert all(torch.equal(a, b) for a, b in zip(after_one, after_four))  # the fake ones are not
+
+
+class _ClientLoss(SplitCallback):
+    """Metric code: the label owner's per-step task loss."""
+
+    observes = frozenset()
+
+    def __init__(self):
+        self.losses = []
+
+    def on_step_end(self, run, epoch, step, logs):
+        self.losses.append(logs["loss"])
+
+
+def test_detection_evasion_makes_the_clients_loss_fall_but_splitguard_still_sees_the_hijack():
+    """U-shaped: the client keeps its head and labels. FSHA's dummy server network s̃ (trained on the head's
+    gradient) makes the client's own loss fall as in training; f still gets only the critic's gradient."""
+    x = _crosses(512, 0)
+    y = ((x[:, 0, :, 0] > 0).float().argmax(1) * 5 // 13).clamp(max=4)
+
+    def middle():
+        return nn.Sequential(nn.Flatten(), nn.Linear(128, 32), nn.ReLU())
+
+    runs = {}
+    for who in ("honest", "fsha", "fsha+dummy"):
+        torch.manual_seed(0)
+        t = Topology(_encoder(), middle(), nn.Linear(32, 5))
+        guard, client = SplitGuard(p_fake=0.2, start=5, num_classes=5), _ClientLoss()
+        callbacks = [client]
+        if who != "honest":
+            torch.manual_seed(1)
+            callbacks.append(_tiny_server(_crosses(512, 1), dummy_server=middle(),
+                                          lr_dummy=2e-3 if who == "fsha+dummy" else 0.0))
+        train_split(t, x, y, epochs=4, batch_size=32, callbacks=callbacks, defenses=[guard],
+                    optimizers=lambda p: torch.optim.Adam(p, lr=2e-3))
+        first, last = sum(client.losses[:5]) / 5, sum(client.losses[-10:]) / 10
+        runs[who] = (first, last, guard)
+    assert runs["honest"][1] < 0.7 * runs["honest"][0]
+    assert runs["fsha"][1] > 0.9 * runs["fsha"][0]  # without evasion the client's loss does not fall: visible
+    assert runs["fsha+dummy"][1] < 0.8 * runs["fsha+dummy"][0] and runs["fsha+dummy"][1] < runs["fsha"][1]
+    assert runs["honest"][2].alarm_step() is None
+    assert runs["fsha"][2].alarm_step() is not None and runs["fsha+dummy"][2].alarm_step() is not None

@@ -171,6 +171,10 @@ class FSHAServer(SplitCallback):
             (one critic pass per loss, a separate backward for the returned gradient).
         pilot_net, decoder_net, critic_net: the attacker's own networks instead of the paper's for ``level`` (the
             pilot's output must have the smashed data's shape; the decoder maps it back to images in [-1, 1]).
+        dummy_server: the paper's detection evasion in the label-private (U-shaped) setting: a network s̃ the server
+            runs on the smashed data and sends on to the client's head, trained (Adam, ``lr_dummy``, amsgrad) on the
+            gradient the head returns, so the client's own task loss falls as in an honest training while f still
+            gets only the critic's gradient. ``lr_dummy=0`` sends an untrained network's output (no evasion).
         device: where the attacker's networks live; seed: their initialisation and the public batches.
     """
 
@@ -182,7 +186,8 @@ class FSHAServer(SplitCallback):
                  lr_critic: float = 1e-4, adam_eps: float = 1e-7, scale: float = 1.0,
                  batch_size: Optional[int] = None, precision: str = "fp32", channels_last: bool = False,
                  fused: bool = True, pilot_net: Optional[nn.Module] = None, decoder_net: Optional[nn.Module] = None,
-                 critic_net: Optional[nn.Module] = None, device: torch.device | str = "cpu", seed: int = 0):
+                 critic_net: Optional[nn.Module] = None, dummy_server: Optional[nn.Module] = None,
+                 lr_dummy: float = 1e-3, device: torch.device | str = "cpu", seed: int = 0):
         _check_level(level)
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
@@ -210,6 +215,12 @@ class FSHAServer(SplitCallback):
         if self.channels_last:
             for net in (self.pilot, self.decoder, self.critic):
                 net.to(memory_format=torch.channels_last)
+        self.dummy = dummy_server.to(self.device) if dummy_server is not None else None
+        self.opt_dummy = (torch.optim.Adam(self.dummy.parameters(), lr=lr_dummy, amsgrad=True)
+                          if self.dummy is not None else None)
+        self._dummy_out: Optional[torch.Tensor] = None
+        if self.dummy is not None:
+            self.observes = frozenset({"front.smashed", "head.gradient"})
         self.generator = torch.Generator().manual_seed(seed + 1)
         self.opt_tilde = torch.optim.Adam([*self.pilot.parameters(), *self.decoder.parameters()], lr=lr_tilde,
                                           eps=adam_eps)
@@ -269,16 +280,33 @@ class FSHAServer(SplitCallback):
             self.history[key].append(float(value.detach()))
         return grad.detach().float().contiguous()
 
+    def server_output(self, event: CutEvent) -> Optional[torch.Tensor]:
+        """Detection evasion: s̃(z) goes to the client's head (``None`` without a dummy server)."""
+        if self.dummy is None:
+            return None
+        self._dummy_out = self.dummy(event.smashed.as_subclass(torch.Tensor).to(self.device))
+        return self._dummy_out.detach()
+
+    def on_cut(self, event: CutEvent) -> None:
+        if event.cut == "head" and event.gradient is not None and self._dummy_out is not None:
+            self.opt_dummy.zero_grad(set_to_none=True)
+            self._dummy_out.backward(event.gradient.as_subclass(torch.Tensor).to(self._dummy_out))
+            if self.opt_dummy.param_groups[0]["lr"] > 0:
+                self.opt_dummy.step()
+            self._dummy_out = None
+
     def state_dict(self) -> dict:
         """Everything needed to resume the attack: networks, optimisers, the public-batch stream, the history."""
-        return {"pilot": self.pilot.state_dict(), "decoder": self.decoder.state_dict(),
+        extra = {"dummy": self.dummy.state_dict(), "opt_dummy": self.opt_dummy.state_dict()} if self.dummy is not None else {}
+        return {**extra,"pilot": self.pilot.state_dict(), "decoder": self.decoder.state_dict(),
                 "critic": self.critic.state_dict(), "opt_tilde": self.opt_tilde.state_dict(),
                 "opt_critic": self.opt_critic.state_dict(), "generator": self.generator.get_state(),
                 "order": self._order.clone(), "history": {k: list(v) for k, v in self.history.items()}}
 
     def load_state_dict(self, state: dict) -> None:
-        for name in ("pilot", "decoder", "critic", "opt_tilde", "opt_critic"):
-            getattr(self, name).load_state_dict(state[name])
+        for name in ("pilot", "decoder", "critic", "opt_tilde", "opt_critic", "dummy", "opt_dummy"):
+            if getattr(self, name) is not None and name in state:
+                getattr(self, name).load_state_dict(state[name])
         self.generator.set_state(state["generator"])
         self._order = state["order"].clone()
         self.history = {k: list(v) for k, v in state["history"].items()}

@@ -331,8 +331,10 @@ class SplitCallback:
     * ``on_cut(event)``: one :class:`CutEvent` per batch and cut, in training and at inference.
     * ``server_gradient(event)``: return the gradient the server sends back to the client front (shape of
       ``event.smashed``) to replace the honest one, or ``None``. At most one callback of a run may override it. With
-      ``replaces_server_step = True`` the honest middle / head do not run at all (their loss is ``nan``) and the
-      event it gets has ``gradient=None``: the callback is the whole server (FSHA).
+      ``replaces_server_step = True`` the honest middle does not run at all and the event it gets has
+      ``gradient=None``: the callback is the whole server (FSHA); in a U-shaped split its ``server_output(event)``
+      decides what the label owner's head receives (nothing by default: the task loss is then ``nan``).
+    * ``on_step_end(run, epoch, step, logs)``: after each training step (the label owner's loss, for metric code).
 
     Ground truth never reaches a callback: it sees sample indices, what crossed the cuts, and its own state.
     """
@@ -352,6 +354,11 @@ class SplitCallback:
     def on_epoch_end(self, run: RunInfo, epoch: int, logs: Dict[str, float]) -> None:
         """Called after each epoch with its mean task loss (``logs["loss"]``)."""
 
+    def on_step_end(self, run: RunInfo, epoch: int, step: int, logs: Dict[str, float]) -> None:
+        """Called after each training step with the label owner's task loss of that step (``logs["loss"]``; ``nan``
+        where no task ran). For the label owner's own monitoring and for experiments' metric code: an attacker
+        that is not the label owner must not read it."""
+
     def on_inference_begin(self, run: RunInfo) -> None:
         """Called before an inference pass."""
 
@@ -363,6 +370,12 @@ class SplitCallback:
 
     def server_gradient(self, event: CutEvent) -> Optional[torch.Tensor]:
         """The gradient to return to the client front instead of the honest one, or ``None`` (no override)."""
+        return None
+
+    def server_output(self, event: CutEvent) -> Optional[torch.Tensor]:
+        """With ``replaces_server_step`` in a U-shaped split: what the server sends on to the label owner's head
+        for this batch (``None``: nothing, the head does not run). The head's returned gradient then arrives as a
+        head-cut event (observe ``"head.gradient"``). FSHA's detection evasion (a dummy server network) uses it."""
         return None
 
     def status(self) -> Dict[str, float]:

@@ -404,8 +404,13 @@ def train_split(
                     for d in defenses:
                         sent = d.smashed(sent, ctx)
                 g_front = None
+                out = None
                 if replaced:
                     loss = torch.tensor(float("nan"))
+                    if top is not None and front is not None:  # what the replacing server sends on to the head
+                        attacker, its_view = answering
+                        out = attacker.server_output(
+                            _event(epoch, step, "front", idx, sent, None, b, needed).restricted(its_view))
                 else:
                     z_server = sent.requires_grad_(True) if front is not None else x
                     with autocast:
@@ -414,24 +419,25 @@ def train_split(
                         with autocast:
                             loss = loss_fn(out.float(), y)
                         loss.backward()
-                    else:  # server -> label-owning head, and the head's gradient back
-                        h = out.detach().float().requires_grad_(True)
-                        with autocast:
-                            loss = loss_fn(top(h).float(), y)
-                        loss.backward()
-                        g_head = h.grad
-                        for d in defenses:
-                            g_head = d.head_gradient(g_head, owner_ctx)
-                        if cbs:
-                            weights = None
-                            if "head.weight_gradients" in needed:
-                                weights = {k: read_only(p.grad) for k, p in top.named_parameters()
-                                           if p.grad is not None}
-                            _dispatch(cbs, _event(epoch, step, "head", idx, h.detach(), g_head, b, needed,
-                                                  weights=weights))
+                if top is not None and out is not None:  # server -> label-owning head, and the head's gradient back
+                    h = out.detach().float().requires_grad_(True)
+                    with autocast:
+                        loss = loss_fn(top(h).float(), y)
+                    loss.backward()
+                    g_head = h.grad
+                    for d in defenses:
+                        g_head = d.head_gradient(g_head, owner_ctx)
+                    if cbs:
+                        weights = None
+                        if "head.weight_gradients" in needed:
+                            weights = {k: read_only(p.grad) for k, p in top.named_parameters()
+                                       if p.grad is not None}
+                        _dispatch(cbs, _event(epoch, step, "head", idx, h.detach(), g_head, b, needed,
+                                              weights=weights))
+                    if not replaced:  # (a replacing server learns from the head-cut event, on its own)
                         out.backward(g_head.to(out.dtype))
-                    if front is not None:
-                        g_front = z_server.grad
+                if not replaced and front is not None:
+                    g_front = z_server.grad
 
                 if front is not None:
                     event = _event(epoch, step, "front", idx, sent, g_front, b, needed) if cbs else None
@@ -475,10 +481,14 @@ def train_split(
                 else:
                     withheld = False
                 for p, o in opts.items():
-                    if o is not None and (not replaced or p == "front") and not (withheld and p == "front"):
+                    if o is None or (withheld and p == "front"):
+                        continue
+                    if not replaced or p == "front" or (p == "head" and out is not None):
                         o.step()
                 total += float(loss.detach()) * b
                 count += b
+                for c, _ in cbs:
+                    c.on_step_end(run, epoch, step, {"loss": float(loss.detach())})
                 if progress and done % 10 == 0:
                     bar.set_postfix(_status(cbs), refresh=False)
                 if checkpoint is not None and done % checkpoint_every == 0 and done < total_steps:
