@@ -31,7 +31,7 @@ from .models import ResBlock, keras_init
 from .protocol import CutEvent, SplitCallback, Topology
 
 __all__ = ["LEVELS", "OFFICIAL_NOTEBOOK", "SMASHED_SHAPES", "fsha_images", "pilot", "decoder", "critic", "gradient_penalty",
-           "FSHAServer", "ReconstructionMonitor", "reconstruction_error", "FSHARun", "run_fsha"]
+           "FSHAServer", "ReconstructionMonitor", "PropertyMonitor", "reconstruction_error", "FSHARun", "run_fsha"]
 
 LEVELS = (1, 2, 3, 4)
 #: the client's output shape per split level
@@ -50,6 +50,7 @@ PILOTS = ("paper", "linear")
 LOSSES = ("wgan", "gan")
 GP_FORMS = ("per_channel", "flat")
 PRECISIONS = ("fp32", "bf16")
+PROPERTY_OBJECTIVES = ("classifier", "autoencoder")
 
 
 def _check_level(level: int) -> int:
@@ -175,6 +176,15 @@ class FSHAServer(SplitCallback):
             runs on the smashed data and sends on to the client's head, trained (Adam, ``lr_dummy``, amsgrad) on the
             gradient the head returns, so the client's own task loss falls as in an honest training while f still
             gets only the critic's gradient. ``lr_dummy=0`` sends an untrained network's output (no evasion).
+        public_attributes: property inference (paper, section 3.4): ``(M,)`` integer attributes of X_pub (e.g. the
+            class, or "digit >= 5"); the decoder is replaced by a classifier C_att (one dense layer, or
+            ``decoder_net``) trained with the pilot by cross-entropy, and :meth:`infer_property` reads the private
+            attribute from the smashed data. ``property_objective``: ``"classifier"`` (the paper and the official
+            code: the pilot trained only through C_att) or ``"autoencoder"`` (ours: the pilot trained as the
+            reconstruction attack's autoencoder, C_att on its detached features; the feature space stays
+            information-preserving, so the hijacked f lands on the right classes; on a tiny problem the
+            classifier-only pilot's classes came out permuted, see the README). ``classifier_net``
+            replaces the one dense layer.
         device: where the attacker's networks live; seed: their initialisation and the public batches.
     """
 
@@ -187,7 +197,9 @@ class FSHAServer(SplitCallback):
                  batch_size: Optional[int] = None, precision: str = "fp32", channels_last: bool = False,
                  fused: bool = True, pilot_net: Optional[nn.Module] = None, decoder_net: Optional[nn.Module] = None,
                  critic_net: Optional[nn.Module] = None, dummy_server: Optional[nn.Module] = None,
-                 lr_dummy: float = 1e-3, device: torch.device | str = "cpu", seed: int = 0):
+                 lr_dummy: float = 1e-3, public_attributes: Optional[torch.Tensor] = None,
+                 property_objective: str = "classifier", classifier_net: Optional[nn.Module] = None,
+                 device: torch.device | str = "cpu", seed: int = 0):
         _check_level(level)
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
@@ -200,20 +212,35 @@ class FSHAServer(SplitCallback):
         if public.dim() != 4 or (pilot_net is None and tuple(public.shape[1:]) != (3, 32, 32)):
             raise ValueError(f"public data must be (N, 3, 32, 32) in [-1, 1] (see fsha_images), got "
                              f"{tuple(public.shape)}")
+        if property_objective not in PROPERTY_OBJECTIVES:
+            raise ValueError(f"property_objective must be one of {PROPERTY_OBJECTIVES}, got {property_objective!r}")
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.precision, self.channels_last, self.fused = precision, bool(channels_last), bool(fused)
         self.level, self.loss, self.gp_weight, self.gp_form, self.scale = level, loss, gp_weight, gp_form, scale
         self.device = torch.device(device)
         self.public = public
+        if public_attributes is not None and (public_attributes.dim() != 1 or len(public_attributes) != len(public)):
+            raise ValueError(f"public_attributes must be one integer per public sample ({len(public)}), got shape "
+                             f"{tuple(public_attributes.shape)}")
+        self.public_attributes = public_attributes.long() if public_attributes is not None else None
         self.batch_size = batch_size
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.pilot = (pilot_net or pilot(level, variant=pilot_variant)).to(self.device)
-            self.decoder = (decoder_net or decoder(level, variant=pilot_variant)).to(self.device)
+            self.classifier = None
+            self.decoder = None
+            if public_attributes is None or property_objective == "autoencoder":
+                self.decoder = (decoder_net or decoder(level, variant=pilot_variant)).to(self.device)
+            if public_attributes is not None:  # property inference: C_att, one dense layer on the pilot's features
+                classes = int(public_attributes.max()) + 1
+                self.classifier = (classifier_net or keras_init(nn.Sequential(
+                    nn.Flatten(), nn.Linear(math.prod(SMASHED_SHAPES[level]), classes)))).to(self.device)
             self.critic = (critic_net or critic(level)).to(self.device)
         if self.channels_last:
-            for net in (self.pilot, self.decoder, self.critic):
+            for net in (self.pilot, self.decoder, self.critic, self.classifier):
+                if net is None:
+                    continue
                 net.to(memory_format=torch.channels_last)
         self.dummy = dummy_server.to(self.device) if dummy_server is not None else None
         self.opt_dummy = (torch.optim.Adam(self.dummy.parameters(), lr=lr_dummy, amsgrad=True)
@@ -222,19 +249,21 @@ class FSHAServer(SplitCallback):
         if self.dummy is not None:
             self.observes = frozenset({"front.smashed", "head.gradient"})
         self.generator = torch.Generator().manual_seed(seed + 1)
-        self.opt_tilde = torch.optim.Adam([*self.pilot.parameters(), *self.decoder.parameters()], lr=lr_tilde,
-                                          eps=adam_eps)
+        self.opt_tilde = torch.optim.Adam([p for net in (self.pilot, self.decoder, self.classifier) if net is not None
+                                           for p in net.parameters()], lr=lr_tilde, eps=adam_eps)
         self.opt_critic = torch.optim.Adam(self.critic.parameters(), lr=lr_critic, eps=adam_eps)
         self._order = torch.empty(0, dtype=torch.int64)
-        self.history: Dict[str, list] = {"ae_loss": [], "critic_loss": [], "hijack_loss": []}
+        self.history: Dict[str, list] = {"pilot_loss": [], "critic_loss": [], "hijack_loss": []}
 
-    def _public_batch(self, b: int) -> torch.Tensor:
-        """The next ``b`` public samples: reshuffled passes over X_pub, no sample twice in a pass."""
+    def _public_batch(self, b: int):
+        """The next ``b`` public samples (and their attributes in property mode): reshuffled passes over X_pub, no
+        sample twice in a pass."""
         if len(self._order) < b:
             fresh = torch.randperm(len(self.public), generator=self.generator)
             self._order = torch.cat([self._order, fresh])
         idx, self._order = self._order[:b], self._order[b:]
-        return self.public[idx].to(self.device)
+        attrs = self.public_attributes[idx].to(self.device) if self.public_attributes is not None else None
+        return self.public[idx].to(self.device), attrs
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
@@ -244,10 +273,16 @@ class FSHAServer(SplitCallback):
 
     def server_gradient(self, event: CutEvent) -> torch.Tensor:
         z = self._to_format(event.smashed.as_subclass(torch.Tensor).to(self.device)).detach().requires_grad_(True)
-        x_pub = self._to_format(self._public_batch(self.batch_size or z.shape[0]))
+        x_pub, a_pub = self._public_batch(self.batch_size or z.shape[0])
+        x_pub = self._to_format(x_pub)
         with self._autocast():
             z_pub = self.pilot(x_pub)
-            ae_loss = F.mse_loss(self.decoder(z_pub).float(), x_pub)
+            pilot_loss = 0.0
+            if self.decoder is not None:  # the pilot's task: an autoencoder through the decoder
+                pilot_loss = F.mse_loss(self.decoder(z_pub).float(), x_pub)
+            if a_pub is not None:  # property inference: the classifier C_att on the pilot's features
+                feats = z_pub if self.decoder is None else z_pub.detach()  # "autoencoder": C_att does not shape f~
+                pilot_loss = pilot_loss + F.cross_entropy(self.classifier(feats).float(), a_pub)
             if self.fused:  # one critic pass over private and public features serves every loss
                 scores = self.critic(torch.cat([z, z_pub.detach()])).float()
                 s_priv, s_pub = scores[: len(z)], scores[len(z):]
@@ -264,19 +299,19 @@ class FSHAServer(SplitCallback):
                 critic_loss = 0.5 * (F.binary_cross_entropy_with_logits(s_pub, torch.ones_like(s_pub))
                                      + F.binary_cross_entropy_with_logits(s_priv, torch.zeros_like(s_priv)))
         # the gradient sent to the client comes from the critic before its update (the official single tape)
-        params = [*self.pilot.parameters(), *self.decoder.parameters(), *self.critic.parameters()]
+        params = [p for group in self.opt_tilde.param_groups for p in group["params"]] + list(self.critic.parameters())
         self.opt_tilde.zero_grad(set_to_none=True)
         self.opt_critic.zero_grad(set_to_none=True)
         if self.fused and self.loss == "wgan":
             # d(critic_loss)/dz = -d(hijack)/dz (the penalty sees z detached): one backward gives both
-            torch.autograd.backward([ae_loss, critic_loss], inputs=[*params, z])
+            torch.autograd.backward([pilot_loss, critic_loss], inputs=[*params, z])
             grad = -self.scale * z.grad
         else:
             (grad,) = torch.autograd.grad(self.scale * hijack, z, retain_graph=True)
-            torch.autograd.backward([ae_loss, critic_loss], inputs=params)
+            torch.autograd.backward([pilot_loss, critic_loss], inputs=params)
         self.opt_tilde.step()
         self.opt_critic.step()
-        for key, value in (("ae_loss", ae_loss), ("critic_loss", critic_loss), ("hijack_loss", hijack)):
+        for key, value in (("pilot_loss", pilot_loss), ("critic_loss", critic_loss), ("hijack_loss", hijack)):
             self.history[key].append(float(value.detach()))
         return grad.detach().float().contiguous()
 
@@ -297,14 +332,15 @@ class FSHAServer(SplitCallback):
 
     def state_dict(self) -> dict:
         """Everything needed to resume the attack: networks, optimisers, the public-batch stream, the history."""
-        extra = {"dummy": self.dummy.state_dict(), "opt_dummy": self.opt_dummy.state_dict()} if self.dummy is not None else {}
-        return {**extra,"pilot": self.pilot.state_dict(), "decoder": self.decoder.state_dict(),
+        extra = {name: getattr(self, name).state_dict() for name in ("decoder", "classifier", "dummy", "opt_dummy")
+                 if getattr(self, name) is not None}
+        return {**extra, "pilot": self.pilot.state_dict(),
                 "critic": self.critic.state_dict(), "opt_tilde": self.opt_tilde.state_dict(),
                 "opt_critic": self.opt_critic.state_dict(), "generator": self.generator.get_state(),
                 "order": self._order.clone(), "history": {k: list(v) for k, v in self.history.items()}}
 
     def load_state_dict(self, state: dict) -> None:
-        for name in ("pilot", "decoder", "critic", "opt_tilde", "opt_critic", "dummy", "opt_dummy"):
+        for name in ("pilot", "decoder", "classifier", "critic", "opt_tilde", "opt_critic", "dummy", "opt_dummy"):
             if getattr(self, name) is not None and name in state:
                 getattr(self, name).load_state_dict(state[name])
         self.generator.set_state(state["generator"])
@@ -312,15 +348,28 @@ class FSHAServer(SplitCallback):
         self.history = {k: list(v) for k, v in state["history"].items()}
 
     @torch.no_grad()
+    def infer_property(self, smashed: torch.Tensor) -> torch.Tensor:
+        """Property inference: C_att(z), ``(N, classes)`` logits of the private attribute, for smashed data ``z``."""
+        if self.classifier is None:
+            raise ValueError("this server was built for reconstruction: pass public_attributes for property inference")
+        return self._head(self.classifier, smashed)
+
+    def _head(self, net: nn.Module, smashed: torch.Tensor) -> torch.Tensor:
+        was = net.training
+        net.eval()
+        with self._autocast():
+            out = net(self._to_format(smashed.as_subclass(torch.Tensor).to(self.device)))
+        net.train(was)
+        return out.float()
+
+    @torch.no_grad()
     def reconstruct(self, smashed: torch.Tensor) -> torch.Tensor:
         """The attack's output f̃⁻¹(z) for smashed data ``z`` ``(N, *SMASHED_SHAPES[level])`` the server observed:
         ``(N, 3, 32, 32)`` images in [-1, 1] (float32)."""
-        was = self.decoder.training
-        self.decoder.eval()
-        with self._autocast():
-            out = self.decoder(self._to_format(smashed.as_subclass(torch.Tensor).to(self.device)))
-        self.decoder.train(was)
-        return out.float()
+        if self.decoder is None:
+            raise ValueError("this server infers a property with the paper's classifier-only pilot, it has no decoder: "
+                             "use infer_property (or property_objective='autoencoder')")
+        return self._head(self.decoder, smashed)
 
 
 class ReconstructionMonitor(SplitCallback):
@@ -374,6 +423,38 @@ class ReconstructionMonitor(SplitCallback):
 
     def load_state_dict(self, state: dict) -> None:
         self.errors, self.snapshots = list(state["errors"]), dict(state.get("snapshots", {}))
+
+
+class PropertyMonitor(SplitCallback):
+    """Metric code for property inference: the accuracy of the server's C_att(z) on each training batch against the
+    private attributes, which only this monitor holds; ``running()`` averages the last ``window`` iterations."""
+
+    observes = frozenset({"front.smashed"})
+
+    def __init__(self, server: "FSHAServer", private_attributes: torch.Tensor, *, window: int = 500):
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        self.server, self.attributes, self.window = server, private_attributes, window
+        self.accuracies: list = []
+
+    def on_cut(self, event: CutEvent) -> None:
+        if event.phase == "train" and event.cut == "front":
+            guess = self.server.infer_property(event.smashed).argmax(1).cpu()
+            truth = self.attributes[event.indices.as_subclass(torch.Tensor)]
+            self.accuracies.append(float((guess == truth).float().mean()))
+
+    def running(self) -> float:
+        chunk = self.accuracies[-self.window:]
+        return sum(chunk) / len(chunk) if chunk else float("nan")
+
+    def status(self) -> Dict[str, float]:
+        return {"acc": self.running()} if self.accuracies else {}
+
+    def state_dict(self) -> dict:
+        return {"accuracies": list(self.accuracies)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.accuracies = list(state["accuracies"])
 
 
 @torch.no_grad()
