@@ -28,7 +28,9 @@ from unsplit.defenses import NoPeek
 from unsplit.fsha import LEVELS, OFFICIAL_NOTEBOOK, fsha_data, reconstruction_error, run_fsha
 from unsplit.util import atomic_write_json, save_image_grid, seed_everything, unique_dir
 
-VARIANTS = ("plain", "nopeek", "mangled")
+VARIANTS = ("plain", "nopeek", "mangled", "property")
+#: attributes for the property variant, from the class label
+ATTRIBUTES = {"ge5": lambda y: (y >= 5).long(), "class": lambda y: y}
 
 
 def parse_args(argv=None):
@@ -38,12 +40,18 @@ def parse_args(argv=None):
     p.add_argument("--iters", type=int, default=10_000, help="split-learning iterations (the setup phase)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--variant", choices=VARIANTS, default="plain",
-                   help="nopeek: the client runs NoPeek; mangled: X_pub without --removed-class")
+                   help="nopeek: the client runs NoPeek; mangled: X_pub without --removed-class; property: infer "
+                        "--attribute with a classifier C_att instead of reconstructing")
     p.add_argument("--pilot", choices=("paper", "linear"), default="paper",
                    help="the attacker's networks: the paper's (swish pilot, ReLU decoder) or the official HEAD's")
     p.add_argument("--alpha1", type=float, default=1e4, help="NoPeek's weight (variant nopeek)")
     p.add_argument("--alpha2", type=float, default=50.0, help="the attacker's loss scale (variant nopeek)")
     p.add_argument("--removed-class", type=int, default=0, help="class missing from X_pub (variant mangled)")
+    p.add_argument("--attribute", choices=tuple(ATTRIBUTES), default="ge5",
+                   help="variant property: the private attribute inferred: class >= 5 (binary) or the class")
+    p.add_argument("--property-objective", choices=("classifier", "autoencoder"), default="classifier",
+                   help="variant property: the paper's classifier-only pilot, or ours (C_att on the reconstruction "
+                        "attack's autoencoder pilot)")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                    help="bf16: autocast (about 2x faster on CPUs with AVX-512 BF16 / AMX and on GPUs)")
     p.add_argument("--data-dir", type=Path, default=default_data_dir(), help="dataset root ($UNSPLIT_DATA)")
@@ -75,7 +83,8 @@ def _out_dir(args) -> Path:
     return out
 
 
-def _curve(path: Path, errors: list, window: int, official: dict, title: str) -> None:
+def _curve(path: Path, errors: list, window: int, official: dict, title: str, ylabel: str, *,
+           log_scale: bool = True) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -88,7 +97,7 @@ def _curve(path: Path, errors: list, window: int, official: dict, title: str) ->
     ax.plot(running, color="C0", label=f"running mean ({window})")
     if official:
         ax.plot(list(official), list(official.values()), "o--", color="C3", label="official notebook")
-    ax.set(xlabel="iteration", ylabel="reconstruction MSE, [-1, 1]", title=title, yscale="log")
+    ax.set(xlabel="iteration", ylabel=ylabel, title=title, yscale="log" if log_scale else "linear")
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -114,43 +123,65 @@ def main(argv=None) -> int:
         log(args, f"resuming from {checkpoint}")
     at = sorted({0, args.iters // 10, args.iters // 3, args.iters - 1})
     server_options = {"pilot_variant": args.pilot, "scale": args.alpha2 if args.variant == "nopeek" else 1.0}
+    private_attributes = None
+    if args.variant == "property":
+        attribute = ATTRIBUTES[args.attribute]
+        server_options.update(public_attributes=attribute(yp), property_objective=args.property_objective)
+        private_attributes = attribute(ys)
     defenses = [NoPeek(args.alpha1, separate_step=True)] if args.variant == "nopeek" else []
-    result = run_fsha(xs, xp, level=args.level, iterations=args.iters, batch_size=args.batch_size,
-                      server_options=server_options, defenses=defenses, precision=args.precision, snapshots_at=at,
-                      checkpoint=checkpoint, checkpoint_every=250, device=device, seed=args.seed,
-                      progress=not args.quiet)
+    result = run_fsha(xs, xp, private_attributes=private_attributes, level=args.level, iterations=args.iters,
+                      batch_size=args.batch_size, server_options=server_options, defenses=defenses,
+                      precision=args.precision, snapshots_at=at, checkpoint=checkpoint, checkpoint_every=250,
+                      device=device, seed=args.seed, progress=not args.quiet)
     mon, server, front = result.monitor, result.server, result.topology.front
-
-    held = torch.arange(len(xs) - 8, len(xs))  # inputs the client sends after training (front in eval mode)
-    front.eval()
-    with torch.no_grad():
-        after = server.reconstruct(front(xs[held].to(device))).cpu()
-    rows, labels = [], []
-    for it, (x, rec) in sorted(mon.snapshots.items()):
-        rows += [x, rec]
-        labels += [f"private @{it}", f"attack @{it}"]
-    rows += [xs[held], after]
-    labels += ["sent after", "attack"]
-    save_image_grid(out / "reconstructions.png", [(r.float() + 1) / 2 for r in rows], row_labels=labels)
-    key = "mnist-l4" + {"plain": "", "nopeek": "-nopeek", "mangled": "-mangled"}[args.variant]
-    official = OFFICIAL_NOTEBOOK.get(key) if (args.dataset, args.level, args.batch_size) == ("mnist", 4, 64) else None
-    _curve(out / "curve.png", mon.errors, mon.window, official or {}, f"FSHA {args.dataset}, level {args.level}")
     probe = torch.randperm(len(xs), generator=torch.Generator().manual_seed(args.seed))[:2000]
-    final = reconstruction_error(front, server, xs[probe], labels=ys[probe], device=device)
     metrics = {
         "attack": "fsha", "dataset": args.dataset, "level": args.level, "variant": args.variant,
-        "pilot": args.pilot, "iterations": len(mon.errors), "batch_size": args.batch_size,
+        "pilot": args.pilot, "iterations": args.iters, "batch_size": args.batch_size,
         "precision": args.precision, "seed": args.seed,
-        "running_mse": mon.running(), "running_mse_01": mon.running() / 4, "window": mon.window,
-        "curve": {i: mon.running(i) for i in range(0, len(mon.errors), max(1, len(mon.errors) // 100))},
-        "after_training": final, "official_notebook": official,
         "nopeek": {"alpha1": args.alpha1, "alpha2": args.alpha2} if args.variant == "nopeek" else None,
         "removed_class": args.removed_class if args.variant == "mangled" else None,
         "environment": {"torch": torch.__version__, "python": platform.python_version(), "device": str(device)},
     }
+    if mon is not None:
+        held = torch.arange(len(xs) - 8, len(xs))  # inputs the client sends after training (front in eval mode)
+        front.eval()
+        with torch.no_grad():
+            after = server.reconstruct(front(xs[held].to(device))).cpu()
+        rows, labels = [], []
+        for it, (x, rec) in sorted(mon.snapshots.items()):
+            rows += [x, rec]
+            labels += [f"private @{it}", f"attack @{it}"]
+        rows += [xs[held], after]
+        labels += ["sent after", "attack"]
+        save_image_grid(out / "reconstructions.png", [(r.float() + 1) / 2 for r in rows], row_labels=labels)
+        key = "mnist-l4" + {"plain": "", "nopeek": "-nopeek", "mangled": "-mangled"}.get(args.variant, "?")
+        official = (OFFICIAL_NOTEBOOK.get(key) if (args.dataset, args.level, args.batch_size) == ("mnist", 4, 64)
+                    else None)
+        _curve(out / "curve.png", mon.errors, mon.window, official or {}, f"FSHA {args.dataset}, level {args.level}",
+               "reconstruction MSE, [-1, 1]")
+        final = reconstruction_error(front, server, xs[probe], labels=ys[probe], device=device)
+        metrics.update({
+            "running_mse": mon.running(), "running_mse_01": mon.running() / 4, "window": mon.window,
+            "curve": {i: mon.running(i) for i in range(0, len(mon.errors), max(1, len(mon.errors) // 100))},
+            "after_training": final, "official_notebook": official})
+        log(args, f"running MSE ([-1, 1]) {mon.running():.4f}; after training {final['mse']:.4f} ([0, 1]: "
+                  f"{final['mse_01']:.4f}) -> {out}")
+    prop = result.property_monitor
+    if prop is not None:
+        front.eval()
+        with torch.no_grad():
+            guess = server.infer_property(front(xs[probe].to(device))).argmax(1).cpu()
+        truth = private_attributes[probe]
+        accuracy = float((guess == truth).float().mean())
+        chance = float(torch.bincount(truth).max()) / len(truth)
+        _curve(out / "curve.png", prop.accuracies, prop.window, {}, f"FSHA property ({args.attribute}), "
+               f"{args.dataset}, level {args.level}", "private attribute accuracy", log_scale=False)
+        metrics.update({"attribute": args.attribute, "property_objective": args.property_objective,
+                        "running_accuracy": prop.running(), "accuracy_after_training": accuracy,
+                        "majority_baseline": chance})
+        log(args, f"private attribute accuracy {accuracy:.3f} (majority baseline {chance:.3f}) -> {out}")
     atomic_write_json(out / "metrics.json", metrics)
-    log(args, f"running MSE ([-1, 1]) {mon.running():.4f}; after training {final['mse']:.4f} ([0, 1]: "
-              f"{final['mse_01']:.4f}) -> {out}")
     return 0
 
 

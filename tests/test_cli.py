@@ -132,3 +132,10 @@ def test_fsha_demo_end_to_end_resumes_and_refuses_bad_input(tiny_mnist, tmp_path
         assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, bad
     r = run("fsha_demo.py", "no_such_dataset", "--data-dir", tiny_mnist, cwd=tmp_path)
     assert r.returncode == 2 and "ImageFolder" in r.stderr
+    # property inference: the private attribute "class >= 5" instead of reconstructions
+    prop = tmp_path / "prop"
+    r = run("fsha_demo.py", "mnist", "--variant", "property", "--iters", "3", *common[:-1], prop, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    m = json.loads((prop / "metrics.json").read_text())
+    assert m["attribute"] == "ge5" and 0 <= m["accuracy_after_training"] <= 1 and 0.5 <= m["majority_baseline"] <= 1
+    assert (prop / "curve.png").exists() and not (prop / "reconstructions.png").exists()

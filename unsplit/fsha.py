@@ -491,11 +491,13 @@ class FSHARun:
 
     topology: Topology
     server: FSHAServer
-    monitor: ReconstructionMonitor
+    monitor: Optional[ReconstructionMonitor]
     losses: list
+    property_monitor: Optional["PropertyMonitor"] = None
 
 
-def run_fsha(private: torch.Tensor, public: torch.Tensor, *, labels: Optional[torch.Tensor] = None, level: int = 4,
+def run_fsha(private: torch.Tensor, public: torch.Tensor, *, labels: Optional[torch.Tensor] = None,
+             private_attributes: Optional[torch.Tensor] = None, level: int = 4,
              iterations: int = 10_000, batch_size: int = 64, lr_client: float = 1e-5,
              server_options: Optional[Dict[str, object]] = None, defenses=(), callbacks=(),
              precision: str = "fp32", window: int = 500, snapshots_at=(), checkpoint=None, checkpoint_every: int = 500,
@@ -508,7 +510,10 @@ def run_fsha(private: torch.Tensor, public: torch.Tensor, *, labels: Optional[to
         private: ``(N, 3, 32, 32)`` X_priv in [-1, 1] (:func:`fsha_images`); labels: its labels (the client's; the
             malicious server never reads them; only needed by defenses that use them).
         public: ``(M, 3, 32, 32)`` the attacker's X_pub in [-1, 1].
-        server_options: keyword arguments of :class:`FSHAServer` (paper defaults otherwise).
+        server_options: keyword arguments of :class:`FSHAServer` (paper defaults otherwise; ``public_attributes``
+            for property inference).
+        private_attributes: with property inference, the private attributes (metric code:
+            :class:`PropertyMonitor`).
         defenses: the client's defenses (e.g. ``NoPeek(1e4)``); callbacks: more observers (e.g. a detector).
         precision: ``"fp32"`` or ``"bf16"`` for the client and the attacker.
         window: the monitor's running-mean window; snapshots_at: iterations whose first inputs and reconstructions
@@ -526,15 +531,19 @@ def run_fsha(private: torch.Tensor, public: torch.Tensor, *, labels: Optional[to
         front, middle = split(FunnelNet(), FunnelNet.level_depths[_check_level(level)])
     topology = Topology(front, middle)
     server = FSHAServer(public, level=level, device=device, seed=seed + 1, **options)
-    monitor = ReconstructionMonitor(server, private, window=window, snapshots_at=snapshots_at)
+    monitor = (ReconstructionMonitor(server, private, window=window, snapshots_at=snapshots_at)
+               if server.decoder is not None else None)
+    prop = (PropertyMonitor(server, private_attributes, window=window)
+            if server.classifier is not None and private_attributes is not None else None)
+    monitors = [m for m in (monitor, prop) if m is not None]
     y = labels if labels is not None else torch.zeros(len(private), dtype=torch.int64)
     epochs = math.ceil(iterations / max(1, len(private) // batch_size))
     losses = train_split(topology, private, y, epochs=epochs, batch_size=batch_size, max_steps=iterations,
                          drop_last=True, optimizers={"front": lambda p: torch.optim.Adam(p, lr=lr_client, eps=1e-7)},
-                         callbacks=[server, monitor, *callbacks], defenses=defenses, precision=precision,
+                         callbacks=[server, *monitors, *callbacks], defenses=defenses, precision=precision,
                          checkpoint=checkpoint, checkpoint_every=checkpoint_every, device=device, seed=seed,
                          progress=progress)
-    return FSHARun(topology, server, monitor, losses)
+    return FSHARun(topology, server, monitor, losses, prop)
 
 
 def fsha_data(dataset: str, *, data_dir=None, download: bool = True, private_limit: Optional[int] = None,
