@@ -24,7 +24,6 @@ steady-state steps), and the score on 2,000 private inputs sent after training (
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -36,7 +35,7 @@ from unsplit.data import default_data_dir  # noqa: E402
 from unsplit.defenses import NoPeek  # noqa: E402
 from unsplit.fsha import OFFICIAL_NOTEBOOK as OFFICIAL  # noqa: E402
 from unsplit.fsha import fsha_data, reconstruction_error, run_fsha  # noqa: E402
-from unsplit.protocol import SplitCallback  # noqa: E402
+from unsplit.training import StepTimer  # noqa: E402
 from unsplit.util import atomic_write_json, atomic_write_text, resolve_device  # noqa: E402
 
 #: the official code's seconds per iteration on this project's 2-core CPU (MNIST, level 4, batch 64)
@@ -50,31 +49,6 @@ CELLS = {
     "mnist-l2": dict(dataset="mnist", level=2),
     "mnist-l3": dict(dataset="mnist", level=3),
 }
-
-
-class StepTimer(SplitCallback):
-    """Seconds between consecutive training steps (the first step of each sitting excluded)."""
-
-    observes = frozenset()
-
-    def __init__(self):
-        self.last, self.seconds, self.steps = None, 0.0, 0
-
-    def on_train_begin(self, run):
-        self.last = None
-
-    def on_cut(self, event):
-        now = time.perf_counter()
-        if self.last is not None:
-            self.seconds += now - self.last
-            self.steps += 1
-        self.last = now
-
-    def state_dict(self):
-        return {"seconds": self.seconds, "steps": self.steps}
-
-    def load_state_dict(self, state):
-        self.seconds, self.steps = state["seconds"], state["steps"]
 
 
 def parse_args(argv=None):

@@ -345,7 +345,7 @@ class FSHAServer(SplitCallback):
                 getattr(self, name).load_state_dict(state[name])
         self.generator.set_state(state["generator"])
         self._order = state["order"].clone()
-        self.history = {k: list(v) for k, v in state["history"].items()}
+        self.history = {("pilot_loss" if k == "ae_loss" else k): list(v) for k, v in state["history"].items()}
 
     @torch.no_grad()
     def infer_property(self, smashed: torch.Tensor) -> torch.Tensor:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import time
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
@@ -53,6 +54,7 @@ __all__ = [
     "StepContext",
     "Topology",
     "SAMPLINGS",
+    "StepTimer",
     "PRECISIONS",
     "train_split",
     "run_split",
@@ -102,6 +104,34 @@ class _Override(SplitCallback):
 
     def server_gradient(self, event: CutEvent) -> Optional[torch.Tensor]:
         return self.fn(event)
+
+
+class StepTimer(SplitCallback):
+    """Wall-clock seconds between consecutive training steps (the first step of each sitting is excluded, so
+    start-up and a resume do not count); ``times`` keeps this sitting's per-step seconds, ``seconds`` and
+    ``steps`` accumulate across a checkpointed run."""
+
+    observes = frozenset()
+
+    def __init__(self):
+        self.last, self.seconds, self.steps, self.times = None, 0.0, 0, []
+
+    def on_train_begin(self, run):
+        self.last = None
+
+    def on_step_end(self, run, epoch, step, logs):
+        now = time.perf_counter()
+        if self.last is not None:
+            self.times.append(now - self.last)
+            self.seconds += now - self.last
+            self.steps += 1
+        self.last = now
+
+    def state_dict(self):
+        return {"seconds": self.seconds, "steps": self.steps}
+
+    def load_state_dict(self, state):
+        self.seconds, self.steps = state["seconds"], state["steps"]
 
 
 def _callbacks(topology: Topology, callbacks, observers=(), server_gradient=None, *,
