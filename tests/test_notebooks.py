@@ -47,3 +47,12 @@ def test_label_inference_notebook(tiny_mnist, tmp_path, monkeypatch):
     images, text = _execute("label_inference.ipynb", {"DATA_DIR": str(data), "COUNT": 60}, tmp_path, monkeypatch)
     assert len(images) == 1, "expected the confusion-matrix figure"
     assert "cut   : accuracy" in text and "weight: accuracy 1.0000" in text
+
+
+def test_fsha_notebook(tiny_mnist, tmp_path, monkeypatch):
+    images, text = _execute("fsha.ipynb", {
+        "DATA_DIR": str(tiny_mnist), "ITERS": 12, "BATCH_SIZE": 8, "DETECT_ITERS": 30, "PRECISION": "bf16",
+    }, tmp_path, monkeypatch)
+    assert len(images) == 3, "expected the error curve, the reconstructions and the SplitGuard plot"
+    assert "running MSE after 12 iterations" in text and "after training: MSE" in text
+    assert "honest:" in text and "FSHA  :" in text
