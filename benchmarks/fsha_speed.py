@@ -5,7 +5,8 @@ a plain transcription and the official TensorFlow code's 1.31 s/iteration measur
 One iteration = the client's forward and backward through f plus the server's step (pilot + decoder, critic with the
 gradient penalty, the hijacking gradient) and the monitor's reconstruction of the batch, as in the official loop.
 The official setting: MNIST-shaped inputs (3x32x32), split level 4, batch 64. Random data: the speed does not depend
-on it. Rows, each after ``--warmup`` untimed iterations, timed over ``--iters`` (median of ``--repeats`` blocks):
+on it. Each row runs ``--repeats`` blocks (rows interleaved, against drifts of the machine's speed); a block is a fresh run,
+``--warmup`` untimed iterations, then ``--iters`` timed ones; the median block is reported:
 
     plain        one critic pass per loss, a separate backward for the returned gradient, fp32
     fused        one critic pass over private + public features, one backward for the critic and the gradient
@@ -44,9 +45,9 @@ def parse_args(argv=None):
     p = make_parser(__doc__)
     p.add_argument("--level", type=int, choices=LEVELS, default=4)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--iters", type=int, default=20, help="timed iterations per block")
+    p.add_argument("--iters", type=int, default=12, help="timed iterations per block")
     p.add_argument("--repeats", type=int, default=3, help="timed blocks per row (the median is reported)")
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated: {','.join(ROWS)}")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/fsha_speed.json"))
@@ -60,29 +61,30 @@ def parse_args(argv=None):
     return args
 
 
-def seconds_per_iteration(row: dict, args, device, data) -> float:
-    """The median over ``repeats`` blocks of the mean step time, after ``warmup`` steps, in one run."""
+def block_seconds(row: dict, args, device, data) -> float:
+    """Mean step time of one block: a fresh run of ``warmup + iters`` steps, the first ``warmup`` untimed."""
     private, public = data
     timer = StepTimer()
-    run_fsha(private, public, level=args.level, iterations=args.warmup + args.iters * args.repeats + 1,
+    run_fsha(private, public, level=args.level, iterations=args.warmup + args.iters + 1,
              batch_size=args.batch_size, server_options=row["server"], precision=row["precision"],
              callbacks=[timer], device=device, seed=0)
     times = timer.times[args.warmup:]
-    return statistics.median(sum(times[i:i + args.iters]) / args.iters for i in range(0, len(times), args.iters)
-                             if len(times[i:i + args.iters]) == args.iters)
+    return sum(times) / len(times)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     device = resolve_device(args.device)
     g = torch.Generator().manual_seed(0)
-    n = args.batch_size * (args.warmup + args.iters * args.repeats + 2)
+    n = args.batch_size * (args.warmup + args.iters + 2)
     data = (torch.rand(n, 3, 32, 32, generator=g) * 2 - 1,
             torch.rand(4 * args.batch_size, 3, 32, 32, generator=g) * 2 - 1)
-    results = {}
-    for name in args.rows:
-        results[name] = seconds_per_iteration(ROWS[name], args, device, data)
-        print(f"{name}: {results[name]:.3f} s/it", file=sys.stderr, flush=True)
+    blocks = {name: [] for name in args.rows}
+    for r in range(args.repeats):  # rows interleaved, so that a drift of the machine's speed hits all of them
+        for name in args.rows:
+            blocks[name].append(block_seconds(ROWS[name], args, device, data))
+            print(f"repeat {r + 1}: {name}: {blocks[name][-1]:.3f} s/it", file=sys.stderr, flush=True)
+    results = {name: statistics.median(b) for name, b in blocks.items()}
     base = results.get("plain")
     lines = [f"FSHA, level {args.level}, batch {args.batch_size}, {device}, {torch.get_num_threads()} threads "
              f"(median of {args.repeats} x {args.iters} iterations)", "",
@@ -94,7 +96,8 @@ def main(argv=None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out, {"level": args.level, "batch_size": args.batch_size, "device": str(device),
                                  "threads": torch.get_num_threads(), "iters": args.iters, "repeats": args.repeats,
-                                 "seconds_per_iteration": results, "official_seconds": OFFICIAL_SECONDS,
+                                 "seconds_per_iteration": results, "blocks": blocks,
+                                 "official_seconds": OFFICIAL_SECONDS,
                                  "torch": torch.__version__})
     return 0
 
