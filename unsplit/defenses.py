@@ -124,6 +124,12 @@ class NoPeek(Defense):
     def front_loss(self, x: torch.Tensor, z: torch.Tensor, ctx: Optional[StepContext] = None) -> Optional[torch.Tensor]:
         return self.alpha * distance_correlation(x, z)
 
+    def config(self):
+        config = super().config()
+        if not self.separate_step:  # the default: training-case keys (and cached models) from before stay valid
+            del config["separate_step"]
+        return config
+
 
 class DPSGD(Defense):
     """DP-SGD on the client front through opacus (Abadi et al., CCS'16): per-sample clipping to ``max_grad_norm``,
