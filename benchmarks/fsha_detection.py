@@ -1,0 +1,184 @@
+#!/usr/bin/env python
+"""How visible is FSHA to the client? SplitGuard (Erdoğan et al., WPES'22) and the client's own loss over the first
+epoch, against an honest server, FSHA, and FSHA with the paper's detection evasion (a dummy server network s̃).
+
+The label-private (U-shaped) setting, where evasion applies: the client holds FunnelNet's front (split level 4) and
+its own head (Linear 256 -> 10) with the labels; the server's part is Flatten -> Linear(4096, 256) -> ReLU. The same
+client in every run: front Adam(1e-5, eps 1e-7) as the FSHA paper's client, head Adam(1e-3, amsgrad); the honest
+server Adam(1e-3, amsgrad). FSHA: the paper's attacker; without evasion it answers the head with an untrained copy of
+the server's network (``lr_dummy=0``), with evasion it trains s̃ on the head's returned gradient. SplitGuard with its
+public code's defaults (fake-batch probability 0.1, start after 20 batches, squashing sigmoid(5x)^2), alarm below 0.5.
+
+Each run is one atomic JSON under ``OUT/cells`` (skipped on rerun; checkpointed every 250 steps), the report
+``detection.md`` + ``detection.png`` (SplitGuard score and the client's loss over the epoch).
+
+    python benchmarks/fsha_detection.py --data-dir ../shared/data
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from unsplit.cli import make_parser, run_main  # noqa: E402
+from unsplit.data import default_data_dir  # noqa: E402
+from unsplit.detection import SplitGuard  # noqa: E402
+from unsplit.fsha import FSHAServer, fsha_data  # noqa: E402
+from unsplit.models import FunnelNet, split  # noqa: E402
+from unsplit.protocol import SplitCallback, Topology  # noqa: E402
+from unsplit.training import StepTimer, adam, train_split  # noqa: E402
+from unsplit.util import atomic_write_json, atomic_write_text, resolve_device  # noqa: E402
+
+SERVERS = ("honest", "fsha", "fsha+dummy")
+
+
+class ClientLoss(SplitCallback):
+    """Metric code: the label owner's (client's) task loss per step."""
+
+    observes = frozenset()
+
+    def __init__(self):
+        self.losses = []
+
+    def on_step_end(self, run, epoch, step, logs):
+        self.losses.append(logs["loss"])
+
+    def state_dict(self):
+        return {"losses": list(self.losses)}
+
+    def load_state_dict(self, state):
+        self.losses = list(state["losses"])
+
+
+def server_part() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(256 * 4 * 4, 256), nn.ReLU())
+
+
+def parse_args(argv=None):
+    p = make_parser(__doc__)
+    p.add_argument("--servers", default=",".join(SERVERS), help=f"comma-separated: {','.join(SERVERS)}")
+    p.add_argument("--steps", type=int, default=None, help="steps per run (default: one epoch of the training split)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="bf16")
+    p.add_argument("--private-limit", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir", type=Path, default=default_data_dir())
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/fsha_detection"))
+    p.add_argument("--checkpoints", type=Path, default=Path("checkpoints/fsha_detection"))
+    p.add_argument("--recompute", action="store_true")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+    args.servers = [s.strip() for s in args.servers.split(",") if s.strip()]
+    if any(s not in SERVERS for s in args.servers):
+        p.error(f"--servers: choose from {', '.join(SERVERS)}")
+    if (args.steps is not None and args.steps < 1) or args.batch_size < 2 or not 0 < args.threshold < 1:
+        p.error("--steps must be >= 1, --batch-size >= 2 and --threshold in (0, 1)")
+    return args
+
+
+def run_one(who: str, args, device, data) -> dict:
+    xs, ys, xp, xt, yt = data
+    steps = args.steps or len(xs) // args.batch_size
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(args.seed)
+        front, _ = split(FunnelNet(), FunnelNet.level_depths[4])
+        middle, head = server_part(), nn.Linear(256, 10)
+        dummy = server_part()
+    topology = Topology(front, middle, head)
+    guard, client, timer = SplitGuard(threshold=args.threshold, seed=args.seed), ClientLoss(), StepTimer()
+    callbacks = [client, timer]
+    attacker = None
+    if who != "honest":
+        attacker = FSHAServer(xp, level=4, precision=args.precision, dummy_server=dummy,
+                              lr_dummy=1e-3 if who == "fsha+dummy" else 0.0, device=device, seed=args.seed + 1)
+        callbacks.insert(0, attacker)
+    args.checkpoints.mkdir(parents=True, exist_ok=True)
+    train_split(topology, xs, ys, epochs=1, batch_size=args.batch_size, max_steps=steps, drop_last=True,
+                optimizers={"front": lambda p: torch.optim.Adam(p, lr=1e-5, eps=1e-7), "middle": adam(1e-3),
+                            "head": adam(1e-3)},
+                callbacks=callbacks, defenses=[guard], precision=args.precision,
+                checkpoint=args.checkpoints / f"{who}_s{args.seed}_n{steps}.pt", checkpoint_every=250,
+                device=device, seed=args.seed, progress=not args.quiet)
+    # metric code: the client's test accuracy through what the server answers (honest middle, or s̃)
+    answer = attacker.dummy if attacker is not None else middle
+    front.eval()
+    with torch.no_grad():
+        correct = sum(int((head(answer(front(xt[i:i + 500].to(device)))).argmax(1).cpu() == yt[i:i + 500]).sum())
+                      for i in range(0, len(xt), 500))
+    losses = client.losses
+    k = max(1, min(100, len(losses) // 4))
+    return {"server": who, "steps": len(losses), "batch_size": args.batch_size, "seed": args.seed,
+            "scores": guard.scores, "fake_steps": guard.fake_steps, "threshold": args.threshold,
+            "alarm_step": guard.alarm_step(), "client_losses": losses,
+            "client_loss_first": sum(losses[:k]) / k, "client_loss_last": sum(losses[-k:]) / k,
+            "client_test_accuracy": correct / len(xt), "seconds_per_step": timer.seconds / max(timer.steps, 1)}
+
+
+def build_report(args) -> Path:
+    cells = [json.loads(f.read_text()) for f in sorted((args.out / "cells").glob("*.json"))]
+    lines = ["# FSHA detection: SplitGuard and the client's own loss", "",
+             "U-shaped split, MNIST, FunnelNet level 4; SplitGuard p_fake 0.1, start 20, alarm below "
+             f"{args.threshold}.", "",
+             "| server | steps | SplitGuard mean score | min | alarm at step | client loss, first → last 100 steps | "
+             "client test accuracy |", "|---|---|---|---|---|---|---|"]
+    for d in cells:
+        s = [v for _, v in d["scores"]] or [float("nan")]
+        lines.append(f"| {d['server']} | {d['steps']} | {sum(s) / len(s):.3f} | {min(s):.3f} | {d['alarm_step']} | "
+                     f"{d['client_loss_first']:.3f} → {d['client_loss_last']:.3f} | {d['client_test_accuracy']:.3f} |")
+    path = atomic_write_text(args.out / "detection.md", "\n".join(lines) + "\n")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for d in cells:
+        if d["scores"]:
+            a.plot(*zip(*d["scores"]), "o-", ms=3, label=d["server"])
+        losses = d["client_losses"]
+        w = 20
+        b.plot([sum(losses[max(0, i - w + 1): i + 1]) / len(losses[max(0, i - w + 1): i + 1])
+                for i in range(len(losses))], label=d["server"])
+    a.axhline(args.threshold, color="k", ls=":")
+    a.set(xlabel="training step", ylabel="SplitGuard score", ylim=(0, 1.05), title="SplitGuard")
+    b.set(xlabel="training step", ylabel="client's task loss (mean of 20)", title="the client's own loss")
+    for ax in (a, b):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+    fig.tight_layout()
+    tmp = args.out / "detection.tmp.png"
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(args.out / "detection.png")
+    return path
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    device = resolve_device(args.device)
+    (args.out / "cells").mkdir(parents=True, exist_ok=True)
+    data = None
+    for who in args.servers:
+        path = args.out / "cells" / f"{who}_s{args.seed}_n{args.steps or 'epoch'}.json"
+        if path.exists() and not args.recompute:
+            print(f"{path.name}: done (use --recompute to rerun)")
+            continue
+        if data is None:
+            xs, ys, xp, yp = fsha_data("mnist", data_dir=args.data_dir, download=False,
+                                       private_limit=args.private_limit)
+            data = (xs, ys, xp, xp[:2000], yp[:2000])
+        atomic_write_json(path, run_one(who, args, device, data))
+        print(f"{path.name}: written")
+    print(build_report(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
