@@ -63,7 +63,7 @@ def parse_args(argv=None):
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/fsha"))
     p.add_argument("--checkpoints", type=Path, default=Path("checkpoints/fsha"))
     p.add_argument("--checkpoint-every", type=int, default=250)
-    p.add_argument("--recompute", action="store_true", help="rerun finished cells (their checkpoints are kept)")
+    p.add_argument("--recompute", action="store_true", help="rerun finished cells from scratch")
     p.add_argument("--report-only", action="store_true")
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true")
@@ -90,12 +90,15 @@ def run_cell(cell: str, args, device) -> dict:
         xp = xp[yp != spec["removed"]]
     name = cell_name(cell, args)
     args.checkpoints.mkdir(parents=True, exist_ok=True)
+    checkpoint = args.checkpoints / f"{name}.pt"
+    if args.recompute and checkpoint.exists():
+        checkpoint.unlink()
     timer = StepTimer()
     defenses = [NoPeek(spec["nopeek"], separate_step=True)] if "nopeek" in spec else []
     result = run_fsha(xs, xp, level=spec["level"], iterations=args.iters, precision=args.precision,
                       server_options={"pilot_variant": args.pilot, "gp_form": args.gp_form,
                                       "scale": spec.get("scale", 1.0)},
-                      defenses=defenses, callbacks=[timer], checkpoint=args.checkpoints / f"{name}.pt",
+                      defenses=defenses, callbacks=[timer], checkpoint=checkpoint,
                       checkpoint_every=args.checkpoint_every, device=device, seed=args.seed,
                       progress=not args.quiet)
     mon = result.monitor
