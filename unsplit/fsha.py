@@ -183,8 +183,8 @@ class FSHAServer(SplitCallback):
             gradient the head returns, so the client's own task loss falls as in an honest training while f still
             gets only the critic's gradient. ``lr_dummy=0`` sends an untrained network's output (no evasion).
         public_attributes: property inference (paper, section 3.4): ``(M,)`` integer attributes of X_pub (e.g. the
-            class, or "digit >= 5"); the decoder is replaced by a classifier C_att (one dense layer, or
-            ``decoder_net``) trained with the pilot by cross-entropy, and :meth:`infer_property` reads the private
+            class, or "digit >= 5"); a classifier C_att (one dense layer) is trained on the pilot's
+            features by cross-entropy, and :meth:`infer_property` reads the private
             attribute from the smashed data. ``property_objective``: ``"classifier"`` (the paper and the official
             code: the pilot trained only through C_att) or ``"autoencoder"`` (ours: the pilot trained as the
             reconstruction attack's autoencoder, C_att on its detached features; the feature space stays
@@ -212,7 +212,7 @@ class FSHAServer(SplitCallback):
         if gp_form not in GP_FORMS:
             raise ValueError(f"gp_form must be one of {GP_FORMS}, got {gp_form!r}")
         for name, value in (("gp_weight", gp_weight), ("lr_tilde", lr_tilde), ("lr_critic", lr_critic),
-                            ("scale", scale)):
+                            ("scale", scale), ("lr_dummy", lr_dummy)):
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if public.dim() != 4 or (pilot_net is None and tuple(public.shape[1:]) != (3, 32, 32)):
