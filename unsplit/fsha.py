@@ -134,13 +134,16 @@ def gradient_penalty(d: nn.Module, real: torch.Tensor, fake: torch.Tensor, *, fo
         form: ``"per_channel"``: the norm per sample and channel over H and W, then the mean over samples and
             channels (the official FSHA code, bug F4); ``"flat"``: one norm per sample over all of C, H, W (Gulrajani
             et al. 2017).
-        generator: draws ε.
+        generator: draws ε. Batches of different sizes are paired up to the smaller one.
 
     Returns:
         A scalar with a graph to the critic's parameters.
     """
     if form not in GP_FORMS:
         raise ValueError(f"gradient-penalty form must be one of {GP_FORMS}, got {form!r}")
+    if len(real) != len(fake):  # pairs for the interpolation: as many as the smaller batch has
+        k = min(len(real), len(fake))
+        real, fake = real[:k], fake[:k]
     eps = torch.rand(real.shape[0], *([1] * (real.dim() - 1)), generator=generator).to(real.device)
     mixed = (eps * fake.detach().float() + (1 - eps) * real.detach().float()).requires_grad_(True)
     (grad,) = torch.autograd.grad(d(mixed).float().sum(), mixed, create_graph=True)
@@ -265,7 +268,7 @@ class FSHAServer(SplitCallback):
     def _public_batch(self, b: int):
         """The next ``b`` public samples (and their attributes in property mode): reshuffled passes over X_pub, no
         sample twice in a pass."""
-        if len(self._order) < b:
+        while len(self._order) < b:  # (more than one pass when X_pub is smaller than a batch)
             fresh = torch.randperm(len(self.public), generator=self.generator)
             self._order = torch.cat([self._order, fresh])
         idx, self._order = self._order[:b], self._order[b:]

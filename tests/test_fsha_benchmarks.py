@@ -1,0 +1,54 @@
+"""The FSHA benchmark scripts end to end on tiny generated MNIST (offline), resumable, with bad input refused."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(script, *args, cwd):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "UNSPLIT_CACHE": str(Path(cwd) / ".cache")}
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_fidelity_benchmark_cells_resume_and_report(tiny_mnist, tmp_path):
+    common = ["--data-dir", tiny_mnist, "--cells", "mnist-l4", "--iters", "3", "--checkpoint-every", "2",
+              "--out", tmp_path / "out", "--checkpoints", tmp_path / "ck", "--quiet"]
+    r = run("fsha_vs_official.py", *common, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    cell = json.loads((tmp_path / "out" / "cells" / "mnist-l4_bf16_i3_s0.json").read_text())
+    assert cell["iterations"] == 3 and set(cell["curve"]) == {"0", "2"} and cell["seconds_per_iteration"] > 0
+    assert 0 < cell["after_training"]["mse"] < 4 and len(cell["after_training"]["mse_per_class"]) == 10
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "mnist-l4_bf16_i3_s0" in report and "(0.1102)" in report and (tmp_path / "out" / "curves.png").exists()
+    r = run("fsha_vs_official.py", *common, cwd=tmp_path)
+    assert r.returncode == 0 and "done" in r.stdout
+
+
+def test_speed_and_detection_benchmarks_run(tiny_mnist, tmp_path):
+    r = run("fsha_speed.py", "--iters", "1", "--repeats", "1", "--warmup", "0", "--batch-size", "4",
+            "--rows", "plain,all bf16", "--out", tmp_path / "speed.json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    speed = json.loads((tmp_path / "speed.json").read_text())
+    assert set(speed["seconds_per_iteration"]) == {"plain", "all bf16"} and "| plain |" in r.stdout
+    r = run("fsha_detection.py", "--data-dir", tiny_mnist, "--steps", "3", "--batch-size", "8", "--out",
+            tmp_path / "det", "--checkpoints", tmp_path / "detck", "--quiet", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    cells = {json.loads(f.read_text())["server"] for f in (tmp_path / "det" / "cells").glob("*.json")}
+    assert cells == {"honest", "fsha", "fsha+dummy"} and (tmp_path / "det" / "detection.png").exists()
+
+
+@pytest.mark.parametrize("script,args", [
+    ("fsha_vs_official.py", ["--cells", "mnist-l9"]),
+    ("fsha_vs_official.py", ["--iters", "0"]),
+    ("fsha_speed.py", ["--rows", "turbo"]),
+    ("fsha_detection.py", ["--threshold", "2"]),
+])
+def test_bad_input_is_one_line_and_exit_2(script, args, tmp_path):
+    r = run(script, *args, cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
