@@ -1,0 +1,55 @@
+#!/usr/bin/env python
+"""Does bf16 slow FSHA's autoencoder? The attacker's pilot + decoder (split level 4, the paper's networks) trained
+alone on X_pub (MNIST test split, 3x32x32 in [-1, 1]) with the paper's Adam(1e-5, eps 1e-7), batch 64, in fp32 and
+under bf16 autocast from the same initialisation and batches; prints the mean loss per 250 steps.
+
+    python benchmarks/fsha_autoencoder_precision.py --data-dir ../shared/data            # 1,500 steps per precision
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from unsplit.cli import make_parser, run_main  # noqa: E402
+from unsplit.data import default_data_dir  # noqa: E402
+from unsplit.fsha import decoder, fsha_data, pilot  # noqa: E402
+
+
+def curve(x_pub: torch.Tensor, precision: str, steps: int, seed: int) -> list:
+    torch.manual_seed(seed)
+    p, d = pilot(4), decoder(4)
+    opt = torch.optim.Adam([*p.parameters(), *d.parameters()], lr=1e-5, eps=1e-7)
+    g = torch.Generator().manual_seed(seed)
+    losses = []
+    for _ in range(steps):
+        x = x_pub[torch.randint(0, len(x_pub), (64,), generator=g)]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = F.mse_loss(d(p(x)).float(), x)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return [sum(losses[i:i + 250]) / len(losses[i:i + 250]) for i in range(0, steps, 250)]
+
+
+def main(argv=None) -> int:
+    p = make_parser(__doc__)
+    p.add_argument("--data-dir", type=Path, default=default_data_dir())
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--seed", type=int, default=1)
+    args = p.parse_args(argv)
+    if args.steps < 1:
+        p.error("--steps must be >= 1")
+    _, _, x_pub, _ = fsha_data("mnist", data_dir=args.data_dir, download=False)
+    for precision in ("fp32", "bf16"):
+        print(precision, " ".join(f"{v:.4f}" for v in curve(x_pub, precision, args.steps, args.seed)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
