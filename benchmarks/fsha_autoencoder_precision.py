@@ -20,11 +20,11 @@ from unsplit.data import default_data_dir  # noqa: E402
 from unsplit.fsha import decoder, fsha_data, pilot  # noqa: E402
 
 
-def curve(x_pub: torch.Tensor, precision: str, steps: int, seed: int) -> list:
+def curve(x_pub: torch.Tensor, precision: str, steps: int, seed: int, batch_seed: int) -> list:
     torch.manual_seed(seed)
     p, d = pilot(4), decoder(4)
     opt = torch.optim.Adam([*p.parameters(), *d.parameters()], lr=1e-5, eps=1e-7)
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(batch_seed)
     losses = []
     for _ in range(steps):
         x = x_pub[torch.randint(0, len(x_pub), (64,), generator=g)]
@@ -41,13 +41,14 @@ def main(argv=None) -> int:
     p = make_parser(__doc__)
     p.add_argument("--data-dir", type=Path, default=default_data_dir())
     p.add_argument("--steps", type=int, default=1500)
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--seed", type=int, default=1, help="the networks' initialisation")
+    p.add_argument("--batch-seed", type=int, default=0, help="the batches drawn from X_pub")
     args = p.parse_args(argv)
     if args.steps < 1:
         p.error("--steps must be >= 1")
     _, _, x_pub, _ = fsha_data("mnist", data_dir=args.data_dir, download=False)
     for precision in ("fp32", "bf16"):
-        print(precision, " ".join(f"{v:.4f}" for v in curve(x_pub, precision, args.steps, args.seed)), flush=True)
+        print(precision, " ".join(f"{v:.4f}" for v in curve(x_pub, precision, args.steps, args.seed, args.batch_seed)), flush=True)
     return 0
 
 
