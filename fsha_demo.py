@@ -26,7 +26,7 @@ from unsplit.cli import device_of, log, make_parser, run_main
 from unsplit.data import DATASETS, default_data_dir
 from unsplit.defenses import NoPeek
 from unsplit.fsha import LEVELS, OFFICIAL_NOTEBOOK, fsha_data, reconstruction_error, run_fsha
-from unsplit.util import atomic_write_json, save_image_grid, seed_everything, unique_dir
+from unsplit.util import atomic_write_json, running_mean, save_image_grid, seed_everything, unique_dir
 
 VARIANTS = ("plain", "nopeek", "mangled", "property")
 #: attributes for the property variant, from the class label
@@ -90,8 +90,7 @@ def _curve(path: Path, errors: list, window: int, official: dict, title: str, yl
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    running = [sum(errors[max(0, i - window + 1): i + 1]) / len(errors[max(0, i - window + 1): i + 1])
-               for i in range(len(errors))]
+    running = running_mean(errors, window)
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(errors, color="0.8", lw=0.6, label="per batch")
     ax.plot(running, color="C0", label=f"running mean ({window})")

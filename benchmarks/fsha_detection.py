@@ -30,29 +30,11 @@ from unsplit.data import default_data_dir  # noqa: E402
 from unsplit.detection import SplitGuard  # noqa: E402
 from unsplit.fsha import FSHAServer, fsha_data  # noqa: E402
 from unsplit.models import FunnelNet, split  # noqa: E402
-from unsplit.protocol import SplitCallback, Topology  # noqa: E402
-from unsplit.training import StepTimer, adam, train_split  # noqa: E402
-from unsplit.util import atomic_write_json, atomic_write_text, resolve_device  # noqa: E402
+from unsplit.protocol import Topology  # noqa: E402
+from unsplit.training import StepLosses, StepTimer, adam, train_split  # noqa: E402
+from unsplit.util import atomic_write_json, atomic_write_text, resolve_device, running_mean  # noqa: E402
 
 SERVERS = ("honest", "fsha", "fsha+dummy")
-
-
-class ClientLoss(SplitCallback):
-    """Metric code: the label owner's (client's) task loss per step."""
-
-    observes = frozenset()
-
-    def __init__(self):
-        self.losses = []
-
-    def on_step_end(self, run, epoch, step, logs):
-        self.losses.append(logs["loss"])
-
-    def state_dict(self):
-        return {"losses": list(self.losses)}
-
-    def load_state_dict(self, state):
-        self.losses = list(state["losses"])
 
 
 def server_part() -> nn.Module:
@@ -92,7 +74,7 @@ def run_one(who: str, args, device, data) -> dict:
         middle, head = server_part(), nn.Linear(256, 10)
         dummy = server_part()
     topology = Topology(front, middle, head)
-    guard, client, timer = SplitGuard(threshold=args.threshold, seed=args.seed), ClientLoss(), StepTimer()
+    guard, client, timer = SplitGuard(threshold=args.threshold, seed=args.seed), StepLosses(), StepTimer()
     callbacks = [client, timer]
     attacker = None
     if who != "honest":
@@ -142,10 +124,7 @@ def build_report(args) -> Path:
     for d in cells:
         if d["scores"]:
             a.plot(*zip(*d["scores"]), "o-", ms=3, label=d["server"])
-        losses = d["client_losses"]
-        w = 20
-        b.plot([sum(losses[max(0, i - w + 1): i + 1]) / len(losses[max(0, i - w + 1): i + 1])
-                for i in range(len(losses))], label=d["server"])
+        b.plot(running_mean(d["client_losses"], 20), label=d["server"])
     a.axhline(args.threshold, color="k", ls=":")
     a.set(xlabel="training step", ylabel="SplitGuard score", ylim=(0, 1.05), title="SplitGuard")
     b.set(xlabel="training step", ylabel="client's task loss (mean of 20)", title="the client's own loss")

@@ -23,6 +23,7 @@ steady-state steps), and the score on 2,000 private inputs sent after training (
 """
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -117,8 +118,6 @@ def run_cell(cell: str, args, device) -> dict:
 def build_report(args) -> Path:
     cells = {}
     for f in sorted((args.out / "cells").glob("*.json")):
-        import json
-
         data = json.loads(f.read_text())
         cells[data["name"]] = data
     lines = ["# FSHA against the official notebooks", "",

@@ -7,8 +7,8 @@ from torch import nn
 
 from test_fsha import _crosses, _encoder, _tiny_server
 from unsplit.detection import SplitGuard, splitguard_score
-from unsplit.protocol import SplitCallback, Topology
-from unsplit.training import train_split
+from unsplit.protocol import Topology
+from unsplit.training import StepLosses, train_split
 
 
 def test_score_formula_on_hand_made_vectors():
@@ -64,18 +64,6 @@ def test_a_fake_batch_is_never_learned_from():
     assert all(torch.equal(a, b) for a, b in zip(after_one, after_four))  # the fake ones are not
 
 
-class _ClientLoss(SplitCallback):
-    """Metric code: the label owner's per-step task loss."""
-
-    observes = frozenset()
-
-    def __init__(self):
-        self.losses = []
-
-    def on_step_end(self, run, epoch, step, logs):
-        self.losses.append(logs["loss"])
-
-
 def test_detection_evasion_makes_the_clients_loss_fall_but_splitguard_still_sees_the_hijack():
     """U-shaped: the client keeps its head and labels. FSHA's dummy server network s̃ (trained on the head's
     gradient) makes the client's own loss fall as in training; f still gets only the critic's gradient."""
@@ -89,7 +77,7 @@ def test_detection_evasion_makes_the_clients_loss_fall_but_splitguard_still_sees
     for who in ("honest", "fsha", "fsha+dummy"):
         torch.manual_seed(0)
         t = Topology(_encoder(), middle(), nn.Linear(32, 5))
-        guard, client = SplitGuard(p_fake=0.2, start=5, num_classes=5), _ClientLoss()
+        guard, client = SplitGuard(p_fake=0.2, start=5, num_classes=5), StepLosses()
         callbacks = [client]
         if who != "honest":
             torch.manual_seed(1)

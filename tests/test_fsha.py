@@ -216,3 +216,15 @@ def test_property_inference(objective):
             server.reconstruct(t.front(private[:2]).detach())
     with pytest.raises(ValueError, match="one integer per public sample"):
         FSHAServer(public, public_attributes=torch.zeros(3, dtype=torch.long), pilot_net=_encoder())
+
+
+def test_running_mean_matches_the_monitors_window():
+    from unsplit.util import running_mean
+
+    server = FSHAServer(torch.zeros(2, 3, 32, 32))
+    monitor = ReconstructionMonitor(server, torch.zeros(2, 3, 32, 32), window=3)
+    monitor.errors = [4.0, 2.0, 0.0, 6.0, 1.0]
+    assert running_mean(monitor.errors, 3) == pytest.approx([monitor.running(i) for i in range(5)])
+    assert running_mean(monitor.errors, 3) == pytest.approx([4.0, 3.0, 2.0, 8 / 3, 7 / 3])
+    with pytest.raises(ValueError, match="window"):
+        running_mean([1.0], 0)

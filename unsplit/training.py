@@ -55,6 +55,7 @@ __all__ = [
     "Topology",
     "SAMPLINGS",
     "StepTimer",
+    "StepLosses",
     "PRECISIONS",
     "train_split",
     "run_split",
@@ -132,6 +133,25 @@ class StepTimer(SplitCallback):
 
     def load_state_dict(self, state):
         self.seconds, self.steps = state["seconds"], state["steps"]
+
+
+class StepLosses(SplitCallback):
+    """Metric code: the label owner's task loss of every training step (``losses``; ``nan`` where no task ran).
+    What the label owner itself sees; an attacker that is not the label owner must not use it."""
+
+    observes = frozenset()
+
+    def __init__(self):
+        self.losses: List[float] = []
+
+    def on_step_end(self, run, epoch, step, logs):
+        self.losses.append(logs["loss"])
+
+    def state_dict(self):
+        return {"losses": list(self.losses)}
+
+    def load_state_dict(self, state):
+        self.losses = list(state["losses"])
 
 
 def _callbacks(topology: Topology, callbacks, observers=(), server_gradient=None, *,
@@ -330,8 +350,8 @@ def train_split(
     loss_fn = loss_fn or F.cross_entropy
     device = torch.device(device)
     n = inputs.shape[0]
-    steps_per_epoch = (len(order) if order is not None else n) // batch_size if drop_last else \
-        math.ceil((len(order) if order is not None else n) / batch_size)
+    per_epoch = len(order) if order is not None else n
+    steps_per_epoch = per_epoch // batch_size if drop_last else math.ceil(per_epoch / batch_size)
     total_steps = epochs * steps_per_epoch if max_steps is None else min(max_steps, epochs * steps_per_epoch)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
@@ -433,14 +453,13 @@ def train_split(
                     sent = z.detach().float()
                     for d in defenses:
                         sent = d.smashed(sent, ctx)
-                g_front = None
-                out = None
+                g_front, out, event, withheld = None, None, None, False
                 if replaced:
                     loss = torch.tensor(float("nan"))
                     if top is not None and front is not None:  # what the replacing server sends on to the head
                         attacker, its_view = answering
-                        out = attacker.server_output(
-                            _event(epoch, step, "front", idx, sent, None, b, needed).restricted(its_view))
+                        event = _event(epoch, step, "front", idx, sent, None, b, needed)
+                        out = attacker.server_output(event.restricted(its_view))
                 else:
                     z_server = sent.requires_grad_(True) if front is not None else x
                     with autocast:
@@ -470,7 +489,8 @@ def train_split(
                     g_front = z_server.grad
 
                 if front is not None:
-                    event = _event(epoch, step, "front", idx, sent, g_front, b, needed) if cbs else None
+                    if event is None and cbs:  # (a replacing server's event is the same: no gradient crossed)
+                        event = _event(epoch, step, "front", idx, sent, g_front, b, needed)
                     if answering is not None:
                         attacker, its_view = answering
                         chosen = attacker.server_gradient(event.restricted(its_view))
@@ -487,7 +507,6 @@ def train_split(
                                 event = dataclasses.replace(event, gradient=read_only(g_front))
                     if cbs:
                         _dispatch(cbs, event)
-                    withheld = False
                     for d in defenses:
                         g_front = d.front_gradient(g_front, ctx)
                         if g_front is None:  # the client applies nothing this step (e.g. SplitGuard's fake batches)
@@ -508,8 +527,6 @@ def train_split(
                                                     [g_front.to(z.dtype), *[torch.ones_like(t) for t in extra]])
                         else:
                             z.backward(g_front.to(z.dtype))
-                else:
-                    withheld = False
                 for p, o in opts.items():
                     if o is None or (withheld and p == "front"):
                         continue

@@ -94,6 +94,19 @@ def reconstruction_metrics(reconstructions: torch.Tensor, targets: torch.Tensor)
     return {"mse": mse.tolist(), "mse_minmax": mse_mm.tolist(), "psnr": psnr.tolist(), "ssim": ssim}
 
 
+def running_mean(values: Sequence[float], window: int) -> list:
+    """The mean of the last ``window`` values at every position (fewer at the start), in one pass."""
+    if window < 1:
+        raise ValueError(f"window must be >= 1, got {window}")
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
 def resolve_device(device: Union[str, torch.device, None] = "auto") -> torch.device:
     """``"auto"`` (or ``None``) picks CUDA when available, else the CPU; ``"cuda"`` without a GPU is an error."""
     if device is None or str(device) == "auto":
