@@ -1,0 +1,160 @@
+"""Similarity-based label inference (Liu et al., TIFS 2024) on small generated problems, offline and seeded."""
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from unsplit import similarity as sim
+from unsplit.protocol import Topology
+from unsplit.training import run_split, train_split
+
+C = 4
+
+
+def _problem(n=400, *, d=16, informative=True, seed=0, imbalance=None):
+    """Gaussian class clusters in ``d`` dims (``informative``) or pure noise with random labels."""
+    g = torch.Generator().manual_seed(seed)
+    if imbalance is None:
+        y = torch.arange(n) % C
+    else:  # binary, ``imbalance`` positives
+        y = (torch.rand(n, generator=g) < imbalance).long()
+    y = y[torch.randperm(n, generator=g)]
+    x = torch.randn(n, d, generator=g)
+    if informative:
+        centres = 3 * torch.randn(int(y.max()) + 1, d, generator=g)
+        x = x + centres[y]
+    return x, y
+
+
+def _topology(d=16, width=32, classes=C, seed=0):
+    torch.manual_seed(seed)
+    front = nn.Sequential(nn.Linear(d, width), nn.ReLU())
+    middle = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, classes))
+    return Topology(front, middle)
+
+
+def _record(x, y, *, epochs=1, width=32, **recorder):
+    rec = sim.CutRecorder(**recorder)
+    t = _topology(x.shape[1], width=width, classes=int(y.max()) + 1)
+    train_split(t, x, y, epochs=epochs, batch_size=32, callbacks=[rec])
+    return rec, t
+
+
+def test_gradient_attacks_recover_labels_even_of_inputs_that_carry_none():
+    # labels independent of the inputs: only the returned gradient carries them, and it does (the paper's point)
+    x, y = _problem(informative=False)
+    rec, _ = _record(x, y, observe="gradient", epoch=0)
+    assert rec.observes == frozenset({"front.gradient"})
+    idx, v = rec.observations()
+    assert np.array_equal(idx, np.arange(len(x))) and v.shape == (len(x), 32)
+    truth = y.numpy()[idx]
+    pos, lab = sim.choose_known(truth, per_class=1, seed=0)
+    knn = sim.accuracy(sim.knn_attack(v, pos, lab), truth, exclude=pos)
+    km = sim.accuracy(sim.kmeans_attack(v, pos, lab, num_classes=C), truth, exclude=pos)
+    km_pp = sim.accuracy(sim.kmeans_attack(v, pos, lab, num_classes=C, init="k-means++", n_init=4), truth,
+                         exclude=pos)
+    chance = sim.accuracy(sim.random_guess(len(truth), num_classes=C), truth, exclude=pos)
+    assert knn > 0.95 and km > 0.95 and km_pp > 0.95, (knn, km, km_pp)
+    assert chance < 0.35
+
+
+def test_smashed_data_attacks_beat_chance_when_inputs_carry_the_label_and_sit_at_chance_when_not():
+    results = {}
+    for informative in (True, False):
+        x, y = _problem(n=480, informative=informative, seed=1)
+        xtr, ytr, xte, yte = x[:400], y[:400], x[400:], y[400:]
+        rec, t = _record(xtr, ytr, epochs=3, observe="smashed", epoch=-1)
+        idx, v = rec.observations()
+        truth = ytr.numpy()[idx]
+        pos, lab = sim.choose_known(truth, seed=2)
+        test_rec = sim.CutRecorder(observe="smashed", phase="inference")
+        run_split(t, xte, callbacks=[test_rec])
+        tidx, tv = test_rec.observations()
+        ttruth = yte.numpy()[tidx]
+        results[informative] = {
+            "train_knn": sim.accuracy(sim.knn_attack(v, pos, lab), truth, exclude=pos),
+            "train_kmeans": sim.accuracy(sim.kmeans_attack(v, pos, lab, num_classes=C), truth, exclude=pos),
+            "test_knn": sim.accuracy(sim.inference_phase_attack(v, pos, lab, tv), ttruth),
+            "test_kmeans": sim.accuracy(sim.inference_phase_attack(v, pos, lab, tv, method="kmeans", num_classes=C),
+                                     ttruth),
+        }
+    assert min(results[True].values()) > 0.9, results
+    assert max(results[False].values()) < 0.45, results  # chance is 0.25
+
+
+def test_knn_attack_equals_a_loop_over_cosine_similarities():
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=(50, 7)) * rng.uniform(0.1, 10, size=(50, 1))  # norms must not matter
+    pos, lab = np.array([3, 10, 20]), np.array([2, 0, 1])
+    q = rng.normal(size=(9, 7))
+    expected = []
+    for row in q:
+        cos = [row @ v[p] / np.linalg.norm(row) / np.linalg.norm(v[p]) for p in pos]
+        expected.append(lab[int(np.argmax(cos))])
+    assert np.array_equal(sim.knn_attack(v, pos, lab, queries=q), expected)
+
+
+def test_hungarian_mapping_is_the_best_renaming():
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        k = 4
+        clusters, labels = rng.integers(0, k, 30), rng.integers(0, k, 30)
+        mapping = sim.hungarian_mapping(clusters, labels, k)
+        best = max((sum(p[c] == lab for c, lab in zip(clusters, labels)), p) for p in itertools.permutations(range(k)))
+        assert sorted(mapping.tolist()) == list(range(k))
+        assert (mapping[clusters] == labels).sum() == best[0]
+
+
+def test_the_attacks_read_no_label_but_the_known_ones():
+    # the attack functions take vectors and the known labels only; a recorder observes what it declares and no
+    # label reaches it: poisoning every label the attack must not read leaves its output unchanged
+    x, y = _problem(informative=False, seed=3)
+    rec, _ = _record(x, y, observe="gradient")
+    idx, v = rec.observations()
+    truth = y.numpy()[idx]
+    pos, lab = sim.choose_known(truth)
+    poisoned = np.full_like(truth, -999)
+    poisoned[pos] = truth[pos]
+    assert np.array_equal(sim.knn_attack(v, pos, poisoned[pos]), sim.knn_attack(v, pos, lab))
+    assert np.array_equal(sim.kmeans_attack(v, pos, poisoned[pos], num_classes=C),
+                          sim.kmeans_attack(v, pos, lab, num_classes=C))
+
+
+@pytest.mark.parametrize("reducer", ["pca", "random"])
+def test_a_wide_cut_is_recorded_in_bounded_memory_and_keeps_the_attack(reducer):
+    x, y = _problem(n=400, d=16, informative=False, seed=4)
+    full, _ = _record(x, y, observe="gradient", width=512, max_dims=10**9)
+    reduced, _ = _record(x, y, observe="gradient", width=512, max_dims=256, dims=64, reducer=reducer,
+                          fit_samples=128)  # the PCA is fitted mid-epoch, the rest streamed through it
+    (idx_f, v_f), (idx_r, v_r) = full.observations(), reduced.observations()
+    assert np.array_equal(idx_f, idx_r) and v_f.shape == (400, 512) and v_r.shape == (400, 64)
+    assert reduced.nbytes() == 400 * 64 * 4
+    truth = y.numpy()[idx_f]
+    pos, lab = sim.choose_known(truth)
+    acc_f = sim.accuracy(sim.knn_attack(v_f, pos, lab), truth, exclude=pos)
+    acc_r = sim.accuracy(sim.knn_attack(v_r, pos, lab), truth, exclude=pos)
+    assert acc_r > 0.9 and acc_r >= acc_f - 0.05, (acc_f, acc_r)
+
+
+def test_norm_and_direction_baselines_on_an_imbalanced_binary_task():
+    x, y = _problem(n=600, informative=False, imbalance=0.1, seed=5)
+    rec, _ = _record(x, y, epochs=3, observe="gradient", epoch=-1, normalize=False)
+    idx, g = rec.observations()
+    truth = y.numpy()[idx]
+    ref = int(np.flatnonzero(truth == 1)[0])
+    assert sim.auc(sim.direction_scores(g, ref), truth) > 0.95
+    assert sim.auc(sim.norm_scores(g), truth) > 0.8
+
+
+def test_bad_input_is_a_clear_error():
+    v = np.zeros((5, 3))
+    with pytest.raises(ValueError, match="known"):
+        sim.knn_attack(v, [0, 1], [0])
+    with pytest.raises(ValueError, match="every class"):
+        sim.kmeans_attack(np.random.rand(5, 3), [0], [0], num_classes=2)
+    with pytest.raises(ValueError, match="no gradient"):
+        sim.CutRecorder(observe="gradient", phase="inference")
+    with pytest.raises(RuntimeError, match="nothing recorded"):
+        sim.CutRecorder().observations()

@@ -1,0 +1,425 @@
+"""Similarity-based label inference (Liu, Lyu, Cui, Tao, IEEE TIFS 2024, arXiv 2203.05222).
+
+A passive party without labels — in the paper the client holding the bottom model — infers the label owner's labels
+from what crosses the cut:
+
+* during training, the per-sample **cut-layer gradients** the label owner returns (cosine similarity: their direction
+  is set by the class, their norm by the confidence);
+* during training and at inference, its own **smashed data** (Euclidean distance; a trained bottom model clusters
+  by class);
+
+with a few samples per class whose label it knows (``known``; the paper: one). Two attacks on the same recorded
+vectors, both on L2-normalised rows (the official code normalises gradients *and* smashed data, so both run in
+cosine geometry; ``normalize=False`` gives plain Euclidean):
+
+* **1-NN** (:func:`knn_attack`): each vector takes the label of its nearest known sample;
+* **k-means** (:func:`kmeans_attack`): K = number of classes, centroids seeded from the known samples (the official
+  smashed-data scripts; ``init="k-means++"`` as its gradient scripts), clusters named through the known samples by
+  the Hungarian method.
+
+The inference-phase attack classifies smashed data of unseen samples against the training phase's known samples
+(:func:`inference_phase_attack`). Observations are recorded by :class:`CutRecorder`, a callback of the split-learning
+loop that sees only what its party sees; wide cuts are reduced on the fly into bounded memory (:class:`PCAReducer`,
+:class:`RandomProjectionReducer`).
+
+Baselines on the same observations: Li et al.'s (ICLR'22) norm and direction scores for binary tasks
+(:func:`norm_scores`, :func:`direction_scores`, scored by ROC-AUC) and a seeded random guess (:func:`random_guess`).
+
+Ground truth enters only through the ``known`` labels (the attacker's side knowledge, chosen by :func:`choose_known`)
+and the metric code (:func:`accuracy`); the attacks never read any other label.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Union
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from sklearn.cluster import KMeans
+from sklearn.decomposition import IncrementalPCA
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.preprocessing import normalize as l2_normalize
+from sklearn.random_projection import GaussianRandomProjection
+
+from .protocol import CutEvent, RunInfo, SplitCallback
+
+#: what a :class:`CutRecorder` can record at a cut
+OBSERVABLES = ("gradient", "smashed")
+#: the official code reduces flattened vectors above this many dimensions (``max_dims = 2048 * 3``)
+OFFICIAL_MAX_DIMS = 6144
+KMEANS_INITS = ("known", "k-means++")
+
+ArrayLike = Union[np.ndarray, torch.Tensor]
+
+
+def _numpy(x: ArrayLike) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().float().cpu().numpy()
+    return np.asarray(x)
+
+
+def _flat(x: ArrayLike) -> np.ndarray:
+    x = _numpy(x)
+    return x.reshape(len(x), -1).astype(np.float32, copy=False)
+
+
+# --------------------------------------------------------------------------------------------------------- reducers
+class PCAReducer:
+    """Incremental PCA to ``dims`` components (sklearn's ``IncrementalPCA``), fitted on the first ``fit_samples``
+    vectors seen, then applied to every vector as it arrives. The official code fits an incremental PCA to
+    max(512, batch) components in a first pass and records in a second; one pass here, so that a recorder never
+    holds more than ``fit_samples`` raw vectors.
+
+    Peak memory: ``fit_samples * d`` float32 (the buffer) plus ``dims * d`` float64 (the components).
+    """
+
+    def __init__(self, dims: int = 512, *, fit_samples: int = 2048):
+        if dims < 1 or fit_samples < dims:
+            raise ValueError(f"need 1 <= dims <= fit_samples, got dims={dims}, fit_samples={fit_samples}")
+        self.dims, self.fit_samples = dims, fit_samples
+        self.pca: IncrementalPCA | None = None
+        self._buffer: list = []
+
+    @property
+    def fitted(self) -> bool:
+        return self.pca is not None
+
+    def add(self, x: np.ndarray) -> np.ndarray | None:
+        """Feeds ``(B, d)`` vectors; returns their reduction once fitted, else ``None`` (buffered: see
+        :meth:`flush`)."""
+        if self.fitted:
+            return self.pca.transform(x).astype(np.float32)
+        self._buffer.append(x)
+        if sum(len(b) for b in self._buffer) >= self.fit_samples:
+            return self.flush()
+        return None
+
+    def flush(self) -> np.ndarray | None:
+        """Fits on what is buffered (if not fitted yet) and returns the buffered vectors reduced."""
+        if not self._buffer:
+            return None
+        data = np.concatenate(self._buffer)
+        self._buffer = []
+        if not self.fitted:
+            if len(data) < self.dims:
+                raise ValueError(f"PCA to {self.dims} dims needs at least {self.dims} samples, got {len(data)}")
+            self.pca = IncrementalPCA(n_components=self.dims, batch_size=max(self.dims, 512)).fit(data)
+        return self.pca.transform(data).astype(np.float32)
+
+
+class RandomProjectionReducer:
+    """A seeded Gaussian random projection to ``dims`` dimensions (sklearn's ``GaussianRandomProjection``):
+    needs no fitting pass and keeps angles up to a small distortion (Johnson–Lindenstrauss), which is what the
+    cosine attacks use. Peak memory: the ``dims * d`` projection matrix (float64)."""
+
+    def __init__(self, dims: int = 512, *, seed: int = 0):
+        if dims < 1:
+            raise ValueError(f"dims must be >= 1, got {dims}")
+        self.dims, self.seed = dims, seed
+        self.projection: GaussianRandomProjection | None = None
+
+    fitted = True
+
+    def add(self, x: np.ndarray) -> np.ndarray:
+        if self.projection is None:
+            self.projection = GaussianRandomProjection(n_components=self.dims, random_state=self.seed)
+            self.projection.fit(np.zeros((1, x.shape[1]), dtype=np.float32))
+        return self.projection.transform(x).astype(np.float32)
+
+    def flush(self) -> None:
+        return None
+
+
+def make_reducer(kind: str | None, *, dims: int = 512, seed: int = 0, fit_samples: int = 2048):
+    """``None`` / ``"none"``, ``"pca"`` or ``"random"`` -> a reducer (or ``None``)."""
+    if kind in (None, "none"):
+        return None
+    if kind == "pca":
+        return PCAReducer(dims, fit_samples=fit_samples)
+    if kind == "random":
+        return RandomProjectionReducer(dims, seed=seed)
+    raise ValueError(f"reducer must be one of none, pca, random; got {kind!r}")
+
+
+# --------------------------------------------------------------------------------------------------------- recorder
+class CutRecorder(SplitCallback):
+    """Records one vector per sample of what crosses a cut: the passive party's view for the attacks of Liu et al.
+
+    Observes only ``"<cut>.gradient"`` or ``"<cut>.smashed"`` (declared, so the loop hands it nothing else). Vectors
+    are flattened, optionally L2-normalised on arrival (``normalize``: the attacks' geometry, and what makes a
+    random projection angle-preserving), optionally reduced (``reducer``), and stored by sample index: a sample seen
+    twice in the recorded epoch keeps its last vector.
+
+    Args:
+        observe: ``"gradient"`` (training only) or ``"smashed"``.
+        cut: ``"front"`` (the client's cut; the paper's attacker) or ``"head"``.
+        phase: ``"train"`` or ``"inference"`` (smashed data only).
+        epoch: the training epoch to record (official gradient scripts: the first, ``0``; ``-1``: the last).
+        reducer: ``None``, ``"pca"``, ``"random"`` or a reducer object; ``max_dims``: reduce only vectors wider than
+            this (official: 6,144); ``dims``: target width; ``fit_samples``: vectors the PCA is fitted on.
+        normalize: L2-normalise each vector before storing it (and before reducing it).
+        seed: seeds the random projection.
+    """
+
+    def __init__(self, *, observe: str = "gradient", cut: str = "front", phase: str = "train", epoch: int = 0,
+                 reducer=None, max_dims: int = OFFICIAL_MAX_DIMS, dims: int = 512, fit_samples: int = 2048,
+                 normalize: bool = True, seed: int = 0):
+        if observe not in OBSERVABLES:
+            raise ValueError(f"observe must be one of {OBSERVABLES}, got {observe!r}")
+        if phase not in ("train", "inference"):
+            raise ValueError(f"phase must be 'train' or 'inference', got {phase!r}")
+        if observe == "gradient" and phase == "inference":
+            raise ValueError("no gradient crosses the cut at inference: observe='smashed' there")
+        self.observe, self.cut, self.phase, self.epoch = observe, cut, phase, epoch
+        self.observes = frozenset({f"{cut}.{observe}"})
+        self.max_dims, self.dims, self.fit_samples, self.normalize = max_dims, dims, fit_samples, normalize
+        self._reducer_spec, self.seed = reducer, seed
+        self.reducer = None
+        self._recording = False
+        self._epoch_to_record = epoch
+        self._rows: dict = {}
+        self._pending: list = []  # indices whose vectors the reducer still buffers
+
+    # lifecycle ----------------------------------------------------------------------------------------------
+    def on_train_begin(self, run: RunInfo) -> None:
+        if self.phase == "train":
+            self._epoch_to_record = self.epoch if self.epoch >= 0 else run.epochs + self.epoch
+
+    def on_epoch_begin(self, run: RunInfo, epoch: int) -> None:
+        self._recording = self.phase == "train" and epoch == self._epoch_to_record
+
+    def on_epoch_end(self, run: RunInfo, epoch: int, logs=None) -> None:
+        if self._recording:
+            self._flush()
+        self._recording = False
+
+    def on_inference_begin(self, run: RunInfo) -> None:
+        self._recording = self.phase == "inference"
+
+    def on_inference_end(self, run: RunInfo) -> None:
+        if self._recording:
+            self._flush()
+        self._recording = False
+
+    # events ---------------------------------------------------------------------------------------------------
+    def on_cut(self, event: CutEvent) -> None:
+        if not self._recording or event.cut != self.cut:
+            return
+        value = getattr(event, self.observe)
+        if value is None:
+            return
+        x = _flat(value.as_subclass(torch.Tensor))
+        if self.normalize:
+            x = l2_normalize(x)
+        idx = event.indices.as_subclass(torch.Tensor).cpu().numpy()
+        if self.reducer is None and x.shape[1] > self.max_dims:
+            spec = self._reducer_spec
+            self.reducer = spec if spec is not None and not isinstance(spec, str) else make_reducer(
+                spec or "pca", dims=self.dims, seed=self.seed, fit_samples=self.fit_samples)
+        if self.reducer is not None:
+            self._pending.append(idx)
+            out = self.reducer.add(x)
+            if out is not None:
+                self._store(np.concatenate(self._pending), out)
+                self._pending = []
+        else:
+            self._store(idx, x)
+
+    def _store(self, idx: np.ndarray, x: np.ndarray) -> None:
+        if self.normalize and self.reducer is not None:
+            x = l2_normalize(x)
+        for i, row in zip(idx.tolist(), x):
+            self._rows[i] = row
+
+    def _flush(self) -> None:
+        if self.reducer is not None and self._pending:
+            out = self.reducer.flush()
+            if out is not None:
+                self._store(np.concatenate(self._pending), out)
+            self._pending = []
+
+    # results ----------------------------------------------------------------------------------------------------
+    def observations(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(indices, vectors)``: the recorded sample indices (sorted) and their ``(N, d)`` float32 vectors."""
+        self._flush()
+        if not self._rows:
+            raise RuntimeError("nothing recorded: was the recorder passed to the run, and did the epoch/phase occur?")
+        idx = np.array(sorted(self._rows), dtype=np.int64)
+        return idx, np.stack([self._rows[i] for i in idx.tolist()])
+
+    def nbytes(self) -> int:
+        """Bytes held by the stored vectors."""
+        return sum(row.nbytes for row in self._rows.values())
+
+
+# ---------------------------------------------------------------------------------------------- side knowledge
+def choose_known(labels: ArrayLike, *, per_class: int = 1, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The attacker's side knowledge: ``per_class`` positions per class, drawn with ``seed`` (the paper: one).
+
+    Args:
+        labels: ``(N,)`` integer labels of the recorded samples (read here only to pick the known ones).
+
+    Returns:
+        ``(positions, known_labels)``, sorted by position.
+    """
+    labels = _numpy(labels).astype(np.int64)
+    rng = np.random.default_rng(seed)
+    picks = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        if len(members) < per_class:
+            raise ValueError(f"class {c} has {len(members)} samples, fewer than per_class={per_class}")
+        picks.append(rng.choice(members, size=per_class, replace=False))
+    pos = np.sort(np.concatenate(picks))
+    return pos, labels[pos]
+
+
+def _check_known(vectors: np.ndarray, known_positions, known_labels) -> tuple[np.ndarray, np.ndarray]:
+    pos = np.asarray(known_positions, dtype=np.int64).reshape(-1)
+    lab = np.asarray(known_labels, dtype=np.int64).reshape(-1)
+    if len(pos) != len(lab) or len(pos) == 0:
+        raise ValueError(f"need as many known labels as known positions (>= 1), got {len(lab)} and {len(pos)}")
+    if pos.min() < 0 or pos.max() >= len(vectors):
+        raise ValueError(f"known positions must index the {len(vectors)} vectors")
+    return pos, lab
+
+
+def _prepare(vectors: ArrayLike, normalize: bool) -> np.ndarray:
+    v = _flat(vectors)
+    return l2_normalize(v) if normalize else v
+
+
+# ------------------------------------------------------------------------------------------------------ attacks
+def knn_attack(vectors: ArrayLike, known_positions: Sequence[int], known_labels: Sequence[int], *,
+               queries: ArrayLike | None = None, normalize: bool = True) -> np.ndarray:
+    """Distance attack (Liu et al., TIFS 2024): each vector gets the label of its nearest known sample (1-NN,
+    sklearn's ``KNeighborsClassifier``); on L2-normalised rows that is the most cosine-similar known sample.
+
+    Args:
+        vectors: ``(N, ...)`` recorded observations (cut gradients or smashed data), one row per sample.
+        known_positions, known_labels: rows of ``vectors`` whose label the attacker knows, and those labels.
+        queries: ``(M, ...)`` vectors to label instead of ``vectors`` (the inference phase: unseen samples' smashed
+            data against the training references).
+        normalize: L2-normalise rows first (cosine geometry, the official default).
+
+    Returns:
+        ``(N,)`` (or ``(M,)``) predicted labels.
+    """
+    v = _prepare(vectors, normalize)
+    pos, lab = _check_known(v, known_positions, known_labels)
+    q = v if queries is None else _prepare(queries, normalize)
+    return KNeighborsClassifier(n_neighbors=1).fit(v[pos], lab).predict(q)
+
+
+def hungarian_mapping(clusters: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """The cluster -> label map that agrees with the most ``(cluster, label)`` pairs (Hungarian method on their
+    co-occurrence counts, scipy's ``linear_sum_assignment``). Clusters without a known member still get the label
+    the assignment leaves them.
+
+    Returns:
+        ``(num_classes,)`` array: ``mapping[cluster] = label``.
+    """
+    counts = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(counts, (np.asarray(clusters, dtype=np.int64), np.asarray(labels, dtype=np.int64)), 1)
+    rows, cols = linear_sum_assignment(counts, maximize=True)
+    mapping = np.empty(num_classes, dtype=np.int64)
+    mapping[rows] = cols
+    return mapping
+
+
+def kmeans_attack(vectors: ArrayLike, known_positions: Sequence[int], known_labels: Sequence[int], *,
+                  num_classes: int, init: str = "known", n_init: int = 1, max_iter: int = 300,
+                  normalize: bool = True, seed: int = 0) -> np.ndarray:
+    """Clustering attack (Liu et al., TIFS 2024): k-means with K = ``num_classes`` over all recorded vectors
+    (sklearn's ``KMeans``), each cluster named by the known samples through the Hungarian method.
+
+    Args:
+        vectors: ``(N, ...)`` recorded observations; known_positions, known_labels: the attacker's side knowledge.
+        num_classes: K (the paper assumes it known).
+        init: ``"known"``: the initial centroids are the known samples' class means (the official smashed-data
+            scripts; needs every class known); ``"k-means++"``: sklearn's default (the official gradient scripts),
+            with ``n_init`` restarts.
+        normalize: L2-normalise rows first.
+        seed: k-means' random state.
+
+    Returns:
+        ``(N,)`` predicted labels.
+    """
+    if init not in KMEANS_INITS:
+        raise ValueError(f"init must be one of {KMEANS_INITS}, got {init!r}")
+    v = _prepare(vectors, normalize)
+    pos, lab = _check_known(v, known_positions, known_labels)
+    if init == "known":
+        if set(lab.tolist()) != set(range(num_classes)):
+            raise ValueError("init='known' needs at least one known sample of every class; use init='k-means++'")
+        centres = np.stack([v[pos[lab == c]].mean(axis=0) for c in range(num_classes)])
+        km = KMeans(n_clusters=num_classes, init=centres, n_init=1, max_iter=max_iter, random_state=seed)
+    else:
+        km = KMeans(n_clusters=num_classes, init="k-means++", n_init=n_init, max_iter=max_iter, random_state=seed)
+    clusters = km.fit_predict(v)
+    return hungarian_mapping(clusters[pos], lab, num_classes)[clusters]
+
+
+def inference_phase_attack(train_vectors: ArrayLike, known_positions: Sequence[int], known_labels: Sequence[int],
+                           test_vectors: ArrayLike, *, method: str = "knn", num_classes: int | None = None,
+                           normalize: bool = True, seed: int = 0) -> np.ndarray:
+    """Inference-phase attack (Liu et al., TIFS 2024): unseen samples' smashed data labelled against the training
+    phase's known samples. ``"knn"``: nearest known training sample; ``"kmeans"``: k-means over the test vectors
+    together with the known training samples, centroids seeded from them, clusters named through them (the
+    official ``smash_cluster``).
+
+    Returns:
+        ``(M,)`` predicted labels of the test vectors.
+    """
+    if method == "knn":
+        return knn_attack(train_vectors, known_positions, known_labels, queries=test_vectors, normalize=normalize)
+    if method != "kmeans":
+        raise ValueError(f"method must be 'knn' or 'kmeans', got {method!r}")
+    if num_classes is None:
+        raise ValueError("method='kmeans' needs num_classes")
+    train, test = _flat(train_vectors), _flat(test_vectors)
+    pos, lab = _check_known(train, known_positions, known_labels)
+    both = np.concatenate([test, train[pos]])
+    pred = kmeans_attack(both, np.arange(len(test), len(both)), lab, num_classes=num_classes, init="known",
+                         normalize=normalize, seed=seed)
+    return pred[: len(test)]
+
+
+# ---------------------------------------------------------------------------------------------------- baselines
+def norm_scores(gradients: ArrayLike) -> np.ndarray:
+    """Li et al. (ICLR'22) norm attack for binary tasks: the score of each sample is the L2 norm of its cut gradient
+    (the rarer positive class gets the larger gradients); score with ROC-AUC (:func:`auc`)."""
+    return np.linalg.norm(_flat(gradients), axis=1)
+
+
+def direction_scores(gradients: ArrayLike, reference_position: int) -> np.ndarray:
+    """Li et al. (ICLR'22) direction (cosine) attack for binary tasks: the cosine of each cut gradient with that of
+    one sample of known class (positive similarity: the same class). Returns scores oriented so that higher means
+    the reference's class; score with ROC-AUC."""
+    g = l2_normalize(_flat(gradients))
+    return g @ g[int(reference_position)]
+
+
+def random_guess(n: int, *, num_classes: int, seed: int = 0) -> np.ndarray:
+    """The trivial baseline: uniformly random labels (seeded)."""
+    return np.random.default_rng(seed).integers(0, num_classes, size=n)
+
+
+# ------------------------------------------------------------------------------------------------ metric code
+def accuracy(predicted: ArrayLike, truth: ArrayLike, *, exclude: Sequence[int] | None = None) -> float:
+    """Fraction of correct labels, leaving out the positions in ``exclude`` (the known samples)."""
+    p, t = _numpy(predicted).reshape(-1), _numpy(truth).reshape(-1)
+    keep = np.ones(len(t), dtype=bool)
+    if exclude is not None:
+        keep[np.asarray(exclude, dtype=np.int64)] = False
+    if not keep.any():
+        raise ValueError("nothing left to score")
+    return float((p[keep] == t[keep]).mean())
+
+
+def auc(scores: ArrayLike, truth: ArrayLike, *, positive: int = 1) -> float:
+    """ROC-AUC of ``scores`` for ``truth == positive`` (sklearn's ``roc_auc_score``)."""
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(_numpy(truth).reshape(-1) == positive, _numpy(scores).reshape(-1)))
