@@ -4,7 +4,9 @@ from torch import nn
 
 from unsplit.models import (
     CifarNet,
+    CifarResNet18,
     MnistNet,
+    SimpleNet,
     check_inversion_depth,
     fresh_copy,
     label_inference_depth,
@@ -106,3 +108,23 @@ def test_fresh_copy_refuses_modules_it_cannot_reinitialise():
     with pytest.raises(ValueError, match="reset_parameters"):
         fresh_copy(nn.Sequential(nn.Linear(2, 2), Scale()))
     assert isinstance(fresh_copy(lambda: nn.Sequential(Scale())), nn.Sequential)
+
+
+@pytest.mark.parametrize("factory, shapes", [
+    (lambda: SimpleNet(10, in_channels=1), {"layer4": (128, 32, 32), "layer14": (128, 16, 16),
+                                            "layer37": (512, 2, 2), "layer50": (256, 1, 1), "layer54": (256,)}),
+    (lambda: CifarResNet18(10), {"stem": (64, 32, 32), "block2": (64, 32, 32), "block3": (128, 16, 16),
+                                 "block8": (512, 4, 4), "pool": (512,)}),
+    (lambda: CifarResNet18(10, head="liu"), {"block8": (512, 4, 4), "pool": (2048,)}),
+])
+def test_paper_models_split_at_their_named_cuts(factory, shapes):
+    model = factory().eval()
+    x = torch.rand(2, *model.input_shape)
+    full = model(x)
+    assert full.shape == (2, 10)
+    assert set(shapes) <= set(model.cuts)
+    for name, shape in shapes.items():
+        front, rest = split(model, model.cuts[name])
+        z = front(x)
+        assert z.shape[1:] == shape, name
+        assert torch.allclose(rest(z), full, atol=1e-5)

@@ -39,6 +39,10 @@ __all__ = [
     "CifarNet",
     "ResBlock",
     "FunnelNet",
+    "GlobalMaxPool",
+    "SimpleNet",
+    "BasicBlock",
+    "CifarResNet18",
     "keras_init",
     "split",
     "split_three",
@@ -174,6 +178,121 @@ class FunnelNet(nn.Sequential):
         )
         self.num_classes = num_classes
         keras_init(self)
+
+
+class GlobalMaxPool(nn.Module):
+    """Max over all spatial positions: ``(N, C, H, W)`` -> ``(N, C, 1, 1)``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.amax(x, dim=(2, 3), keepdim=True)
+
+
+class SimpleNet(nn.Sequential):
+    """SimpleNet as Liu et al. (IEEE TIFS 2024) use it for similarity-based label inference, as a layer list of the
+    official code's 55 layers (``layer1`` .. ``layer55``; here index ``k - 1``)::
+
+        conv-BN-ReLU x4 (64, 128, 128, 128), maxpool, dropout2d        layers  1-14
+        conv-BN-ReLU x3 (128, 128, 256), maxpool, dropout2d           layers 15-25
+        conv-BN-ReLU x2 (256, 256), maxpool, dropout2d                layers 26-33
+        conv-BN-ReLU (512), maxpool, dropout2d                        layers 34-38
+        1x1 conv-BN-ReLU (2048), 1x1 conv-BN (w), ReLU, maxpool, dropout2d       39-46
+        3x3 conv-BN (w), ReLU, global max pool ("layer50"), dropout, flatten    47-52
+        linear w->w, linear w->w, linear w->classes (no activation)            53-55
+
+    with ``w`` = 256 for up to 128 classes, 512 up to 300, else 1024. BatchNorm momentum 0.05; convolutions
+    Xavier-uniform with the ReLU gain, as the official code. ReLUs are not in-place (a server layer must never
+    overwrite what it received).
+
+    ``SimpleNet.cuts``: the official candidate cut layers (``get_layer_modules(step=4)``) by name, as
+    :func:`split` depths; the paper's defense experiments cut at ``"layer50"`` (the global max pool, a ``w``-vector).
+
+    Args:
+        in_channels: 1 (Fashion-MNIST, resized to 32x32) or 3 (CIFAR-10); input ``(N, in_channels, 32, 32)``.
+        num_classes: number of classes; dropout: the dropout probability (0.1).
+    """
+
+    cuts = {f"layer{k}": k - 1 for k in (4, 10, 14, 18, 24, 29, 33, 37, 42, 46, 50, 54)}
+    defense_cut = "layer50"
+
+    def __init__(self, num_classes: int = 10, *, in_channels: int = 3, dropout: float = 0.1):
+        w = 256 if num_classes <= 128 else 512 if num_classes <= 300 else 1024
+
+        def cbr(cin, cout, k=3, relu=True):
+            layers = [nn.Conv2d(cin, cout, k, padding=k // 2), nn.BatchNorm2d(cout, momentum=0.05)]
+            return layers + [nn.ReLU()] if relu else layers
+
+        def pool():
+            return [nn.MaxPool2d(2), nn.Dropout2d(dropout)]
+
+        layers = cbr(in_channels, 64) + cbr(64, 128) + cbr(128, 128) + cbr(128, 128) + pool()
+        layers += cbr(128, 128) + cbr(128, 128) + cbr(128, 256) + pool()
+        layers += cbr(256, 256) + cbr(256, 256) + pool()
+        layers += cbr(256, 512) + pool()
+        layers += cbr(512, 2048, k=1) + cbr(2048, w, k=1, relu=False) + [nn.ReLU()] + pool()
+        layers += cbr(w, w, relu=False) + [nn.ReLU(), GlobalMaxPool(), nn.Dropout(dropout), nn.Flatten()]
+        layers += [nn.Linear(w, w), nn.Linear(w, w), nn.Linear(w, num_classes)]
+        super().__init__(*layers)
+        self.num_classes, self.input_shape = num_classes, (in_channels, 32, 32)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.xavier_uniform_(m.weight, gain=nn.init.calculate_gain("relu"))
+
+
+class BasicBlock(nn.Module):
+    """ResNet's basic block (He et al., CVPR'16): conv3x3-BN-ReLU-conv3x3-BN plus the shortcut (1x1 conv + BN when
+    the stride or the width changes), then ReLU. ``(N, cin, H, W)`` -> ``(N, cout, H / stride, W / stride)``."""
+
+    def __init__(self, in_channels: int, channels: int, stride: int = 1):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, channels, 3, stride, padding=1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, 1, padding=1, bias=False), nn.BatchNorm2d(channels))
+        self.shortcut = nn.Identity()
+        if stride != 1 or in_channels != channels:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_channels, channels, 1, stride, bias=False),
+                                          nn.BatchNorm2d(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.body(x) + self.shortcut(x))
+
+
+class CifarResNet18(nn.Sequential):
+    """ResNet-18 for 32x32 inputs (3x3 stem, no max pool) as a layer list::
+
+        0 conv3x3 64   1 BN   2 ReLU                      <- cut "stem"
+        3..10 basic blocks (64, 64, 128/2, 128, 256/2, 256, 512/2, 512)   <- cuts "block1" .. "block8"
+        then the head:
+          head="linear" (the standard CIFAR ResNet; Fan et al.'s SLADV scaffold keeps only its Linear on the client):
+            11 adaptive avg pool 1x1   12 flatten   13 linear 512 -> classes
+          head="liu" (Liu et al., TIFS 2024: torchvision's ResNet-18 with a 2x2 pool and three linear layers):
+            11 adaptive avg pool 2x2   12 flatten   13 linear 2048->2048   14 linear 2048->2048   15 linear -> classes
+
+    ``CifarResNet18.cuts`` names the :func:`split` depths (``"block8"`` is the end of layer4, the paper's defense
+    cut); ``"pool"`` cuts after the flatten (the penultimate feature vector).
+
+    Args:
+        num_classes: number of classes; in_channels: 1 or 3; head: ``"linear"`` or ``"liu"``.
+    """
+
+    cuts = {"stem": 2, **{f"block{i}": 2 + i for i in range(1, 9)}, "pool": 12}
+    defense_cut = "block8"
+    HEADS = ("linear", "liu")
+
+    def __init__(self, num_classes: int = 10, *, in_channels: int = 3, head: str = "linear"):
+        if head not in self.HEADS:
+            raise ValueError(f"head must be one of {self.HEADS}, got {head!r}")
+        layers = [nn.Conv2d(in_channels, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU()]
+        c = 64
+        for width, stride in ((64, 1), (64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1)):
+            layers.append(BasicBlock(c, width, stride))
+            c = width
+        if head == "linear":
+            layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, num_classes)]
+        else:
+            layers += [nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(2048, 2048), nn.Linear(2048, 2048),
+                       nn.Linear(2048, num_classes)]
+        super().__init__(*layers)
+        self.num_classes, self.input_shape, self.head_kind = num_classes, (in_channels, 32, 32), head
 
 
 MODELS = {"mnist": MnistNet, "f_mnist": MnistNet, "cifar": CifarNet}
