@@ -16,7 +16,7 @@ from unsplit.defenses import (
     distance_correlation,
     parse_defense,
 )
-from unsplit.protocol import SplitCallback, StepContext, Topology
+from unsplit.protocol import RunInfo, SplitCallback, StepContext, Topology
 from unsplit.training import Defense, train_split
 
 
@@ -164,8 +164,8 @@ def test_marvell_defense_spends_exactly_its_power_budget_on_average():
         m.head_gradient(g[:2], StepContext(0, 0, torch.arange(2), labels=torch.tensor([0, 2])))
 
 
-@pytest.mark.parametrize("spec", ["none", "gaussian:0.5", "laplace:0.5", "nopeek:1", "dpsgd:1", "label_dp:1",
-                                  "topk:0.1", "maxnorm", "marvell:4"])
+@pytest.mark.parametrize("spec", ["none", "gaussian:0.5", "laplace:0.5", "nopeek:1", "dpsgd:1", "dpsgd_head:1",
+                                  "label_dp:1", "topk:0.1", "topk_batch:0.1", "maxnorm", "marvell:4"])
 def test_acts_on_names_exactly_the_hooks_a_defense_changes(spec):
     torch.manual_seed(0)
     defense = parse_defense(spec, num_classes=2 if spec.startswith("marvell") else 10)
@@ -186,8 +186,13 @@ def test_acts_on_names_exactly_the_hooks_a_defense_changes(spec):
         changed.add("front_gradient")
     if not torch.equal(defense.head_gradient(g, ctx), g):
         changed.add("head_gradient")
-    if type(defense).prepare_front is not Defense.prepare_front:
-        changed.add("prepare_front")
+    run = RunInfo("train", "u_shaped", ("front", "head"), 64, 8, 1, 8, "poisson", torch.device("cpu"))
+    for hook in ("prepare_front", "prepare_head"):
+        module = nn.Linear(3, 2)
+        wrapped, _ = getattr(defense, hook)(module, torch.optim.SGD(module.parameters(), lr=0.1), run)
+        if wrapped is not module:
+            changed.add(hook)
+        defense.release()
     assert changed == set(defense.acts_on)
     for where in ("front", "both") if spec.startswith("topk") else ():
         topk = TopK(0.1, where=where)
@@ -285,3 +290,41 @@ def test_dpsgd_without_poisson_sampling_says_its_epsilon_is_not_a_guarantee(tiny
     d = DPSGD(poisson_sampling=False)
     train_split(Topology(nn.Linear(6, 4), nn.Linear(4, 2)), x, y, epochs=1, batch_size=16, defenses=[d])
     assert d.sampling is None and math.isfinite(d.spent_epsilon())
+
+
+def test_dp_sgd_on_the_label_owners_top_model_equals_a_microbatch_loop():
+    """DPSGD(part="head") (Liu et al.'s DP-SGD defense): the top model's update is DP-SGD's (clipped per-sample
+    gradients, averaged), while the bottom model trains on the exact cut gradient of that top model."""
+    torch.manual_seed(0)
+    n, clip = 10, 0.05
+    bottom = nn.Sequential(nn.Linear(5, 6), nn.Tanh())
+    top = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 3))
+    x, y = torch.randn(n, 5), torch.randint(0, 3, (n,))
+    start_top = copy.deepcopy(top)
+    total = [torch.zeros_like(p) for p in top.parameters()]
+    for i in range(n):
+        t = copy.deepcopy(start_top)
+        torch.nn.functional.cross_entropy(t(bottom(x[i:i + 1]).detach()), y[i:i + 1]).backward()
+        grads = [p.grad for p in t.parameters()]
+        norm = torch.sqrt(sum(g.pow(2).sum() for g in grads))
+        for acc, g in zip(total, grads):
+            acc += g * min(1.0, clip / float(norm))
+    expected = [p.detach() - acc / n for p, acc in zip(start_top.parameters(), total)]
+    dp = parse_defense("dpsgd_head:0")
+    assert dp.acts_on == {"prepare_head"}
+    with pytest.raises(ValueError, match="needs a head"):
+        train_split(Topology(bottom, top), x, y, defenses=[parse_defense("dpsgd_head:1")])
+    dp.max_grad_norm = clip
+    train_split(Topology(None, bottom, top), x, y, epochs=1, batch_size=n, defenses=[dp],
+                optimizers={"head": lambda p: torch.optim.SGD(p, lr=1.0)})
+    for got, want in zip(top.parameters(), expected):
+        assert torch.allclose(got.detach(), want, atol=1e-6)
+    assert math.isinf(dp.spent_epsilon()) and not hasattr(next(top.parameters()), "grad_sample")
+
+
+def test_batch_topk_keeps_the_largest_entries_of_the_whole_batch():
+    g = torch.tensor([[1.0, -5.0, 0.1], [4.0, 0.2, -3.0]])
+    out = parse_defense("topk_batch:0.5").head_gradient(g)
+    assert torch.equal(out, torch.tensor([[0.0, -5.0, 0.0], [4.0, 0.0, -3.0]]))
+    per_sample = parse_defense("topk:0.34").head_gradient(g)
+    assert torch.equal(per_sample, torch.tensor([[0.0, -5.0, 0.0], [4.0, 0.0, 0.0]]))

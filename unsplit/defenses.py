@@ -132,10 +132,13 @@ class NoPeek(Defense):
 
 
 class DPSGD(Defense):
-    """DP-SGD on the client front through opacus (Abadi et al., CCS'16): per-sample clipping to ``max_grad_norm``,
+    """DP-SGD through opacus (Abadi et al., CCS'16) on one party's part: per-sample clipping to ``max_grad_norm``,
     Gaussian noise of ``noise_multiplier * max_grad_norm``, opacus's RDP accountant (``spent_epsilon()``).
 
-    The front's per-sample gradients are those of its share of the batch-mean loss, as opacus expects. With
+    ``part="front"`` (default) privatises the client front's update (against input inversion); ``part="head"`` the
+    label owner's top model (Liu et al., TIFS 2024's DP-SGD defense against label inference: the top model's
+    parameter updates are noised, the cut gradient it returns is the exact gradient of that noisily trained model).
+    The part's per-sample gradients are those of its share of the batch-mean loss, as opacus expects. With
     ``poisson_sampling=True`` (the default, as opacus's) the training loop samples each batch by Poisson sampling
     (each sample joins each step with probability batch_size / N), which is what the accountant assumes, so the
     reported ε holds. ``poisson_sampling=False`` trains on shuffled fixed-size batches (the behaviour before 0.2):
@@ -146,14 +149,17 @@ class DPSGD(Defense):
         max_grad_norm: per-sample clipping norm C.
         delta: δ of the reported (ε, δ).
         poisson_sampling: train with Poisson sampling (see above).
+        part: ``"front"`` or ``"head"``.
     """
 
     name = "dpsgd"
-    acts_on = frozenset({"prepare_front"})
     resumable = False  # opacus's wrapped module and accountant are not checkpointed
 
     def __init__(self, noise_multiplier: float = 1.0, max_grad_norm: float = 1.0, delta: float = 1e-5,
-                 poisson_sampling: bool = True):
+                 poisson_sampling: bool = True, part: str = "front"):
+        if part not in ("front", "head"):
+            raise ValueError(f"part must be 'front' or 'head', got {part!r}")
+        self.part = part
         if not (math.isfinite(noise_multiplier) and noise_multiplier >= 0):
             raise ValueError("noise_multiplier must be a finite number >= 0")
         if not (math.isfinite(max_grad_norm) and max_grad_norm > 0) or not 0 < delta < 1:
@@ -169,7 +175,17 @@ class DPSGD(Defense):
     def sampling(self) -> Optional[str]:
         return "poisson" if self.poisson_sampling else None
 
+    @property
+    def acts_on(self) -> frozenset:
+        return frozenset({f"prepare_{self.part}"})
+
     def prepare_front(self, module: nn.Module, optimizer, run: RunInfo):
+        return self._private(module, optimizer, run) if self.part == "front" else (module, optimizer)
+
+    def prepare_head(self, module: nn.Module, optimizer, run: RunInfo):
+        return self._private(module, optimizer, run) if self.part == "head" else (module, optimizer)
+
+    def _private(self, module: nn.Module, optimizer, run: RunInfo):
         from opacus import PrivacyEngine
         from torch.utils.data import DataLoader, TensorDataset
 
@@ -290,22 +306,29 @@ class RandomizedResponse(Defense):
 
 
 class TopK(Defense):
-    """Gradient compression: keeps the ``ratio`` largest-magnitude entries of each sample's returned cut gradient.
+    """Gradient compression: keeps the ``ratio`` largest-magnitude entries of the returned cut gradient, per sample
+    (``scope="sample"``) or over the whole flattened batch gradient (``scope="batch"``: Liu et al., TIFS 2024's
+    gradient compression, which keeps a fraction 1 - r of the batch's entries).
 
     Args:
-        ratio: fraction of entries kept per sample, in (0, 1].
+        ratio: fraction of entries kept, in (0, 1].
         where: ``"head"`` (the gradient the label owner returns; the label-protection setting), ``"front"`` (the
             gradient the server returns to the client front) or ``"both"``.
+        scope: ``"sample"`` or ``"batch"``.
     """
 
     name = "topk"
+    scope_default = "sample"
 
-    def __init__(self, ratio: float = 0.1, where: str = "head"):
+    def __init__(self, ratio: float = 0.1, where: str = "head", scope: Optional[str] = None):
+        scope = scope or self.scope_default
         if not 0 < ratio <= 1:
             raise ValueError("ratio must lie in (0, 1]")
         if where not in ("head", "front", "both"):
             raise ValueError("where must be 'head', 'front' or 'both'")
-        self.ratio, self.where = ratio, where
+        if scope not in ("sample", "batch"):
+            raise ValueError("scope must be 'sample' or 'batch'")
+        self.ratio, self.where, self.scope = ratio, where, scope
 
     @property
     def acts_on(self) -> frozenset:
@@ -313,7 +336,7 @@ class TopK(Defense):
                           "both": {"head_gradient", "front_gradient"}}[self.where])
 
     def _compress(self, g: torch.Tensor) -> torch.Tensor:
-        flat = g.flatten(1)
+        flat = g.flatten(1) if self.scope == "sample" else g.reshape(1, -1)
         k = max(1, int(round(self.ratio * flat.shape[1])))
         idx = flat.abs().topk(k, dim=1).indices
         out = torch.zeros_like(flat).scatter_(1, idx, flat.gather(1, idx))
@@ -431,15 +454,35 @@ class Marvell(Defense):
         return (flat + noise).to(g.dtype).view_as(g)
 
 
-DEFENSES = {cls.name: cls for cls in (GaussianNoise, LaplaceNoise, NoPeek, DPSGD, RandomizedResponse, TopK, MaxNorm,
+class DPSGDHead(DPSGD):
+    """:class:`DPSGD` on the label owner's top model (``part="head"``; spec ``dpsgd_head:SIGMA``)."""
+
+    name = "dpsgd_head"
+
+    def __init__(self, noise_multiplier: float = 1.0, max_grad_norm: float = 1.0, delta: float = 1e-5,
+                 poisson_sampling: bool = True):
+        super().__init__(noise_multiplier, max_grad_norm, delta, poisson_sampling, part="head")
+
+
+class BatchTopK(TopK):
+    """:class:`TopK` over the whole batch gradient (``scope="batch"``; spec ``topk_batch:RATIO``)."""
+
+    name = "topk_batch"
+    scope_default = "batch"
+
+
+DEFENSES = {cls.name: cls for cls in (GaussianNoise, LaplaceNoise, NoPeek, DPSGD, DPSGDHead, RandomizedResponse, TopK,
+                                      BatchTopK, MaxNorm,
                                       Marvell)}
 _STRENGTH = {"gaussian": "sigma", "laplace": "scale", "nopeek": "alpha", "dpsgd": "noise_multiplier",
-             "label_dp": "epsilon", "topk": "ratio", "marvell": "strength"}
+             "dpsgd_head": "noise_multiplier", "label_dp": "epsilon", "topk": "ratio", "topk_batch": "ratio",
+             "marvell": "strength"}
 
 
 def parse_defense(spec: str, *, num_classes: int = 10) -> Defense:
     """Builds a defense from ``NAME[:STRENGTH]``, e.g. ``gaussian:0.5``, ``nopeek:2``, ``dpsgd:1.1``,
-    ``label_dp:1``, ``topk:0.1``, ``maxnorm``, ``marvell:4``; ``none`` gives the identity.
+    ``dpsgd_head:1.1`` (on the label owner's top model), ``label_dp:1``, ``topk:0.1``, ``topk_batch:0.1`` (over the
+    whole batch gradient), ``maxnorm``, ``marvell:4``; ``none`` gives the identity.
 
     Args:
         spec: the defense and its strength.

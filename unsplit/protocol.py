@@ -63,7 +63,7 @@ SERVER_VIEW: FrozenSet[str] = frozenset({"front.smashed", "front.gradient", "hea
 #: the :class:`Defense` hooks and the part each needs in the topology to act (``None``: any topology).
 HOOKS: Mapping[str, Optional[str]] = {
     "labels": None, "inputs": "front", "smashed": "front", "front_loss": "front", "front_gradient": "front",
-    "prepare_front": "front", "head_gradient": "head",
+    "prepare_front": "front", "head_gradient": "head", "prepare_head": "head",
 }
 
 
@@ -448,8 +448,14 @@ class Defense:
         """Wraps the client front and its optimiser before training (DP-SGD acts here); returns both."""
         return module, optimizer
 
+    def prepare_head(self, module: nn.Module, optimizer, run: RunInfo):
+        """Wraps the label owner's head and its optimiser before training (DP-SGD on the top model acts here);
+        returns both."""
+        return module, optimizer
+
     def release(self) -> None:
-        """Undoes what ``prepare_front`` attached to the client's modules; runs when training ends or fails."""
+        """Undoes what ``prepare_front`` / ``prepare_head`` attached to the modules; runs when training ends or
+        fails."""
 
     #: apply ``front_loss`` as its own optimiser step of the front, before the step on the returned gradient
     separate_step: bool = False

@@ -406,6 +406,9 @@ def train_split(
         if front is not None:
             for d in defenses:
                 front, opts["front"] = d.prepare_front(front, opts["front"], run)
+        if top is not None:
+            for d in defenses:
+                top, opts["head"] = d.prepare_head(top, opts["head"], run)
         for c, _ in cbs:
             c.on_train_begin(run)
         if state:
