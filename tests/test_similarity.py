@@ -158,3 +158,23 @@ def test_bad_input_is_a_clear_error():
         sim.CutRecorder(observe="gradient", phase="inference")
     with pytest.raises(RuntimeError, match="nothing recorded"):
         sim.CutRecorder().observations()
+
+
+@pytest.mark.parametrize("classes", [4, 2])
+def test_run_similarity_end_to_end_with_every_attack_and_baseline(classes):
+    x, y = _problem(n=560, informative=True, seed=6, imbalance=None if classes == 4 else 0.3)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, classes))
+    sgd = lambda p: torch.optim.SGD(p, lr=0.05)  # noqa: E731
+    run = sim.run_similarity(model, x[:480], y[:480], cut=1, x_test=x[480:], y_test=y[480:], epochs=3,
+                             batch_size=32, optimizers=sgd)
+    m = run.metrics
+    assert run.topology.kind == "server_inputs" and m["gradient_dims"] == m["smashed_dims"] == 32
+    chance = 1 / classes
+    for key in ("gradient_knn", "gradient_kmeans", "smashed_knn", "smashed_kmeans", "inference_knn",
+                "inference_kmeans"):
+        assert m[key] > min(0.9, chance + 0.4), (key, m)
+    assert abs(m["random_guess"] - chance) < 0.1 and m["task_accuracy"] > 0.9
+    if classes == 2:
+        assert m["direction_auc"] > 0.9 and 0 <= m["norm_auc"] <= 1
+    assert m["recorded_bytes"]["gradient"] == 480 * 32 * 4

@@ -30,11 +30,13 @@ and the metric code (:func:`accuracy`); the attacks never read any other label.
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
-from typing import Union
+from typing import Optional, Union
 
 import numpy as np
 import torch
+from torch import nn
 from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans
 from sklearn.decomposition import IncrementalPCA
@@ -42,7 +44,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.preprocessing import normalize as l2_normalize
 from sklearn.random_projection import GaussianRandomProjection
 
-from .protocol import CutEvent, RunInfo, SplitCallback
+from .protocol import CutEvent, RunInfo, SplitCallback, Topology
 
 #: what a :class:`CutRecorder` can record at a cut
 OBSERVABLES = ("gradient", "smashed")
@@ -423,3 +425,105 @@ def auc(scores: ArrayLike, truth: ArrayLike, *, positive: int = 1) -> float:
     from sklearn.metrics import roc_auc_score
 
     return float(roc_auc_score(_numpy(truth).reshape(-1) == positive, _numpy(scores).reshape(-1)))
+
+
+# ---------------------------------------------------------------------------------------------- one experiment
+@dataclasses.dataclass
+class SimilarityRun:
+    """What :func:`run_similarity` returns: ``metrics`` (JSON-ready), the trained ``topology`` and the recorders."""
+
+    metrics: dict
+    topology: Topology
+    recorders: dict
+
+
+def _score(name: str, pred: np.ndarray, truth: np.ndarray, metrics: dict, *, exclude=None) -> None:
+    metrics[name] = accuracy(pred, truth, exclude=exclude)
+
+
+def run_similarity(model: nn.Sequential, x_train: torch.Tensor, y_train: torch.Tensor, *, cut: int,
+                   x_test: Optional[torch.Tensor] = None, y_test: Optional[torch.Tensor] = None,
+                   num_classes: Optional[int] = None, epochs: int = 1, batch_size: int = 128,
+                   optimizers=None, defenses: Sequence = (), known_per_class: int = 1, gradient_epoch: int = 0,
+                   reducer: str = "pca", max_dims: int = OFFICIAL_MAX_DIMS, dims: int = 512,
+                   kmeans_init: str = "known", device: Union[str, torch.device] = "cpu", seed: int = 0,
+                   progress: bool = False) -> SimilarityRun:
+    """Liu et al.'s (TIFS 2024) label inference on one split model, end to end.
+
+    The label owner keeps the layers after ``cut`` (the top model); the attacker runs layers ``0..cut`` on its own
+    inputs (``Topology(None, bottom, top)``: it sends smashed data and receives cut gradients). During training it
+    records the cut gradients of epoch ``gradient_epoch`` (official: the first epoch of a fresh model); after
+    training the smashed data of the training inputs and of ``x_test`` (the inference phase), with the model in
+    eval mode. Each attack gets ``known_per_class`` known labels per class from the training samples.
+
+    Args:
+        model: a layer list (``nn.Sequential``), freshly initialised; cut: the attacker's last layer.
+        x_train, y_train: ``(N, C, H, W)`` inputs in [0, 1] and ``(N,)`` labels (the label owner's).
+        x_test, y_test: unseen samples for the inference phase (optional).
+        num_classes: K (default: ``max(y_train) + 1``).
+        epochs, batch_size, optimizers: the split training (``train_split``; default optimisers Adam 1e-3).
+        defenses: the label owner's defenses (``unsplit.defenses``), e.g. ``dpsgd_head``, ``label_dp``,
+            ``topk_batch``, ``marvell``.
+        known_per_class: the attacker's side knowledge (paper: 1).
+        reducer, max_dims, dims: how wide cuts are recorded (:class:`CutRecorder`).
+        kmeans_init: ``"known"`` or ``"k-means++"``.
+        device, seed: where training runs; seeds training, the known samples, k-means and the random guess.
+
+    Returns:
+        :class:`SimilarityRun` with ``metrics``: ``gradient_knn``, ``gradient_kmeans`` (training phase),
+        ``smashed_knn``, ``smashed_kmeans`` (training samples), ``inference_knn``, ``inference_kmeans`` (test
+        samples), ``random_guess``, for binary tasks ``norm_auc`` and ``direction_auc``, ``task_accuracy``, the
+        recorded widths and bytes.
+    """
+    from .training import evaluate, run_split, train_split
+
+    k = int(num_classes or int(y_train.max()) + 1)
+    torch.manual_seed(seed)
+    topology = Topology.split(model, head_start=cut + 1)
+    common = dict(cut="head", reducer=reducer, max_dims=max_dims, dims=dims, seed=seed)
+    recorders = {"gradient": CutRecorder(observe="gradient", epoch=gradient_epoch, **common)}
+    if k == 2:  # Li et al.'s norm attack needs the raw norms
+        recorders["gradient_raw"] = CutRecorder(observe="gradient", epoch=gradient_epoch, normalize=False, **common)
+    train_split(topology, x_train, y_train, epochs=epochs, batch_size=batch_size, optimizers=optimizers,
+                defenses=list(defenses), callbacks=list(recorders.values()), device=device, progress=progress)
+    recorders["smashed"] = CutRecorder(observe="smashed", phase="inference", **common)
+    run_split(topology, x_train, callbacks=[recorders["smashed"]], device=device)
+    if x_test is not None:
+        recorders["inference"] = CutRecorder(observe="smashed", phase="inference", **common)
+        run_split(topology, x_test, callbacks=[recorders["inference"]], device=device)
+
+    metrics: dict = {"num_classes": k, "cut": cut, "known_per_class": known_per_class, "epochs": epochs}
+    truth = _numpy(y_train).astype(np.int64)
+    idx, grads = recorders["gradient"].observations()
+    pos, lab = choose_known(truth[idx], per_class=known_per_class, seed=seed)
+    t = truth[idx]
+    _score("gradient_knn", knn_attack(grads, pos, lab), t, metrics, exclude=pos)
+    _score("gradient_kmeans", kmeans_attack(grads, pos, lab, num_classes=k, init=kmeans_init, seed=seed), t, metrics,
+           exclude=pos)
+    _score("random_guess", random_guess(len(t), num_classes=k, seed=seed), t, metrics, exclude=pos)
+    if k == 2:
+        _, raw = recorders["gradient_raw"].observations()
+        ref = int(pos[lab == 1][0])
+        metrics["norm_auc"] = auc(norm_scores(raw), t)
+        metrics["direction_auc"] = auc(direction_scores(grads, ref), t)
+    sidx, smashed = recorders["smashed"].observations()
+    st = truth[sidx]
+    spos, slab = choose_known(st, per_class=known_per_class, seed=seed)
+    _score("smashed_knn", knn_attack(smashed, spos, slab), st, metrics, exclude=spos)
+    _score("smashed_kmeans", kmeans_attack(smashed, spos, slab, num_classes=k, init=kmeans_init, seed=seed), st,
+           metrics, exclude=spos)
+    if x_test is not None:
+        tidx, tv = recorders["inference"].observations()
+        tt = _numpy(y_test).astype(np.int64)[tidx]
+        _score("inference_knn", inference_phase_attack(smashed, spos, slab, tv), tt, metrics)
+        _score("inference_kmeans", inference_phase_attack(smashed, spos, slab, tv, method="kmeans", num_classes=k,
+                                                          seed=seed), tt, metrics)
+        if y_test is not None:
+            metrics["task_accuracy"] = evaluate(topology, x_test, y_test, device=device)
+    metrics["gradient_dims"] = int(grads.shape[1])
+    metrics["smashed_dims"] = int(smashed.shape[1])
+    metrics["recorded_bytes"] = {name: r.nbytes() for name, r in recorders.items()}
+    for d in defenses:
+        if hasattr(d, "spent_epsilon") and getattr(d, "engine", None) is not None:
+            metrics["dp_epsilon"] = d.spent_epsilon()
+    return SimilarityRun(metrics, topology, recorders)
