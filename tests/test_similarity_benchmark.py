@@ -1,0 +1,28 @@
+"""benchmarks/similarity_lia.py end to end on tiny generated MNIST (offline): cells, report, resume, bad input."""
+import json
+
+from test_fsha_benchmarks import run
+
+
+def test_similarity_benchmark_cells_resume_report_and_refuse_bad_input(tiny_mnist, tmp_path):
+    common = ["--data-dir", tiny_mnist, "--dataset", "mnist", "--cuts", "7", "--epochs", "1", "--batch-size",
+              "32", "--out", tmp_path / "out", "--quiet"]
+    r = run("similarity_lia.py", *common, "--defenses", "none,dpsgd_eps:10", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    cells = sorted((tmp_path / "out" / "cells").glob("*.json"))
+    assert len(cells) == 2
+    cell = json.loads((tmp_path / "out" / "cells" / "mnist_k10_mnistnet_7_none_e1_lr0.005_b32_pca_s0.json")
+                      .read_text())
+    assert cell["gradient_dims"] == 120 and cell["train_samples"] == 300 and cell["test_samples"] == 60
+    assert cell["gradient_kmeans"] > 0.9  # first-epoch gradients of a fresh model give the labels away
+    dp = json.loads(next(c for c in cells if "dpsgd" in c.name).read_text())
+    assert abs(dp["dp_epsilon"] - 10) < 0.5 and dp["noise_multiplier"] > 0
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "| mnist | 10-class | mnistnet | 7 | none |" in report and "dpsgd_eps:10 (ε 10." in report
+    assert (tmp_path / "out" / "defenses.png").exists()
+    r = run("similarity_lia.py", *common, "--defenses", "none", cwd=tmp_path)
+    assert r.returncode == 0 and "done" in r.stdout
+    for bad in (["--cuts", "layer99"], ["--defenses", "marvell:1"]):
+        r = run("similarity_lia.py", "--data-dir", tiny_mnist, "--dataset", "mnist", "--out", tmp_path / "x", *bad,
+                cwd=tmp_path)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, (bad, r.stderr)
