@@ -66,6 +66,21 @@ def test_label_inference_demo_end_to_end(tiny_mnist, tmp_path):
     assert json.loads((tmp_path / "weight" / "metrics.json").read_text())["accuracy"] == 1.0
 
 
+def test_label_inference_demo_similarity_attacks_end_to_end(tiny_mnist, tmp_path):
+    common = ["mnist", "--data-dir", tiny_mnist, "--train-limit", "300", "--batch-size", "32", "--quiet"]
+    r = run("label_inference_demo.py", *common, "--attack", "similarity-kmeans", "--cut", "7", "--out",
+            tmp_path / "km", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    m = json.loads((tmp_path / "km" / "metrics.json").read_text())
+    assert m["headline"] == "gradient_kmeans" and m["value"] > 0.9 and m["random_guess"] < 0.2
+    assert m["peak_recorded_bytes"] > 0 and m["inference_knn"] is not None and m["settings"]["cut"] == 7
+    r = run("label_inference_demo.py", *common, "--attack", "direction", "--binary", "--out", tmp_path / "dir",
+            cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    m = json.loads((tmp_path / "dir" / "metrics.json").read_text())
+    assert m["headline"] == "direction_auc" and m["value"] > 0.9 and m["num_classes"] == 2
+
+
 @pytest.mark.parametrize(
     "script,args,message",
     [
@@ -82,6 +97,11 @@ def test_label_inference_demo_end_to_end(tiny_mnist, tmp_path):
         ("model_inversion_demo.py", ["mnist", "3", "--lambda-tv=-inf"], "must be a finite number"),
         ("model_inversion_demo.py", ["mnist", "3", "--defense", "gaussian:nan"], "finite number"),
         ("label_inference_demo.py", ["mnist", "--defense", "marvell:4"], "binary tasks only"),
+        ("label_inference_demo.py", ["mnist", "--attack", "norm"], "add --binary"),
+        ("label_inference_demo.py", ["mnist", "--attack", "similarity-knn", "--phase", "inference"],
+         "no gradient crosses the cut at inference"),
+        ("label_inference_demo.py", ["mnist", "--attack", "similarity-knn", "--cut", "layer50"], "unknown --cut"),
+        ("label_inference_demo.py", ["mnist", "--binary"], "--binary applies to"),
     ],
 )
 def test_usage_errors_exit_2_in_one_line(script, args, message, tmp_path):
