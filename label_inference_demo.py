@@ -9,7 +9,9 @@ label from the gradient the label owner sends back, by trying every candidate la
 rest; the attacker records the cut gradients of the first training epoch (``--observe gradient``) or its smashed
 data after training (``--observe smashed``; ``--phase inference``: of unseen test samples) and labels them by
 1-NN / k-means against one known sample per class. ``--attack norm`` / ``direction``: Li et al.'s (ICLR'22) binary
-attacks on the cut gradients (needs ``--binary``: label = class >= 5), scored by ROC-AUC.
+attacks on the cut gradients (needs ``--binary``: label = class >= 5), scored by ROC-AUC. ``--attack
+model-completion --observe smashed``: Fu et al.'s passive model completion (a head trained semi-supervised on the
+attacker's features from the known labels).
 
     python label_inference_demo.py cifar
     python label_inference_demo.py mnist --gradient weight
@@ -37,7 +39,7 @@ from unsplit.similarity import run_similarity
 from unsplit.util import atomic_write_json, seed_everything
 
 
-ATTACKS = ("unsplit", "similarity-knn", "similarity-kmeans", "norm", "direction")
+ATTACKS = ("unsplit", "similarity-knn", "similarity-kmeans", "norm", "direction", "model-completion")
 MODELS = {"mnistnet": MnistNet, "cifarnet": CifarNet, "simplenet": SimpleNet, "resnet18": CifarResNet18}
 
 
@@ -88,6 +90,8 @@ def _check_similarity(p, args):
         p.error(f"--attack {args.attack} scores a binary task: add --binary")
     if args.attack in ("norm", "direction") and (args.observe, args.phase) != ("gradient", "train"):
         p.error(f"--attack {args.attack} uses the training-phase cut gradients")
+    if args.attack == "model-completion" and args.observe != "smashed":
+        p.error("--attack model-completion trains a head on the attacker's features: use --observe smashed")
     if args.phase == "inference" and args.observe != "smashed":
         p.error("no gradient crosses the cut at inference: use --observe smashed with --phase inference")
     args.model = args.model or ("cifarnet" if args.dataset == "cifar" else "mnistnet")
@@ -138,6 +142,9 @@ def similarity_main(args, device, out) -> int:
     if args.attack in ("norm", "direction"):
         headline, value = f"{args.attack}_auc", m[f"{args.attack}_auc"]
         what = "ROC-AUC"
+    elif args.attack == "model-completion":
+        headline = f"completion_{args.phase}"
+        value, what = m[headline], "accuracy"
     else:
         prefix = "inference" if args.phase == "inference" else args.observe
         headline = f"{prefix}_{args.attack.split('-')[1]}"

@@ -46,7 +46,8 @@ DEFAULT_MODEL = {"mnist": "mnistnet", "f_mnist": "mnistnet", "cifar": "cifarnet"
 #: default cuts per model (split depths): MnistNet after pool1 / pool2 / fc1; CifarNet after each pooling block
 DEFAULT_CUTS = {"mnistnet": "2,5,7", "cifarnet": "4,9,14", "simplenet": "layer14,layer33,layer50",
                 "resnet18": "block2,block4,block8"}
-ATTACKS = ("gradient_knn", "gradient_kmeans", "smashed_knn", "smashed_kmeans", "inference_knn", "inference_kmeans")
+ATTACKS = ("gradient_knn", "gradient_kmeans", "smashed_knn", "smashed_kmeans", "inference_knn", "inference_kmeans",
+           "completion_train", "completion_inference")
 
 
 def parse_args(argv=None):
@@ -167,8 +168,8 @@ def build_report(args) -> Path:
              "data of the training samples and (inference) of unseen test samples. `task` is the trained model's "
              "test accuracy.", "",
              "| dataset | task | model | cut | defense | task acc | grad 1-NN | grad k-means | smashed 1-NN | "
-             "smashed k-means | inference 1-NN | inference k-means | random | norm AUC | direction AUC | dims "
-             "(grad/smashed) | recorded MB | s |", "|" + "---|" * 18]
+             "smashed k-means | inference 1-NN | inference k-means | completion | completion (inference) | random | "
+             "norm AUC | direction AUC | dims (grad/smashed) | recorded MB | s |", "|" + "---|" * 20]
     key = lambda c: (c["dataset"], c["binary"], c["model"], c["cut"], c["defense"])  # noqa: E731
     for c in sorted(cells, key=key):
         f = lambda k: "" if c.get(k) is None else f"{c[k]:.4f}"  # noqa: E731

@@ -73,7 +73,8 @@ def test_label_inference_demo_similarity_attacks_end_to_end(tiny_mnist, tmp_path
     assert r.returncode == 0, r.stderr
     m = json.loads((tmp_path / "km" / "metrics.json").read_text())
     assert m["headline"] == "gradient_kmeans" and m["value"] > 0.9 and m["random_guess"] < 0.2
-    assert m["peak_recorded_bytes"] > 0 and m["inference_knn"] is not None and m["settings"]["cut"] == 7
+    assert m["peak_recorded_bytes"] > 0 and m["settings"]["cut"] == 7
+    assert 0 <= m["inference_knn"] <= 1 and 0 <= m["completion_inference"] <= 1
     r = run("label_inference_demo.py", *common, "--attack", "direction", "--binary", "--out", tmp_path / "dir",
             cwd=tmp_path)
     assert r.returncode == 0, r.stderr
@@ -102,6 +103,7 @@ def test_label_inference_demo_similarity_attacks_end_to_end(tiny_mnist, tmp_path
          "no gradient crosses the cut at inference"),
         ("label_inference_demo.py", ["mnist", "--attack", "similarity-knn", "--cut", "layer50"], "unknown --cut"),
         ("label_inference_demo.py", ["mnist", "--binary"], "--binary applies to"),
+        ("label_inference_demo.py", ["mnist", "--attack", "model-completion"], "use --observe smashed"),
     ],
 )
 def test_usage_errors_exit_2_in_one_line(script, args, message, tmp_path):

@@ -172,9 +172,21 @@ def test_run_similarity_end_to_end_with_every_attack_and_baseline(classes):
     assert run.topology.kind == "server_inputs" and m["gradient_dims"] == m["smashed_dims"] == 32
     chance = 1 / classes
     for key in ("gradient_knn", "gradient_kmeans", "smashed_knn", "smashed_kmeans", "inference_knn",
-                "inference_kmeans"):
+                "inference_kmeans", "completion_train", "completion_inference"):
         assert m[key] > min(0.9, chance + 0.4), (key, m)
     assert abs(m["random_guess"] - chance) < 0.1 and m["task_accuracy"] > 0.9
     if classes == 2:
         assert m["direction_auc"] > 0.9 and 0 <= m["norm_auc"] <= 1
     assert m["recorded_bytes"]["gradient"] == 480 * 32 * 4
+
+
+def test_model_completion_learns_from_one_known_label_per_class_and_not_from_noise():
+    rng = np.random.default_rng(7)
+    centres = rng.normal(size=(C, 20)) * 3
+    y = np.arange(600) % C
+    feats = centres[y] + rng.normal(size=(600, 20))
+    pos, lab = sim.choose_known(y, seed=1)
+    acc = sim.accuracy(sim.model_completion(feats, pos, lab, num_classes=C, epochs=20), y, exclude=pos)
+    noise = rng.normal(size=(600, 20))
+    acc_noise = sim.accuracy(sim.model_completion(noise, pos, lab, num_classes=C, epochs=20), y, exclude=pos)
+    assert acc > 0.9 and acc_noise < 0.4, (acc, acc_noise)

@@ -36,6 +36,7 @@ from typing import Optional, Union
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans
@@ -408,6 +409,59 @@ def random_guess(n: int, *, num_classes: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, num_classes, size=n)
 
 
+def model_completion(features: ArrayLike, known_positions: Sequence[int], known_labels: Sequence[int], *,
+                     num_classes: int, queries: ArrayLike | None = None, hidden: int = 256, epochs: int = 20,
+                     batch_size: int = 128, lr: float = 1e-3, threshold: float = 0.95, lambda_u: float = 1.0,
+                     device: Union[str, torch.device] = "cpu", seed: int = 0) -> np.ndarray:
+    """Passive model completion (Fu et al., USENIX Security'22), the baseline Liu et al. compare against: the
+    attacker puts a small head on its own bottom model's features and trains it from the known labels,
+    semi-supervised over all its unlabelled samples.
+
+    Ours, a simpler documented recipe than the official MixMatch loop (which needs input augmentations): the head
+    (``Linear(d, h) - ReLU - Linear(h, h) - ReLU - Linear(h, K)``, ``h = min(d, hidden)``; the official surrogate top
+    is three linear layers) is trained on the bottom's features, frozen, with cross-entropy on the known samples in
+    every batch plus ``lambda_u`` times the cross-entropy of the unlabelled samples whose predicted class is at least
+    ``threshold`` confident, against that class (self-training with pseudo-labels, Lee 2013).
+
+    Args:
+        features: ``(N, ...)`` the bottom model's outputs (smashed data) of the attacker's training samples.
+        known_positions, known_labels: the attacker's known labels.
+        num_classes: K; queries: ``(M, ...)`` features to label instead (e.g. unseen samples).
+        hidden, epochs, batch_size, lr, threshold, lambda_u: the head and its training (Adam).
+        device, seed: where it trains; seeds initialisation and batch order.
+
+    Returns:
+        ``(N,)`` (or ``(M,)``) predicted labels.
+    """
+    v = torch.from_numpy(_flat(features)).to(device)
+    pos, lab = _check_known(v, known_positions, known_labels)
+    gen = torch.Generator().manual_seed(seed)
+    mean, std = v.mean(0, keepdim=True), v.std(0, keepdim=True).clamp_min(1e-6)  # standardise each feature
+    v = (v - mean) / std
+    d, h = v.shape[1], min(v.shape[1], hidden)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        head = nn.Sequential(nn.Linear(d, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(), nn.Linear(h, num_classes))
+    head = head.to(device)
+    opt = torch.optim.Adam(head.parameters(), lr=lr)
+    xk, yk = v[torch.from_numpy(pos)], torch.from_numpy(lab).to(device)
+    for _ in range(epochs):
+        for batch in torch.randperm(len(v), generator=gen).split(batch_size):
+            u = v[batch.to(device)]
+            loss = F.cross_entropy(head(xk), yk)
+            with torch.no_grad():
+                conf, pseudo = head(u).softmax(1).max(1)
+            keep = conf >= threshold
+            if bool(keep.any()):
+                loss = loss + lambda_u * keep.float().mean() * F.cross_entropy(head(u[keep]), pseudo[keep])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    q = v if queries is None else (torch.from_numpy(_flat(queries)).to(device) - mean) / std
+    with torch.no_grad():
+        return torch.cat([head(b).argmax(1) for b in q.split(4096)]).cpu().numpy()
+
+
 # ------------------------------------------------------------------------------------------------ metric code
 def accuracy(predicted: ArrayLike, truth: ArrayLike, *, exclude: Sequence[int] | None = None) -> float:
     """Fraction of correct labels, leaving out the positions in ``exclude`` (the known samples)."""
@@ -446,8 +500,8 @@ def run_similarity(model: nn.Sequential, x_train: torch.Tensor, y_train: torch.T
                    num_classes: Optional[int] = None, epochs: int = 1, batch_size: int = 128,
                    optimizers=None, defenses: Sequence = (), known_per_class: int = 1, gradient_epoch: int = 0,
                    reducer: str = "pca", max_dims: int = OFFICIAL_MAX_DIMS, dims: int = 512,
-                   kmeans_init: str = "known", device: Union[str, torch.device] = "cpu", seed: int = 0,
-                   progress: bool = False) -> SimilarityRun:
+                   kmeans_init: str = "known", completion_epochs: int = 20,
+                   device: Union[str, torch.device] = "cpu", seed: int = 0, progress: bool = False) -> SimilarityRun:
     """Liu et al.'s (TIFS 2024) label inference on one split model, end to end.
 
     The label owner keeps the layers after ``cut`` (the top model); the attacker runs layers ``0..cut`` on its own
@@ -467,13 +521,14 @@ def run_similarity(model: nn.Sequential, x_train: torch.Tensor, y_train: torch.T
         known_per_class: the attacker's side knowledge (paper: 1).
         reducer, max_dims, dims: how wide cuts are recorded (:class:`CutRecorder`).
         kmeans_init: ``"known"`` or ``"k-means++"``.
+        completion_epochs: epochs of the model-completion baseline (:func:`model_completion`; 0 skips it).
         device, seed: where training runs; seeds training, the known samples, k-means and the random guess.
 
     Returns:
         :class:`SimilarityRun` with ``metrics``: ``gradient_knn``, ``gradient_kmeans`` (training phase),
         ``smashed_knn``, ``smashed_kmeans`` (training samples), ``inference_knn``, ``inference_kmeans`` (test
-        samples), ``random_guess``, for binary tasks ``norm_auc`` and ``direction_auc``, ``task_accuracy``, the
-        recorded widths and bytes.
+        samples), ``completion_train`` and ``completion_inference`` (model completion), ``random_guess``, for binary
+        tasks ``norm_auc`` and ``direction_auc``, ``task_accuracy``, the recorded widths and bytes.
     """
     from .training import evaluate, run_split, train_split
 
@@ -512,12 +567,18 @@ def run_similarity(model: nn.Sequential, x_train: torch.Tensor, y_train: torch.T
     _score("smashed_knn", knn_attack(smashed, spos, slab), st, metrics, exclude=spos)
     _score("smashed_kmeans", kmeans_attack(smashed, spos, slab, num_classes=k, init=kmeans_init, seed=seed), st,
            metrics, exclude=spos)
+    completion = dict(num_classes=k, epochs=completion_epochs, device=device, seed=seed)
+    if completion_epochs:
+        _score("completion_train", model_completion(smashed, spos, slab, **completion), st, metrics, exclude=spos)
     if x_test is not None:
         tidx, tv = recorders["inference"].observations()
         tt = _numpy(y_test).astype(np.int64)[tidx]
         _score("inference_knn", inference_phase_attack(smashed, spos, slab, tv), tt, metrics)
         _score("inference_kmeans", inference_phase_attack(smashed, spos, slab, tv, method="kmeans", num_classes=k,
                                                           seed=seed), tt, metrics)
+        if completion_epochs:
+            _score("completion_inference", model_completion(smashed, spos, slab, queries=tv, **completion), tt,
+                   metrics)
         if y_test is not None:
             metrics["task_accuracy"] = evaluate(topology, x_test, y_test, device=device)
     metrics["gradient_dims"] = int(grads.shape[1])
