@@ -26,3 +26,14 @@ def test_similarity_benchmark_cells_resume_report_and_refuse_bad_input(tiny_mnis
         r = run("similarity_lia.py", "--data-dir", tiny_mnist, "--dataset", "mnist", "--out", tmp_path / "x", *bad,
                 cwd=tmp_path)
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, (bad, r.stderr)
+
+
+def test_similarity_speed_and_memory_benchmark_runs(tmp_path):
+    r = run("similarity_memory.py", "--parts", "speed,memory", "--samples", "1000", "--widths", "32",
+            "--width", "2048", "--memory-samples", "600", "--dims", "16", "--out", tmp_path / "m.json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    data = json.loads((tmp_path / "m.json").read_text())
+    assert data["speed"][0]["kmeans_accuracy"] > 0.9 and data["speed"][0]["knn_seconds"] > 0
+    pca, rnd = data["memory"][1], data["memory"][2]
+    assert pca["dims"] == rnd["dims"] == 16 and pca["samples"] == 600 and pca["recorded_bytes"] == 600 * 16 * 4
+    assert data["memory"][0]["recorded_bytes"] == 600 * 2048 * 4 and "| pca | 16 |" in r.stdout
