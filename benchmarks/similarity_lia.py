@@ -47,7 +47,7 @@ DEFAULT_MODEL = {"mnist": "mnistnet", "f_mnist": "mnistnet", "cifar": "cifarnet"
 DEFAULT_CUTS = {"mnistnet": "2,5,7", "cifarnet": "4,9,14", "simplenet": "layer14,layer33,layer50",
                 "resnet18": "block2,block4,block8"}
 ATTACKS = ("gradient_knn", "gradient_kmeans", "smashed_knn", "smashed_kmeans", "inference_knn", "inference_kmeans",
-           "completion_train", "completion_inference")
+           "completion_train", "completion_inference", "unsplit")
 
 
 def parse_args(argv=None):
@@ -64,6 +64,8 @@ def parse_args(argv=None):
     p.add_argument("--train-limit", type=int, default=None)
     p.add_argument("--test-limit", type=int, default=None)
     p.add_argument("--reducer", choices=("pca", "random", "none"), default="pca")
+    p.add_argument("--no-unsplit", action="store_true",
+                   help="skip UnSplit's gradient-matching baseline (costly for deep top models)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", type=Path, default=default_data_dir())
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/similarity"))
@@ -120,7 +122,7 @@ def cell_name(args, cut_name: str, spec: str) -> str:
     task = "bin" if args.binary else "k10"
     limit = f"_n{args.train_limit}" if args.train_limit else ""
     return (f"{args.dataset}_{task}_{args.model}_{cut_name}_{spec.replace(':', '-')}_e{args.epochs}_lr{args.lr:g}"
-            f"_b{args.batch_size}{limit}_{args.reducer}_s{args.seed}")
+            f"_b{args.batch_size}{limit}_{args.reducer}{'_nounsplit' if args.no_unsplit else ''}_s{args.seed}")
 
 
 def _load(args):
@@ -146,7 +148,8 @@ def run_cell(args, cut_name: str, cut: int, spec: str, data, device) -> dict:
     start = time.perf_counter()
     run = run_similarity(model, x, y, cut=cut, x_test=xt, y_test=yt, num_classes=classes, epochs=args.epochs,
                          batch_size=args.batch_size, optimizers=sgd, defenses=[defense] if defense else [],
-                         reducer=args.reducer, device=device, seed=args.seed, progress=not args.quiet)
+                         reducer=args.reducer, unsplit_baseline=not args.no_unsplit, device=device, seed=args.seed,
+                         progress=not args.quiet)
     seconds = time.perf_counter() - start
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
@@ -168,8 +171,8 @@ def build_report(args) -> Path:
              "data of the training samples and (inference) of unseen test samples. `task` is the trained model's "
              "test accuracy.", "",
              "| dataset | task | model | cut | defense | task acc | grad 1-NN | grad k-means | smashed 1-NN | "
-             "smashed k-means | inference 1-NN | inference k-means | completion | completion (inference) | random | "
-             "norm AUC | direction AUC | dims (grad/smashed) | recorded MB | s |", "|" + "---|" * 20]
+             "smashed k-means | inference 1-NN | inference k-means | completion | completion (inference) | UnSplit | "
+             "random | norm AUC | direction AUC | dims (grad/smashed) | recorded MB | s |", "|" + "---|" * 21]
     key = lambda c: (c["dataset"], c["binary"], c["model"], c["cut"], c["defense"])  # noqa: E731
     for c in sorted(cells, key=key):
         f = lambda k: "" if c.get(k) is None else f"{c[k]:.4f}"  # noqa: E731

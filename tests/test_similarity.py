@@ -167,12 +167,12 @@ def test_run_similarity_end_to_end_with_every_attack_and_baseline(classes):
     model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, classes))
     sgd = lambda p: torch.optim.SGD(p, lr=0.05)  # noqa: E731
     run = sim.run_similarity(model, x[:480], y[:480], cut=1, x_test=x[480:], y_test=y[480:], epochs=3,
-                             batch_size=32, optimizers=sgd)
+                             batch_size=32, optimizers=sgd, unsplit_baseline=True)
     m = run.metrics
     assert run.topology.kind == "server_inputs" and m["gradient_dims"] == m["smashed_dims"] == 32
     chance = 1 / classes
     for key in ("gradient_knn", "gradient_kmeans", "smashed_knn", "smashed_kmeans", "inference_knn",
-                "inference_kmeans", "completion_train", "completion_inference"):
+                "inference_kmeans", "completion_train", "completion_inference", "unsplit"):
         assert m[key] > min(0.9, chance + 0.4), (key, m)
     assert abs(m["random_guess"] - chance) < 0.1 and m["task_accuracy"] > 0.9
     if classes == 2:
@@ -190,3 +190,16 @@ def test_model_completion_learns_from_one_known_label_per_class_and_not_from_noi
     noise = rng.normal(size=(600, 20))
     acc_noise = sim.accuracy(sim.model_completion(noise, pos, lab, num_classes=C, epochs=20), y, exclude=pos)
     assert acc > 0.9 and acc_noise < 0.4, (acc, acc_noise)
+
+
+def test_run_similarity_under_dp_sgd_on_the_top_model_with_poisson_sampling():
+    from unsplit.defenses import DPSGDHead
+
+    x, y = _problem(n=400, informative=False, seed=8)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, C))
+    run = sim.run_similarity(model, x, y, cut=1, batch_size=32, defenses=[DPSGDHead(1.0)], completion_epochs=0,
+                             optimizers=lambda p: torch.optim.SGD(p, lr=0.01))
+    m = run.metrics
+    assert 0 < m["dp_epsilon"] < float("inf")
+    assert m["gradient_kmeans"] > 0.9  # the paper's claim: DP-SGD on the top model leaves the returned gradient exact

@@ -15,6 +15,7 @@ def test_similarity_benchmark_cells_resume_report_and_refuse_bad_input(tiny_mnis
                       .read_text())
     assert cell["gradient_dims"] == 120 and cell["train_samples"] == 300 and cell["test_samples"] == 60
     assert cell["gradient_kmeans"] > 0.9  # first-epoch gradients of a fresh model give the labels away
+    assert 0 <= cell["unsplit"] <= 1 and cell["completion_inference"] >= 0
     dp = json.loads(next(c for c in cells if "dpsgd" in c.name).read_text())
     assert abs(dp["dp_epsilon"] - 10) < 0.5 and dp["noise_multiplier"] > 0
     report = (tmp_path / "out" / "report.md").read_text()

@@ -491,6 +491,24 @@ class SimilarityRun:
     recorders: dict
 
 
+def _unsplit_baseline(head: nn.Module, known: dict, n: int, *, num_classes: int, epoch: int, device, seed: int):
+    """UnSplit's online gradient-matching label inference (``unsplit.attacks.LabelInferenceAttack``, cut gradients,
+    anchored by the known samples) as a callback that attacks the batches of one training epoch only."""
+    from .attacks import LabelInferenceAttack
+    from .experiments import _LabelInferenceServer
+
+    class OneEpoch(_LabelInferenceServer):
+        def on_train_begin(self, run):
+            self.epoch = epoch if epoch >= 0 else run.epochs + epoch
+
+        def on_cut(self, event):
+            if event.epoch == self.epoch:
+                super().on_cut(event)
+
+    attack = LabelInferenceAttack(head, num_classes=num_classes, gradient="cut", device=device, seed=seed + 1)
+    return OneEpoch(attack, known, n, weight_name=None, device=torch.device(device))
+
+
 def _score(name: str, pred: np.ndarray, truth: np.ndarray, metrics: dict, *, exclude=None) -> None:
     metrics[name] = accuracy(pred, truth, exclude=exclude)
 
@@ -500,7 +518,7 @@ def run_similarity(model: nn.Sequential, x_train: torch.Tensor, y_train: torch.T
                    num_classes: Optional[int] = None, epochs: int = 1, batch_size: int = 128,
                    optimizers=None, defenses: Sequence = (), known_per_class: int = 1, gradient_epoch: int = 0,
                    reducer: str = "pca", max_dims: int = OFFICIAL_MAX_DIMS, dims: int = 512,
-                   kmeans_init: str = "known", completion_epochs: int = 20,
+                   kmeans_init: str = "known", completion_epochs: int = 20, unsplit_baseline: bool = False,
                    device: Union[str, torch.device] = "cpu", seed: int = 0, progress: bool = False) -> SimilarityRun:
     """Liu et al.'s (TIFS 2024) label inference on one split model, end to end.
 
@@ -522,12 +540,16 @@ def run_similarity(model: nn.Sequential, x_train: torch.Tensor, y_train: torch.T
         reducer, max_dims, dims: how wide cuts are recorded (:class:`CutRecorder`).
         kmeans_init: ``"known"`` or ``"k-means++"``.
         completion_epochs: epochs of the model-completion baseline (:func:`model_completion`; 0 skips it).
+        unsplit_baseline: also run UnSplit's gradient-matching label inference (Erdogan et al., WPES'22) online
+            during the recorded epoch, anchored by the same known samples (``unsplit`` in the metrics; its cost
+            grows with the top model: 300 matching steps on each batch holding a known sample).
         device, seed: where training runs; seeds training, the known samples, k-means and the random guess.
 
     Returns:
         :class:`SimilarityRun` with ``metrics``: ``gradient_knn``, ``gradient_kmeans`` (training phase),
         ``smashed_knn``, ``smashed_kmeans`` (training samples), ``inference_knn``, ``inference_kmeans`` (test
-        samples), ``completion_train`` and ``completion_inference`` (model completion), ``random_guess``, for binary
+        samples), ``completion_train`` and ``completion_inference`` (model completion), ``unsplit`` (if asked),
+        ``random_guess``, for binary
         tasks ``norm_auc`` and ``direction_auc``, ``task_accuracy``, the recorded widths and bytes.
     """
     from .training import evaluate, run_split, train_split
@@ -539,8 +561,16 @@ def run_similarity(model: nn.Sequential, x_train: torch.Tensor, y_train: torch.T
     recorders = {"gradient": CutRecorder(observe="gradient", epoch=gradient_epoch, **common)}
     if k == 2:  # Li et al.'s norm attack needs the raw norms
         recorders["gradient_raw"] = CutRecorder(observe="gradient", epoch=gradient_epoch, normalize=False, **common)
+    truth = _numpy(y_train).astype(np.int64)
+    # the attacker's side knowledge, by dataset index: the same known samples serve every attack
+    known_idx, known_lab = choose_known(truth, per_class=known_per_class, seed=seed)
+    callbacks = list(recorders.values())
+    if unsplit_baseline:
+        unsplit = _unsplit_baseline(topology.head, dict(zip(known_idx.tolist(), known_lab.tolist())), len(truth),
+                                    num_classes=k, epoch=gradient_epoch, device=device, seed=seed)
+        callbacks.append(unsplit)
     train_split(topology, x_train, y_train, epochs=epochs, batch_size=batch_size, optimizers=optimizers,
-                defenses=list(defenses), callbacks=list(recorders.values()), device=device, progress=progress)
+                defenses=list(defenses), callbacks=callbacks, device=device, progress=progress)
     recorders["smashed"] = CutRecorder(observe="smashed", phase="inference", **common)
     run_split(topology, x_train, callbacks=[recorders["smashed"]], device=device)
     if x_test is not None:
@@ -548,9 +578,19 @@ def run_similarity(model: nn.Sequential, x_train: torch.Tensor, y_train: torch.T
         run_split(topology, x_test, callbacks=[recorders["inference"]], device=device)
 
     metrics: dict = {"num_classes": k, "cut": cut, "known_per_class": known_per_class, "epochs": epochs}
-    truth = _numpy(y_train).astype(np.int64)
+
+    def known_in(idx: np.ndarray):
+        """Positions of the known samples among the recorded indices. Under Poisson sampling (DP-SGD) an epoch
+        skips about a third of the samples; if a known one was skipped, the known samples are drawn afresh among
+        the recorded ones (same seed)."""
+        at = np.searchsorted(idx, known_idx)
+        ok = (at < len(idx)) & (idx[np.minimum(at, len(idx) - 1)] == known_idx)
+        if ok.all():
+            return at, known_lab
+        return choose_known(truth[idx], per_class=known_per_class, seed=seed)
+
     idx, grads = recorders["gradient"].observations()
-    pos, lab = choose_known(truth[idx], per_class=known_per_class, seed=seed)
+    pos, lab = known_in(idx)
     t = truth[idx]
     _score("gradient_knn", knn_attack(grads, pos, lab), t, metrics, exclude=pos)
     _score("gradient_kmeans", kmeans_attack(grads, pos, lab, num_classes=k, init=kmeans_init, seed=seed), t, metrics,
@@ -561,9 +601,13 @@ def run_similarity(model: nn.Sequential, x_train: torch.Tensor, y_train: torch.T
         ref = int(pos[lab == 1][0])
         metrics["norm_auc"] = auc(norm_scores(raw), t)
         metrics["direction_auc"] = auc(direction_scores(grads, ref), t)
+    if unsplit_baseline:
+        seen = unsplit.predicted.numpy() >= 0
+        seen[known_idx] = False
+        metrics["unsplit"] = float((unsplit.predicted.numpy()[seen] == truth[seen]).mean())
     sidx, smashed = recorders["smashed"].observations()
     st = truth[sidx]
-    spos, slab = choose_known(st, per_class=known_per_class, seed=seed)
+    spos, slab = known_in(sidx)
     _score("smashed_knn", knn_attack(smashed, spos, slab), st, metrics, exclude=spos)
     _score("smashed_kmeans", kmeans_attack(smashed, spos, slab, num_classes=k, init=kmeans_init, seed=seed), st,
            metrics, exclude=spos)

@@ -1,0 +1,144 @@
+#!/usr/bin/env python
+"""Why CifarNet trained under label DP ends as a dead network, and what keeps it alive.
+
+The defense sweep found CifarNet (the UnSplit reference network: no normalisation, a sigmoid before its head)
+trained under randomised-response label DP at ε = 1 and ε = 4 outputting the same logits for every image, while
+MnistNet trained fine at the same ε. Each cell trains CifarNet on CIFAR-10 (JPEG copy) in split learning as the
+sweep did (Adam, amsgrad, batch 64; the label owner's labels randomised once per sample) under one setting and
+records what is dead after training:
+
+    acc           test accuracy
+    logit std     the standard deviation over test images of each logit, averaged over logits (0: a constant net)
+    dead relu     per ReLU layer, the fraction of units that output 0 for every test image
+    sigmoid sat.  the fraction of fc1's sigmoid units that are saturated (< 0.01 or > 0.99) for every test image
+
+Settings (``--cells``, comma-separated ``LABELS/LR/VARIANT``): labels ``clean`` or ``rrE`` (label DP at ε = E);
+LR the Adam learning rate; variant ``ref`` (the reference network) or ``bn`` (BatchNorm after every convolution).
+
+    python benchmarks/label_dp_cifar.py --data-dir DEST --cells clean/1e-3/ref,rr1/1e-3/ref,rr1/1e-4/ref,rr1/1e-3/bn
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from unsplit.cli import make_parser, run_main  # noqa: E402
+from unsplit.data import default_data_dir, load_dataset  # noqa: E402
+from unsplit.defenses import RandomizedResponse  # noqa: E402
+from unsplit.models import CifarNet, split  # noqa: E402
+from unsplit.training import evaluate, train_split  # noqa: E402
+from unsplit.util import atomic_write_json, atomic_write_text  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = make_parser(__doc__)
+    p.add_argument("--cells", default="clean/1e-3/ref,rr1/1e-3/ref,rr1/1e-4/ref,rr1/1e-3/bn")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--train-limit", type=int, default=10_000)
+    p.add_argument("--test-limit", type=int, default=2_000)
+    p.add_argument("--depth", type=int, default=1, help="split depth (the sweep's: 1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir", type=Path, default=default_data_dir())
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/label_dp_cifar"))
+    p.add_argument("--recompute", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+    cells = []
+    for c in args.cells.split(","):
+        try:
+            labels, lr, variant = c.strip().split("/")
+            eps = None if labels == "clean" else float(labels.removeprefix("rr"))
+            if labels != "clean" and not labels.startswith("rr"):
+                raise ValueError
+            lr = float(lr)
+            if variant not in ("ref", "bn"):
+                raise ValueError
+        except ValueError:
+            p.error(f"bad cell {c!r}: LABELS/LR/VARIANT, e.g. rr1/1e-3/ref (labels clean or rrE, variant ref or bn)")
+        cells.append((c.strip(), eps, lr, variant))
+    args.cell_list = cells
+    if min(args.epochs, args.train_limit, args.test_limit) < 1:
+        p.error("--epochs, --train-limit and --test-limit must be >= 1")
+    return args
+
+
+def build(variant: str) -> nn.Sequential:
+    """CifarNet, or CifarNet with BatchNorm after every convolution (same layer count per block is not kept)."""
+    model = CifarNet()
+    if variant == "ref":
+        return model
+    layers = []
+    for m in model:
+        layers.append(m)
+        if isinstance(m, nn.Conv2d):
+            layers.append(nn.BatchNorm2d(m.out_channels))
+    return nn.Sequential(*layers)
+
+
+@torch.no_grad()
+def diagnose(model: nn.Sequential, x: torch.Tensor) -> dict:
+    model.eval()
+    dead, sat, h = [], None, x
+    for m in model:
+        h = m(h)
+        if isinstance(m, nn.ReLU):
+            dead.append(float((h.flatten(1).amax(0) <= 0).float().mean()))
+        if isinstance(m, nn.Sigmoid):
+            sat = float(((h < 0.01).all(0) | (h > 0.99).all(0)).float().mean())
+    return {"logit_std": float(h.std(0).mean()), "dead_relu": dead, "sigmoid_saturated": sat,
+            "predicted_classes": int(h.argmax(1).unique().numel())}
+
+
+def run_cell(args, name, eps, lr, variant, data) -> dict:
+    x, y, xt, yt = data
+    torch.manual_seed(args.seed)
+    model = build(variant)
+    depth = args.depth if variant == "ref" else args.depth + 1  # (a BatchNorm follows the first convolution)
+    defenses = [] if eps is None else [RandomizedResponse(eps, num_classes=10)]
+    start = time.perf_counter()
+    train_split(split(model, depth)[0], split(model, depth)[1], x, y, epochs=args.epochs, batch_size=64, lr=lr,
+                defenses=defenses, progress=not args.quiet)
+    seconds = time.perf_counter() - start
+    return {"cell": name, "epsilon": eps, "lr": lr, "variant": variant, "epochs": args.epochs,
+            "train_samples": len(x), "seconds": seconds, "test_accuracy": evaluate(model, xt, yt),
+            **diagnose(model, xt)}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    data = None
+    (args.out / "cells").mkdir(parents=True, exist_ok=True)
+    for name, eps, lr, variant in args.cell_list:
+        path = args.out / "cells" / f"{name.replace('/', '_')}_e{args.epochs}_n{args.train_limit}_s{args.seed}.json"
+        if path.exists() and not args.recompute:
+            print(f"{path.name}: done")
+            continue
+        if data is None:
+            x, y = load_dataset("cifar", data_dir=args.data_dir, train=True, download=False, limit=args.train_limit)
+            xt, yt = load_dataset("cifar", data_dir=args.data_dir, train=False, download=False, limit=args.test_limit)
+            data = (x, y, xt, yt)
+        atomic_write_json(path, run_cell(args, name, eps, lr, variant, data))
+        print(f"{path.name}: written")
+    rows = [json.loads(f.read_text()) for f in sorted((args.out / "cells").glob("*.json"))]
+    lines = ["| cell | epochs | train | test acc | logit std | classes predicted | dead ReLU per layer | sigmoid sat. | s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        dead = " / ".join(f"{d:.2f}" for d in r["dead_relu"])
+        sat = "" if r["sigmoid_saturated"] is None else f"{r['sigmoid_saturated']:.2f}"
+        lines.append(f"| {r['cell']} | {r['epochs']} | {r['train_samples']} | {r['test_accuracy']:.4f} | "
+                     f"{r['logit_std']:.4f} | {r['predicted_classes']} | {dead} | {sat} | {r['seconds']:.0f} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    atomic_write_text(args.out / "report.md", text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
