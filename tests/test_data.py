@@ -31,6 +31,10 @@ def test_cifar_image_folder_tree_is_read_and_cached(tmp_path, monkeypatch):
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 1
     x2, y2 = load_dataset("cifar", data_dir=tmp_path, train=True, download=False)
     assert torch.equal(x, x2) and torch.equal(y, y2)
+    # the tree is stored class by class: a limit takes a fixed subset across the classes, not the first class
+    x3, y3 = load_dataset("cifar", data_dir=tmp_path, train=True, download=False, limit=4)
+    assert len(y3) == 4 and len(set(y3.tolist())) > 1
+    assert torch.equal(x3, load_dataset("cifar", data_dir=tmp_path, train=True, download=False, limit=4)[0])
 
 
 def test_missing_data_says_where_to_put_it(tmp_path):
