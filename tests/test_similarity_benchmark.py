@@ -38,3 +38,25 @@ def test_similarity_speed_and_memory_benchmark_runs(tmp_path):
     pca, rnd = data["memory"][1], data["memory"][2]
     assert pca["dims"] == rnd["dims"] == 16 and pca["samples"] == 600 and pca["recorded_bytes"] == 600 * 16 * 4
     assert data["memory"][0]["recorded_bytes"] == 600 * 2048 * 4 and "| pca | 16 |" in r.stdout
+
+
+def test_label_dp_cifar_diagnosis_runs_on_a_tiny_image_folder(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 6), ("test", 2)):
+        for c in range(10):
+            d = tmp_path / "data" / "cifar10-jpeg" / split / f"class{c}"
+            d.mkdir(parents=True)
+            for k in range(n):
+                Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(d / f"{k}.png")
+    r = run("label_dp_cifar.py", "--data-dir", tmp_path / "data", "--cells", "clean/1e-3/ref,rr1/1e-3/bn",
+            "--train-limit", "40", "--test-limit", "20", "--out", tmp_path / "out", "--quiet", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "| clean/1e-3/ref | 1 | 40 |" in report and "| rr1/1e-3/bn | 1 | 40 |" in report
+    cell = json.loads((tmp_path / "out" / "cells" / "rr1_1e-3_bn_e1_n40_s0.json").read_text())
+    assert len(cell["dead_relu"]) == 6 and cell["sigmoid_saturated"] is not None and cell["epsilon"] == 1.0
+    r = run("label_dp_cifar.py", "--cells", "rr1/fast/ref", cwd=tmp_path)
+    assert r.returncode == 2 and "bad cell" in r.stderr
