@@ -70,16 +70,8 @@ def parse_args(argv=None):
 
 
 def build(variant: str) -> nn.Sequential:
-    """CifarNet, or CifarNet with BatchNorm after every convolution (same layer count per block is not kept)."""
-    model = CifarNet()
-    if variant == "ref":
-        return model
-    layers = []
-    for m in model:
-        layers.append(m)
-        if isinstance(m, nn.Conv2d):
-            layers.append(nn.BatchNorm2d(m.out_channels))
-    return nn.Sequential(*layers)
+    """CifarNet, or CifarNet with BatchNorm after every convolution (``CifarNet(batch_norm=True)``)."""
+    return CifarNet(batch_norm=variant == "bn")
 
 
 @torch.no_grad()
@@ -100,7 +92,7 @@ def run_cell(args, name, eps, lr, variant, data) -> dict:
     x, y, xt, yt = data
     torch.manual_seed(args.seed)
     model = build(variant)
-    depth = args.depth if variant == "ref" else args.depth + 1  # (a BatchNorm follows the first convolution)
+    depth = args.depth
     defenses = [] if eps is None else [RandomizedResponse(eps, num_classes=10)]
     start = time.perf_counter()
     train_split(split(model, depth)[0], split(model, depth)[1], x, y, epochs=args.epochs, batch_size=64, lr=lr,

@@ -128,3 +128,12 @@ def test_paper_models_split_at_their_named_cuts(factory, shapes):
         z = front(x)
         assert z.shape[1:] == shape, name
         assert torch.allclose(rest(z), full, atol=1e-5)
+
+
+def test_cifarnet_with_batch_norm_keeps_the_reference_layer_indices():
+    ref, bn = CifarNet(), CifarNet(batch_norm=True)
+    assert len(ref) == len(bn)
+    x = torch.rand(2, 3, 32, 32)
+    for depth in CifarNet.inversion_depths:
+        assert split(ref, depth)[0](x).shape == split(bn, depth)[0](x).shape
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in bn.modules()) == 6

@@ -100,14 +100,23 @@ class CifarNet(nn.Sequential):
     input_shape = (3, 32, 32)
     num_classes = 10
 
-    def __init__(self, num_classes: int = 10):
+    def __init__(self, num_classes: int = 10, *, batch_norm: bool = False):
+        """``batch_norm=True`` (ours, not the reference): each convolution is followed by BatchNorm inside the same
+        layer (so the layer indices and split depths stay the reference's). Without normalisation the reference
+        network's ReLUs die under label noise: trained under label DP it ends as a constant network
+        (``benchmarks/label_dp_cifar.py``)."""
+
+        def conv(cin, cout):
+            c = nn.Conv2d(cin, cout, 3, padding=1)
+            return nn.Sequential(c, nn.BatchNorm2d(cout)) if batch_norm else c
+
         layers = []
         in_ch = 3
         for out_ch in (64, 128, 128):
             layers += [
-                nn.Conv2d(in_ch, out_ch, 3, padding=1),
+                conv(in_ch, out_ch),
                 nn.ReLU(),
-                nn.Conv2d(out_ch, out_ch, 3, padding=1),
+                conv(out_ch, out_ch),
                 nn.ReLU(),
                 nn.MaxPool2d(2),
             ]
