@@ -26,7 +26,6 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
 from unsplit.attacks import GRADIENT_KINDS
 from unsplit.cli import (UsageError, add_common_arguments, check_defenses, device_of, finite_float, log, make_parser,
@@ -35,7 +34,7 @@ from unsplit.defenses import parse_defenses
 from unsplit.data import load_dataset
 from unsplit.experiments import label_experiment
 from unsplit.models import CifarNet, CifarResNet18, MnistNet, SimpleNet, build_model, split
-from unsplit.similarity import run_similarity
+from unsplit.similarity import build_model as similarity_model, model_inputs, run_similarity
 from unsplit.util import atomic_write_json, seed_everything
 
 
@@ -119,13 +118,11 @@ def similarity_main(args, device, out) -> int:
     x, y = load_dataset(args.dataset, data_dir=args.data_dir, train=True, download=not args.no_download,
                         limit=args.train_limit)
     xt, yt = load_dataset(args.dataset, data_dir=args.data_dir, train=False, download=not args.no_download)
-    if args.model in ("simplenet", "resnet18") and x.shape[-1] != 32:
-        x, xt = (F.interpolate(t, size=(32, 32), mode="bilinear", align_corners=False) for t in (x, xt))
+    x, xt = model_inputs(args.model, x), model_inputs(args.model, xt)
     classes = 2 if args.binary else 10
     if args.binary:
         y, yt = (y >= 5).long(), (yt >= 5).long()
-    factory = MODELS[args.model]
-    model = factory(classes) if factory in (MnistNet, CifarNet) else factory(classes, in_channels=x.shape[1])
+    model = similarity_model(args.model, num_classes=classes, in_channels=x.shape[1])
     try:
         split(model, args.cut)
     except ValueError as e:

@@ -32,7 +32,8 @@ from unsplit.fsha import FSHAServer, fsha_data  # noqa: E402
 from unsplit.models import FunnelNet, split  # noqa: E402
 from unsplit.protocol import Topology  # noqa: E402
 from unsplit.training import StepLosses, StepTimer, adam, train_split  # noqa: E402
-from unsplit.util import atomic_write_json, atomic_write_text, resolve_device, running_mean  # noqa: E402
+from unsplit.util import (atomic_save_figure, atomic_write_json, atomic_write_text, resolve_device,  # noqa: E402
+                          running_mean)
 
 SERVERS = ("honest", "fsha", "fsha+dummy")
 
@@ -132,10 +133,7 @@ def build_report(args) -> Path:
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
     fig.tight_layout()
-    tmp = args.out / "detection.tmp.png"
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(args.out / "detection.png")
+    atomic_save_figure(fig, args.out / "detection.png")
     return path
 
 

@@ -37,7 +37,7 @@ from unsplit.defenses import NoPeek  # noqa: E402
 from unsplit.fsha import OFFICIAL_NOTEBOOK as OFFICIAL  # noqa: E402
 from unsplit.fsha import fsha_data, reconstruction_error, run_fsha  # noqa: E402
 from unsplit.training import StepTimer  # noqa: E402
-from unsplit.util import atomic_write_json, atomic_write_text, resolve_device  # noqa: E402
+from unsplit.util import atomic_save_figure, atomic_write_json, atomic_write_text, resolve_device  # noqa: E402
 
 #: the official code's seconds per iteration on this project's 2-core CPU (MNIST, level 4, batch 64)
 OFFICIAL_SECONDS = 1.31
@@ -170,10 +170,7 @@ def _plot(cells: dict, path: Path) -> None:
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    atomic_save_figure(fig, path)
 
 
 def main(argv=None) -> int:

@@ -30,7 +30,6 @@ import tracemalloc
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -38,8 +37,8 @@ from unsplit.cli import finite_float, make_parser, run_main  # noqa: E402
 from unsplit.data import default_data_dir, load_dataset  # noqa: E402
 from unsplit.defenses import DPSGDHead, parse_defense  # noqa: E402
 from unsplit.models import CifarNet, CifarResNet18, MnistNet, SimpleNet  # noqa: E402
-from unsplit.similarity import run_similarity  # noqa: E402
-from unsplit.util import atomic_write_json, atomic_write_text, resolve_device  # noqa: E402
+from unsplit.similarity import MODEL_NAMES, build_model, model_inputs, run_similarity  # noqa: E402
+from unsplit.util import atomic_save_figure, atomic_write_json, atomic_write_text, resolve_device  # noqa: E402
 
 MODELS = {"mnistnet": MnistNet, "cifarnet": CifarNet, "simplenet": SimpleNet, "resnet18": CifarResNet18}
 DEFAULT_MODEL = {"mnist": "mnistnet", "f_mnist": "mnistnet", "cifar": "cifarnet"}
@@ -53,7 +52,7 @@ ATTACKS = ("gradient_knn", "gradient_kmeans", "smashed_knn", "smashed_kmeans", "
 def parse_args(argv=None):
     p = make_parser(__doc__)
     p.add_argument("--dataset", choices=("mnist", "f_mnist", "cifar"), default="f_mnist")
-    p.add_argument("--model", choices=tuple(MODELS), default=None, help="default: mnistnet / cifarnet")
+    p.add_argument("--model", choices=MODEL_NAMES, default=None, help="default: mnistnet / cifarnet")
     p.add_argument("--cuts", default=None, help="comma-separated split depths or the model's cut names")
     p.add_argument("--defenses", default="none", help="comma-separated specs (see the module docstring)")
     p.add_argument("--binary", action="store_true", help="binary task: label = class >= 5 (for Marvell, AUCs)")
@@ -75,8 +74,7 @@ def parse_args(argv=None):
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     args.model = args.model or DEFAULT_MODEL[args.dataset]
-    factory = MODELS[args.model]
-    names = getattr(factory, "cuts", {})
+    names = getattr(MODELS[args.model], "cuts", {})
     cuts = []
     for c in (args.cuts or DEFAULT_CUTS[args.model]).split(","):
         c = c.strip()
@@ -128,9 +126,7 @@ def cell_name(args, cut_name: str, spec: str) -> str:
 def _load(args):
     x, y = load_dataset(args.dataset, data_dir=args.data_dir, train=True, download=False, limit=args.train_limit)
     xt, yt = load_dataset(args.dataset, data_dir=args.data_dir, train=False, download=False, limit=args.test_limit)
-    if args.model in ("simplenet", "resnet18") and x.shape[-1] != 32:  # the paper's models take 32x32
-        x = F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)
-        xt = F.interpolate(xt, size=(32, 32), mode="bilinear", align_corners=False)
+    x, xt = model_inputs(args.model, x), model_inputs(args.model, xt)
     if args.binary:
         y, yt = (y >= 5).long(), (yt >= 5).long()
     return x, y, xt, yt
@@ -140,9 +136,7 @@ def run_cell(args, cut_name: str, cut: int, spec: str, data, device) -> dict:
     x, y, xt, yt = data
     classes = 2 if args.binary else 10
     defense = _defense(spec, classes=classes, n=len(x), epochs=args.epochs, batch=args.batch_size, clip=args.dp_clip)
-    factory = MODELS[args.model]
-    in_channels = x.shape[1]
-    model = factory(classes) if factory in (MnistNet, CifarNet) else factory(classes, in_channels=in_channels)
+    model = build_model(args.model, num_classes=classes, in_channels=x.shape[1])
     sgd = lambda params: torch.optim.SGD(params, lr=args.lr)  # noqa: E731
     tracemalloc.start()
     start = time.perf_counter()
@@ -219,10 +213,7 @@ def _plot(cells: list, path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    atomic_save_figure(fig, path, dpi=110)
 
 
 def main(argv=None) -> int:

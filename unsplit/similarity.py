@@ -487,6 +487,30 @@ def auc(scores: ArrayLike, truth: ArrayLike, *, positive: int = 1) -> float:
 
 
 # ---------------------------------------------------------------------------------------------- one experiment
+#: the split models the similarity experiments run on, by name
+MODEL_NAMES = ("mnistnet", "cifarnet", "simplenet", "resnet18")
+
+
+def build_model(name: str, *, num_classes: int = 10, in_channels: int = 3) -> nn.Sequential:
+    """A fresh ``mnistnet`` / ``cifarnet`` (the project's, fixed input channels) or ``simplenet`` / ``resnet18``
+    (Liu et al.'s, 32x32 inputs with ``in_channels``)."""
+    from .models import CifarNet, CifarResNet18, MnistNet, SimpleNet
+
+    if name == "mnistnet":
+        return MnistNet(num_classes)
+    if name == "cifarnet":
+        return CifarNet(num_classes)
+    if name in ("simplenet", "resnet18"):
+        return (SimpleNet if name == "simplenet" else CifarResNet18)(num_classes, in_channels=in_channels)
+    raise ValueError(f"unknown model {name!r}: choose one of {', '.join(MODEL_NAMES)}")
+
+
+def model_inputs(name: str, x: torch.Tensor) -> torch.Tensor:
+    """``x`` resized to 32x32 for the paper's models (Fashion-MNIST's 28x28, as the official code), else as is."""
+    if name in ("simplenet", "resnet18") and x.shape[-1] != 32:
+        return F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)
+    return x
+
 @dataclasses.dataclass
 class SimilarityRun:
     """What :func:`run_similarity` returns: ``metrics`` (JSON-ready), the trained ``topology`` and the recorders."""

@@ -157,6 +157,16 @@ def atomic_save(obj: Any, path: Union[str, Path]) -> Path:
     return _atomic_write(Path(path), lambda fh: torch.save(obj, fh))
 
 
+def atomic_save_figure(fig, path: Union[str, Path], *, dpi: int = 120) -> Path:
+    """Saves a matplotlib figure as PNG to ``path`` atomically and closes it."""
+    import matplotlib.pyplot as plt
+
+    try:
+        return _atomic_write(Path(path), lambda fh: fig.savefig(fh, format="png", dpi=dpi))
+    finally:
+        plt.close(fig)
+
+
 def save_image_grid(
     path: Union[str, Path],
     rows: Sequence[torch.Tensor],
@@ -197,12 +207,7 @@ def save_image_grid(
             if i == 0 and titles is not None and j < len(titles):
                 ax.set_title(titles[j], fontsize=7)
     fig.tight_layout()
-    path = Path(path)
-    fmt_tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(fmt_tmp, dpi=110)
-    plt.close(fig)
-    os.replace(fmt_tmp, path)
-    return path
+    return atomic_save_figure(fig, path, dpi=110)
 
 
 def unique_dir(path: Union[str, Path], *, marker: str = "metrics.json") -> Path:
