@@ -45,7 +45,8 @@ DEFAULT_MODEL = {"mnist": "mnistnet", "f_mnist": "mnistnet", "cifar": "cifarnet"
 #: default cuts per model (split depths): MnistNet after pool1 / pool2 / fc1; CifarNet after each pooling block
 DEFAULT_CUTS = {"mnistnet": "2,5,7", "cifarnet": "4,9,14", "simplenet": "layer14,layer33,layer50",
                 "resnet18": "block2,block4,block8"}
-ATTACKS = ("gradient_knn", "gradient_kmeans", "smashed_knn", "smashed_kmeans", "inference_knn", "inference_kmeans",
+ATTACKS = ("gradient_knn", "gradient_kmeans", "gradient_last_knn", "gradient_last_kmeans", "smashed_knn",
+           "smashed_kmeans", "inference_knn", "inference_kmeans",
            "completion_train", "completion_inference", "unsplit")
 
 
@@ -161,12 +162,14 @@ def build_report(args) -> Path:
     cells = [json.loads(f.read_text()) for f in sorted((args.out / "cells").glob("*.json"))]
     lines = ["# Similarity-based label inference (Liu et al., TIFS 2024)", "",
              "Accuracy of the inferred labels (known samples excluded), one known label per class; gradient attacks on "
-             "the first epoch's cut gradients of a fresh model, smashed-data attacks on the trained model's smashed "
+             "the first epoch's cut gradients of a fresh model (and of the last epoch: a trained top model), "
+             "smashed-data attacks on the trained model's smashed "
              "data of the training samples and (inference) of unseen test samples. `task` is the trained model's "
              "test accuracy.", "",
-             "| dataset | task | model | cut | defense | task acc | grad 1-NN | grad k-means | smashed 1-NN | "
-             "smashed k-means | inference 1-NN | inference k-means | completion | completion (inference) | UnSplit | "
-             "random | norm AUC | direction AUC | dims (grad/smashed) | recorded MB | s |", "|" + "---|" * 21]
+             "| dataset | task | model | cut | defense | task acc | grad 1-NN | grad k-means | grad (last epoch) "
+             "1-NN | grad (last epoch) k-means | smashed 1-NN | smashed k-means | inference 1-NN | inference k-means "
+             "| completion | completion (inference) | UnSplit | random | norm AUC | direction AUC | "
+             "dims (grad/smashed) | recorded MB | s |", "|" + "---|" * 23]
     key = lambda c: (c["dataset"], c["binary"], c["model"], c["cut"], c["defense"])  # noqa: E731
     for c in sorted(cells, key=key):
         f = lambda k: "" if c.get(k) is None else f"{c[k]:.4f}"  # noqa: E731
@@ -205,7 +208,8 @@ def _plot(cells: list, path: Path) -> None:
     for ax, ((ds, binary, model, cut, name), group) in zip(axes[0], sorted(groups.items())):
         group.sort(key=lambda c: _strength(c["defense"]))
         xs = [_strength(c["defense"]) for c in group]
-        for i, k in enumerate(("gradient_kmeans", "gradient_knn", "smashed_knn", "inference_knn", "task_accuracy")):
+        for i, k in enumerate(("gradient_kmeans", "gradient_knn", "gradient_last_kmeans", "smashed_knn",
+                               "inference_knn", "task_accuracy")):
             style = "k--" if k == "task_accuracy" else f"C{i}o-"
             ax.plot(xs, [c.get(k) for c in group], style, label=k.replace("_", " "))
         ax.set(xscale="log", title=f"{ds}{' binary' if binary else ''} {model} {cut}: {name}", xlabel="strength",

@@ -171,9 +171,11 @@ def test_run_similarity_end_to_end_with_every_attack_and_baseline(classes):
     m = run.metrics
     assert run.topology.kind == "server_inputs" and m["gradient_dims"] == m["smashed_dims"] == 32
     chance = 1 / classes
-    for key in ("gradient_knn", "gradient_kmeans", "smashed_knn", "smashed_kmeans", "inference_knn",
-                "inference_kmeans", "completion_train", "completion_inference", "unsplit"):
+    for key in ("gradient_knn", "gradient_kmeans", "gradient_last_knn", "gradient_last_kmeans", "smashed_knn",
+                "smashed_kmeans", "inference_knn", "inference_kmeans", "completion_train", "completion_inference",
+                "unsplit"):
         assert m[key] > min(0.9, chance + 0.4), (key, m)
+    assert set(m["recorded_bytes"]) >= {"gradient", "gradient_last"}
     assert abs(m["random_guess"] - chance) < 0.1 and m["task_accuracy"] > 0.9
     if classes == 2:
         assert m["direction_auc"] > 0.9 and 0 <= m["norm_auc"] <= 1

@@ -548,7 +548,8 @@ def run_similarity(model: nn.Sequential, x_train: torch.Tensor, y_train: torch.T
                    optimizers=None, defenses: Sequence = (), known_per_class: int = 1, gradient_epoch: int = 0,
                    reducer: str = "pca", max_dims: int = OFFICIAL_MAX_DIMS, dims: int = 512,
                    kmeans_init: str = "known", completion_epochs: int = 20, unsplit_baseline: bool = False,
-                   device: Union[str, torch.device] = "cpu", seed: int = 0, progress: bool = False) -> SimilarityRun:
+                   last_epoch_gradients: bool = True, device: Union[str, torch.device] = "cpu", seed: int = 0,
+                   progress: bool = False) -> SimilarityRun:
     """Liu et al.'s (TIFS 2024) label inference on one split model, end to end.
 
     The label owner keeps the layers after ``cut`` (the top model); the attacker runs layers ``0..cut`` on its own
@@ -572,11 +573,15 @@ def run_similarity(model: nn.Sequential, x_train: torch.Tensor, y_train: torch.T
         unsplit_baseline: also run UnSplit's gradient-matching label inference (Erdogan et al., WPES'22) online
             during the recorded epoch, anchored by the same known samples (``unsplit`` in the metrics; its cost
             grows with the top model: 300 matching steps on each batch holding a known sample).
+        last_epoch_gradients: with ``epochs > 1``, also record the last epoch's cut gradients (a trained top model)
+            and attack them (``gradient_last_knn``, ``gradient_last_kmeans``; the paper claims robustness across
+            epochs).
         device, seed: where training runs; seeds training, the known samples, k-means and the random guess.
 
     Returns:
         :class:`SimilarityRun` with ``metrics``: ``gradient_knn``, ``gradient_kmeans`` (training phase),
-        ``smashed_knn``, ``smashed_kmeans`` (training samples), ``inference_knn``, ``inference_kmeans`` (test
+        ``gradient_last_knn``, ``gradient_last_kmeans`` (last epoch, if recorded), ``smashed_knn``,
+        ``smashed_kmeans`` (training samples), ``inference_knn``, ``inference_kmeans`` (test
         samples), ``completion_train`` and ``completion_inference`` (model completion), ``unsplit`` (if asked),
         ``random_guess``, for binary
         tasks ``norm_auc`` and ``direction_auc``, ``task_accuracy``, the recorded widths and bytes.
@@ -588,6 +593,9 @@ def run_similarity(model: nn.Sequential, x_train: torch.Tensor, y_train: torch.T
     topology = Topology.split(model, head_start=cut + 1)
     common = dict(cut="head", reducer=reducer, max_dims=max_dims, dims=dims, seed=seed)
     recorders = {"gradient": CutRecorder(observe="gradient", epoch=gradient_epoch, **common)}
+    last = epochs - 1
+    if last_epoch_gradients and epochs > 1 and gradient_epoch % epochs != last:
+        recorders["gradient_last"] = CutRecorder(observe="gradient", epoch=last, **common)
     if k == 2:  # Li et al.'s norm attack needs the raw norms
         recorders["gradient_raw"] = CutRecorder(observe="gradient", epoch=gradient_epoch, normalize=False, **common)
     truth = _numpy(y_train).astype(np.int64)
@@ -618,12 +626,16 @@ def run_similarity(model: nn.Sequential, x_train: torch.Tensor, y_train: torch.T
             return at, known_lab
         return choose_known(truth[idx], per_class=known_per_class, seed=seed)
 
+    for name in ("gradient", "gradient_last"):
+        if name in recorders:
+            gidx, g = recorders[name].observations()
+            gpos, glab = known_in(gidx)
+            _score(f"{name}_knn", knn_attack(g, gpos, glab), truth[gidx], metrics, exclude=gpos)
+            _score(f"{name}_kmeans", kmeans_attack(g, gpos, glab, num_classes=k, init=kmeans_init, seed=seed),
+                   truth[gidx], metrics, exclude=gpos)
     idx, grads = recorders["gradient"].observations()
     pos, lab = known_in(idx)
     t = truth[idx]
-    _score("gradient_knn", knn_attack(grads, pos, lab), t, metrics, exclude=pos)
-    _score("gradient_kmeans", kmeans_attack(grads, pos, lab, num_classes=k, init=kmeans_init, seed=seed), t, metrics,
-           exclude=pos)
     _score("random_guess", random_guess(len(t), num_classes=k, seed=seed), t, metrics, exclude=pos)
     if k == 2:
         _, raw = recorders["gradient_raw"].observations()
