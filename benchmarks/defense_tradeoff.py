@@ -58,6 +58,8 @@ def parse_args(argv=None):
     p.add_argument("--input-iters", type=int, default=100)
     p.add_argument("--model-iters", type=int, default=100)
     p.add_argument("--train-limit", type=int, default=None, help="train on the first N training images only")
+    p.add_argument("--batch-norm", action="store_true",
+                   help="CIFAR-10: CifarNet with BatchNorm after each convolution (trains under label DP)")
     p.add_argument("--label-count", type=int, default=500)
     p.add_argument("--binary-defenses", default=",".join(BINARY_GRID),
                    help="specs for the binary-task sweep ('' skips it)")
@@ -69,6 +71,8 @@ def parse_args(argv=None):
     p.add_argument("--recompute", action="store_true")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
+    if args.batch_norm and args.dataset != "cifar":
+        p.error("--batch-norm is a CIFAR-10 (CifarNet) variant")
     classes = MODELS[args.dataset].num_classes
     args.specs = ["none"] * ("none" in args.defenses.split(",")) + check_defenses(
         p, args.defenses.split(","), num_classes=classes)
@@ -79,7 +83,8 @@ def parse_args(argv=None):
 
 def cell_tag(args) -> str:
     """Names the cells of one setting (dataset, depth, epochs, schedule, training-set size)."""
-    tag = f"{args.dataset}_d{args.depth}_e{args.epochs}_{args.main_iters}x{args.input_iters}+{args.model_iters}"
+    tag = (f"{args.dataset}{'-bn' if args.batch_norm else ''}_d{args.depth}_e{args.epochs}_{args.main_iters}x"
+           f"{args.input_iters}+{args.model_iters}")
     return tag + (f"_n{args.train_limit}" if args.train_limit else "")
 
 
@@ -124,7 +129,7 @@ def run(args) -> None:
         # its model is the undefended one (same seed, same steps), so it is trained once, under "none"
         train_spec = "none" if defense.acts_on <= {"head_gradient"} else spec
         case = TrainingCase(args.dataset, epochs=args.epochs, seed=args.seed, defenses=(train_spec,),
-                            split_depth=args.depth, train_limit=args.train_limit)
+                            split_depth=args.depth, train_limit=args.train_limit, batch_norm=args.batch_norm)
         start = time.perf_counter()
         model, info = train_or_load(case, data_dir=args.data_dir, cache_dir=args.out / "checkpoints",
                                     test=(x_test, y_test), device=device)
@@ -149,7 +154,7 @@ def run(args) -> None:
 def _label_cell(args, spec: str, x_test, y_test, device) -> dict:
     """UnSplit label inference (cut gradient) with the defense in force, or why the defense cannot act there (the
     server holds the inputs: a defense of the client front has nothing to act on)."""
-    shape = build_model(args.dataset)
+    shape = build_model(args.dataset, batch_norm=args.batch_norm)
     try:
         Topology.split(shape, head_start=len(shape) - 1).check_defense(parse_defense(spec))
     except ValueError as exc:
@@ -157,7 +162,8 @@ def _label_cell(args, spec: str, x_test, y_test, device) -> dict:
                 "label_not_applicable": str(exc)}
     pick = torch.randperm(len(y_test), generator=torch.Generator().manual_seed(args.seed))[: args.label_count]
     torch.manual_seed(args.seed)  # the untrained model trained online: seeded as every row's
-    labels = label_experiment(build_model(args.dataset), x_test[pick], y_test[pick], gradient="cut", device=device, seed=args.seed,
+    labels = label_experiment(build_model(args.dataset, batch_norm=args.batch_norm), x_test[pick], y_test[pick],
+                              gradient="cut", device=device, seed=args.seed,
                               defenses=[parse_defense(spec)])
     return {"label_accuracy": labels["accuracy"], "label_accuracy_best_renaming": labels["accuracy_best_renaming"],
             "label_scored": labels["scored"]}

@@ -50,7 +50,18 @@ def test_training_case_rejects_bad_cases():
         TrainingCase("mnist", defenses=("blur:2",), split_depth=1)
     with pytest.raises(ValueError, match="unknown dataset"):
         TrainingCase("svhn")
+    with pytest.raises(ValueError, match="batch_norm is a CifarNet variant"):
+        TrainingCase("mnist", batch_norm=True)
     assert TrainingCase("mnist", defenses=("none",)).defenses == ()
+
+
+def test_the_batch_norm_cifar_network_is_its_own_case():
+    plain, bn = TrainingCase("cifar", epochs=1), TrainingCase("cifar", epochs=1, batch_norm=True)
+    assert "batch_norm" not in plain.key() and bn.key()["batch_norm"] is True  # earlier checkpoints keep their keys
+    assert bn.name.startswith("cifar-bn_") and bn.name != plain.name
+    model = bn.build_model()
+    assert len(model) == len(plain.build_model())  # same layer indices, so the same split depths
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == 6
 
 
 def test_experiments_take_the_attacks_own_config():

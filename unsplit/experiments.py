@@ -293,6 +293,7 @@ class TrainingCase:
             gradient is the same at every cut), so it is left out of the key and one model serves every depth.
         train_limit: train on the first N training images only (``None``: all).
         batch_size, lr: the loop's batch size and every party's Adam learning rate.
+        batch_norm: the CIFAR-10 network with BatchNorm after each convolution (``CifarNet(batch_norm=True)``).
     """
 
     dataset: str
@@ -303,10 +304,12 @@ class TrainingCase:
     train_limit: Optional[int] = None
     batch_size: int = 64
     lr: float = 1e-3
+    batch_norm: bool = False
 
     def __post_init__(self):
         if self.dataset not in MODELS:
             raise ValueError(f"unknown dataset {self.dataset!r}: choose one of {', '.join(MODELS)}")
+        self.build_model()  # batch_norm on a network without the variant fails here
         specs = tuple(s.strip() for s in self.defenses if s.strip() and s.strip() != "none")
         object.__setattr__(self, "defenses", specs)
         if specs and self.split_depth is None:
@@ -323,18 +326,27 @@ class TrainingCase:
 
         return parse_defenses(self.defenses, num_classes=MODELS[self.dataset].num_classes)
 
+    def build_model(self) -> nn.Sequential:
+        """A freshly initialised network of this case (not seeded)."""
+        from .models import build_model
+
+        return build_model(self.dataset, batch_norm=self.batch_norm)
+
     def key(self) -> Dict[str, Any]:
         """The canonical description of the training (JSON-friendly): what a checkpoint must match."""
-        return {"dataset": self.dataset, "model": MODELS[self.dataset].__name__, "epochs": self.epochs,
-                "seed": self.seed, "split_depth": self.split_depth, "train_limit": self.train_limit,
-                "batch_size": self.batch_size, "lr": self.lr, "optimizer": "adam-amsgrad", "loss": "cross_entropy",
-                "defenses": [d.config() for d in self.build_defenses()]}
+        key = {"dataset": self.dataset, "model": MODELS[self.dataset].__name__, "epochs": self.epochs,
+               "seed": self.seed, "split_depth": self.split_depth, "train_limit": self.train_limit,
+               "batch_size": self.batch_size, "lr": self.lr, "optimizer": "adam-amsgrad", "loss": "cross_entropy",
+               "defenses": [d.config() for d in self.build_defenses()]}
+        if self.batch_norm:  # absent otherwise: earlier checkpoints keep their keys
+            key["batch_norm"] = True
+        return key
 
     @property
     def name(self) -> str:
         """A readable, unique file stem: ``<dataset>_e<epochs>_s<seed>[_d<depth>_<defenses>]_<hash>``."""
         digest = hashlib.sha256(json.dumps(self.key(), sort_keys=True).encode()).hexdigest()[:10]
-        parts = [self.dataset, f"e{self.epochs}", f"s{self.seed}"]
+        parts = [self.dataset + ("-bn" if self.batch_norm else ""), f"e{self.epochs}", f"s{self.seed}"]
         if self.train_limit:
             parts.append(f"n{self.train_limit}")
         if self.defenses:
@@ -385,12 +397,11 @@ def train_or_load(
         ValueError: an unreadable checkpoint.
     """
     from .data import load_dataset
-    from .models import build_model
 
     say = log or (lambda message: None)
     path = Path(checkpoint) if checkpoint is not None else Path(cache_dir) / f"{case.name}.pt"
     wanted = case.key()
-    model = build_model(case.dataset)
+    model = case.build_model()
     if path.exists() and not retrain:
         try:
             state = torch.load(path, map_location="cpu")
@@ -411,7 +422,7 @@ def train_or_load(
         x_train, y_train = load_dataset(case.dataset, data_dir=data_dir, train=True, download=download,
                                         limit=case.train_limit)
         torch.manual_seed(case.seed)
-        model = build_model(case.dataset)
+        model = case.build_model()
         defenses = case.build_defenses()
         say(f"training the split model: {case.epochs} epochs on {len(y_train)} images"
             + (f" with {', '.join(case.defenses)}" if case.defenses else "") + " ...")

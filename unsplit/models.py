@@ -307,10 +307,15 @@ class CifarResNet18(nn.Sequential):
 MODELS = {"mnist": MnistNet, "f_mnist": MnistNet, "cifar": CifarNet}
 
 
-def build_model(dataset: str) -> nn.Sequential:
-    """Returns a freshly initialised reference network for ``dataset`` (``mnist``, ``f_mnist`` or ``cifar``)."""
+def build_model(dataset: str, *, batch_norm: bool = False) -> nn.Sequential:
+    """Returns a freshly initialised reference network for ``dataset`` (``mnist``, ``f_mnist`` or ``cifar``);
+    ``batch_norm=True`` gives CIFAR-10's ``CifarNet(batch_norm=True)`` (ours: it trains under label noise)."""
     if dataset not in MODELS:
         raise ValueError(f"unknown dataset {dataset!r}: choose one of {', '.join(MODELS)}")
+    if batch_norm:
+        if MODELS[dataset] is not CifarNet:
+            raise ValueError(f"batch_norm is a CifarNet variant; the {dataset} network has none")
+        return CifarNet(batch_norm=True)
     return MODELS[dataset]()
 
 
