@@ -33,13 +33,12 @@ from unsplit.cli import (UsageError, add_common_arguments, check_defenses, devic
 from unsplit.defenses import parse_defenses
 from unsplit.data import load_dataset
 from unsplit.experiments import label_experiment
-from unsplit.models import CifarNet, CifarResNet18, MnistNet, SimpleNet, build_model, split
-from unsplit.similarity import build_model as similarity_model, model_inputs, run_similarity
+from unsplit.models import build_model, split
+from unsplit.similarity import MODEL_NAMES, build_model as similarity_model, cut_names, model_inputs, run_similarity
 from unsplit.util import atomic_write_json, seed_everything
 
 
 ATTACKS = ("unsplit", "similarity-knn", "similarity-kmeans", "norm", "direction", "model-completion")
-MODELS = {"mnistnet": MnistNet, "cifarnet": CifarNet, "simplenet": SimpleNet, "resnet18": CifarResNet18}
 
 
 def parse_args(argv=None):
@@ -50,7 +49,7 @@ def parse_args(argv=None):
                    help="similarity attacks: what the attacker compares")
     p.add_argument("--phase", choices=("train", "inference"), default="train",
                    help="similarity attacks: training samples, or unseen samples after training (smashed data)")
-    p.add_argument("--model", choices=tuple(MODELS), default=None,
+    p.add_argument("--model", choices=MODEL_NAMES, default=None,
                    help="similarity attacks: the split model (default: mnistnet / cifarnet)")
     p.add_argument("--cut", default=None, help="similarity attacks: the attacker's last layer (a split depth or "
                                                "the model's cut name; default: after the second pooling block)")
@@ -94,8 +93,9 @@ def _check_similarity(p, args):
     if args.phase == "inference" and args.observe != "smashed":
         p.error("no gradient crosses the cut at inference: use --observe smashed with --phase inference")
     args.model = args.model or ("cifarnet" if args.dataset == "cifar" else "mnistnet")
-    names = getattr(MODELS[args.model], "cuts", {})
-    cut = args.cut or {"mnistnet": "5", "cifarnet": "9", "simplenet": "layer50", "resnet18": "block8"}[args.model]
+    names = cut_names(args.model)
+    default_cut = {"mnistnet": "5", "cifarnet": "9", "cifarnet_bn": "9", "simplenet": "layer50", "resnet18": "block8"}
+    cut = args.cut or default_cut[args.model]
     if cut in names:
         args.cut = names[cut]
     elif cut.isdigit():

@@ -36,15 +36,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from unsplit.cli import finite_float, make_parser, run_main  # noqa: E402
 from unsplit.data import default_data_dir, load_dataset  # noqa: E402
 from unsplit.defenses import DPSGDHead, parse_defense  # noqa: E402
-from unsplit.models import CifarNet, CifarResNet18, MnistNet, SimpleNet  # noqa: E402
-from unsplit.similarity import MODEL_NAMES, build_model, model_inputs, run_similarity  # noqa: E402
+from unsplit.similarity import MODEL_NAMES, build_model, cut_names, model_inputs, run_similarity  # noqa: E402
 from unsplit.util import atomic_save_figure, atomic_write_json, atomic_write_text, resolve_device  # noqa: E402
 
-MODELS = {"mnistnet": MnistNet, "cifarnet": CifarNet, "simplenet": SimpleNet, "resnet18": CifarResNet18}
 DEFAULT_MODEL = {"mnist": "mnistnet", "f_mnist": "mnistnet", "cifar": "cifarnet"}
 #: default cuts per model (split depths): MnistNet after pool1 / pool2 / fc1; CifarNet after each pooling block
-DEFAULT_CUTS = {"mnistnet": "2,5,7", "cifarnet": "4,9,14", "simplenet": "layer14,layer33,layer50",
-                "resnet18": "block2,block4,block8"}
+DEFAULT_CUTS = {"mnistnet": "2,5,7", "cifarnet": "4,9,14", "cifarnet_bn": "4,9,14",
+                "simplenet": "layer14,layer33,layer50", "resnet18": "block2,block4,block8"}
 ATTACKS = ("gradient_knn", "gradient_kmeans", "gradient_last_knn", "gradient_last_kmeans", "smashed_knn",
            "smashed_kmeans", "inference_knn", "inference_kmeans",
            "completion_train", "completion_inference", "unsplit")
@@ -75,7 +73,7 @@ def parse_args(argv=None):
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     args.model = args.model or DEFAULT_MODEL[args.dataset]
-    names = getattr(MODELS[args.model], "cuts", {})
+    names = cut_names(args.model)
     cuts = []
     for c in (args.cuts or DEFAULT_CUTS[args.model]).split(","):
         c = c.strip()

@@ -488,21 +488,32 @@ def auc(scores: ArrayLike, truth: ArrayLike, *, positive: int = 1) -> float:
 
 # ---------------------------------------------------------------------------------------------- one experiment
 #: the split models the similarity experiments run on, by name
-MODEL_NAMES = ("mnistnet", "cifarnet", "simplenet", "resnet18")
+MODEL_NAMES = ("mnistnet", "cifarnet", "cifarnet_bn", "simplenet", "resnet18")
 
 
 def build_model(name: str, *, num_classes: int = 10, in_channels: int = 3) -> nn.Sequential:
-    """A fresh ``mnistnet`` / ``cifarnet`` (the project's, fixed input channels) or ``simplenet`` / ``resnet18``
-    (Liu et al.'s, 32x32 inputs with ``in_channels``)."""
+    """A fresh ``mnistnet`` / ``cifarnet`` / ``cifarnet_bn`` (the project's, fixed input channels; ``cifarnet_bn``
+    is ``CifarNet(batch_norm=True)``) or ``simplenet`` / ``resnet18`` (Liu et al.'s, 32x32 inputs with
+    ``in_channels``)."""
     from .models import CifarNet, CifarResNet18, MnistNet, SimpleNet
 
     if name == "mnistnet":
         return MnistNet(num_classes)
-    if name == "cifarnet":
-        return CifarNet(num_classes)
+    if name in ("cifarnet", "cifarnet_bn"):
+        return CifarNet(num_classes, batch_norm=name == "cifarnet_bn")
     if name in ("simplenet", "resnet18"):
         return (SimpleNet if name == "simplenet" else CifarResNet18)(num_classes, in_channels=in_channels)
     raise ValueError(f"unknown model {name!r}: choose one of {', '.join(MODEL_NAMES)}")
+
+
+def cut_names(name: str) -> dict:
+    """The named cuts of model ``name`` (e.g. ResNet-18's ``block4``) as split depths; ``{}`` for the project's
+    networks, which are cut by depth."""
+    if name not in MODEL_NAMES:
+        raise ValueError(f"unknown model {name!r}: choose one of {', '.join(MODEL_NAMES)}")
+    from .models import CifarResNet18, SimpleNet
+
+    return dict(getattr({"simplenet": SimpleNet, "resnet18": CifarResNet18}.get(name), "cuts", {}))
 
 
 def model_inputs(name: str, x: torch.Tensor) -> torch.Tensor:
