@@ -1,0 +1,106 @@
+"""SLADV (Fan et al., ECAI'23): split points, shadow fronts, the attacker's view, and effectiveness on a small problem."""
+import pytest
+import torch
+from torch import nn
+
+from unsplit import sladv
+from unsplit.protocol import Topology
+from unsplit.training import evaluate, train_split
+
+
+def _problem(n: int, seed: int, amp: float = 0.04):
+    """16x16 noisy images carrying a faint class pattern: learnable, yet fragile at eps = 8/255."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 4, (n,), generator=g)
+    pattern = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(99)).sign()
+    x = 0.5 + 0.15 * torch.randn(n, 3, 16, 16, generator=g) + amp * pattern[y]
+    return x.clamp(0, 1), y
+
+
+def _tiny_victim():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, 2, padding=1), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(16 * 8 * 8, 32), nn.ReLU(), nn.Linear(32, 4))
+    return Topology.split(model, front_depth=1, head_start=7)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    x, y = _problem(1500, 0)
+    topology, stats = _tiny_victim(), sladv.ServerStatistics()
+    train_split(topology, x[:1000], y[:1000], epochs=5, batch_size=64, callbacks=[stats])
+    return topology, stats, x[1000:], _problem(300, 1)
+
+
+@pytest.mark.parametrize("name", sladv.MODEL_NAMES)
+def test_every_split_point_and_both_shadow_fronts_fit_the_smashed_shape(name):
+    model = sladv.build_victim(name).eval()
+    x = torch.rand(2, 3, 32, 32)
+    shapes = []
+    for point in (1, 2, 3, 4):
+        topology = sladv.victim_topology(model, point)
+        assert isinstance(topology.head, nn.Sequential) and isinstance(topology.head[-1], nn.Linear)
+        smashed = topology.front(x)
+        shapes.append(tuple(smashed.shape[1:]))
+        assert topology(x).shape == (2, 10)
+        for kind in ("single", "multi"):
+            assert sladv.shadow_front(kind, smashed.shape[1:])(x).shape == smashed.shape
+    assert shapes[0][1] == 32 and shapes[-1][1] < shapes[0][1]  # deeper points: smaller maps
+    with pytest.raises(ValueError, match="split_point"):
+        sladv.victim_topology(model, 5)
+
+
+def test_the_attack_flips_far_more_predictions_than_same_budget_noise(trained):
+    topology, stats, x_attacker, (x, y) = trained
+    assert evaluate(topology, x, y) > 0.9
+    out = sladv.run_sladv(topology, stats, x_attacker, x, y, shadow_steps=200, steps=10, baselines=("noise",))
+    assert out["noise"]["accuracy"] > 0.9  # random signs of the same size do nothing
+    assert out["sladv"]["accuracy"] < out["noise"]["accuracy"] - 0.3, out
+    assert out["sladv"]["misclassification_rate"] == pytest.approx(1 - out["sladv"]["accuracy"])
+    x_adv = out["x_adv"]
+    assert (x_adv - x).abs().max() <= 8 / 255 + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+
+
+def test_white_box_pgd_from_torchattacks_is_the_upper_bound(trained):
+    pytest.importorskip("torchattacks")
+    topology, stats, x_attacker, (x, y) = trained
+    out = sladv.run_sladv(topology, stats, x_attacker, x, y, shadow_steps=200, steps=10, baselines=("whitebox",))
+    assert out["whitebox"]["accuracy"] < 0.2 and out["whitebox"]["accuracy"] <= out["sladv"]["accuracy"]
+    assert out["whitebox"]["linf"] <= 8 / 255 + 1e-6
+
+
+def test_the_attacker_never_touches_the_clients_front_head_or_labels(trained):
+    topology, stats, x_attacker, (x, _) = trained
+    reference, _, _ = sladv.sladv_attack(topology.middle, stats, x_attacker, x[:50], shadow_steps=20, steps=3)
+    poisoned = _tiny_victim()
+    poisoned.middle.load_state_dict(topology.middle.state_dict())
+    with torch.no_grad():
+        for p in list(poisoned.front.parameters()) + list(poisoned.head.parameters()):
+            p.fill_(float("nan"))
+    again, _, _ = sladv.sladv_attack(poisoned.middle, stats, x_attacker, x[:50], shadow_steps=20, steps=3)
+    assert torch.isfinite(again).all() and torch.equal(again, reference)
+
+
+def test_feature_pgd_stays_in_the_ball_and_in_the_unit_range():
+    torch.manual_seed(0)
+    shadow, middle = nn.Conv2d(3, 4, 3, padding=1), nn.Sequential(nn.Flatten(), nn.Linear(4 * 8 * 8, 5))
+    x = torch.rand(6, 3, 8, 8)
+    x[0] = 0.0
+    x[1] = 1.0
+    for loss in ("l2", "cosine"):
+        adv = sladv.feature_pgd(shadow, middle, x, eps=0.05, alpha=0.02, steps=5, loss=loss)
+        assert (adv - x).abs().max() <= 0.05 + 1e-6 and adv.min() >= 0 and adv.max() <= 1
+        assert (adv - x).abs().max() > 0.04  # it moved
+    with pytest.raises(ValueError, match="loss"):
+        sladv.feature_pgd(shadow, middle, x, loss="l1")
+
+
+def test_the_attackers_images_are_disjoint_from_the_clients_and_skewed():
+    labels = torch.arange(2000) % 10
+    client, attacker, seen = sladv.attacker_split(labels, size=100, client_size=1000, num_classes_seen=3)
+    assert len(attacker) == 100 and set(client.tolist()).isdisjoint(attacker.tolist())
+    assert set(labels[attacker].tolist()) == set(seen) and len(seen) == 3
+    _, iid, none = sladv.attacker_split(labels, source="cifar-iid", size=500, client_size=1000)
+    assert none is None and len(set(labels[iid].tolist())) == 10
+    with pytest.raises(ValueError, match="left for the attacker"):
+        sladv.attacker_split(labels, size=400, client_size=1000, num_classes_seen=3)

@@ -1,0 +1,455 @@
+"""SLADV / SPADV (Fan, Chen, Wang, Zhou, Huang, *On the Robustness of Split Learning against Adversarial Attacks*,
+ECAI 2023, arXiv:2307.07916): adversarial examples crafted by a server that holds only the middle of a U-shaped split.
+
+The client keeps the front (the first layers) and the head (here the final Linear layer, as the authors' scaffold);
+the untrusted server holds the middle. The attack has two stages:
+
+1. **Shadow front.** From a few unlabeled samples of its own (non-IID, possibly another distribution), the server
+   trains a shadow of the client's front whose outputs land where the real front's smashed data live, with its real
+   middle frozen. What it may use is what it saw during training (:class:`ServerStatistics`): the front's smashed
+   data and its own middle's outputs.
+2. **Local attack.** PGD under an L∞ budget that maximises the deviation of the middle's output, through shadow front
+   + real middle (:func:`feature_pgd`). The adversarial examples are then sent through the real client front, the
+   middle and the client head.
+
+The paper's shadow objective, perturbation loss and budgets could not be read (the authors' repository is an
+incomplete scaffold), so these are **ours** and labelled so: the shadow objective (per-channel moments of the smashed
+data + an MMD on the middle's outputs; ``objective="critic"`` would be FSHA-style and is not implemented), the L2
+and cosine deviation losses, ε = 8/255, step 2/255, 20 steps with a random start. The baselines (metric code only):
+clean accuracy, same-ε random sign noise, white-box PGD on the whole model (the upper bound) and PGD transferred from
+a surrogate trained on the attacker's own images (with labels: more than SLADV's attacker has); the PGD baselines are
+torchattacks'.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .models import BasicBlock, CifarNet, CifarResNet18
+from .protocol import CutEvent, RunInfo, SplitCallback, Topology
+
+__all__ = [
+    "MODEL_NAMES",
+    "SPLIT_POINTS",
+    "build_victim",
+    "victim_topology",
+    "ServerStatistics",
+    "shadow_front",
+    "train_shadow",
+    "feature_pgd",
+    "random_sign_noise",
+    "torchattacks_pgd",
+    "attack_metrics",
+    "sladv_attack",
+    "attacker_split",
+    "train_surrogate",
+    "run_sladv",
+]
+
+MODEL_NAMES = ("cifarnet", "resnet18")
+#: split point (1-4) -> the client front's last layer. ResNet-18: the scaffold's points (after conv1+bn1, layer1,
+#: layer2, layer3); CifarNet (BatchNorm variant, ours): after the first convolution and after each pooling block.
+SPLIT_POINTS: Dict[str, Dict[int, int]] = {"resnet18": {1: 2, 2: 4, 3: 6, 4: 8}, "cifarnet": {1: 1, 2: 4, 3: 9, 4: 14}}
+
+
+def build_victim(name: str = "cifarnet", *, num_classes: int = 10) -> nn.Sequential:
+    """A fresh victim network: ``cifarnet`` (``CifarNet(batch_norm=True)``: trains to a useful accuracy on a CPU in
+    minutes) or ``resnet18`` (``CifarResNet18(head="linear")``, the scaffold's model). Inputs ``(N, 3, 32, 32)`` in
+    [0, 1]."""
+    if name == "cifarnet":
+        return CifarNet(num_classes, batch_norm=True)
+    if name == "resnet18":
+        return CifarResNet18(num_classes, head="linear")
+    raise ValueError(f"unknown model {name!r}: choose one of {', '.join(MODEL_NAMES)}")
+
+
+def victim_topology(model: nn.Sequential, split_point: int, *, name: Optional[str] = None) -> Topology:
+    """The U-shaped split of a victim: front = layers ``0..SPLIT_POINTS[name][split_point]``, head = the final
+    Linear layer, middle = the rest (the server's).
+
+    Args:
+        model: a network of :func:`build_victim` (``name`` is inferred from its class if not given).
+        split_point: 1-4 (1 = the shallowest front).
+    """
+    if name is None:
+        name = "resnet18" if isinstance(model, CifarResNet18) else "cifarnet"
+    if name not in SPLIT_POINTS:
+        raise ValueError(f"unknown model {name!r}: choose one of {', '.join(MODEL_NAMES)}")
+    if split_point not in SPLIT_POINTS[name]:
+        raise ValueError(f"split_point must be one of {sorted(SPLIT_POINTS[name])}, got {split_point!r}")
+    return Topology.split(model, front_depth=SPLIT_POINTS[name][split_point], head_start=len(model) - 1)
+
+
+class ServerStatistics(SplitCallback):
+    """What the SLADV server keeps from training: per-channel mean and standard deviation of the client front's
+    smashed data (over samples and positions), whether they are non-negative, and a sample of its own middle's
+    outputs. Observes only ``front.smashed`` and ``head.smashed`` (what it receives and what it sends on).
+
+    Args:
+        phase: ``"train"`` (an epoch of training) or ``"inference"`` (the client using the trained model: every
+            inference pass it sees, e.g. for a victim trained earlier).
+        epoch: the training epoch to summarise (``-1``: the last, the trained front).
+        max_outputs: how many middle outputs to keep (the first of the epoch).
+    """
+
+    observes = frozenset({"front.smashed", "head.smashed"})
+
+    def __init__(self, *, phase: str = "train", epoch: int = -1, max_outputs: int = 2048):
+        if phase not in ("train", "inference"):
+            raise ValueError(f"phase must be 'train' or 'inference', got {phase!r}")
+        self.phase, self.epoch, self.max_outputs = phase, epoch, max_outputs
+        self._target = epoch
+        self._on = False
+        self._sum = self._sumsq = None
+        self._count = 0
+        self._min = math.inf
+        self._outputs: list = []
+        self.smashed_shape: Optional[tuple] = None
+
+    def on_train_begin(self, run: RunInfo) -> None:
+        self._target = self.epoch if self.epoch >= 0 else run.epochs + self.epoch
+
+    def on_epoch_begin(self, run: RunInfo, epoch: int) -> None:
+        self._on = epoch == self._target
+
+    def on_cut(self, event: CutEvent) -> None:
+        if event.phase != self.phase or (self.phase == "train" and not self._on):
+            return
+        s = event.smashed.detach().float()
+        if event.cut == "front":
+            dims = [0] + list(range(2, s.dim()))
+            total, sq = s.sum(dims).cpu().double(), (s * s).sum(dims).cpu().double()
+            self._sum = total if self._sum is None else self._sum + total
+            self._sumsq = sq if self._sumsq is None else self._sumsq + sq
+            self._count += s.numel() // s.shape[1]
+            self._min = min(self._min, float(s.min()))
+            self.smashed_shape = tuple(s.shape[1:])
+        elif sum(len(o) for o in self._outputs) < self.max_outputs:
+            self._outputs.append(s.flatten(1).cpu())
+
+    @property
+    def channel_mean(self) -> torch.Tensor:
+        """``(C,)`` mean of each channel of the smashed data."""
+        self._check()
+        return (self._sum / self._count).float()
+
+    @property
+    def channel_std(self) -> torch.Tensor:
+        """``(C,)`` standard deviation of each channel of the smashed data."""
+        self._check()
+        var = self._sumsq / self._count - (self._sum / self._count) ** 2
+        return var.clamp_min(1e-12).sqrt().float()
+
+    @property
+    def nonnegative(self) -> bool:
+        """Whether every smashed value seen was >= 0 (a ReLU ends the front)."""
+        self._check()
+        return self._min >= 0
+
+    @property
+    def middle_outputs(self) -> torch.Tensor:
+        """``(M, D)`` the middle's outputs of the summarised epoch (``M <= max_outputs``)."""
+        self._check()
+        return torch.cat(self._outputs)[: self.max_outputs]
+
+    def _check(self):
+        if self._count == 0 or not self._outputs:
+            raise RuntimeError("ServerStatistics recorded nothing: pass it as a callback of a U-shaped train_split "
+                               "(phase='train') or run_split (phase='inference')")
+
+
+def shadow_front(kind: str, out_shape: Sequence[int], *, in_channels: int = 3, input_size: int = 32,
+                 nonnegative: bool = False) -> nn.Sequential:
+    """The attacker's shadow of the client front, ``(N, in_channels, input_size, input_size)`` -> ``(N, *out_shape)``.
+
+    ``single``: one bias-free convolution (stride ``input_size // H``, kernel ``max(3, stride + 1)``, padding 1), as the
+    scaffold's; ``multi``: a small residual stack (a stride-1 basic block, one stride-2 block per halving, widths
+    doubling up to the smashed channels), as the scaffold's. ``nonnegative`` appends a ReLU (the server saw only
+    non-negative smashed data).
+    """
+    channels, size = int(out_shape[0]), int(out_shape[-1])
+    if size < 1 or input_size % size or (input_size // size) & (input_size // size - 1):
+        raise ValueError(f"the smashed size {size} must divide {input_size} by a power of two")
+    stride = input_size // size
+    if kind == "single":
+        layers = [nn.Conv2d(in_channels, channels, max(3, stride + 1), stride, padding=1, bias=False)]
+    elif kind == "multi":
+        halvings = int(math.log2(stride))
+        widths = [max(channels // 2 ** (halvings + 1 - i), 16) for i in range(halvings + 1)] + [channels]
+        layers = [BasicBlock(in_channels, widths[0], 1)]
+        for i in range(halvings):
+            layers.append(BasicBlock(widths[i], widths[i + 1], 2))
+        layers.append(BasicBlock(widths[halvings], channels, 1))
+    else:
+        raise ValueError(f"shadow kind must be 'single' or 'multi', got {kind!r}")
+    if nonnegative and kind == "single":
+        layers.append(nn.ReLU())
+    return nn.Sequential(*layers)  # a BasicBlock ends with a ReLU: "multi" is non-negative already
+
+
+def _mmd2(a: torch.Tensor, b: torch.Tensor, scales=(0.25, 1.0, 4.0)) -> torch.Tensor:
+    """Squared MMD between two samples with a sum of RBF kernels at ``scales`` x the median pairwise distance."""
+    xy = torch.cat([a, b])
+    d2 = torch.cdist(xy, xy).pow(2)
+    med = d2.detach()[d2.detach() > 0].median().clamp_min(1e-8)
+    k = sum(torch.exp(-d2 / (s * med)) for s in scales)
+    n = len(a)
+    return k[:n, :n].mean() + k[n:, n:].mean() - 2 * k[:n, n:].mean()
+
+
+def train_shadow(shadow: nn.Module, middle: nn.Module, x_attacker: torch.Tensor, stats: ServerStatistics, *,
+                 steps: int = 400, batch_size: int = 128, lr: float = 1e-3, mmd_weight: float = 1.0,
+                 device: Union[str, torch.device] = "cpu", seed: int = 0, progress: bool = False) -> Dict[str, float]:
+    """Stage 1 (ours: the paper's objective is unknown): fits ``shadow`` so that its outputs on the attacker's
+    unlabeled images match what the server observed. Loss = mean over channels of the standardised differences of
+    the per-channel mean and standard deviation to the observed smashed data's, plus ``mmd_weight`` x the squared
+    MMD between the frozen middle's outputs on the shadow's outputs and the middle outputs the server recorded.
+
+    Args:
+        shadow: from :func:`shadow_front`; middle: the server's trained middle (frozen here, eval mode).
+        x_attacker: ``(N, 3, 32, 32)`` the attacker's images in [0, 1] (no labels).
+        stats: the server's recording of training (:class:`ServerStatistics`).
+        steps, batch_size, lr: Adam steps on random batches of ``x_attacker``.
+        device, seed: where it runs; seeds the batches.
+
+    Returns:
+        ``{"moment_loss", "mmd"}`` of the last 20 steps (means).
+    """
+    from tqdm.auto import tqdm
+
+    gen = torch.Generator().manual_seed(seed)
+    shadow.to(device).train()
+    middle = middle.to(device).eval()
+    for p in middle.parameters():
+        p.requires_grad_(False)
+    mean, std = stats.channel_mean.to(device), stats.channel_std.to(device)
+    reference = stats.middle_outputs.to(device)
+    opt = torch.optim.Adam(shadow.parameters(), lr=lr)
+    tail: Dict[str, list] = {"moment_loss": [], "mmd": []}
+    for step in tqdm(range(steps), desc="shadow front", disable=not progress):
+        idx = torch.randint(len(x_attacker), (min(batch_size, len(x_attacker)),), generator=gen)
+        h = shadow(x_attacker[idx].to(device))
+        dims = [0] + list(range(2, h.dim()))
+        moments = (((h.mean(dims) - mean) / std) ** 2 + (h.std(dims) / std - 1) ** 2).mean()
+        ref = reference[torch.randint(len(reference), (len(idx),), generator=gen).to(reference.device)]
+        mmd = _mmd2(middle(h).flatten(1), ref)
+        loss = moments + mmd_weight * mmd
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step >= steps - 20:
+            tail["moment_loss"].append(float(moments.detach()))
+            tail["mmd"].append(float(mmd.detach()))
+    for p in middle.parameters():
+        p.requires_grad_(True)
+    shadow.eval()
+    return {k: sum(v) / max(len(v), 1) for k, v in tail.items()}
+
+
+def _project(x: torch.Tensor, x0: torch.Tensor, eps: float) -> torch.Tensor:
+    return torch.min(torch.max(x, x0 - eps), x0 + eps).clamp(0, 1)
+
+
+def feature_pgd(shadow: nn.Module, middle: nn.Module, x: torch.Tensor, *, eps: float = 8 / 255,
+                alpha: float = 2 / 255, steps: int = 20, loss: str = "l2", random_start: bool = True,
+                batch_size: int = 256, device: Union[str, torch.device] = "cpu", seed: int = 0) -> torch.Tensor:
+    """Stage 2: PGD in the L∞ ball of radius ``eps`` around ``x`` that maximises the deviation of the server's middle
+    output, through the shadow front and the real middle: ``||m(s(x')) - m(s(x))||²`` (``loss="l2"``) or
+    ``1 - cos(m(s(x')), m(s(x)))`` (``"cosine"``). Uses nothing of the client's (front, head, labels).
+
+    Args:
+        shadow, middle: the attacker's shadow front and the server's middle.
+        x: ``(N, 3, H, W)`` natural images in [0, 1].
+        eps, alpha, steps: budget, step size and number of steps (ours: 8/255, 2/255, 20).
+        loss: ``"l2"`` or ``"cosine"``; random_start: start from a uniform point of the ball (Madry et al.).
+        device, seed: where it runs; seeds the random start.
+
+    Returns:
+        ``(N, 3, H, W)`` adversarial images in [0, 1] with ``|x' - x| <= eps``.
+    """
+    if loss not in ("l2", "cosine"):
+        raise ValueError(f"loss must be 'l2' or 'cosine', got {loss!r}")
+    if not (eps >= 0 and alpha > 0 and steps >= 0):
+        raise ValueError("eps must be >= 0, alpha > 0 and steps >= 0")
+    shadow, middle = shadow.to(device).eval(), middle.to(device).eval()
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for start in range(0, len(x), batch_size):
+        x0 = x[start:start + batch_size].to(device)
+        with torch.no_grad():
+            f0 = middle(shadow(x0)).flatten(1)
+        xa = x0.clone()
+        if random_start:
+            noise = (torch.rand(x0.shape, generator=gen) * 2 - 1).to(device) * eps
+            xa = _project(x0 + noise, x0, eps)
+        for _ in range(steps):
+            xa.requires_grad_(True)
+            f = middle(shadow(xa)).flatten(1)
+            dev = (f - f0).pow(2).sum(1) if loss == "l2" else 1 - F.cosine_similarity(f, f0, dim=1)
+            (grad,) = torch.autograd.grad(dev.sum(), xa)
+            xa = _project(xa.detach() + alpha * grad.sign(), x0, eps)
+        out.append(xa.detach().cpu())
+    return torch.cat(out) if out else x.clone()
+
+
+def random_sign_noise(x: torch.Tensor, *, eps: float = 8 / 255, seed: int = 0) -> torch.Tensor:
+    """The same-budget baseline: ``x + eps * s`` with random signs ``s``, clipped to [0, 1]."""
+    gen = torch.Generator().manual_seed(seed)
+    signs = torch.randint(0, 2, x.shape, generator=gen, dtype=torch.int8).to(x.dtype) * 2 - 1
+    return (x + eps * signs.to(x.device)).clamp(0, 1)
+
+
+def torchattacks_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float = 8 / 255,
+                     alpha: float = 2 / 255, steps: int = 20, batch_size: int = 256,
+                     device: Union[str, torch.device] = "cpu", seed: int = 0) -> torch.Tensor:
+    """torchattacks' L∞ PGD with a random start (Madry et al., ICLR'18) on ``model`` with labels ``y``: the
+    white-box upper bound (the whole split model) or the transfer baseline (a surrogate). Images in [0, 1]."""
+    try:
+        import torchattacks
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise ImportError("the PGD baselines need torchattacks: pip install --no-deps torchattacks") from None
+    model = model.to(device).eval()
+    attack = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=True)
+    torch.manual_seed(seed)
+    out = [attack(x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)).cpu()
+           for i in range(0, len(x), batch_size)]
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def attack_metrics(model: nn.Module, x_clean: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, *,
+                   batch_size: int = 500, device: Union[str, torch.device] = "cpu") -> Dict[str, float]:
+    """Metric code (reads the true labels): the model's accuracy on ``x_adv``, the misclassification rate
+    (``1 - accuracy``) and the success rate (the fraction of the correctly classified clean images that the
+    adversarial ones flip), beside the clean accuracy and the largest perturbation."""
+    model = model.to(device).eval()
+
+    def predict(x):
+        return torch.cat([model(x[i:i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(x), batch_size)])
+
+    clean, adv = predict(x_clean) == y.cpu(), predict(x_adv) == y.cpu()
+    return {"clean_accuracy": float(clean.float().mean()), "accuracy": float(adv.float().mean()),
+            "misclassification_rate": float(1 - adv.float().mean()),
+            "success_rate": float((~adv[clean]).float().mean()) if clean.any() else float("nan"),
+            "linf": float((x_adv - x_clean).abs().max())}
+
+
+
+def attacker_split(labels: torch.Tensor, *, source: str = "cifar-skewed", size: int = 1024,
+                   client_size: int = 40_000, num_classes_seen: int = 3, seed: int = 0):
+    """Disjoint index sets of the training set: the client's (the first ``client_size`` samples, as the scaffold's
+    40,000) and the attacker's ``size`` unlabeled samples from the rest: ``"cifar-iid"`` (uniform) or
+    ``"cifar-skewed"`` (label-skewed non-IID, ours: only ``num_classes_seen`` classes, drawn by ``seed``). The labels
+    pick the skewed subset; the attacker is given only the images.
+
+    Returns:
+        ``(client_idx, attacker_idx, seen_classes)`` (``seen_classes`` is ``None`` for ``cifar-iid``).
+    """
+    n = len(labels)
+    if not 0 < client_size < n:
+        raise ValueError(f"client_size must be in (0, {n}), got {client_size}")
+    gen = torch.Generator().manual_seed(seed)
+    rest = torch.arange(client_size, n)
+    seen = None
+    if source == "cifar-skewed":
+        classes = torch.unique(labels)
+        seen = classes[torch.randperm(len(classes), generator=gen)[:num_classes_seen]].sort().values
+        rest = rest[torch.isin(labels[rest], seen)]
+    elif source != "cifar-iid":
+        raise ValueError(f"source must be 'cifar-skewed' or 'cifar-iid', got {source!r}")
+    if size > len(rest):
+        raise ValueError(f"only {len(rest)} samples are left for the attacker, asked for {size}")
+    pick = rest[torch.randperm(len(rest), generator=gen)[:size]].sort().values
+    return torch.arange(client_size), pick, (None if seen is None else seen.tolist())
+
+
+def train_surrogate(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, *, epochs: int = 30,
+                    batch_size: int = 128, lr: float = 1e-3, device: Union[str, torch.device] = "cpu",
+                    seed: int = 0, progress: bool = False) -> nn.Sequential:
+    """The transfer baseline's surrogate: ``model`` (a fresh network) trained whole on the attacker's own images
+    *with their labels* (more than SLADV's attacker has: what an attacker outside the split could do with a small
+    labelled set). Adam, cross-entropy."""
+    from .training import train_split
+
+    torch.manual_seed(seed)
+    train_split(Topology.split(model, front_depth=0), x, y, epochs=epochs, batch_size=batch_size, lr=lr,
+                device=device, seed=seed, progress=progress)
+    return model.eval()
+
+
+def sladv_attack(middle: nn.Module, stats: ServerStatistics, x_attacker: torch.Tensor, x: torch.Tensor, *,
+                 shadow: str = "single", shadow_steps: int = 400, eps: float = 8 / 255, alpha: float = 2 / 255,
+                 steps: int = 20, loss: str = "l2", device: Union[str, torch.device] = "cpu", seed: int = 0,
+                 progress: bool = False):
+    """The attacker's whole computation, from its own view only: the server's ``middle``, what it recorded in
+    training (``stats``), its unlabeled images ``x_attacker`` and the natural images ``x`` to perturb (``(N, 3, H,
+    W)`` in [0, 1]). Stage 1 fits a ``shadow`` front (:func:`shadow_front`, :func:`train_shadow`), stage 2 runs
+    :func:`feature_pgd` through it and the real middle.
+
+    Returns:
+        ``(x_adv, shadow_module, shadow_fit)``.
+    """
+    torch.manual_seed(seed)
+    shade = shadow_front(shadow, stats.smashed_shape, in_channels=x_attacker.shape[1],
+                         input_size=x_attacker.shape[-1], nonnegative=stats.nonnegative)
+    fit = train_shadow(shade, middle, x_attacker, stats, steps=shadow_steps, device=device, seed=seed,
+                       progress=progress)
+    x_adv = feature_pgd(shade, middle, x, eps=eps, alpha=alpha, steps=steps, loss=loss, device=device, seed=seed)
+    return x_adv, shade, fit
+
+
+def run_sladv(topology: Topology, stats: ServerStatistics, x_attacker: torch.Tensor, x_eval: torch.Tensor,
+              y_eval: torch.Tensor, *, shadow: str = "single", shadow_steps: int = 400, eps: float = 8 / 255,
+              alpha: float = 2 / 255, steps: int = 20, loss: str = "l2",
+              baselines: Sequence[str] = ("noise", "whitebox"), surrogate: Optional[nn.Module] = None, device: Union[str, torch.device] = "cpu", seed: int = 0,
+              progress: bool = False) -> Dict[str, object]:
+    """SLADV end to end on a trained U-shaped victim: shadow front (stage 1), feature-space PGD (stage 2), and the
+    baselines, scored on the whole split model.
+
+    Args:
+        topology: the trained victim (``victim_topology``): the attacker uses only ``topology.middle``.
+        stats: the server's recording of the client's smashed data (:class:`ServerStatistics`).
+        x_attacker: ``(N, 3, 32, 32)`` the attacker's unlabeled images in [0, 1].
+        x_eval, y_eval: natural images to attack and their labels (labels: metric code only).
+        shadow: ``"single"`` or ``"multi"``; shadow_steps: :func:`train_shadow` steps.
+        eps, alpha, steps, loss: :func:`feature_pgd`.
+        baselines: any of ``"noise"`` (same-ε random signs), ``"whitebox"`` (PGD on the whole model),
+            ``"transfer"`` (PGD on ``surrogate``, see :func:`train_surrogate`).
+        device, seed: where it runs; seeds the shadow, its batches and the random starts.
+
+    Returns:
+        ``{"sladv": metrics, "<baseline>": metrics, "shadow_fit": {...}, "x_adv": tensor, "seconds": {...}}`` with
+        the metrics of :func:`attack_metrics`.
+    """
+    import time
+
+    unknown = set(baselines) - {"noise", "whitebox", "transfer"}
+    if unknown:
+        raise ValueError(f"unknown baselines {sorted(unknown)}: choose among noise, whitebox, transfer")
+    if "transfer" in baselines and surrogate is None:
+        raise ValueError("the transfer baseline needs a surrogate (train_surrogate)")
+    if topology.kind != "u_shaped":
+        raise ValueError(f"SLADV attacks a U-shaped split, got a {topology.kind} topology")
+    start = time.perf_counter()
+    x_adv, _, fit = sladv_attack(topology.middle, stats, x_attacker, x_eval, shadow=shadow, shadow_steps=shadow_steps,
+                                 eps=eps, alpha=alpha, steps=steps, loss=loss, device=device, seed=seed,
+                                 progress=progress)
+    seconds = {"attack": time.perf_counter() - start}
+    whole = topology.as_model().eval()
+    out: Dict[str, object] = {"sladv": attack_metrics(whole, x_eval, x_adv, y_eval, device=device),
+                              "shadow_fit": fit, "x_adv": x_adv, "seconds": seconds}
+    pgd = dict(eps=eps, alpha=alpha, steps=steps, device=device, seed=seed)
+    if "noise" in baselines:
+        out["noise"] = attack_metrics(whole, x_eval, random_sign_noise(x_eval, eps=eps, seed=seed), y_eval,
+                                      device=device)
+    if "whitebox" in baselines:
+        out["whitebox"] = attack_metrics(whole, x_eval, torchattacks_pgd(whole, x_eval, y_eval, **pgd), y_eval,
+                                         device=device)
+    if "transfer" in baselines:
+        out["transfer"] = attack_metrics(whole, x_eval, torchattacks_pgd(surrogate, x_eval, y_eval, **pgd), y_eval,
+                                         device=device)
+    return out
