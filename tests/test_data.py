@@ -25,16 +25,17 @@ def test_cifar_image_folder_tree_is_read_and_cached(tmp_path, monkeypatch):
             for k in range(2):
                 Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(d / f"{k:04d}.png")
     x, y = load_dataset("cifar", data_dir=tmp_path, train=True, download=False)
-    assert x.shape == (6, 3, 32, 32) and y.tolist() == [0, 0, 1, 1, 2, 2]
+    # the tree is stored class by class: samples come in a fixed random order, so any prefix mixes the classes
+    assert x.shape == (6, 3, 32, 32) and sorted(y.tolist()) == [0, 0, 1, 1, 2, 2] and y.tolist() != sorted(y.tolist())
     first = np.array(Image.open(tmp_path / "cifar10-jpeg/train/airplane/0000.png"))
-    assert torch.allclose(x[0], torch.from_numpy(first).permute(2, 0, 1).float() / 255)
+    at = [i for i in range(6) if torch.allclose(x[i], torch.from_numpy(first).permute(2, 0, 1).float() / 255)]
+    assert len(at) == 1 and y[at[0]] == 0
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 1
     x2, y2 = load_dataset("cifar", data_dir=tmp_path, train=True, download=False)
     assert torch.equal(x, x2) and torch.equal(y, y2)
-    # the tree is stored class by class: a limit takes a fixed subset across the classes, not the first class
     x3, y3 = load_dataset("cifar", data_dir=tmp_path, train=True, download=False, limit=4)
     assert len(y3) == 4 and len(set(y3.tolist())) > 1
-    assert torch.equal(x3, load_dataset("cifar", data_dir=tmp_path, train=True, download=False, limit=4)[0])
+    assert torch.equal(x3, x[:4])
 
 
 def test_missing_data_says_where_to_put_it(tmp_path):

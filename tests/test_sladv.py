@@ -1,4 +1,4 @@
-"""SLADV (Fan et al., ECAI'23): split points, shadow fronts, the attacker's view, and effectiveness on a small problem."""
+"""SLADV (Fan et al., ECAI'23): split points, shadow fronts, the attacker's view, effectiveness on a small problem."""
 import pytest
 import torch
 from torch import nn

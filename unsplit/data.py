@@ -123,9 +123,9 @@ def load_dataset(
         data_dir: root directory (default: :func:`default_data_dir`).
         train: training split (else the test split).
         download: let torchvision download what is missing.
-        limit: keep only ``limit`` samples: the first ones of torchvision's files (in their shuffled order); of an
-            ImageFolder tree (stored class by class, so its first samples are all of class 0) a fixed random
-            subset (seed 0, in file order), so that a limited CIFAR-10 JPEG copy still holds every class.
+        limit: keep only the first ``limit`` samples. torchvision's files come in a shuffled order; an ImageFolder
+            tree (CIFAR-10's JPEG copy) is stored class by class, so its samples are returned in a fixed random
+            order (seed 0) instead: its first samples, and any prefix such as a client's share, hold every class.
 
     Returns:
         ``(images, labels)``: float ``(N, C, H, W)`` in [0, 1] and int64 ``(N,)``.
@@ -143,9 +143,8 @@ def load_dataset(
         folder = _find_image_folder(root, train)
         if folder is not None:
             x, y = _load_image_folder(folder)
-            if limit is not None and limit < len(y):
-                keep = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))[:limit].sort().values
-                x, y = x[keep], y[keep]
+            order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+            x, y = x[order], y[order]
         else:
             ds = _torchvision(torchvision.datasets.CIFAR10, dataset, root, train, download)
             x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()

@@ -405,8 +405,8 @@ def sladv_attack(middle: nn.Module, stats: ServerStatistics, x_attacker: torch.T
 def run_sladv(topology: Topology, stats: ServerStatistics, x_attacker: torch.Tensor, x_eval: torch.Tensor,
               y_eval: torch.Tensor, *, shadow: str = "single", shadow_steps: int = 400, eps: float = 8 / 255,
               alpha: float = 2 / 255, steps: int = 20, loss: str = "l2",
-              baselines: Sequence[str] = ("noise", "whitebox"), surrogate: Optional[nn.Module] = None, device: Union[str, torch.device] = "cpu", seed: int = 0,
-              progress: bool = False) -> Dict[str, object]:
+              baselines: Sequence[str] = ("noise", "whitebox"), surrogate: Optional[nn.Module] = None,
+              device: Union[str, torch.device] = "cpu", seed: int = 0, progress: bool = False) -> Dict[str, object]:
     """SLADV end to end on a trained U-shaped victim: shadow front (stage 1), feature-space PGD (stage 2), and the
     baselines, scored on the whole split model.
 

@@ -1,0 +1,196 @@
+#!/usr/bin/env python
+"""SLADV demo (Fan et al., ECAI'23): a server holding only the middle of a U-shaped split crafts adversarial examples.
+
+Trains (or loads) the victim with split learning on the client's CIFAR-10 images (the first 40,000, as the authors'
+scaffold), records what the server sees of the client's smashed data, fits a shadow front on the attacker's own
+1,024 unlabeled images, attacks the first test images through shadow front + real middle, and scores the whole
+model on them beside same-eps random noise, white-box PGD (the upper bound) and PGD transferred from a surrogate
+trained on the attacker's images with labels.
+
+    python sladv_demo.py cifar
+    python sladv_demo.py cifar --split 3 --shadow multi --shadow-data cifar-iid --eps 4
+"""
+from __future__ import annotations
+
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from unsplit import sladv
+from unsplit.cli import UsageError, device_of, finite_float, log, make_parser, output_dir, run_main
+from unsplit.data import DataUnavailable, default_data_dir, load_dataset
+from unsplit.training import evaluate, run_split, train_split
+from unsplit.util import atomic_write_json, save_image_grid, seed_everything
+
+CIFAR_CLASSES = ("plane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+SHADOW_SOURCES = ("cifar-skewed", "cifar-iid", "svhn")
+
+
+def parse_args(argv=None):
+    p = make_parser(__doc__)
+    p.add_argument("dataset", choices=("cifar",), help="the client's task (CIFAR-10)")
+    p.add_argument("--model", choices=sladv.MODEL_NAMES, default="cifarnet",
+                   help="cifarnet: CifarNet with BatchNorm (minutes on a CPU); resnet18: the scaffold's (GPU)")
+    p.add_argument("--split", type=int, default=1, choices=(1, 2, 3, 4), help="split point (1 = shallowest front)")
+    p.add_argument("--shadow", choices=("single", "multi"), default="single", help="shadow front")
+    p.add_argument("--shadow-data", default="cifar-skewed",
+                   help="the attacker's images: cifar-skewed (3 classes, disjoint from the client's), cifar-iid, "
+                        "svhn (torchvision; downloads), or an ImageFolder directory")
+    p.add_argument("--shadow-size", type=int, default=1024, help="how many unlabeled images the attacker has")
+    p.add_argument("--shadow-steps", type=int, default=400, help="shadow-front training steps (batch 128)")
+    p.add_argument("--eps", type=finite_float, default=8.0, help="L-inf budget in 1/255 units (default 8)")
+    p.add_argument("--alpha", type=finite_float, default=2.0, help="PGD step in 1/255 units (default 2)")
+    p.add_argument("--steps", type=int, default=20, help="PGD steps")
+    p.add_argument("--loss", choices=("l2", "cosine"), default="l2", help="deviation of the middle's output")
+    p.add_argument("--baselines", default="noise,whitebox,transfer",
+                   help="comma-separated: noise, whitebox, transfer ('' for none)")
+    p.add_argument("--eval-count", type=int, default=1000, help="first N test images attacked (scaffold: 1,000)")
+    p.add_argument("--epochs", type=int, default=3, help="victim's split-learning epochs")
+    p.add_argument("--client-size", type=int, default=40_000, help="the client's training images (the first N)")
+    p.add_argument("--stats-samples", type=int, default=5000,
+                   help="client images whose smashed data the server summarises")
+    p.add_argument("--checkpoint", type=Path, default=None, help="victim cache (default: checkpoints/sladv/...)")
+    p.add_argument("--retrain", action="store_true", help="train the victim even if its checkpoint exists")
+    p.add_argument("--data-dir", type=Path, default=default_data_dir(), help="dataset root ($UNSPLIT_DATA)")
+    p.add_argument("--no-download", action="store_true", help="never try to download missing data")
+    p.add_argument("--out", type=Path, default=None, help="results directory (default: results/<run name>)")
+    p.add_argument("--overwrite", action="store_true", help="write into --out even if it holds results")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = p.parse_args(argv)
+    for name in ("shadow_size", "shadow_steps", "eval_count", "epochs", "client_size", "stats_samples"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.steps < 0 or not 0 <= args.eps <= 255 or args.alpha <= 0:
+        p.error("--steps must be >= 0, --eps in [0, 255] and --alpha > 0")
+    args.baseline_list = [b.strip() for b in args.baselines.split(",") if b.strip()]
+    bad = set(args.baseline_list) - {"noise", "whitebox", "transfer"}
+    if bad:
+        p.error(f"unknown --baselines {', '.join(sorted(bad))}: choose among noise, whitebox, transfer")
+    if args.shadow_data not in SHADOW_SOURCES and not Path(args.shadow_data).is_dir():
+        p.error(f"--shadow-data must be one of {', '.join(SHADOW_SOURCES)} or an existing directory, "
+                f"got {args.shadow_data!r}")
+    if "transfer" in args.baseline_list and args.shadow_data not in ("cifar-skewed", "cifar-iid"):
+        p.error("the transfer baseline trains a surrogate on labelled CIFAR images: use a cifar --shadow-data "
+                "or drop transfer from --baselines")
+    return args
+
+
+def _victim(args, x_client, y_client, device):
+    """The trained victim, from its cache when one matches (no defense: one model serves every split point)."""
+    key = {"model": args.model, "epochs": args.epochs, "client_size": len(x_client), "seed": args.seed,
+           "optimizer": "adam-amsgrad", "lr": 1e-3, "batch_size": 128}
+    path = args.checkpoint or Path("checkpoints/sladv") / (
+        f"{args.model}_e{args.epochs}_n{len(x_client)}_s{args.seed}.pt")
+    model = sladv.build_victim(args.model)
+    if path.exists() and not args.retrain:
+        state = torch.load(path, map_location="cpu")
+        stored = state.get("key") if isinstance(state, dict) else None
+        if stored != key:
+            raise UsageError(f"checkpoint {path} holds another victim ({stored}); pass --retrain or another "
+                             "--checkpoint")
+        model.load_state_dict(state["model"])
+        log(args, f"loaded the victim from {path}")
+        return model, {"from_checkpoint": True, "checkpoint": str(path), "train_seconds": state.get("seconds")}
+    log(args, f"training the victim ({args.model}, {args.epochs} epochs on {len(x_client)} client images) ...")
+    torch.manual_seed(args.seed)
+    start = time.perf_counter()
+    train_split(sladv.victim_topology(model, args.split), x_client, y_client, epochs=args.epochs, batch_size=128,
+                device=device, seed=args.seed, progress=not args.quiet)
+    seconds = time.perf_counter() - start
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"key": key, "model": model.cpu().state_dict(), "seconds": seconds}, tmp)
+    tmp.replace(path)
+    return model, {"from_checkpoint": False, "checkpoint": str(path), "train_seconds": seconds}
+
+
+def _attacker_images(args, x_train, y_train):
+    """The attacker's unlabeled images (and, for the transfer baseline's surrogate, their labels)."""
+    if args.shadow_data in ("cifar-skewed", "cifar-iid"):
+        _, idx, seen = sladv.attacker_split(y_train, source=args.shadow_data, size=args.shadow_size,
+                                            client_size=args.client_size, seed=args.seed)
+        return x_train[idx], y_train[idx], seen
+    import torchvision
+    from torchvision import transforms
+
+    tf = transforms.Compose([transforms.Resize((32, 32)), transforms.ToTensor()])
+    if args.shadow_data == "svhn":
+        try:
+            ds = torchvision.datasets.SVHN(str(args.data_dir / "svhn"), split="train", transform=tf,
+                                           download=not args.no_download)
+        except (RuntimeError, OSError) as exc:
+            raise DataUnavailable(f"SVHN is not available under {args.data_dir / 'svhn'}: {exc}") from None
+    else:
+        ds = torchvision.datasets.ImageFolder(args.shadow_data, transform=tf)
+    if len(ds) < args.shadow_size:
+        raise UsageError(f"--shadow-data holds {len(ds)} images, fewer than --shadow-size {args.shadow_size}")
+    pick = torch.randperm(len(ds), generator=torch.Generator().manual_seed(args.seed))[: args.shadow_size]
+    images = torch.stack([ds[int(i)][0] for i in pick])
+    return images.expand(-1, 3, -1, -1).contiguous(), None, None
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    device = device_of(args)
+    seed_everything(args.seed)
+    out = output_dir(args, f"sladv-{args.model}-split{args.split}-{args.shadow}-{args.shadow_data.replace('/', '_')}")
+    x_train, y_train = load_dataset("cifar", data_dir=args.data_dir, train=True, download=not args.no_download)
+    x_test, y_test = load_dataset("cifar", data_dir=args.data_dir, train=False, download=not args.no_download)
+    if args.client_size >= len(x_train):
+        raise UsageError(f"--client-size must leave images for the attacker (< {len(x_train)})")
+    x_client, y_client = x_train[: args.client_size], y_train[: args.client_size]
+    x_eval, y_eval = x_test[: args.eval_count], y_test[: args.eval_count]
+
+    model, info = _victim(args, x_client, y_client, device)
+    topology = sladv.victim_topology(model, args.split)
+    test_accuracy = evaluate(topology, x_test, y_test, device=device)
+    log(args, f"victim test accuracy {test_accuracy:.4f}; the server summarises the smashed data of "
+              f"{min(args.stats_samples, len(x_client))} client images ...")
+    stats = sladv.ServerStatistics(phase="inference")
+    run_split(topology, x_client[: args.stats_samples], callbacks=[stats], device=device)
+    x_att, y_att, seen = _attacker_images(args, x_train, y_train)
+    surrogate = None
+    if "transfer" in args.baseline_list:
+        log(args, f"training the transfer baseline's surrogate on the attacker's {len(x_att)} labelled images ...")
+        surrogate = sladv.train_surrogate(sladv.build_victim(args.model), x_att, y_att, device=device,
+                                          seed=args.seed, progress=not args.quiet)
+    log(args, f"SLADV: shadow {args.shadow} on {len(x_att)} images, PGD eps {args.eps:g}/255, {args.steps} steps ...")
+    res = sladv.run_sladv(topology, stats, x_att, x_eval, y_eval, shadow=args.shadow, shadow_steps=args.shadow_steps,
+                          eps=args.eps / 255, alpha=args.alpha / 255, steps=args.steps, loss=args.loss,
+                          baselines=args.baseline_list, surrogate=surrogate, device=device, seed=args.seed,
+                          progress=not args.quiet)
+    x_adv = res.pop("x_adv")
+    rows = {k: v for k, v in res.items() if k in ("sladv", "noise", "whitebox", "transfer")}
+    report = {"model": args.model, "split": args.split, "shadow": args.shadow, "shadow_data": args.shadow_data,
+              "shadow_classes": seen, "shadow_size": len(x_att), "eps": args.eps / 255, "steps": args.steps,
+              "loss": args.loss, "victim_test_accuracy": test_accuracy, "eval_count": len(x_eval), **rows,
+              "shadow_fit": res["shadow_fit"], "seconds": res["seconds"], "victim": info,
+              "settings": {**{k: str(v) for k, v in vars(args).items() if k != "quiet"}, "device": str(device),
+                           "torch": torch.__version__, "python": platform.python_version()}}
+    print(f"\n{args.model} split {args.split}, {len(x_eval)} test images, eps {args.eps:g}/255 "
+          f"(clean accuracy {rows['sladv']['clean_accuracy']:.4f})")
+    print(f"{'attack':>9} {'accuracy':>9} {'misclassified':>14} {'success':>8}")
+    for name, m in rows.items():
+        print(f"{name:>9} {m['accuracy']:9.4f} {m['misclassification_rate']:14.4f} {m['success_rate']:8.4f}")
+
+    out.mkdir(parents=True, exist_ok=True)
+    show = torch.arange(min(10, len(x_eval)))
+    whole = topology.as_model().eval()
+    with torch.no_grad():
+        clean = whole(x_eval[show].to(device)).argmax(1).cpu()
+        adv = whole(x_adv[show].to(device)).argmax(1).cpu()
+    save_image_grid(out / "adversarial.png", [x_eval[show], x_adv[show], 0.5 + 10 * (x_adv[show] - x_eval[show])],
+                    row_labels=["clean", "SLADV", "perturbation x10"],
+                    titles=[f"{CIFAR_CLASSES[a]}>{CIFAR_CLASSES[b]}" for a, b in zip(clean.tolist(), adv.tolist())])
+    atomic_write_json(out / "metrics.json", report)
+    print(f"wrote {out / 'adversarial.png'} and {out / 'metrics.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
