@@ -104,3 +104,41 @@ def test_the_attackers_images_are_disjoint_from_the_clients_and_skewed():
     assert none is None and len(set(labels[iid].tolist())) == 10
     with pytest.raises(ValueError, match="left for the attacker"):
         sladv.attacker_split(labels, size=400, client_size=1000, num_classes_seen=3)
+
+
+def _tiny_cifar_tree(root, per_class=(12, 3)):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in zip(("train", "test"), per_class):
+        for c in range(10):
+            d = root / "cifar10-jpeg" / split / f"class{c}"
+            d.mkdir(parents=True)
+            for k in range(n):
+                Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(d / f"{k:04d}.png")
+    return root
+
+
+def test_the_demo_end_to_end_and_its_handling_of_bad_input(tmp_path):
+    import json
+
+    from test_cli import run
+
+    data = _tiny_cifar_tree(tmp_path / "data")
+    common = ["--data-dir", data, "--client-size", 80, "--shadow-data", "cifar-iid", "--shadow-size", 30,
+              "--epochs", 1, "--eval-count", 10, "--shadow-steps", 3, "--steps", 2, "--stats-samples", 40,
+              "--checkpoint", tmp_path / "victim.pt", "--out", tmp_path / "out", "--quiet"]
+    r = run("sladv_demo.py", "cifar", *common, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    m = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert (tmp_path / "out" / "adversarial.png").stat().st_size > 1000
+    for name in ("sladv", "noise", "whitebox", "transfer"):
+        assert 0 <= m[name]["accuracy"] <= 1 and m[name]["linf"] <= 8 / 255 + 1e-6, name
+    assert m["split"] == 1 and m["shadow_size"] == 30 and m["eval_count"] == 10
+    again = run("sladv_demo.py", "cifar", *common, cwd=tmp_path)  # never clobbers earlier results
+    assert again.returncode == 2 and "already holds results" in again.stderr
+    for bad, message in ((["--split", "5"], "--split"), (["--shadow-data", tmp_path / "nowhere"], "--shadow-data"),
+                         (["--baselines", "fgsm"], "unknown --baselines"), (["--eps", "nan"], "eps")):
+        r = run("sladv_demo.py", "cifar", "--data-dir", data, *map(str, bad), cwd=tmp_path)
+        assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, (bad, r.stderr)
