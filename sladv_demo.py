@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import platform
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -22,7 +21,7 @@ import torch
 from unsplit import sladv
 from unsplit.cli import UsageError, device_of, finite_float, log, make_parser, output_dir, run_main
 from unsplit.data import DataUnavailable, default_data_dir, load_dataset
-from unsplit.training import evaluate, run_split, train_split
+from unsplit.training import evaluate, run_split
 from unsplit.util import atomic_write_json, save_image_grid, seed_everything
 
 CIFAR_CLASSES = ("plane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -80,35 +79,6 @@ def parse_args(argv=None):
     return args
 
 
-def _victim(args, x_client, y_client, device):
-    """The trained victim, from its cache when one matches (no defense: one model serves every split point)."""
-    key = {"model": args.model, "epochs": args.epochs, "client_size": len(x_client), "seed": args.seed,
-           "optimizer": "adam-amsgrad", "lr": 1e-3, "batch_size": 128}
-    path = args.checkpoint or Path("checkpoints/sladv") / (
-        f"{args.model}_e{args.epochs}_n{len(x_client)}_s{args.seed}.pt")
-    model = sladv.build_victim(args.model)
-    if path.exists() and not args.retrain:
-        state = torch.load(path, map_location="cpu")
-        stored = state.get("key") if isinstance(state, dict) else None
-        if stored != key:
-            raise UsageError(f"checkpoint {path} holds another victim ({stored}); pass --retrain or another "
-                             "--checkpoint")
-        model.load_state_dict(state["model"])
-        log(args, f"loaded the victim from {path}")
-        return model, {"from_checkpoint": True, "checkpoint": str(path), "train_seconds": state.get("seconds")}
-    log(args, f"training the victim ({args.model}, {args.epochs} epochs on {len(x_client)} client images) ...")
-    torch.manual_seed(args.seed)
-    start = time.perf_counter()
-    train_split(sladv.victim_topology(model, args.split), x_client, y_client, epochs=args.epochs, batch_size=128,
-                device=device, seed=args.seed, progress=not args.quiet)
-    seconds = time.perf_counter() - start
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"key": key, "model": model.cpu().state_dict(), "seconds": seconds}, tmp)
-    tmp.replace(path)
-    return model, {"from_checkpoint": False, "checkpoint": str(path), "train_seconds": seconds}
-
-
 def _attacker_images(args, x_train, y_train):
     """The attacker's unlabeled images (and, for the transfer baseline's surrogate, their labels)."""
     if args.shadow_data in ("cifar-skewed", "cifar-iid"):
@@ -146,7 +116,9 @@ def main(argv=None) -> int:
     x_client, y_client = x_train[: args.client_size], y_train[: args.client_size]
     x_eval, y_eval = x_test[: args.eval_count], y_test[: args.eval_count]
 
-    model, info = _victim(args, x_client, y_client, device)
+    model, info = sladv.train_or_load_victim(args.model, x_client, y_client, epochs=args.epochs,
+                                             checkpoint=args.checkpoint, retrain=args.retrain, device=device,
+                                             seed=args.seed, progress=not args.quiet, log=lambda m: log(args, m))
     topology = sladv.victim_topology(model, args.split)
     test_accuracy = evaluate(topology, x_test, y_test, device=device)
     log(args, f"victim test accuracy {test_accuracy:.4f}; the server summarises the smashed data of "

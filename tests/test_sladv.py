@@ -142,3 +142,29 @@ def test_the_demo_end_to_end_and_its_handling_of_bad_input(tmp_path):
                          (["--baselines", "fgsm"], "unknown --baselines"), (["--eps", "nan"], "eps")):
         r = run("sladv_demo.py", "cifar", "--data-dir", data, *map(str, bad), cwd=tmp_path)
         assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, (bad, r.stderr)
+
+
+def test_the_benchmark_writes_resumable_cells_and_a_report(tmp_path, monkeypatch):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    monkeypatch.setenv("UNSPLIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)  # the victim's cache goes to ./checkpoints
+    spec = importlib.util.spec_from_file_location("sladv_bench", Path(__file__).parents[1] / "benchmarks/sladv.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    data = _tiny_cifar_tree(tmp_path / "data")
+    argv = ["--data-dir", str(data), "--client-size", "80", "--splits", "1,2", "--shadows", "single",
+            "--sources", "cifar-iid", "--sizes", "30", "--eps", "8", "--baselines", "noise", "--epochs", "1",
+            "--eval-count", "10", "--shadow-steps", "2", "--steps", "1", "--stats-samples", "20",
+            "--out", str(tmp_path / "out"), "--quiet"]
+    assert bench.main(argv) == 0
+    cells = sorted((tmp_path / "out" / "cells").glob("*.json"))
+    kinds = sorted(json.loads(c.read_text())["kind"] for c in cells)
+    assert kinds == ["noise", "sladv", "sladv"]
+    stamp = [c.stat().st_mtime_ns for c in cells]
+    assert bench.main(argv) == 0  # a rerun skips finished cells
+    assert [c.stat().st_mtime_ns for c in cells] == stamp
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert report.count("| single | cifar-iid | 30 | 8/255 |") == 2 and (tmp_path / "out" / "sladv.png").exists()

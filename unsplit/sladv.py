@@ -47,6 +47,7 @@ __all__ = [
     "sladv_attack",
     "attacker_split",
     "train_surrogate",
+    "train_or_load_victim",
     "run_sladv",
 ]
 
@@ -400,6 +401,49 @@ def sladv_attack(middle: nn.Module, stats: ServerStatistics, x_attacker: torch.T
                        progress=progress)
     x_adv = feature_pgd(shade, middle, x, eps=eps, alpha=alpha, steps=steps, loss=loss, device=device, seed=seed)
     return x_adv, shade, fit
+
+
+def train_or_load_victim(name: str, x_client: torch.Tensor, y_client: torch.Tensor, *, epochs: int = 3,
+                         checkpoint=None, retrain: bool = False, device: Union[str, torch.device] = "cpu",
+                         seed: int = 0, progress: bool = False, log=None):
+    """The victim (:func:`build_victim`) trained with U-shaped split learning on the client's images (Adam 1e-3
+    amsgrad, batch 128, cross-entropy at the client's head), or loaded from ``checkpoint`` if that holds the same
+    training (a checkpoint of another one raises ``ValueError``). Without a defense the training does not depend
+    on the split point, so one victim serves all four.
+
+    Returns:
+        ``(model, info)`` with ``info = {"from_checkpoint", "checkpoint", "train_seconds"}``.
+    """
+    import time
+    from pathlib import Path
+
+    from .training import train_split
+
+    key = {"model": name, "epochs": epochs, "client_size": len(x_client), "seed": seed, "optimizer": "adam-amsgrad",
+           "lr": 1e-3, "batch_size": 128}
+    path = Path(checkpoint) if checkpoint is not None else Path("checkpoints/sladv") / (
+        f"{name}_e{epochs}_n{len(x_client)}_s{seed}.pt")
+    model = build_victim(name)
+    say = log or (lambda message: None)
+    if path.exists() and not retrain:
+        state = torch.load(path, map_location="cpu")
+        stored = state.get("key") if isinstance(state, dict) else None
+        if stored != key:
+            raise ValueError(f"checkpoint {path} holds another victim ({stored}); retrain it or choose another file")
+        model.load_state_dict(state["model"])
+        say(f"loaded the victim from {path}")
+        return model, {"from_checkpoint": True, "checkpoint": str(path), "train_seconds": state.get("seconds")}
+    say(f"training the victim ({name}, {epochs} epochs on {len(x_client)} client images) ...")
+    torch.manual_seed(seed)
+    start = time.perf_counter()
+    train_split(victim_topology(model, 1, name=name), x_client, y_client, epochs=epochs, batch_size=128,
+                device=device, seed=seed, progress=progress)
+    seconds = time.perf_counter() - start
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"key": key, "model": model.cpu().state_dict(), "seconds": seconds}, tmp)
+    tmp.replace(path)
+    return model, {"from_checkpoint": False, "checkpoint": str(path), "train_seconds": seconds}
 
 
 def run_sladv(topology: Topology, stats: ServerStatistics, x_attacker: torch.Tensor, x_eval: torch.Tensor,

@@ -1,0 +1,238 @@
+#!/usr/bin/env python
+"""SLADV (Fan et al., ECAI'23): success rate against split point, shadow front, shadow-data source and size, and eps.
+
+One victim (U-shaped split learning on the client's first ``--client-size`` CIFAR-10 training images; without a
+defense one trained model serves every split point) is attacked one factor at a time around a base setting, the
+first value of each list (by default split 1, ``single`` shadow, ``cifar-skewed`` attacker data, 1,024 images,
+eps 8/255): each split point of ``--splits``, each shadow of ``--shadows``, each source of ``--sources``, each size
+of ``--sizes``, each eps of ``--eps``. Every cell is one atomic JSON under ``OUT/cells`` (a rerun skips finished
+cells); the baselines
+(same-eps noise, white-box PGD on the whole model, PGD transferred from a surrogate trained on the attacker's
+images with labels) are cells of their own, per eps (and per source and size for the surrogate). ``report.md`` and
+``sladv.png`` are rebuilt from the stored cells.
+
+    python benchmarks/sladv.py --data-dir ../shared/data
+    python benchmarks/sladv.py --data-dir ../shared/data --sizes 1024,128,256,512,2048 --eps 8,2,4,16
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from unsplit import sladv  # noqa: E402
+from unsplit.cli import make_parser, run_main  # noqa: E402
+from unsplit.data import default_data_dir, load_dataset  # noqa: E402
+from unsplit.training import evaluate, run_split  # noqa: E402
+from unsplit.util import atomic_save_figure, atomic_write_json, atomic_write_text, resolve_device  # noqa: E402
+
+FACTORS = ("split", "shadow", "source", "size", "eps")
+
+
+def _ints(text: str):
+    return [int(t) for t in text.split(",") if t.strip()]
+
+
+def parse_args(argv=None):
+    p = make_parser(__doc__)
+    p.add_argument("--model", choices=sladv.MODEL_NAMES, default="cifarnet")
+    p.add_argument("--epochs", type=int, default=3, help="victim's split-learning epochs")
+    p.add_argument("--client-size", type=int, default=40_000)
+    p.add_argument("--splits", default="1,2,3,4")
+    p.add_argument("--shadows", default="single,multi")
+    p.add_argument("--sources", default="cifar-skewed,cifar-iid")
+    p.add_argument("--sizes", default="1024,256", help="attacker images (unlabeled)")
+    p.add_argument("--eps", default="8,4", help="L-inf budgets in 1/255 units")
+    p.add_argument("--steps", type=int, default=20, help="PGD steps (step 2/255)")
+    p.add_argument("--shadow-steps", type=int, default=400)
+    p.add_argument("--eval-count", type=int, default=1000, help="first N test images (scaffold: 1,000)")
+    p.add_argument("--stats-samples", type=int, default=5000)
+    p.add_argument("--baselines", default="noise,whitebox,transfer")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir", type=Path, default=default_data_dir())
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/sladv"))
+    p.add_argument("--report-only", action="store_true")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+    try:
+        args.split_list, args.size_list, args.eps_list = _ints(args.splits), _ints(args.sizes), _ints(args.eps)
+    except ValueError:
+        p.error("--splits, --sizes and --eps take comma-separated integers")
+    args.shadow_list = [s.strip() for s in args.shadows.split(",") if s.strip()]
+    args.source_list = [s.strip() for s in args.sources.split(",") if s.strip()]
+    args.baseline_list = [s.strip() for s in args.baselines.split(",") if s.strip()]
+    if not set(args.split_list) <= {1, 2, 3, 4}:
+        p.error("--splits must be among 1,2,3,4")
+    if not set(args.shadow_list) <= {"single", "multi"} or not set(args.source_list) <= {"cifar-skewed", "cifar-iid"}:
+        p.error("--shadows among single,multi; --sources among cifar-skewed,cifar-iid")
+    if not set(args.baseline_list) <= {"noise", "whitebox", "transfer"}:
+        p.error("--baselines among noise,whitebox,transfer")
+    if not all((args.split_list, args.shadow_list, args.source_list, args.size_list, args.eps_list)):
+        p.error("--splits, --shadows, --sources, --sizes and --eps each need a value")
+    if min(args.size_list + args.eps_list + [args.epochs, args.eval_count, args.shadow_steps]) < 1:
+        p.error("sizes, eps, epochs, eval count and shadow steps must be >= 1")
+    return args
+
+
+def _lists(args) -> dict:
+    return dict(zip(FACTORS, (args.split_list, args.shadow_list, args.source_list, args.size_list, args.eps_list)))
+
+
+def base(args) -> dict:
+    """The base setting: the first value of each list."""
+    return {k: v[0] for k, v in _lists(args).items()}
+
+
+def settings(args) -> list:
+    """The one-factor-at-a-time grid around :func:`base`, without repeats."""
+    cells = []
+    for key, values in _lists(args).items():
+        for v in values:
+            cell = {**base(args), key: v}
+            if cell not in cells:
+                cells.append(cell)
+    return cells
+
+
+def _tag(args) -> str:
+    return f"{args.model}_e{args.epochs}_n{args.client_size}_st{args.steps}_ss{args.shadow_steps}_s{args.seed}"
+
+
+def cell_name(args, c: dict) -> str:
+    return f"{_tag(args)}_sp{c['split']}_{c['shadow']}_{c['source']}_{c['size']}_eps{c['eps']}"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if not args.report_only:
+        run(args)
+    print(build_report(args))
+    return 0
+
+
+def run(args) -> None:
+    device = resolve_device(args.device)
+    cells_dir = args.out / "cells"
+    cells_dir.mkdir(parents=True, exist_ok=True)
+    x_train, y_train = load_dataset("cifar", data_dir=args.data_dir, train=True, download=False)
+    x_test, y_test = load_dataset("cifar", data_dir=args.data_dir, train=False, download=False)
+    x_client, y_client = x_train[: args.client_size], y_train[: args.client_size]
+    x_eval, y_eval = x_test[: args.eval_count], y_test[: args.eval_count]
+    model, info = sladv.train_or_load_victim(args.model, x_client, y_client, epochs=args.epochs, device=device,
+                                             seed=args.seed, progress=not args.quiet, log=print)
+    whole = sladv.victim_topology(model, 1).as_model().eval()
+    test_accuracy = evaluate(whole, x_test, y_test, device=device)
+    common = {"model": args.model, "epochs": args.epochs, "client_size": args.client_size, "steps": args.steps,
+              "seed": args.seed, "victim_test_accuracy": test_accuracy, "eval_count": len(x_eval)}
+    pgd = dict(eps=None, alpha=2 / 255, steps=args.steps, device=device, seed=args.seed)
+    stats_by_split = {}
+    for c in settings(args):
+        path = cells_dir / f"{cell_name(args, c)}.json"
+        if path.exists():
+            continue
+        topology = sladv.victim_topology(model, c["split"])
+        if c["split"] not in stats_by_split:
+            stats = sladv.ServerStatistics(phase="inference")
+            run_split(topology, x_client[: args.stats_samples], callbacks=[stats], device=device)
+            stats_by_split[c["split"]] = stats
+        _, idx, seen = sladv.attacker_split(y_train, source=c["source"], size=c["size"], client_size=args.client_size,
+                                            seed=args.seed)
+        start = time.perf_counter()
+        x_adv, _, fit = sladv.sladv_attack(topology.middle, stats_by_split[c["split"]], x_train[idx], x_eval,
+                                           shadow=c["shadow"], shadow_steps=args.shadow_steps, eps=c["eps"] / 255,
+                                           alpha=2 / 255, steps=args.steps, device=device, seed=args.seed,
+                                           progress=not args.quiet)
+        m = sladv.attack_metrics(whole, x_eval, x_adv, y_eval, device=device)
+        atomic_write_json(path, {**common, **c, "kind": "sladv", "shadow_classes": seen, **m, "shadow_fit": fit,
+                                 "seconds": time.perf_counter() - start})
+        print(f"{path.name}: accuracy {m['accuracy']:.4f}, success {m['success_rate']:.4f}")
+    for eps in sorted({c["eps"] for c in settings(args)}):
+        pgd["eps"] = eps / 255
+        for kind in ("noise", "whitebox"):
+            path = cells_dir / f"{_tag(args)}_{kind}_eps{eps}.json"
+            if kind in args.baseline_list and not path.exists():
+                x_adv = (sladv.random_sign_noise(x_eval, eps=eps / 255, seed=args.seed) if kind == "noise"
+                         else sladv.torchattacks_pgd(whole, x_eval, y_eval, **pgd))
+                atomic_write_json(path, {**common, "kind": kind, "eps": eps,
+                                         **sladv.attack_metrics(whole, x_eval, x_adv, y_eval, device=device)})
+        if "transfer" not in args.baseline_list:
+            continue
+        for source, size in sorted({(c["source"], c["size"]) for c in settings(args)}):
+            path = cells_dir / f"{_tag(args)}_transfer_{source}_{size}_eps{eps}.json"
+            if path.exists():
+                continue
+            _, idx, _ = sladv.attacker_split(y_train, source=source, size=size, client_size=args.client_size,
+                                             seed=args.seed)
+            surrogate = sladv.train_surrogate(sladv.build_victim(args.model), x_train[idx], y_train[idx],
+                                              device=device, seed=args.seed)
+            x_adv = sladv.torchattacks_pgd(surrogate, x_eval, y_eval, **pgd)
+            atomic_write_json(path, {**common, "kind": "transfer", "eps": eps, "source": source, "size": size,
+                                     **sladv.attack_metrics(whole, x_eval, x_adv, y_eval, device=device)})
+
+
+def build_report(args) -> Path:
+    cells = [json.loads(f.read_text()) for f in sorted((args.out / "cells").glob(f"{_tag(args)}_*.json"))]
+    attacks = [c for c in cells if c["kind"] == "sladv"]
+    baselines = {(c["kind"], c["eps"], c.get("source"), c.get("size")): c for c in cells if c["kind"] != "sladv"}
+    lines = ["# SLADV (Fan et al., ECAI'23): adversarial examples from the middle of a U-shaped split", "",
+             f"Victim: {args.model}, {args.epochs} epochs on {args.client_size} CIFAR-10 images"
+             + (f" (test accuracy {cells[0]['victim_test_accuracy']:.4f})" if cells else "")
+             + f"; {args.steps} PGD steps of 2/255; the first {args.eval_count} test images. Success = the fraction of "
+             "correctly classified clean images whose adversarial version is misclassified.", "",
+             "| split | shadow | attacker data | size | eps | accuracy | misclassified | success | noise success | "
+             "white-box success | transfer success | s |", "|" + "---|" * 12]
+
+    def f(c, key="success_rate"):
+        return "" if c is None else f"{c[key]:.4f}"
+
+    for c in sorted(attacks, key=lambda c: (c["split"], c["shadow"], c["source"], c["size"], c["eps"])):
+        lines.append(f"| {c['split']} | {c['shadow']} | {c['source']} | {c['size']} | {c['eps']}/255 | "
+                     f"{c['accuracy']:.4f} | {c['misclassification_rate']:.4f} | {c['success_rate']:.4f} | "
+                     f"{f(baselines.get(('noise', c['eps'], None, None)))} | "
+                     f"{f(baselines.get(('whitebox', c['eps'], None, None)))} | "
+                     f"{f(baselines.get(('transfer', c['eps'], c['source'], c['size'])))} | {c['seconds']:.0f} |")
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = atomic_write_text(args.out / "report.md", "\n".join(lines) + "\n")
+    _plot(attacks, baselines, base(args), args.out / "sladv.png")
+    return path
+
+
+def _plot(attacks, baselines, centre, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("split", "split point"), ("size", "attacker images"), ("eps", "eps (/255)")]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    for ax, (key, label) in zip(axes, panels):
+        others = {k: v for k, v in centre.items() if k != key}
+        for shadow, style in (("single", "C0o-"), ("multi", "C1s-")):
+            pts = sorted((c[key], c["success_rate"]) for c in attacks if c["shadow"] == shadow
+                         and all(c[k] == v for k, v in others.items() if k != "shadow"))
+            if pts:
+                ax.plot(*zip(*pts), style, label=f"SLADV ({shadow})")
+        for kind, style in (("whitebox", "k--"), ("noise", "k:")):
+            if key == "eps":
+                pts = sorted((e, c["success_rate"]) for (k, e, _, _), c in baselines.items() if k == kind)
+                if pts:
+                    ax.plot(*zip(*pts), style, label=kind)
+            elif (kind, centre["eps"], None, None) in baselines:
+                ax.axhline(baselines[(kind, centre["eps"], None, None)]["success_rate"], ls=style[1:], color="k",
+                           label=f"{kind} (eps {centre['eps']})")
+        ax.set(xlabel=label, ylabel="success rate", ylim=(0, 1.02))
+        if key == "size" and any(line.get_xydata()[:, 1].max() >= 0 for line in ax.get_lines()
+                                 if len(line.get_xydata()) > 1):  # a log axis needs a finite curve
+            ax.set_xscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    atomic_save_figure(fig, path, dpi=110)
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
