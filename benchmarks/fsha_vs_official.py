@@ -128,6 +128,8 @@ def build_report(args) -> Path:
 
     def at(d, i, official):
         v = d["curve"].get(str(i))
+        if v is None and i == d["iterations"]:  # a run of i iterations ends at iteration i - 1 (0-based)
+            v = d["curve"].get(str(i - 1))
         o = official.get(i)
         cell = "—" if v is None else f"{v:.4f}"
         return cell + (f" ({o:.4f}, {100 * (v - o) / o:+.0f}%)" if (o is not None and v is not None) else
