@@ -129,7 +129,7 @@ def run(args) -> None:
     common = {"model": args.model, "epochs": args.epochs, "client_size": args.client_size, "steps": args.steps,
               "seed": args.seed, "victim_test_accuracy": test_accuracy, "eval_count": len(x_eval)}
     pgd = dict(eps=None, alpha=2 / 255, steps=args.steps, device=device, seed=args.seed)
-    stats_by_split = {}
+    stats_by_split, surrogates = {}, {}
     for c in settings(args):
         path = cells_dir / f"{cell_name(args, c)}.json"
         if path.exists():
@@ -165,11 +165,12 @@ def run(args) -> None:
             path = cells_dir / f"{_tag(args)}_transfer_{source}_{size}_eps{eps}.json"
             if path.exists():
                 continue
-            _, idx, _ = sladv.attacker_split(y_train, source=source, size=size, client_size=args.client_size,
-                                             seed=args.seed)
-            surrogate = sladv.train_surrogate(sladv.build_victim(args.model), x_train[idx], y_train[idx],
-                                              device=device, seed=args.seed)
-            x_adv = sladv.torchattacks_pgd(surrogate, x_eval, y_eval, **pgd)
+            if (source, size) not in surrogates:  # one surrogate per attacker set, attacked at every eps
+                _, idx, _ = sladv.attacker_split(y_train, source=source, size=size, client_size=args.client_size,
+                                                 seed=args.seed)
+                surrogates[source, size] = sladv.train_surrogate(sladv.build_victim(args.model), x_train[idx],
+                                                                 y_train[idx], device=device, seed=args.seed)
+            x_adv = sladv.torchattacks_pgd(surrogates[source, size], x_eval, y_eval, **pgd)
             atomic_write_json(path, {**common, "kind": "transfer", "eps": eps, "source": source, "size": size,
                                      **sladv.attack_metrics(whole, x_eval, x_adv, y_eval, device=device)})
 
