@@ -36,6 +36,25 @@ def test_vectorised_cut_gradients_equal_the_per_label_loop(head):
     assert torch.equal(label_inference(head, z, zz.grad, num_classes=5), y)
 
 
+def test_cut_gradients_through_a_batchnorm_head_in_training_mode():
+    """A head with BatchNorm (the BN CifarNet's top) in training mode: batch statistics couple the samples, so
+    candidate ``c`` is the gradient of the whole batch labelled ``c``; the running statistics stay untouched."""
+    torch.manual_seed(0)
+    head = nn.Sequential(nn.Linear(12, 9), nn.BatchNorm1d(9), nn.ReLU(), nn.Linear(9, 5)).train()
+    z = torch.rand(7, 12)
+    before = head[1].running_mean.clone(), head[1].num_batches_tracked.clone()
+    cands = candidate_gradients(head, z, num_classes=5)
+    for c in range(5):
+        zz = z.clone().requires_grad_(True)
+        F.cross_entropy(head(zz), torch.full((7,), c)).backward()
+        assert torch.allclose(cands[:, c], zz.grad, atol=1e-7, rtol=1e-5)
+    head[1].running_mean.copy_(before[0])
+    head[1].num_batches_tracked.copy_(before[1])
+    candidate_gradients(head, z, num_classes=5, create_graph=True)
+    assert torch.equal(head[1].running_mean, before[0]) and torch.equal(head[1].num_batches_tracked, before[1])
+    assert head[1].track_running_stats
+
+
 @pytest.mark.parametrize("head", [nn.Sequential(nn.Linear(6, 4)), nn.Sequential(nn.Linear(6, 8), nn.ReLU(),
                                                                                  nn.Linear(8, 4))])
 def test_vectorised_weight_gradients_equal_the_per_label_loop(head):

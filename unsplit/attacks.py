@@ -339,8 +339,10 @@ def candidate_gradients(
     weight matrix (batch size 1, as in the reference).
 
     Args:
-        head: the (clone of the) label owner's head, mapping ``(B, D)`` smashed data to ``(B, num_classes)`` logits;
-            per-sample (no batch statistics).
+        head: the (clone of the) label owner's head, mapping ``(B, D)`` smashed data to ``(B, num_classes)`` logits.
+            A head with BatchNorm in training mode normalises with the batch's own statistics, as the label owner's
+            does while it trains (samples are then coupled: ``G[:, c]`` is the gradient of the batch all labelled
+            ``c``); its running statistics are left untouched.
         smashed: ``(B, D...)`` smashed data.
         num_classes: number of candidate labels.
         gradient: ``"cut"`` or ``"weight"``.
@@ -353,8 +355,6 @@ def candidate_gradients(
     Returns:
         ``(B, num_classes, *D)`` for ``cut``; ``(1, num_classes, *W.shape)`` for ``weight``.
     """
-    from torch.func import functional_call, vjp, vmap
-
     if gradient not in GRADIENT_KINDS:
         raise ValueError(f"unknown gradient kind {gradient!r}: choose one of {', '.join(GRADIENT_KINDS)}")
     b = smashed.shape[0]
@@ -368,6 +368,29 @@ def candidate_gradients(
     linear = _single_linear(head) if closed_form else None
     if linear is not None:
         return _linear_candidates(linear, smashed.detach(), eye, scale, gradient, create_graph)
+    with _batch_statistics_only(head):
+        return _generic_candidates(head, smashed, b, num_classes, eye, scale, gradient, create_graph)
+
+
+@contextlib.contextmanager
+def _batch_statistics_only(module: nn.Module):
+    """BatchNorm layers in training mode normalise with batch statistics but skip their in-place running-statistics
+    update for the duration (``torch.func`` transforms cannot run it; the clone's forward for an attack must not
+    change its state either)."""
+    bns = [m for m in module.modules()
+           if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats]
+    for m in bns:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in bns:
+            m.track_running_stats = True
+
+
+def _generic_candidates(head, smashed, b, num_classes, eye, scale, gradient, create_graph):
+    from torch.func import functional_call, vjp, vmap
+
     if gradient == "cut":
         z = smashed.detach()
         if not create_graph:
