@@ -1,0 +1,402 @@
+"""One experiment runner for every benchmark: cells, an atomic result store, and local or Ray executors.
+
+A benchmark is a grid of independent **cells**. A cell is a readable name plus a JSON-serialisable ``config``; a cell
+function ``fn(config, **runtime) -> dict`` turns the config into metrics (``runtime`` carries what does not change a
+result: data directory, device, progress bars). The :class:`ResultStore` keeps one JSON file per cell, written
+atomically *by the driver only* — the metrics at the top level (so report code reads them as plain keys) and the
+bookkeeping under ``"_cell"`` (config, status, seconds, error and traceback). A rerun skips the finished cells
+(``recompute=True`` forces them), retries the failed ones, and refuses to mix results: a stored cell whose config
+differs from the cell of the same name is an error, never silently overwritten.
+
+Executors:
+
+* ``local`` (default): one process, cells in order (cells of one ``group`` — e.g. those sharing a trained model —
+  kept together), a tqdm bar over cells.
+* ``ray``: each cell a Ray task with its own CPU / GPU request (``Cell.num_cpus``, ``Cell.num_gpus``);
+  ``address="auto"`` joins a running cluster, no address starts a local one. Tasks only *return* their result; the
+  driver writes it, so a killed or retried task never leaves a partial file. Ray is an optional extra
+  (``pip install -e ".[ray]"``).
+
+A cell function may return :class:`CellResult` to attach artefacts (tensors, PNG bytes) saved next to the JSON,
+before it (a cell counts as finished only once its JSON exists).
+
+Example::
+
+    from unsplit.grid import Cell, ResultStore, run_grid
+
+    def square(config, scale=1):
+        return {"value": config["x"] ** 2 * scale}
+
+    cells = [Cell(f"x{x}", {"x": x}) for x in range(4)]
+    summary = run_grid(cells, square, store=ResultStore("results/squares"), runtime={"scale": 2})
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import platform
+import re
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+
+__all__ = [
+    "EXECUTORS",
+    "Cell",
+    "CellResult",
+    "GridSummary",
+    "ResultStore",
+    "run_grid",
+    "cell_name",
+    "mean_std",
+    "format_mean_std",
+    "aggregate",
+]
+
+EXECUTORS = ("local", "ray")
+_META = "_cell"
+
+
+def cell_name(*parts: Any) -> str:
+    """A readable file-name stem from config values: ``cell_name("mnist", "d3", 0.5)`` -> ``"mnist_d3_0.5"``.
+
+    Characters other than letters, digits and ``._+=-`` become ``-``; ``None`` parts are dropped.
+    """
+    words = []
+    for p in parts:
+        if p is None:
+            continue
+        text = f"{p:g}" if isinstance(p, float) else str(p)
+        words.append(re.sub(r"[^A-Za-z0-9._+=-]", "-", text))
+    if not words:
+        raise ValueError("cell_name needs at least one part")
+    return "_".join(words)
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One independent unit of a grid.
+
+    Args:
+        name: readable, unique path stem inside the store (``/`` makes sub-folders, e.g. ``"mnist/d3_s0"``).
+        config: JSON-serialisable settings that determine the result (stored with it and compared on reruns).
+        num_cpus, num_gpus: the Ray task's resource request (ignored by the local executor).
+        group: cells that share expensive state (a trained model cached in the process) — kept adjacent.
+    """
+
+    name: str
+    config: Mapping[str, Any]
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    group: Optional[str] = None
+
+    def __post_init__(self):
+        if not self.name or self.name.startswith("/") or ".." in Path(self.name).parts:
+            raise ValueError(f"a cell name must be a relative path without '..', got {self.name!r}")
+        try:
+            json.dumps(dict(self.config))
+        except TypeError as exc:
+            raise ValueError(f"cell {self.name!r}: config is not JSON-serialisable ({exc})") from None
+        if self.num_cpus < 0 or self.num_gpus < 0:
+            raise ValueError(f"cell {self.name!r}: resource requests must be >= 0")
+
+
+@dataclasses.dataclass
+class CellResult:
+    """What a cell function may return instead of a plain metrics dict.
+
+    Args:
+        metrics: JSON-serialisable metrics (top-level keys of the cell's JSON).
+        artefacts: ``{suffix: object}`` saved as ``<name><suffix>`` beside the JSON: ``bytes`` written as they are
+            (e.g. a PNG), anything else with ``torch.save`` (e.g. ``{".pt": {"reconstructions": x}}``).
+    """
+
+    metrics: Dict[str, Any]
+    artefacts: Dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class GridSummary:
+    """Counts of one :func:`run_grid` call; ``failed`` names the cells that raised (their files hold the error)."""
+
+    finished: List[str]
+    skipped: List[str]
+    failed: List[str]
+    seconds: float
+
+    def __str__(self) -> str:
+        text = (f"{len(self.finished)} cells run, {len(self.skipped)} already stored, {len(self.failed)} failed "
+                f"in {self.seconds:.1f} s")
+        return text + (f" (failed: {', '.join(self.failed)})" if self.failed else "")
+
+
+class ResultStore:
+    """One atomic JSON per cell under ``root`` (``<root>/<cell name>.json``).
+
+    Files written before this runner existed (no ``"_cell"`` block) count as finished cells with unknown config.
+    """
+
+    def __init__(self, root: Union[str, Path]):
+        self.root = Path(root)
+
+    def path(self, cell: Union[Cell, str]) -> Path:
+        name = cell.name if isinstance(cell, Cell) else cell
+        return self.root / f"{name}.json"
+
+    def load(self, cell: Union[Cell, str]) -> Optional[dict]:
+        """The stored record of ``cell`` (``None`` if absent)."""
+        path = self.path(cell)
+        if not path.exists():
+            return None
+        with open(path) as fh:
+            return json.load(fh)
+
+    def status(self, cell: Cell) -> str:
+        """``"missing"``, ``"ok"``, ``"error"``; raises ``ValueError`` if a stored result has a different config."""
+        record = self.load(cell)
+        if record is None:
+            return "missing"
+        meta = record.get(_META)
+        if meta is None:
+            return "ok"
+        if meta.get("status") == "ok" and _canonical(meta.get("config")) != _canonical(cell.config):
+            raise ValueError(
+                f"{self.path(cell)} holds a result for a different config than cell {cell.name!r} "
+                "(rerun with --recompute to replace it, or use another output directory)"
+            )
+        return meta.get("status", "ok")
+
+    def write(self, cell: Cell, result: Union[dict, CellResult], *, seconds: float) -> Path:
+        """Stores a finished cell: artefacts first, the JSON last."""
+        from .util import _atomic_write, atomic_save, atomic_write_json  # torch: imported by the driver only
+        if isinstance(result, CellResult):
+            metrics, artefacts = result.metrics, result.artefacts
+        else:
+            metrics, artefacts = result, {}
+        if not isinstance(metrics, Mapping):
+            raise TypeError(f"cell {cell.name!r}: the cell function returned {type(metrics).__name__}, not a dict")
+        if _META in metrics:
+            raise ValueError(f"cell {cell.name!r}: metric key {_META!r} is reserved")
+        base = self.path(cell)
+        for suffix, obj in artefacts.items():
+            target = base.with_name(base.name[: -len(".json")] + suffix)
+            if isinstance(obj, (bytes, bytearray)):
+                _atomic_write(target, lambda fh, data=bytes(obj): fh.write(data))
+            else:
+                atomic_save(obj, target)
+        record = {**metrics, _META: self._meta(cell, "ok", seconds)}
+        return atomic_write_json(base, _jsonable(record))
+
+    def write_error(self, cell: Cell, error: str, trace: str, *, seconds: float) -> Path:
+        """Stores a failed cell (retried on the next run)."""
+        from .util import atomic_write_json
+        meta = self._meta(cell, "error", seconds)
+        meta.update(error=error, traceback=trace)
+        return atomic_write_json(self.path(cell), {_META: meta})
+
+    def records(self, pattern: str = "**/*.json", *, errors: bool = False) -> List[dict]:
+        """Every stored record under ``root`` matching ``pattern`` (sorted by path); failed cells only if ``errors``."""
+        out = []
+        for path in sorted(self.root.glob(pattern)):
+            with open(path) as fh:
+                record = json.load(fh)
+            if not isinstance(record, dict):
+                continue
+            if record.get(_META, {}).get("status", "ok") != "ok" and not errors:
+                continue
+            out.append(record)
+        return out
+
+    @staticmethod
+    def _meta(cell: Cell, status: str, seconds: float) -> dict:
+        return {"name": cell.name, "status": status, "config": dict(cell.config), "seconds": round(seconds, 3),
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "host": platform.node()}
+
+
+def _canonical(config) -> str:
+    return json.dumps(_jsonable(config), sort_keys=True)
+
+
+def _jsonable(obj):
+    """Tuples to lists and numpy / torch scalars to Python numbers, so a config compares equal after a JSON trip."""
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 1) == 0:
+        return obj.item()
+    return obj
+
+
+def _order(cells: Sequence[Cell]) -> List[Cell]:
+    """Cells of one group adjacent, groups in order of first appearance, the given order kept otherwise."""
+    first: Dict[Any, int] = {}
+    keys = []
+    for i, c in enumerate(cells):
+        key = c.group if c.group is not None else ("", i)
+        first.setdefault(key, i)
+        keys.append((first[key], i))
+    return [cells[i] for _, i in sorted(keys)]
+
+
+def _execute(fn: Callable, config: Mapping, runtime: Mapping):
+    """Runs one cell and returns ``("ok", result, seconds)`` or ``("error", message, traceback, seconds)``."""
+    start = time.perf_counter()
+    try:
+        result = fn(dict(config), **runtime)
+        return ("ok", result, time.perf_counter() - start)
+    except Exception as exc:  # recorded in the cell's file; the grid goes on
+        return ("error", f"{type(exc).__name__}: {exc}", traceback.format_exc(), time.perf_counter() - start)
+
+
+def run_grid(
+    cells: Iterable[Cell],
+    fn: Callable[..., Union[dict, CellResult]],
+    *,
+    store: Union[ResultStore, str, Path],
+    executor: str = "local",
+    recompute: bool = False,
+    runtime: Optional[Mapping[str, Any]] = None,
+    address: Optional[str] = None,
+    num_cpus: Optional[int] = None,
+    progress: bool = True,
+    desc: str = "cells",
+) -> GridSummary:
+    """Runs every unfinished cell of a grid and stores its result.
+
+    Args:
+        cells: the grid (names must be unique).
+        fn: ``fn(config, **runtime)`` returning a metrics dict or a :class:`CellResult`; must be importable or
+            picklable for ``executor="ray"``.
+        store: where results live (a :class:`ResultStore` or its root directory).
+        executor: ``"local"`` or ``"ray"``.
+        recompute: rerun finished cells too (their files are replaced when the new result is in).
+        runtime: keyword arguments for ``fn`` that do not change a result (data directory, device, progress).
+        address: Ray cluster address (``"auto"`` joins a running cluster; ``None`` starts a local one).
+        num_cpus: CPUs of a local Ray cluster (default: all).
+        progress: show a tqdm bar over cells.
+        desc: the bar's label.
+
+    Returns:
+        :class:`GridSummary`. Cells that raised are listed in ``failed`` and stored with their error and traceback.
+    """
+    if executor not in EXECUTORS:
+        raise ValueError(f"unknown executor {executor!r}: choose one of {', '.join(EXECUTORS)}")
+    store = store if isinstance(store, ResultStore) else ResultStore(store)
+    cells = list(cells)
+    names = [c.name for c in cells]
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"duplicate cell names: {', '.join(dup[:5])}")
+    runtime = dict(runtime or {})
+    start = time.perf_counter()
+    skipped, todo = [], []
+    for c in _order(cells):
+        if not recompute and store.status(c) == "ok":
+            skipped.append(c.name)
+        else:
+            todo.append(c)
+    finished: List[str] = []
+    failed: List[str] = []
+
+    def record(cell: Cell, outcome) -> None:
+        if outcome[0] == "ok":
+            try:
+                store.write(cell, outcome[1], seconds=outcome[2])
+                finished.append(cell.name)
+                return
+            except (TypeError, ValueError) as exc:  # an unserialisable result is the cell's error, not the grid's
+                outcome = ("error", f"{type(exc).__name__}: {exc}", traceback.format_exc(), outcome[2])
+        store.write_error(cell, outcome[1], outcome[2], seconds=outcome[3])
+        failed.append(cell.name)
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(todo), desc=desc, unit="cell", disable=not progress or not todo)
+    try:
+        if executor == "local":
+            for cell in todo:
+                bar.set_postfix_str(cell.name, refresh=False)
+                record(cell, _execute(fn, cell.config, runtime))
+                bar.update()
+        else:
+            _run_ray(todo, fn, runtime, record, bar, address=address, num_cpus=num_cpus)
+    finally:
+        bar.close()
+    return GridSummary(finished, skipped, failed, time.perf_counter() - start)
+
+
+def _run_ray(todo: List[Cell], fn, runtime, record, bar, *, address, num_cpus) -> None:
+    try:
+        import ray
+    except ImportError:
+        raise RuntimeError('executor "ray" needs Ray: pip install -e ".[ray]"') from None
+    if not todo:
+        return
+    started_here = not ray.is_initialized()
+    if started_here:
+        options = {"address": address} if address else {"num_cpus": num_cpus}
+        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False, **options)
+    try:
+        task = ray.remote(_execute)
+        fn_ref, runtime_ref = ray.put(fn), ray.put(runtime)
+        pending = {
+            task.options(num_cpus=c.num_cpus, num_gpus=c.num_gpus, max_retries=1).remote(
+                fn_ref, dict(c.config), runtime_ref): c
+            for c in todo
+        }
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                cell = pending.pop(ref)
+                try:
+                    outcome = ray.get(ref)
+                except Exception as exc:  # the worker died (killed, out of memory) after its retry
+                    outcome = ("error", f"{type(exc).__name__}: {exc}", traceback.format_exc(), math.nan)
+                record(cell, outcome)
+                bar.set_postfix_str(cell.name, refresh=False)
+                bar.update()
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def mean_std(values: Sequence[float]) -> tuple:
+    """``(mean, sample standard deviation, n)`` of the finite values (std ``nan`` below two values)."""
+    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    n = len(vals)
+    if n == 0:
+        return (math.nan, math.nan, 0)
+    mean = sum(vals) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1)) if n > 1 else math.nan
+    return (mean, std, n)
+
+
+def format_mean_std(values: Sequence[float], fmt: str = ".4f") -> str:
+    """``"0.1234"`` for one value, ``"0.1234 ± 0.0056"`` for several (sample std), ``"—"`` for none."""
+    mean, std, n = mean_std(values)
+    if n == 0:
+        return "—"
+    if n == 1:
+        return format(mean, fmt)
+    return f"{format(mean, fmt)} ± {format(std, fmt)}"
+
+
+def aggregate(records: Sequence[Mapping], *, by: Sequence[str], metrics: Sequence[str]) -> List[dict]:
+    """Groups records by the ``by`` keys (seeds folded together) and collects each metric's values.
+
+    Returns:
+        one dict per group (in order of first appearance): the ``by`` keys, ``n`` (records), and for each metric
+        ``<metric>`` = list of its values (missing ones skipped), ready for :func:`format_mean_std`.
+    """
+    groups: Dict[tuple, dict] = {}
+    for r in records:
+        key = tuple(json.dumps(r.get(k), sort_keys=True) for k in by)
+        row = groups.setdefault(key, {**{k: r.get(k) for k in by}, "n": 0, **{m: [] for m in metrics}})
+        row["n"] += 1
+        for m in metrics:
+            if r.get(m) is not None:
+                row[m].append(r[m])
+    return list(groups.values())
