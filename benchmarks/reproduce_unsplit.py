@@ -5,8 +5,9 @@ Per cell (dataset, depth, seed): reconstruction MSE (raw and min-max) / PSNR / S
 grey-start, black and mean-image baselines; the stolen client's accuracy under the real server; the split model's
 accuracy; attack seconds. Per dataset: label-inference accuracy with the ``cut`` and ``weight`` gradients.
 
-Resumable: every finished cell is one JSON file (written atomically) under ``OUT/cells``; a rerun skips finished
-cells unless ``--recompute``. Trained split models are cached under ``OUT/checkpoints`` and shared by all depths.
+Runs on :mod:`unsplit.grid`: every finished cell is one JSON file (written atomically) under ``OUT/cells``; a rerun
+skips finished cells unless ``--recompute``; ``--executor ray`` runs the cells as Ray tasks (``--address auto`` joins
+a cluster). Trained split models are cached under ``OUT/checkpoints`` and shared by all depths.
 The report (``report.md``, ``mse_vs_depth.png``, ``stolen_vs_depth.png``, ``reconstructions_<dataset>.png``) is
 rebuilt from the cell files at the end of every run (``--report-only`` rebuilds it without running anything).
 
@@ -17,7 +18,6 @@ rebuilt from the cell files at the end of every run (``--report-only`` rebuilds 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -29,14 +29,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from unsplit.cli import run_main, train_mean_image  # noqa: E402
 from unsplit.data import DATASETS, default_data_dir, first_of_each_class, load_dataset  # noqa: E402
 from unsplit.experiments import TrainingCase, inversion_experiment, label_experiment, train_or_load  # noqa: E402
-from unsplit.models import MODELS, build_model  # noqa: E402
-from unsplit.util import (  # noqa: E402
-    atomic_save,
-    atomic_write_json,
-    atomic_write_text,
-    minmax_normalise,
-    reconstruction_metrics,
+from unsplit.grid import (  # noqa: E402
+    Cell,
+    CellResult,
+    ResultStore,
+    add_grid_arguments,
+    grid_options,
+    report_failures,
+    run_grid,
 )
+from unsplit.models import MODELS, build_model  # noqa: E402
+from unsplit.util import atomic_write_text, minmax_normalise, reconstruction_metrics, resolve_device  # noqa: E402
 
 #: (main_iters, input_iters, model_iters). ``fast`` was chosen from the quality-vs-cost curves (README).
 SCHEDULES = {"paper": (1000, 100, 100), "fast": (100, 100, 100)}
@@ -54,26 +57,24 @@ def parse_args(argv=None):
     p.add_argument("--preset", choices=("paper", "contrast"), default="paper")
     p.add_argument("--images", default="classes", help="'classes': the first test image of each class")
     p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--seeds", default="0", help="comma-separated seeds")
     p.add_argument("--label-count", type=int, default=100, help="samples per label-inference run (0: skip)")
     p.add_argument("--data-dir", type=Path, default=default_data_dir())
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/unsplit"))
-    p.add_argument("--recompute", action="store_true", help="rerun cells that already have results")
     p.add_argument("--report-only", action="store_true", help="only rebuild the report from existing cells")
     p.add_argument("--curve", default="", help="quality vs cost instead of the grid: e.g. mnist:3,cifar:2")
     p.add_argument("--curve-iters", type=int, default=1000)
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true")
+    add_grid_arguments(p)
     args = p.parse_args(argv)
     args.datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
     bad = [d for d in args.datasets if d not in DATASETS]
     if bad:
         p.error(f"unknown dataset(s) {', '.join(bad)}: choose from {', '.join(DATASETS)}")
     try:
-        args.seeds = [int(s) for s in args.seeds.split(",")]
         args.depth_list = None if args.depths == "all" else [int(d) for d in args.depths.split(",")]
     except ValueError:
-        p.error("--seeds and --depths take comma-separated integers")
+        p.error("--depths takes comma-separated integers")
     sched = SCHEDULES[args.schedule]
     args.main_iters = sched[0] if args.main_iters is None else args.main_iters
     args.input_iters = sched[1] if args.input_iters is None else args.input_iters
@@ -92,11 +93,27 @@ def depths_for(dataset: str, args) -> list:
     return [d for d in args.depth_list if d in valid]
 
 
-def _trained(args, dataset, seed, device, test):
-    """The undefended split model of (dataset, seed), trained once and shared by every depth."""
-    case = TrainingCase(dataset, epochs=args.epochs, seed=seed)
-    return train_or_load(case, data_dir=args.data_dir, cache_dir=args.out / "checkpoints", test=test, device=device,
-                         progress=not args.quiet)
+_LOADED: dict = {}  # the (dataset, seed) this process last loaded: test set, trained model, info, mean image
+
+
+def _trained(config: dict, *, data_dir, out, device, progress: bool, test=None):
+    """The undefended split model of (dataset, seed), trained once (cached under ``OUT/checkpoints``) and shared by
+    every depth."""
+    case = TrainingCase(config["dataset"], epochs=config["epochs"], seed=config["seed"])
+    return train_or_load(case, data_dir=data_dir, cache_dir=Path(out) / "checkpoints", test=test, device=device,
+                         progress=progress)
+
+
+def _loaded(config: dict, *, data_dir, out, device, progress):
+    key = (config["dataset"], config["seed"], config["epochs"])
+    if key not in _LOADED:
+        _LOADED.clear()
+        torch.manual_seed(config["seed"])
+        x_test, y_test = load_dataset(config["dataset"], data_dir=data_dir, train=False)
+        model, info = _trained(config, data_dir=data_dir, out=out, device=device, progress=progress,
+                               test=(x_test, y_test))
+        _LOADED[key] = (x_test, y_test, model, info, train_mean_image(config["dataset"], x_test, data_dir=data_dir))
+    return _LOADED[key]
 
 
 def _attack(args) -> dict:
@@ -104,85 +121,103 @@ def _attack(args) -> dict:
             "model_iters": args.model_iters}
 
 
-def run_grid(args, device) -> None:
-    from tqdm.auto import tqdm
-
-    jobs = [(ds, d, s) for ds in args.datasets for s in args.seeds for d in depths_for(ds, args)]
-    cells = args.out / "cells"
-    bar = tqdm(jobs, desc="cells", unit="cell", disable=args.quiet)
-    loaded = {}
-    for dataset, depth, seed in bar:
-        path = cells / dataset / f"d{depth}_s{seed}_{args.tag}.json"
-        bar.set_postfix(cell=f"{dataset} d{depth} s{seed}")
-        if path.exists() and not args.recompute:
-            continue
-        if (dataset, seed) not in loaded:
-            torch.manual_seed(seed)
-            x_test, y_test = load_dataset(dataset, data_dir=args.data_dir, train=False)
-            model, info = _trained(args, dataset, seed, device, (x_test, y_test))
-            loaded.clear()
-            loaded[(dataset, seed)] = (x_test, y_test, model, info,
-                                       train_mean_image(dataset, x_test, data_dir=args.data_dir))
-        x_test, y_test, model, info, mean_image = loaded[(dataset, seed)]
-        idx = first_of_each_class(y_test) if args.images == "classes" else torch.tensor(
-            [int(i) for i in args.images.split(",")])
-        report, result = inversion_experiment(
-            model, depth, x_test, y_test, idx, mean_image=mean_image, attack=_attack(args), device=device,
-            seed=seed, progress=not args.quiet,
-        )
-        report.update(dataset=dataset, seed=seed, schedule=args.tag, test_accuracy=info["test_accuracy"],
-                      epochs=args.epochs, train_seconds=info.get("train_seconds"))
-        atomic_save({"reconstructions": result.reconstructions.cpu(), "targets": x_test[idx]},
-                    path.with_suffix(".pt"))
-        atomic_write_json(path, report)  # written last: a cell counts as finished only once its JSON exists
-
+def grid_cells(args) -> list:
+    """The grid as cells: (dataset, seed, depth) inversion cells, then (dataset, seed, gradient) label cells."""
+    cells = []
+    for dataset in args.datasets:
+        for seed in args.seeds:
+            for depth in depths_for(dataset, args):
+                config = {"kind": "inversion", "dataset": dataset, "depth": depth, "seed": seed,
+                          "epochs": args.epochs, "images": args.images, "schedule": args.tag, **_attack(args)}
+                cells.append(Cell(f"cells/{dataset}/d{depth}_s{seed}_{args.tag}", config, group=f"{dataset}-s{seed}"))
     if args.label_count > 0:
         for dataset in args.datasets:
             for seed in args.seeds:
                 for gradient in ("cut", "weight"):
-                    path = args.out / "labels" / f"{dataset}_{gradient}_n{args.label_count}_s{seed}.json"
-                    if path.exists() and not args.recompute:
-                        continue
-                    x_all, y_all = load_dataset(dataset, data_dir=args.data_dir, train=False)
-                    pick = torch.randperm(len(y_all), generator=torch.Generator().manual_seed(seed))
-                    pick = pick[: args.label_count]
-                    torch.manual_seed(seed)
-                    res = label_experiment(build_model(dataset), x_all[pick], y_all[pick], gradient=gradient,
-                                           device=device, seed=seed)
-                    atomic_write_json(path, {"dataset": dataset, "seed": seed, **res})
+                    config = {"kind": "labels", "dataset": dataset, "gradient": gradient, "count": args.label_count,
+                              "seed": seed}
+                    cells.append(Cell(f"labels/{dataset}_{gradient}_n{args.label_count}_s{seed}", config))
+    return cells
 
 
-def run_curves(args, device) -> None:
+def curve_cells(args) -> list:
+    """Quality-vs-cost curves: one cell per ``dataset:depth`` of ``--curve`` (first seed)."""
+    cells = []
     for spec in args.curve.split(","):
         dataset, depth = spec.split(":")
-        depth = int(depth)
-        seed = args.seeds[0]
-        path = args.out / "curves" / f"{dataset}_d{depth}_{args.curve_iters}x{args.input_iters}+{args.model_iters}.json"
-        if path.exists() and not args.recompute:
-            continue
+        config = {"kind": "curve", "dataset": dataset, "depth": int(depth), "seed": args.seeds[0],
+                  "epochs": args.epochs, "curve_iters": args.curve_iters, **_attack(args)}
+        name = f"curves/{dataset}_d{depth}_{args.curve_iters}x{args.input_iters}+{args.model_iters}"
+        cells.append(Cell(name, config))
+    return cells
+
+
+def run_cell(config: dict, *, data_dir, out, device, progress: bool):
+    """One cell of either kind -> its metrics (and, for inversion, the reconstructions as an artefact)."""
+    from unsplit.util import resolve_device
+
+    device = resolve_device(device)
+    seed = config["seed"]
+    if config["kind"] == "labels":
+        x_all, y_all = load_dataset(config["dataset"], data_dir=data_dir, train=False)
+        pick = torch.randperm(len(y_all), generator=torch.Generator().manual_seed(seed))[: config["count"]]
         torch.manual_seed(seed)
-        x_test, y_test = load_dataset(dataset, data_dir=args.data_dir, train=False)
-        model, _ = _trained(args, dataset, seed, device, None)
-        idx = first_of_each_class(y_test)
-        targets = x_test[idx].to(device)
-        marks = sorted({int(round(m)) for m in torch.logspace(0, torch.log10(torch.tensor(float(args.curve_iters))),
-                                                               20).tolist()} | {args.curve_iters})
-        curve = {"iteration": [], "mse": [], "mse_minmax": [], "ssim": [], "seconds": []}
-        start = time.perf_counter()
+        res = label_experiment(build_model(config["dataset"]), x_all[pick], y_all[pick], gradient=config["gradient"],
+                               device=device, seed=seed)
+        return {"dataset": config["dataset"], "seed": seed, **res}
+    x_test, y_test, model, info, mean_image = _loaded(config, data_dir=data_dir, out=out, device=device,
+                                                      progress=progress)
+    attack = {k: config[k] for k in ("preset", "main_iters", "input_iters", "model_iters")}
+    if config["kind"] == "curve":
+        return _curve(config, model, x_test, y_test, mean_image, attack, device=device, progress=progress)
+    idx = first_of_each_class(y_test) if config["images"] == "classes" else torch.tensor(
+        [int(i) for i in config["images"].split(",")])
+    report, result = inversion_experiment(
+        model, config["depth"], x_test, y_test, idx, mean_image=mean_image, attack=attack, device=device,
+        seed=seed, progress=progress,
+    )
+    report.update(dataset=config["dataset"], seed=seed, schedule=config["schedule"],
+                  test_accuracy=info["test_accuracy"], epochs=config["epochs"], train_seconds=info.get("train_seconds"))
+    return CellResult(report, {".pt": {"reconstructions": result.reconstructions.cpu(), "targets": x_test[idx]}})
 
-        def record(t, x):
-            if t in marks:
-                m = reconstruction_metrics(x, targets)
-                curve["iteration"].append(t)
-                curve["seconds"].append(time.perf_counter() - start)
-                for key in ("mse", "mse_minmax", "ssim"):
-                    curve[key].append(sum(m[key]) / len(m[key]))
 
-        inversion_experiment(model, depth, x_test, y_test, idx,
-                             mean_image=train_mean_image(dataset, x_test, data_dir=args.data_dir),
-                             attack={**_attack(args), "preset": "paper", "main_iters": args.curve_iters},
-                             device=device, seed=seed, progress=not args.quiet, on_iteration=record)
-        atomic_write_json(path, {"dataset": dataset, "depth": depth, **curve})
+def _curve(config, model, x_test, y_test, mean_image, attack, *, device, progress) -> dict:
+    idx = first_of_each_class(y_test)
+    targets = x_test[idx].to(device)
+    iters = config["curve_iters"]
+    marks = sorted({int(round(m)) for m in torch.logspace(0, torch.log10(torch.tensor(float(iters))),
+                                                           20).tolist()} | {iters})
+    curve = {"iteration": [], "mse": [], "mse_minmax": [], "ssim": [], "seconds": []}
+    start = time.perf_counter()
+
+    def record(t, x):
+        if t in marks:
+            m = reconstruction_metrics(x, targets)
+            curve["iteration"].append(t)
+            curve["seconds"].append(time.perf_counter() - start)
+            for key in ("mse", "mse_minmax", "ssim"):
+                curve[key].append(sum(m[key]) / len(m[key]))
+
+    inversion_experiment(model, config["depth"], x_test, y_test, idx, mean_image=mean_image,
+                         attack={**attack, "preset": "paper", "main_iters": iters},
+                         device=device, seed=config["seed"], progress=progress, on_iteration=record)
+    return {"dataset": config["dataset"], "depth": config["depth"], **curve}
+
+
+def run(args):
+    """Runs the grid (or the curves) on the chosen executor. With Ray, the split models are trained first, once,
+    in the driver, so that parallel cells do not train the same model twice."""
+    cells = curve_cells(args) if args.curve else grid_cells(args)
+    runtime = {"data_dir": args.data_dir, "out": args.out, "device": args.device, "progress": not args.quiet}
+    store = ResultStore(args.out)
+    if args.executor == "ray":
+        needed = {(c.config["dataset"], c.config["seed"]) for c in cells
+                  if c.config["kind"] != "labels" and (args.recompute or store.status(c) != "ok")}
+        for dataset, seed in sorted(needed):
+            _trained({"dataset": dataset, "seed": seed, "epochs": args.epochs}, data_dir=args.data_dir, out=args.out,
+                     device=resolve_device(args.device), progress=not args.quiet,
+                     test=load_dataset(dataset, data_dir=args.data_dir, train=False))
+    return run_grid(cells, run_cell, store=store, runtime=runtime, **grid_options(args))
 
 
 def _reconstruction_figure(out: Path, tensors: list, fname: str, norm) -> str:
@@ -218,9 +253,9 @@ def build_report(args) -> Path:
     import matplotlib.pyplot as plt
 
     out = args.out
-    cells = [json.loads(p.read_text()) for p in sorted((out / "cells").glob("*/*.json"))]
-    labels = [json.loads(p.read_text()) for p in sorted((out / "labels").glob("*.json"))]
-    curves = [json.loads(p.read_text()) for p in sorted((out / "curves").glob("*.json"))]
+    store = ResultStore(out)
+    cells, labels, curves = store.records("cells/*/*.json"), store.records("labels/*.json"), store.records(
+        "curves/*.json")
     lines = ["# UnSplit reproduction", "",
              "Generated by `benchmarks/reproduce_unsplit.py` from the cell files in `cells/`. MSE on [0, 1] pixels; "
              "`mm` = reconstruction min-max normalised first; baselines: grey = the 0.5 start image, black = all "
@@ -316,18 +351,11 @@ def build_report(args) -> Path:
 
 
 def main(argv=None) -> int:
-    from unsplit.util import resolve_device
-
     args = parse_args(argv)
-    device = resolve_device(args.device)
-    if not args.report_only:
-        if args.curve:
-            run_curves(args, device)
-        else:
-            run_grid(args, device)
+    summary = None if args.report_only else run(args)
     report = build_report(args)
     print(f"wrote {report}")
-    return 0
+    return report_failures(summary, args)
 
 
 if __name__ == "__main__":

@@ -53,6 +53,9 @@ __all__ = [
     "mean_std",
     "format_mean_std",
     "aggregate",
+    "add_grid_arguments",
+    "grid_options",
+    "report_failures",
 ]
 
 EXECUTORS = ("local", "ray")
@@ -400,3 +403,47 @@ def aggregate(records: Sequence[Mapping], *, by: Sequence[str], metrics: Sequenc
             if r.get(m) is not None:
                 row[m].append(r[m])
     return list(groups.values())
+
+
+def add_grid_arguments(parser, *, seeds: Optional[str] = "0") -> None:
+    """Adds the options every grid benchmark shares: ``--seeds`` (unless ``seeds`` is ``None``), ``--executor``,
+    ``--address``, ``--ray-cpus`` and ``--recompute``."""
+    if seeds is not None:
+        parser.add_argument("--seeds", default=seeds, type=_int_list, help="comma-separated seeds")
+    parser.add_argument("--executor", choices=EXECUTORS, default="local",
+                        help="local: one process; ray: one Ray task per cell (pip install -e '.[ray]')")
+    parser.add_argument("--address", default=None,
+                        help="Ray cluster to join ('auto': the running one); default: start a local one")
+    parser.add_argument("--ray-cpus", type=int, default=None, help="CPUs of a local Ray cluster (default: all)")
+    parser.add_argument("--recompute", action="store_true", help="rerun cells that already have results")
+
+
+def grid_options(args) -> Dict[str, Any]:
+    """:func:`run_grid` keyword arguments from the options of :func:`add_grid_arguments` (and ``--quiet``)."""
+    return {"executor": args.executor, "address": args.address, "num_cpus": args.ray_cpus,
+            "recompute": args.recompute, "progress": not getattr(args, "quiet", False)}
+
+
+def _int_list(text: str) -> List[int]:
+    import argparse
+
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def report_failures(summary: Optional[GridSummary], args=None) -> int:
+    """A benchmark's exit status: prints the summary (unless ``--quiet``) and, if cells failed, one line naming them
+    on stderr; returns 1 if any cell failed, else 0."""
+    import sys
+
+    if summary is None:
+        return 0
+    if not getattr(args, "quiet", False):
+        print(summary)
+    if summary.failed:
+        print(f"error: {len(summary.failed)} cell(s) failed (their JSON files hold the error and traceback): "
+              f"{', '.join(summary.failed[:5])}{' ...' if len(summary.failed) > 5 else ''}", file=sys.stderr)
+        return 1
+    return 0
