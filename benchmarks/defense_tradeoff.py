@@ -23,7 +23,7 @@ accuracy (``binary_tradeoff_<dataset>_n<count>_e<epochs>.png``; chance = the maj
 """
 from __future__ import annotations
 
-import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -36,10 +36,20 @@ from unsplit.cli import check_defenses, make_parser, run_main, train_mean_image 
 from unsplit.data import default_data_dir, first_of_each_class, load_dataset  # noqa: E402
 from unsplit.defenses import parse_defense  # noqa: E402
 from unsplit.experiments import TrainingCase, inversion_experiment, label_experiment, train_or_load  # noqa: E402
+from unsplit.grid import (  # noqa: E402
+    Cell,
+    ResultStore,
+    add_grid_arguments,
+    fold_seeds,
+    grid_options,
+    pm,
+    report_failures,
+    run_grid,
+)
 from unsplit.models import MODELS, build_model  # noqa: E402
 from unsplit.protocol import Topology  # noqa: E402
 from unsplit.training import evaluate  # noqa: E402
-from unsplit.util import atomic_write_json, atomic_write_text, resolve_device  # noqa: E402
+from unsplit.util import atomic_write_text, resolve_device  # noqa: E402
 
 GRID = ["none", "gaussian:0.1", "gaussian:0.5", "gaussian:2", "laplace:0.1", "laplace:0.5", "laplace:2",
         "nopeek:0.5", "nopeek:2", "nopeek:8", "dpsgd:0.5", "dpsgd:1", "dpsgd:2", "topk:0.5", "topk:0.1",
@@ -65,11 +75,11 @@ def parse_args(argv=None):
                    help="specs for the binary-task sweep ('' skips it)")
     p.add_argument("--binary-count", type=int, default=3000, help="training images of the binary-task sweep")
     p.add_argument("--binary-epochs", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", type=Path, default=default_data_dir())
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/defenses"))
-    p.add_argument("--recompute", action="store_true")
+    p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true")
+    add_grid_arguments(p)
     args = p.parse_args(argv)
     if args.batch_norm and args.dataset != "cifar":
         p.error("--batch-norm is a CIFAR-10 (CifarNet) variant")
@@ -97,12 +107,9 @@ def _binary_stem(args) -> str:
     return "binary_tradeoff_" + binary_tag(args).removeprefix("binary_")
 
 
-def _cell_path(args, tag: str, spec: str) -> Path:
-    return args.out / "cells" / f"{tag}_{spec.replace(':', '-')}.json"
-
-
-def _settings(args) -> dict:
-    return {k: str(v) for k, v in vars(args).items()}
+def _cell_name(tag: str, spec: str, seed: int) -> str:
+    """``cells/<tag>_<spec>`` (seed 0, as before the runner) or ``..._s<seed>``."""
+    return f"cells/{tag}_{spec.replace(':', '-')}" + (f"_s{seed}" if seed else "")
 
 
 def _annotate_strengths(ax, rows, key: str, full: bool = False, **style) -> None:
@@ -113,94 +120,112 @@ def _annotate_strengths(ax, rows, key: str, full: bool = False, **style) -> None
             ax.annotate(text, (r[key], r["test_accuracy"]), textcoords="offset points", xytext=(3, 3), **style)
 
 
-def run(args) -> None:
-    from tqdm.auto import tqdm
+def grid_cells(args) -> list:
+    """One cell per (defense, seed) of the main sweep, then per (binary defense, seed)."""
+    common = {"dataset": args.dataset, "seed": None}
+    cells = []
+    for seed in args.seeds:
+        for spec in args.specs:
+            config = {**common, "kind": "defense", "spec": spec, "seed": seed, "depth": args.depth,
+                      "epochs": args.epochs, "main_iters": args.main_iters, "input_iters": args.input_iters,
+                      "model_iters": args.model_iters, "train_limit": args.train_limit, "batch_norm": args.batch_norm,
+                      "label_count": args.label_count}
+            cells.append(Cell(_cell_name(cell_tag(args), spec, seed), config, group=f"s{seed}"))
+    for seed in args.seeds:
+        for spec in args.binary_specs:
+            config = {**common, "kind": "binary", "spec": spec, "seed": seed, "count": args.binary_count,
+                      "epochs": args.binary_epochs}
+            cells.append(Cell(_cell_name(binary_tag(args), spec, seed), config, group=f"binary-s{seed}"))
+    return cells
 
-    device = resolve_device("auto")
-    x_test, y_test = load_dataset(args.dataset, data_dir=args.data_dir, train=False)
+
+_DATA: dict = {}  # per process: the last dataset's test split (and, for the binary sweep, its training pick)
+
+
+def _test_split(dataset: str, data_dir):
+    if ("test", dataset) not in _DATA:
+        _DATA.clear()
+        _DATA[("test", dataset)] = load_dataset(dataset, data_dir=data_dir, train=False)
+    return _DATA[("test", dataset)]
+
+
+def run_cell(config: dict, *, data_dir, out, device, progress: bool) -> dict:
+    """A (defense, seed) cell: train under the defense, attack; or a binary-task cell."""
+    device = resolve_device(device)
+    if config["kind"] == "binary":
+        return _binary_cell(config, data_dir=data_dir, device=device)
+    dataset, spec, seed, depth = config["dataset"], config["spec"], config["seed"], config["depth"]
+    x_test, y_test = _test_split(dataset, data_dir)
     idx = first_of_each_class(y_test)
-    tag = cell_tag(args)
-    for spec in tqdm(args.specs, desc="defenses", disable=args.quiet):
-        path = _cell_path(args, tag, spec)
-        if path.exists() and not args.recompute:
-            continue
-        defense = parse_defense(spec)
-        # a defense acting only on the gradient a label-owning head returns cannot act in this two-part training:
-        # its model is the undefended one (same seed, same steps), so it is trained once, under "none"
-        train_spec = "none" if defense.acts_on <= {"head_gradient"} else spec
-        case = TrainingCase(args.dataset, epochs=args.epochs, seed=args.seed, defenses=(train_spec,),
-                            split_depth=args.depth, train_limit=args.train_limit, batch_norm=args.batch_norm)
-        start = time.perf_counter()
-        model, info = train_or_load(case, data_dir=args.data_dir, cache_dir=args.out / "checkpoints",
-                                    test=(x_test, y_test), device=device)
-        train_seconds = time.perf_counter() - start
-        attack = {"main_iters": args.main_iters, "input_iters": args.input_iters, "model_iters": args.model_iters}
-        cell, _ = inversion_experiment(model, args.depth, x_test, y_test, idx,
-                                       mean_image=train_mean_image(args.dataset, x_test, data_dir=args.data_dir),
-                                       attack=attack, device=device, seed=args.seed, defenses=[defense],
-                                       progress=not args.quiet)
-        labels = _label_cell(args, spec, x_test, y_test, device)
-        atomic_write_json(path, {
-            "defense": spec, "family": spec.split(":")[0], "dataset": args.dataset, "depth": args.depth,
-            "test_accuracy": info["test_accuracy"], "dp_epsilon": info.get("dp_epsilon"),
-            "dp_accounting": info.get("dp_accounting"), "checkpoint": info["checkpoint"],
-            "train_seconds": train_seconds, "mse_mean": cell["mse_mean"], "ssim_mean": cell["ssim_mean"],
-            "mse_minmax_mean": cell["mse_minmax_mean"], "black_mse_mean": cell["black_mse_mean"],
-            "mean_image_mse_mean": cell["mean_image_mse_mean"], "stolen_accuracy": cell["stolen_accuracy"],
-            "baseline_stolen_accuracy": cell["baseline_stolen_accuracy"], **labels, "settings": _settings(args),
-        })
+    defense = parse_defense(spec)
+    # a defense acting only on the gradient a label-owning head returns cannot act in this two-part training:
+    # its model is the undefended one (same seed, same steps), so it is trained once, under "none"
+    train_spec = "none" if defense.acts_on <= {"head_gradient"} else spec
+    case = TrainingCase(dataset, epochs=config["epochs"], seed=seed, defenses=(train_spec,), split_depth=depth,
+                        train_limit=config["train_limit"], batch_norm=config["batch_norm"])
+    start = time.perf_counter()
+    model, info = train_or_load(case, data_dir=data_dir, cache_dir=Path(out) / "checkpoints", test=(x_test, y_test),
+                                device=device, progress=progress)
+    train_seconds = time.perf_counter() - start
+    attack = {k: config[k] for k in ("main_iters", "input_iters", "model_iters")}
+    cell, _ = inversion_experiment(model, depth, x_test, y_test, idx,
+                                   mean_image=train_mean_image(dataset, x_test, data_dir=data_dir),
+                                   attack=attack, device=device, seed=seed, defenses=[defense], progress=progress)
+    labels = _label_cell(config, x_test, y_test, device)
+    return {
+        "defense": spec, "family": spec.split(":")[0], "dataset": dataset, "depth": depth, "seed": seed,
+        "test_accuracy": info["test_accuracy"], "dp_epsilon": info.get("dp_epsilon"),
+        "dp_accounting": info.get("dp_accounting"), "checkpoint": info["checkpoint"],
+        "train_seconds": train_seconds, "mse_mean": cell["mse_mean"], "ssim_mean": cell["ssim_mean"],
+        "mse_minmax_mean": cell["mse_minmax_mean"], "black_mse_mean": cell["black_mse_mean"],
+        "mean_image_mse_mean": cell["mean_image_mse_mean"], "stolen_accuracy": cell["stolen_accuracy"],
+        "baseline_stolen_accuracy": cell["baseline_stolen_accuracy"], **labels,
+    }
 
 
-def _label_cell(args, spec: str, x_test, y_test, device) -> dict:
+def _label_cell(config: dict, x_test, y_test, device) -> dict:
     """UnSplit label inference (cut gradient) with the defense in force, or why the defense cannot act there (the
     server holds the inputs: a defense of the client front has nothing to act on)."""
-    shape = build_model(args.dataset, batch_norm=args.batch_norm)
+    dataset, spec, seed, bn = config["dataset"], config["spec"], config["seed"], config["batch_norm"]
+    shape = build_model(dataset, batch_norm=bn)
     try:
         Topology.split(shape, head_start=len(shape) - 1).check_defense(parse_defense(spec))
     except ValueError as exc:
         return {"label_accuracy": None, "label_accuracy_best_renaming": None, "label_scored": 0,
                 "label_not_applicable": str(exc)}
-    pick = torch.randperm(len(y_test), generator=torch.Generator().manual_seed(args.seed))[: args.label_count]
-    torch.manual_seed(args.seed)  # the untrained model trained online: seeded as every row's
-    labels = label_experiment(build_model(args.dataset, batch_norm=args.batch_norm), x_test[pick], y_test[pick],
-                              gradient="cut", device=device, seed=args.seed,
-                              defenses=[parse_defense(spec)])
+    pick = torch.randperm(len(y_test), generator=torch.Generator().manual_seed(seed))[: config["label_count"]]
+    torch.manual_seed(seed)  # the untrained model trained online: seeded as every row's
+    labels = label_experiment(build_model(dataset, batch_norm=bn), x_test[pick], y_test[pick], gradient="cut",
+                              device=device, seed=seed, defenses=[parse_defense(spec)])
     return {"label_accuracy": labels["accuracy"], "label_accuracy_best_renaming": labels["accuracy_best_renaming"],
             "label_scored": labels["scored"]}
 
 
-def run_binary(args) -> None:
+def _binary_cell(config: dict, *, data_dir, device) -> dict:
     """The binary-task sweep (max-norm, Marvell): task accuracy and cut-gradient label inference, label owner keeps
     the output layer, model trained online under the defense."""
-    from tqdm.auto import tqdm
-
-    if not args.binary_specs:
-        return
-    device = resolve_device("auto")
-    half = MODELS[args.dataset].num_classes // 2
-    x_train, y_train = load_dataset(args.dataset, data_dir=args.data_dir, train=True)
-    pick = torch.randperm(len(y_train), generator=torch.Generator().manual_seed(args.seed))[: args.binary_count]
-    x, y = x_train[pick], (y_train[pick] >= half).long()
-    x_test, y_test = load_dataset(args.dataset, data_dir=args.data_dir, train=False)
-    y_test = (y_test >= half).long()
-    tag = binary_tag(args)
-    for spec in tqdm(args.binary_specs, desc="binary-task defenses", disable=args.quiet):
-        path = _cell_path(args, tag, spec)
-        if path.exists() and not args.recompute:
-            continue
-        torch.manual_seed(args.seed)
-        model = MODELS[args.dataset](num_classes=2)
-        defense = parse_defense(spec, num_classes=2)
-        start = time.perf_counter()
-        labels = label_experiment(model, x, y, gradient="cut", num_classes=2, epochs=args.binary_epochs,
-                                  device=device, seed=args.seed, defenses=[defense])
-        atomic_write_json(path, {
-            "defense": spec, "family": spec.split(":")[0], "dataset": args.dataset, "task": f"classes <{half} vs >={half}",
-            "test_accuracy": evaluate(model, x_test, y_test, device=device),
-            "label_accuracy": labels["accuracy"], "label_scored": labels["scored"],
-            "majority_class_accuracy": labels["majority_class_accuracy"],
-            "seconds": time.perf_counter() - start, "settings": _settings(args),
-        })
+    dataset, spec, seed = config["dataset"], config["spec"], config["seed"]
+    half = MODELS[dataset].num_classes // 2
+    key = ("binary", dataset, seed, config["count"])
+    if key not in _DATA:
+        _DATA.clear()
+        x_train, y_train = load_dataset(dataset, data_dir=data_dir, train=True)
+        pick = torch.randperm(len(y_train), generator=torch.Generator().manual_seed(seed))[: config["count"]]
+        x_test, y_test = load_dataset(dataset, data_dir=data_dir, train=False)
+        _DATA[key] = (x_train[pick], (y_train[pick] >= half).long(), x_test, (y_test >= half).long())
+    x, y, x_test, y_test = _DATA[key]
+    torch.manual_seed(seed)
+    model = MODELS[dataset](num_classes=2)
+    defense = parse_defense(spec, num_classes=2)
+    start = time.perf_counter()
+    labels = label_experiment(model, x, y, gradient="cut", num_classes=2, epochs=config["epochs"], device=device,
+                              seed=seed, defenses=[defense])
+    return {
+        "defense": spec, "family": spec.split(":")[0], "dataset": dataset, "task": f"classes <{half} vs >={half}",
+        "seed": seed, "test_accuracy": evaluate(model, x_test, y_test, device=device),
+        "label_accuracy": labels["accuracy"], "label_scored": labels["scored"],
+        "majority_class_accuracy": labels["majority_class_accuracy"], "seconds": time.perf_counter() - start,
+    }
 
 
 def _trained(row: dict, chance: float) -> bool:
@@ -210,11 +235,14 @@ def _trained(row: dict, chance: float) -> bool:
 
 def _label(row: dict, key: str) -> str:
     """A label-inference cell: its value, or n/a where the defense cannot act in the label-inference setting."""
-    return "n/a" if row.get("label_not_applicable") else _num(row.get(key))
+    return "n/a" if row.get("label_not_applicable") else pm(row, key)
 
 
-def _num(value) -> str:
-    return "–" if value is None else f"{value:.4f}"
+def _rows(args, tag: str) -> list:
+    """The stored cells of one setting (exactly ``<tag>_<spec>[_s<seed>]``), seeds folded into mean ± std."""
+    rows = [r for name, r in ResultStore(args.out).named_records(f"cells/{tag}_*.json")
+            if re.fullmatch(rf"cells/{re.escape(tag)}_{re.escape(r['defense'].replace(':', '-'))}(_s\d+)?", name)]
+    return fold_seeds(rows, by=["defense"])
 
 
 #: the report's "what it costs" columns: (metric, name, multiple of the undefended value, True = higher is private)
@@ -266,7 +294,7 @@ def report(args) -> Path:
     import matplotlib.pyplot as plt
 
     tag = cell_tag(args)
-    rows = [json.loads(p.read_text()) for p in sorted((args.out / "cells").glob(f"{tag}_*.json"))]
+    rows = _rows(args, tag)
     order = {s: i for i, s in enumerate(GRID)}
     rows.sort(key=lambda r: order.get(r["defense"], 99))
     stem = f"tradeoff_{tag}"
@@ -283,8 +311,8 @@ def report(args) -> Path:
     for r in rows:
         eps = "" if r.get("dp_epsilon") is None else f"{r['dp_epsilon']:.2f}"
         flag = "" if _trained(r, chance) else " (at chance: did not train)"
-        lines.append(f"| {r['defense']}{flag} | {r['test_accuracy']:.4f} | {eps} | {r['mse_mean']:.4f} | "
-                     f"{r['mse_minmax_mean']:.4f} | {r['ssim_mean']:.3f} | {r['stolen_accuracy']:.4f} | "
+        lines.append(f"| {r['defense']}{flag} | {pm(r, 'test_accuracy')} | {eps} | {pm(r, 'mse_mean')} | "
+                     f"{pm(r, 'mse_minmax_mean')} | {pm(r, 'ssim_mean', '.3f')} | {pm(r, 'stolen_accuracy')} | "
                      f"{_label(r, 'label_accuracy')} | {_label(r, 'label_accuracy_best_renaming')} |")
     if rows:
         lines += ["", f"Baselines: black image MSE {rows[0]['black_mse_mean']:.4f}, training mean image "
@@ -339,7 +367,7 @@ def report(args) -> Path:
 def binary_report(args) -> list:
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(p.read_text()) for p in sorted((args.out / "cells").glob(f"{binary_tag(args)}_*.json"))]
+    rows = _rows(args, binary_tag(args))
     if not rows:
         return []
     order = {s: i for i, s in enumerate(BINARY_GRID)}
@@ -350,8 +378,8 @@ def binary_report(args) -> list:
              "cut-gradient attack (one known label per class) over those images; task accuracy on the whole test "
              "set.", "", "| defense | task acc | label acc | majority class |", "|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['defense']} | {r['test_accuracy']:.4f} | {r['label_accuracy']:.4f} | "
-                     f"{r['majority_class_accuracy']:.4f} |")
+        lines.append(f"| {r['defense']} | {pm(r, 'test_accuracy')} | {pm(r, 'label_accuracy')} | "
+                     f"{pm(r, 'majority_class_accuracy')} |")
     fig, ax = plt.subplots(figsize=(5, 4))
     for fam in sorted({r["family"] for r in rows}):
         pts = sorted([r for r in rows if r["family"] == fam], key=lambda r: r["label_accuracy"])
@@ -370,10 +398,10 @@ def binary_report(args) -> list:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    run(args)
-    run_binary(args)
+    runtime = {"data_dir": args.data_dir, "out": args.out, "device": args.device, "progress": not args.quiet}
+    summary = run_grid(grid_cells(args), run_cell, store=ResultStore(args.out), runtime=runtime, **grid_options(args))
     print(f"wrote {report(args)}")
-    return 0
+    return report_failures(summary, args)
 
 
 if __name__ == "__main__":

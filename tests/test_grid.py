@@ -3,7 +3,17 @@ import math
 
 import pytest
 
-from unsplit.grid import Cell, CellResult, ResultStore, aggregate, cell_name, format_mean_std, mean_std, run_grid
+from unsplit.grid import (
+    Cell,
+    CellResult,
+    ResultStore,
+    cell_name,
+    fold_seeds,
+    format_mean_std,
+    mean_std,
+    pm,
+    run_grid,
+)
 
 
 def _cells(n=4):
@@ -76,15 +86,17 @@ def test_artefacts_groups_and_validation(tmp_path):
     assert cell_name("mnist", "label_dp:1", 0.5, None, "s0") == "mnist_label_dp-1_0.5_s0"
 
 
-def test_seed_aggregation():
-    recs = [{"defense": "none", "seed": s, "acc": a} for s, a in enumerate([0.9, 0.8, 1.0])]
-    recs.append({"defense": "dp", "seed": 0, "acc": 0.5})
-    rows = aggregate(recs, by=["defense"], metrics=["acc"])
-    assert [r["n"] for r in rows] == [3, 1]
-    mean, std, n = mean_std(rows[0]["acc"])
-    assert math.isclose(mean, 0.9) and math.isclose(std, 0.1) and n == 3
-    assert format_mean_std(rows[0]["acc"], ".2f") == "0.90 ± 0.10"
-    assert format_mean_std(rows[1]["acc"], ".2f") == "0.50" and format_mean_std([]) == "—"
+def test_seed_folding():
+    recs = [{"defense": "none", "seed": s, "acc": a, "note": "x"} for s, a in enumerate([0.9, 0.8, 1.0])]
+    recs.append({"defense": "dp", "seed": 0, "acc": 0.5, "note": "y"})
+    rows = fold_seeds(recs, by=["defense"])
+    assert [r["n_seeds"] for r in rows] == [3, 1] and rows[0]["note"] == "x" and rows[0]["seed"] == 0
+    assert math.isclose(rows[0]["acc"], 0.9) and math.isclose(rows[0]["std"]["acc"], 0.1)
+    assert pm(rows[0], "acc", ".2f") == "0.90 ± 0.10" and pm(rows[1], "acc", ".2f") == "0.50"
+    assert pm(rows[1], "missing") == "–"
+    mean, std, n = mean_std([1.0, float("nan"), 3.0])
+    assert (mean, n) == (2.0, 2) and math.isclose(std, math.sqrt(2))
+    assert format_mean_std([0.5], ".2f") == "0.50" and format_mean_std([]) == "—"
 
 
 def test_ray_executor_runs_the_same_grid(tmp_path):

@@ -52,7 +52,8 @@ __all__ = [
     "cell_name",
     "mean_std",
     "format_mean_std",
-    "aggregate",
+    "fold_seeds",
+    "pm",
     "add_grid_arguments",
     "grid_options",
     "report_failures",
@@ -201,6 +202,10 @@ class ResultStore:
 
     def records(self, pattern: str = "**/*.json", *, errors: bool = False) -> List[dict]:
         """Every stored record under ``root`` matching ``pattern`` (sorted by path); failed cells only if ``errors``."""
+        return [record for _, record in self.named_records(pattern, errors=errors)]
+
+    def named_records(self, pattern: str = "**/*.json", *, errors: bool = False) -> List[tuple]:
+        """``(cell name, record)`` pairs, as :meth:`records` (the name is the path below ``root`` minus ``.json``)."""
         out = []
         for path in sorted(self.root.glob(pattern)):
             with open(path) as fh:
@@ -209,7 +214,7 @@ class ResultStore:
                 continue
             if record.get(_META, {}).get("status", "ok") != "ok" and not errors:
                 continue
-            out.append(record)
+            out.append((path.relative_to(self.root).with_suffix("").as_posix(), record))
         return out
 
     @staticmethod
@@ -387,22 +392,40 @@ def format_mean_std(values: Sequence[float], fmt: str = ".4f") -> str:
     return f"{format(mean, fmt)} ± {format(std, fmt)}"
 
 
-def aggregate(records: Sequence[Mapping], *, by: Sequence[str], metrics: Sequence[str]) -> List[dict]:
-    """Groups records by the ``by`` keys (seeds folded together) and collects each metric's values.
+def fold_seeds(records: Sequence[Mapping], *, by: Sequence[str]) -> List[dict]:
+    """Folds the records of several seeds into one row per ``by`` key (in order of first appearance).
 
-    Returns:
-        one dict per group (in order of first appearance): the ``by`` keys, ``n`` (records), and for each metric
-        ``<metric>`` = list of its values (missing ones skipped), ready for :func:`format_mean_std`.
+    Each row is the first record with every numeric field replaced by its mean over the group (non-numeric fields
+    kept from the first record), ``"n_seeds"`` the group's size, and ``"std"`` = ``{field: sample std}`` for groups
+    of two or more; report code shows ``mean ± std`` with :func:`format_mean_std` / :func:`pm`.
     """
-    groups: Dict[tuple, dict] = {}
+    groups: Dict[tuple, List[Mapping]] = {}
     for r in records:
-        key = tuple(json.dumps(r.get(k), sort_keys=True) for k in by)
-        row = groups.setdefault(key, {**{k: r.get(k) for k in by}, "n": 0, **{m: [] for m in metrics}})
-        row["n"] += 1
-        for m in metrics:
-            if r.get(m) is not None:
-                row[m].append(r[m])
-    return list(groups.values())
+        groups.setdefault(tuple(json.dumps(r.get(k), sort_keys=True) for k in by), []).append(r)
+    rows = []
+    for group in groups.values():
+        row = dict(group[0])
+        row["n_seeds"] = len(group)
+        row["std"] = {}
+        for key, value in group[0].items():
+            if key in by or key == "seed" or isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            mean, std, n = mean_std([g.get(key) for g in group if isinstance(g.get(key), (int, float))])
+            if n:
+                row[key] = mean
+                if n > 1:
+                    row["std"][key] = std
+        rows.append(row)
+    return rows
+
+
+def pm(row: Mapping, key: str, fmt: str = ".4f", missing: str = "–") -> str:
+    """``row[key]`` formatted, with ``± std`` where :func:`fold_seeds` folded several seeds."""
+    value = row.get(key)
+    if value is None:
+        return missing
+    std = row.get("std", {}).get(key)
+    return format(value, fmt) + ("" if std is None else f" ± {format(std, fmt)}")
 
 
 def add_grid_arguments(parser, *, seeds: Optional[str] = "0") -> None:
