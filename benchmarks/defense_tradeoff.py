@@ -401,7 +401,7 @@ def main(argv=None) -> int:
     runtime = {"data_dir": args.data_dir, "out": args.out, "device": args.device, "progress": not args.quiet}
     summary = run_grid(grid_cells(args), run_cell, store=ResultStore(args.out), runtime=runtime, **grid_options(args))
     print(f"wrote {report(args)}")
-    return report_failures(summary, args)
+    return report_failures(summary)
 
 
 if __name__ == "__main__":

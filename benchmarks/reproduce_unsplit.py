@@ -355,7 +355,7 @@ def main(argv=None) -> int:
     summary = None if args.report_only else run(args)
     report = build_report(args)
     print(f"wrote {report}")
-    return report_failures(summary, args)
+    return report_failures(summary)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ takes the noise multiplier S directly.
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
 import tracemalloc
@@ -36,8 +35,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from unsplit.cli import finite_float, make_parser, run_main  # noqa: E402
 from unsplit.data import default_data_dir, load_dataset  # noqa: E402
 from unsplit.defenses import DPSGDHead, parse_defense  # noqa: E402
+from unsplit.grid import (  # noqa: E402
+    Cell,
+    ResultStore,
+    add_grid_arguments,
+    fold_seeds,
+    grid_options,
+    pm,
+    report_failures,
+    run_grid,
+)
 from unsplit.similarity import MODEL_NAMES, build_model, cut_names, model_inputs, run_similarity  # noqa: E402
-from unsplit.util import atomic_save_figure, atomic_write_json, atomic_write_text, resolve_device  # noqa: E402
+from unsplit.util import atomic_save_figure, atomic_write_text, resolve_device  # noqa: E402
 
 DEFAULT_MODEL = {"mnist": "mnistnet", "f_mnist": "mnistnet", "cifar": "cifarnet"}
 #: default cuts per model (split depths): MnistNet after pool1 / pool2 / fc1; CifarNet after each pooling block
@@ -64,13 +73,12 @@ def parse_args(argv=None):
     p.add_argument("--reducer", choices=("pca", "random", "none"), default="pca")
     p.add_argument("--no-unsplit", action="store_true",
                    help="skip UnSplit's gradient-matching baseline (costly for deep top models)")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", type=Path, default=default_data_dir())
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/similarity"))
-    p.add_argument("--recompute", action="store_true")
     p.add_argument("--report-only", action="store_true")
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true")
+    add_grid_arguments(p)
     args = p.parse_args(argv)
     args.model = args.model or DEFAULT_MODEL[args.dataset]
     names = cut_names(args.model)
@@ -115,49 +123,76 @@ def _defense(spec: str, *, classes: int, n: int, epochs: int, batch: int, clip: 
     return d
 
 
-def cell_name(args, cut_name: str, spec: str) -> str:
-    task = "bin" if args.binary else "k10"
-    limit = f"_n{args.train_limit}" if args.train_limit else ""
-    return (f"{args.dataset}_{task}_{args.model}_{cut_name}_{spec.replace(':', '-')}_e{args.epochs}_lr{args.lr:g}"
-            f"_b{args.batch_size}{limit}_{args.reducer}{'_nounsplit' if args.no_unsplit else ''}_s{args.seed}")
+def cell_name(c: dict) -> str:
+    """The readable name of a cell config (as before the runner, so stored cells stay valid)."""
+    task = "bin" if c["binary"] else "k10"
+    limit = f"_n{c['train_limit']}" if c["train_limit"] else ""
+    return (f"{c['dataset']}_{task}_{c['model']}_{c['cut_name']}_{c['spec'].replace(':', '-')}_e{c['epochs']}"
+            f"_lr{c['lr']:g}_b{c['batch_size']}{limit}_{c['reducer']}{'_nounsplit' if c['no_unsplit'] else ''}"
+            f"_s{c['seed']}")
 
 
-def _load(args):
-    x, y = load_dataset(args.dataset, data_dir=args.data_dir, train=True, download=False, limit=args.train_limit)
-    xt, yt = load_dataset(args.dataset, data_dir=args.data_dir, train=False, download=False, limit=args.test_limit)
-    x, xt = model_inputs(args.model, x), model_inputs(args.model, xt)
-    if args.binary:
-        y, yt = (y >= 5).long(), (yt >= 5).long()
-    return x, y, xt, yt
+def grid_cells(args) -> list:
+    """One cell per (seed, cut, defense)."""
+    cells = []
+    for seed in args.seeds:
+        for cut_name, cut in args.cut_list:
+            for spec in args.defense_list:
+                config = {"dataset": args.dataset, "binary": args.binary, "model": args.model, "cut_name": cut_name,
+                          "cut": cut, "spec": spec, "epochs": args.epochs, "lr": args.lr,
+                          "batch_size": args.batch_size, "train_limit": args.train_limit,
+                          "test_limit": args.test_limit, "reducer": args.reducer, "no_unsplit": args.no_unsplit,
+                          "dp_clip": args.dp_clip, "seed": seed}
+                cells.append(Cell(f"cells/{cell_name(config)}", config))
+    return cells
 
 
-def run_cell(args, cut_name: str, cut: int, spec: str, data, device) -> dict:
-    x, y, xt, yt = data
-    classes = 2 if args.binary else 10
-    defense = _defense(spec, classes=classes, n=len(x), epochs=args.epochs, batch=args.batch_size, clip=args.dp_clip)
-    model = build_model(args.model, num_classes=classes, in_channels=x.shape[1])
-    sgd = lambda params: torch.optim.SGD(params, lr=args.lr)  # noqa: E731
+_DATA: dict = {}  # per process: the last (dataset, model, limits, task) loaded
+
+
+def _load(c: dict, data_dir):
+    key = (c["dataset"], c["model"], c["train_limit"], c["test_limit"], c["binary"])
+    if key not in _DATA:
+        _DATA.clear()
+        x, y = load_dataset(c["dataset"], data_dir=data_dir, train=True, download=False, limit=c["train_limit"])
+        xt, yt = load_dataset(c["dataset"], data_dir=data_dir, train=False, download=False, limit=c["test_limit"])
+        x, xt = model_inputs(c["model"], x), model_inputs(c["model"], xt)
+        if c["binary"]:
+            y, yt = (y >= 5).long(), (yt >= 5).long()
+        _DATA[key] = (x, y, xt, yt)
+    return _DATA[key]
+
+
+def run_cell(c: dict, *, data_dir, device, progress: bool) -> dict:
+    """One split training with every attack and baseline on its recordings."""
+    x, y, xt, yt = _load(c, data_dir)
+    classes = 2 if c["binary"] else 10
+    defense = _defense(c["spec"], classes=classes, n=len(x), epochs=c["epochs"], batch=c["batch_size"],
+                       clip=c["dp_clip"])
+    model = build_model(c["model"], num_classes=classes, in_channels=x.shape[1])
+    sgd = lambda params: torch.optim.SGD(params, lr=c["lr"])  # noqa: E731
     tracemalloc.start()
     start = time.perf_counter()
-    run = run_similarity(model, x, y, cut=cut, x_test=xt, y_test=yt, num_classes=classes, epochs=args.epochs,
-                         batch_size=args.batch_size, optimizers=sgd, defenses=[defense] if defense else [],
-                         reducer=args.reducer, unsplit_baseline=not args.no_unsplit, device=device, seed=args.seed,
-                         progress=not args.quiet)
+    run = run_similarity(model, x, y, cut=c["cut"], x_test=xt, y_test=yt, num_classes=classes, epochs=c["epochs"],
+                         batch_size=c["batch_size"], optimizers=sgd, defenses=[defense] if defense else [],
+                         reducer=c["reducer"], unsplit_baseline=not c["no_unsplit"], device=resolve_device(device),
+                         seed=c["seed"], progress=progress)
     seconds = time.perf_counter() - start
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    m = run.metrics
-    out = {"name": cell_name(args, cut_name, spec), "dataset": args.dataset, "binary": args.binary,
-           "model": args.model, "cut_name": cut_name, "cut": cut, "defense": spec, "epochs": args.epochs,
-           "lr": args.lr, "batch_size": args.batch_size, "train_samples": len(x), "test_samples": len(xt),
-           "seed": args.seed, "seconds": seconds, "peak_numpy_bytes": peak, **m}
+    out = {"name": cell_name(c), "dataset": c["dataset"], "binary": c["binary"], "model": c["model"],
+           "cut_name": c["cut_name"], "cut": c["cut"], "defense": c["spec"], "epochs": c["epochs"], "lr": c["lr"],
+           "batch_size": c["batch_size"], "train_samples": len(x), "test_samples": len(xt), "seed": c["seed"],
+           "seconds": seconds, "peak_numpy_bytes": peak, **run.metrics}
     if defense is not None and hasattr(defense, "noise_multiplier"):
         out["noise_multiplier"] = defense.noise_multiplier
     return out
 
 
 def build_report(args) -> Path:
-    cells = [json.loads(f.read_text()) for f in sorted((args.out / "cells").glob("*.json"))]
+    key = lambda c: (c["dataset"], c["binary"], c["model"], c["cut"], c["defense"])  # noqa: E731
+    cells = fold_seeds(ResultStore(args.out).records("cells/*.json"), by=["dataset", "binary", "model", "cut",
+                                                                          "defense"])
     lines = ["# Similarity-based label inference (Liu et al., TIFS 2024)", "",
              "Accuracy of the inferred labels (known samples excluded), one known label per class; gradient attacks on "
              "the first epoch's cut gradients of a fresh model (and of the last epoch: a trained top model), "
@@ -168,9 +203,8 @@ def build_report(args) -> Path:
              "1-NN | grad (last epoch) k-means | smashed 1-NN | smashed k-means | inference 1-NN | inference k-means "
              "| completion | completion (inference) | UnSplit | random | norm AUC | direction AUC | "
              "dims (grad/smashed) | recorded MB | s |", "|" + "---|" * 23]
-    key = lambda c: (c["dataset"], c["binary"], c["model"], c["cut"], c["defense"])  # noqa: E731
     for c in sorted(cells, key=key):
-        f = lambda k: "" if c.get(k) is None else f"{c[k]:.4f}"  # noqa: E731
+        f = lambda k: pm(c, k, missing="")  # noqa: E731
         mb = sum(c["recorded_bytes"].values()) / 2**20
         eps = f" (ε {c['dp_epsilon']:.2f})" if c.get("dp_epsilon") is not None else ""
         lines.append(f"| {c['dataset']} | {'binary' if c['binary'] else '10-class'} | {c['model']} | "
@@ -220,21 +254,13 @@ def _plot(cells: list, path: Path) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    device = resolve_device(args.device)
+    summary = None
     if not args.report_only:
-        (args.out / "cells").mkdir(parents=True, exist_ok=True)
-        data = None
-        for cut_name, cut in args.cut_list:
-            for spec in args.defense_list:
-                path = args.out / "cells" / f"{cell_name(args, cut_name, spec)}.json"
-                if path.exists() and not args.recompute:
-                    print(f"{path.name}: done (use --recompute to rerun)")
-                    continue
-                data = data or _load(args)
-                atomic_write_json(path, run_cell(args, cut_name, cut, spec, data, device))
-                print(f"{path.name}: written")
+        runtime = {"data_dir": args.data_dir, "device": args.device, "progress": not args.quiet}
+        summary = run_grid(grid_cells(args), run_cell, store=ResultStore(args.out), runtime=runtime,
+                           **grid_options(args))
     print(build_report(args))
-    return 0
+    return report_failures(summary)
 
 
 if __name__ == "__main__":

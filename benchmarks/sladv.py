@@ -5,9 +5,9 @@ One victim (U-shaped split learning on the client's first ``--client-size`` CIFA
 defense one trained model serves every split point) is attacked one factor at a time around a base setting, the
 first value of each list (by default split 1, ``single`` shadow, ``cifar-skewed`` attacker data, 1,024 images,
 eps 8/255): each split point of ``--splits``, each shadow of ``--shadows``, each source of ``--sources``, each size
-of ``--sizes``, each eps of ``--eps``. Every cell is one atomic JSON under ``OUT/cells`` (a rerun skips finished
-cells); the baselines
-(same-eps noise, white-box PGD on the whole model, PGD transferred from a surrogate trained on the attacker's
+of ``--sizes``, each eps of ``--eps``. Every cell is one atomic JSON under ``OUT/cells`` (:mod:`unsplit.grid`: a
+rerun skips finished cells, ``--executor ray`` runs them as Ray tasks, ``--seeds`` folds seeds into mean ± std); the
+baselines (same-eps noise, white-box PGD on the whole model, PGD transferred from a surrogate trained on the attacker's
 images with labels) are cells of their own, per eps (and per source and size for the surrogate). ``report.md`` and
 ``sladv.png`` are rebuilt from the stored cells.
 
@@ -16,7 +16,6 @@ images with labels) are cells of their own, per eps (and per source and size for
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -26,8 +25,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from unsplit import sladv  # noqa: E402
 from unsplit.cli import make_parser, run_main  # noqa: E402
 from unsplit.data import default_data_dir, load_dataset  # noqa: E402
+from unsplit.grid import (  # noqa: E402
+    Cell,
+    ResultStore,
+    add_grid_arguments,
+    fold_seeds,
+    grid_options,
+    pm,
+    report_failures,
+    run_grid,
+)
 from unsplit.training import evaluate, run_split  # noqa: E402
-from unsplit.util import atomic_save_figure, atomic_write_json, atomic_write_text, resolve_device  # noqa: E402
+from unsplit.util import atomic_save_figure, atomic_write_text, resolve_device  # noqa: E402
 
 FACTORS = ("split", "shadow", "source", "size", "eps")
 
@@ -51,12 +60,12 @@ def parse_args(argv=None):
     p.add_argument("--eval-count", type=int, default=1000, help="first N test images (scaffold: 1,000)")
     p.add_argument("--stats-samples", type=int, default=5000)
     p.add_argument("--baselines", default="noise,whitebox,transfer")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", type=Path, default=default_data_dir())
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/sladv"))
     p.add_argument("--report-only", action="store_true")
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true")
+    add_grid_arguments(p)
     args = p.parse_args(argv)
     try:
         args.split_list, args.size_list, args.eps_list = _ints(args.splits), _ints(args.sizes), _ints(args.eps)
@@ -98,101 +107,137 @@ def settings(args) -> list:
     return cells
 
 
-def _tag(args) -> str:
-    return f"{args.model}_e{args.epochs}_n{args.client_size}_st{args.steps}_ss{args.shadow_steps}_s{args.seed}"
+def _tag(args, seed: int) -> str:
+    return f"{args.model}_e{args.epochs}_n{args.client_size}_st{args.steps}_ss{args.shadow_steps}_s{seed}"
 
 
-def cell_name(args, c: dict) -> str:
-    return f"{_tag(args)}_sp{c['split']}_{c['shadow']}_{c['source']}_{c['size']}_eps{c['eps']}"
+def cell_name(args, c: dict, seed: int) -> str:
+    return f"{_tag(args, seed)}_sp{c['split']}_{c['shadow']}_{c['source']}_{c['size']}_eps{c['eps']}"
+
+
+def grid_cells(args) -> list:
+    """Per seed: the one-factor-at-a-time SLADV cells, then the baselines per eps (transfer per attacker set)."""
+    cells = []
+    for seed in args.seeds:
+        victim = {"model": args.model, "epochs": args.epochs, "client_size": args.client_size, "steps": args.steps,
+                  "shadow_steps": args.shadow_steps, "eval_count": args.eval_count,
+                  "stats_samples": args.stats_samples, "seed": seed}
+        tag, group = _tag(args, seed), f"victim-s{seed}"
+        for c in settings(args):
+            cells.append(Cell(f"cells/{cell_name(args, c, seed)}", {**victim, "kind": "sladv", **c}, group=group))
+        for eps in sorted({c["eps"] for c in settings(args)}):
+            for kind in ("noise", "whitebox"):
+                if kind in args.baseline_list:
+                    cells.append(Cell(f"cells/{tag}_{kind}_eps{eps}", {**victim, "kind": kind, "eps": eps},
+                                      group=group))
+            if "transfer" in args.baseline_list:
+                for source, size in sorted({(c["source"], c["size"]) for c in settings(args)}):
+                    config = {**victim, "kind": "transfer", "eps": eps, "source": source, "size": size}
+                    cells.append(Cell(f"cells/{tag}_transfer_{source}_{size}_eps{eps}", config, group=group))
+    return cells
+
+
+_STATE: dict = {}  # per process: data, the victim, server statistics per split, surrogates per attacker set
+
+
+def _victim(c: dict, *, data_dir, device, progress: bool):
+    key = ("victim", c["model"], c["epochs"], c["client_size"], c["seed"])
+    if key not in _STATE:
+        _STATE.clear()
+        x_train, y_train = load_dataset("cifar", data_dir=data_dir, train=True, download=False)
+        x_test, y_test = load_dataset("cifar", data_dir=data_dir, train=False, download=False)
+        x_client, y_client = x_train[: c["client_size"]], y_train[: c["client_size"]]
+        model, _ = sladv.train_or_load_victim(c["model"], x_client, y_client, epochs=c["epochs"], device=device,
+                                              seed=c["seed"], progress=progress, log=print if progress else None)
+        whole = sladv.victim_topology(model, 1).as_model().eval()
+        accuracy = evaluate(whole, x_test, y_test, device=device)
+        _STATE[key] = (x_train, y_train, x_test, y_test, model, whole, accuracy)
+    return _STATE[key]
+
+
+def run_cell(c: dict, *, data_dir, device, progress: bool) -> dict:
+    """One SLADV setting or one baseline against the (cached) victim."""
+    device = resolve_device(device)
+    x_train, y_train, x_test, y_test, model, whole, accuracy = _victim(c, data_dir=data_dir, device=device,
+                                                                       progress=progress)
+    seed, n = c["seed"], c["eval_count"]
+    x_eval, y_eval = x_test[:n], y_test[:n]
+    common = {"model": c["model"], "epochs": c["epochs"], "client_size": c["client_size"], "steps": c["steps"],
+              "seed": seed, "victim_test_accuracy": accuracy, "eval_count": len(x_eval)}
+    start = time.perf_counter()
+    if c["kind"] == "sladv":
+        topology = sladv.victim_topology(model, c["split"])
+        if ("stats", c["split"]) not in _STATE:
+            stats = sladv.ServerStatistics(phase="inference")
+            run_split(topology, x_train[: c["stats_samples"]], callbacks=[stats], device=device)
+            _STATE["stats", c["split"]] = stats
+        _, idx, seen = sladv.attacker_split(y_train, source=c["source"], size=c["size"],
+                                            client_size=c["client_size"], seed=seed)
+        x_adv, _, fit = sladv.sladv_attack(topology.middle, _STATE["stats", c["split"]], x_train[idx], x_eval,
+                                           shadow=c["shadow"], shadow_steps=c["shadow_steps"], eps=c["eps"] / 255,
+                                           alpha=2 / 255, steps=c["steps"], device=device, seed=seed,
+                                           progress=progress)
+        m = sladv.attack_metrics(whole, x_eval, x_adv, y_eval, device=device)
+        keys = {k: c[k] for k in FACTORS}
+        return {**common, **keys, "kind": "sladv", "shadow_classes": seen, **m, "shadow_fit": fit,
+                "seconds": time.perf_counter() - start}
+    pgd = dict(eps=c["eps"] / 255, alpha=2 / 255, steps=c["steps"], device=device, seed=seed)
+    extra = {}
+    if c["kind"] == "noise":
+        x_adv = sladv.random_sign_noise(x_eval, eps=c["eps"] / 255, seed=seed)
+    elif c["kind"] == "whitebox":
+        x_adv = sladv.torchattacks_pgd(whole, x_eval, y_eval, **pgd)
+    else:  # transfer: one surrogate per attacker set (per process), attacked at every eps
+        key = ("surrogate", c["source"], c["size"])
+        if key not in _STATE:
+            _, idx, _ = sladv.attacker_split(y_train, source=c["source"], size=c["size"],
+                                             client_size=c["client_size"], seed=seed)
+            _STATE[key] = sladv.train_surrogate(sladv.build_victim(c["model"]), x_train[idx], y_train[idx],
+                                                device=device, seed=seed)
+        x_adv = sladv.torchattacks_pgd(_STATE[key], x_eval, y_eval, **pgd)
+        extra = {"source": c["source"], "size": c["size"]}
+    return {**common, "kind": c["kind"], "eps": c["eps"], **extra,
+            **sladv.attack_metrics(whole, x_eval, x_adv, y_eval, device=device)}
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    summary = None
     if not args.report_only:
-        run(args)
+        cells = grid_cells(args)
+        store = ResultStore(args.out)
+        if args.executor == "ray" and any(args.recompute or store.status(c) != "ok" for c in cells):
+            for seed in args.seeds:  # the victim is trained once, here, not by parallel cells
+                _victim({"model": args.model, "epochs": args.epochs, "client_size": args.client_size, "seed": seed},
+                        data_dir=args.data_dir, device=resolve_device(args.device), progress=not args.quiet)
+        runtime = {"data_dir": args.data_dir, "device": args.device, "progress": not args.quiet}
+        summary = run_grid(cells, run_cell, store=store, runtime=runtime, **grid_options(args))
     print(build_report(args))
-    return 0
-
-
-def run(args) -> None:
-    device = resolve_device(args.device)
-    cells_dir = args.out / "cells"
-    cells_dir.mkdir(parents=True, exist_ok=True)
-    x_train, y_train = load_dataset("cifar", data_dir=args.data_dir, train=True, download=False)
-    x_test, y_test = load_dataset("cifar", data_dir=args.data_dir, train=False, download=False)
-    x_client, y_client = x_train[: args.client_size], y_train[: args.client_size]
-    x_eval, y_eval = x_test[: args.eval_count], y_test[: args.eval_count]
-    model, info = sladv.train_or_load_victim(args.model, x_client, y_client, epochs=args.epochs, device=device,
-                                             seed=args.seed, progress=not args.quiet, log=print)
-    whole = sladv.victim_topology(model, 1).as_model().eval()
-    test_accuracy = evaluate(whole, x_test, y_test, device=device)
-    common = {"model": args.model, "epochs": args.epochs, "client_size": args.client_size, "steps": args.steps,
-              "seed": args.seed, "victim_test_accuracy": test_accuracy, "eval_count": len(x_eval)}
-    pgd = dict(eps=None, alpha=2 / 255, steps=args.steps, device=device, seed=args.seed)
-    stats_by_split, surrogates = {}, {}
-    for c in settings(args):
-        path = cells_dir / f"{cell_name(args, c)}.json"
-        if path.exists():
-            continue
-        topology = sladv.victim_topology(model, c["split"])
-        if c["split"] not in stats_by_split:
-            stats = sladv.ServerStatistics(phase="inference")
-            run_split(topology, x_client[: args.stats_samples], callbacks=[stats], device=device)
-            stats_by_split[c["split"]] = stats
-        _, idx, seen = sladv.attacker_split(y_train, source=c["source"], size=c["size"], client_size=args.client_size,
-                                            seed=args.seed)
-        start = time.perf_counter()
-        x_adv, _, fit = sladv.sladv_attack(topology.middle, stats_by_split[c["split"]], x_train[idx], x_eval,
-                                           shadow=c["shadow"], shadow_steps=args.shadow_steps, eps=c["eps"] / 255,
-                                           alpha=2 / 255, steps=args.steps, device=device, seed=args.seed,
-                                           progress=not args.quiet)
-        m = sladv.attack_metrics(whole, x_eval, x_adv, y_eval, device=device)
-        atomic_write_json(path, {**common, **c, "kind": "sladv", "shadow_classes": seen, **m, "shadow_fit": fit,
-                                 "seconds": time.perf_counter() - start})
-        print(f"{path.name}: accuracy {m['accuracy']:.4f}, success {m['success_rate']:.4f}")
-    for eps in sorted({c["eps"] for c in settings(args)}):
-        pgd["eps"] = eps / 255
-        for kind in ("noise", "whitebox"):
-            path = cells_dir / f"{_tag(args)}_{kind}_eps{eps}.json"
-            if kind in args.baseline_list and not path.exists():
-                x_adv = (sladv.random_sign_noise(x_eval, eps=eps / 255, seed=args.seed) if kind == "noise"
-                         else sladv.torchattacks_pgd(whole, x_eval, y_eval, **pgd))
-                atomic_write_json(path, {**common, "kind": kind, "eps": eps,
-                                         **sladv.attack_metrics(whole, x_eval, x_adv, y_eval, device=device)})
-        if "transfer" not in args.baseline_list:
-            continue
-        for source, size in sorted({(c["source"], c["size"]) for c in settings(args)}):
-            path = cells_dir / f"{_tag(args)}_transfer_{source}_{size}_eps{eps}.json"
-            if path.exists():
-                continue
-            if (source, size) not in surrogates:  # one surrogate per attacker set, attacked at every eps
-                _, idx, _ = sladv.attacker_split(y_train, source=source, size=size, client_size=args.client_size,
-                                                 seed=args.seed)
-                surrogates[source, size] = sladv.train_surrogate(sladv.build_victim(args.model), x_train[idx],
-                                                                 y_train[idx], device=device, seed=args.seed)
-            x_adv = sladv.torchattacks_pgd(surrogates[source, size], x_eval, y_eval, **pgd)
-            atomic_write_json(path, {**common, "kind": "transfer", "eps": eps, "source": source, "size": size,
-                                     **sladv.attack_metrics(whole, x_eval, x_adv, y_eval, device=device)})
+    return report_failures(summary)
 
 
 def build_report(args) -> Path:
-    cells = [json.loads(f.read_text()) for f in sorted((args.out / "cells").glob(f"{_tag(args)}_*.json"))]
+    records = []
+    for seed in args.seeds:
+        records += ResultStore(args.out).records(f"cells/{_tag(args, seed)}_*.json")
+    cells = fold_seeds(records, by=["kind", "split", "shadow", "source", "size", "eps"])
     attacks = [c for c in cells if c["kind"] == "sladv"]
     baselines = {(c["kind"], c["eps"], c.get("source"), c.get("size")): c for c in cells if c["kind"] != "sladv"}
+    seeds = f" (mean ± std over seeds {', '.join(map(str, args.seeds))})" if len(args.seeds) > 1 else ""
     lines = ["# SLADV (Fan et al., ECAI'23): adversarial examples from the middle of a U-shaped split", "",
              f"Victim: {args.model}, {args.epochs} epochs on {args.client_size} CIFAR-10 images"
-             + (f" (test accuracy {cells[0]['victim_test_accuracy']:.4f})" if cells else "")
+             + (f" (test accuracy {pm(cells[0], 'victim_test_accuracy')})" if cells else "")
              + f"; {args.steps} PGD steps of 2/255; the first {args.eval_count} test images. Success = the fraction of "
-             "correctly classified clean images whose adversarial version is misclassified.", "",
+             f"correctly classified clean images whose adversarial version is misclassified{seeds}.", "",
              "| split | shadow | attacker data | size | eps | accuracy | misclassified | success | noise success | "
              "white-box success | transfer success | s |", "|" + "---|" * 12]
 
     def f(c, key="success_rate"):
-        return "" if c is None else f"{c[key]:.4f}"
+        return "" if c is None else pm(c, key)
 
     for c in sorted(attacks, key=lambda c: (c["split"], c["shadow"], c["source"], c["size"], c["eps"])):
         lines.append(f"| {c['split']} | {c['shadow']} | {c['source']} | {c['size']} | {c['eps']}/255 | "
-                     f"{c['accuracy']:.4f} | {c['misclassification_rate']:.4f} | {c['success_rate']:.4f} | "
+                     f"{pm(c, 'accuracy')} | {pm(c, 'misclassification_rate')} | {pm(c, 'success_rate')} | "
                      f"{f(baselines.get(('noise', c['eps'], None, None)))} | "
                      f"{f(baselines.get(('whitebox', c['eps'], None, None)))} | "
                      f"{f(baselines.get(('transfer', c['eps'], c['source'], c['size'])))} | {c['seconds']:.0f} |")

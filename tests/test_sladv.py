@@ -177,3 +177,31 @@ def test_the_benchmark_writes_resumable_cells_and_a_report(tmp_path, monkeypatch
     assert [c.stat().st_mtime_ns for c in cells] == stamp
     report = (tmp_path / "out" / "report.md").read_text()
     assert report.count("| single | cifar-iid | 30 | 8/255 |") == 2 and (tmp_path / "out" / "sladv.png").exists()
+
+
+@pytest.mark.slow
+def test_the_benchmark_gives_the_same_cells_on_ray(tmp_path, monkeypatch):
+    """The grid both ways: ``--executor ray`` (a local 2-CPU Ray) stores the cells the local executor stores."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    pytest.importorskip("ray")
+    monkeypatch.setenv("UNSPLIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    spec = importlib.util.spec_from_file_location("sladv_bench_ray", Path(__file__).parents[1] / "benchmarks/sladv.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    data = _tiny_cifar_tree(tmp_path / "data")
+    argv = ["--data-dir", str(data), "--client-size", "80", "--splits", "1,2", "--shadows", "single",
+            "--sources", "cifar-iid", "--sizes", "30", "--eps", "8", "--baselines", "noise,whitebox", "--epochs", "1",
+            "--eval-count", "10", "--shadow-steps", "2", "--steps", "1", "--stats-samples", "20", "--quiet"]
+    assert bench.main([*argv, "--out", str(tmp_path / "local")]) == 0
+    assert bench.main([*argv, "--out", str(tmp_path / "ray"), "--executor", "ray", "--ray-cpus", "2"]) == 0
+    local = sorted((tmp_path / "local" / "cells").glob("*.json"))
+    remote = sorted((tmp_path / "ray" / "cells").glob("*.json"))
+    assert [p.name for p in local] == [p.name for p in remote] and len(local) == 4
+    for a, b in zip(local, remote):
+        a, b = json.loads(a.read_text()), json.loads(b.read_text())
+        assert a["_cell"]["config"] == b["_cell"]["config"] and a["kind"] == b["kind"]
+        assert abs(a["accuracy"] - b["accuracy"]) <= 0.1 and a["clean_accuracy"] == b["clean_accuracy"]

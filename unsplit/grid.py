@@ -395,8 +395,8 @@ def format_mean_std(values: Sequence[float], fmt: str = ".4f") -> str:
 def fold_seeds(records: Sequence[Mapping], *, by: Sequence[str]) -> List[dict]:
     """Folds the records of several seeds into one row per ``by`` key (in order of first appearance).
 
-    Each row is the first record with every numeric field replaced by its mean over the group (non-numeric fields
-    kept from the first record), ``"n_seeds"`` the group's size, and ``"std"`` = ``{field: sample std}`` for groups
+    Each row is the first record with every numeric field that varies replaced by its mean over the group (other
+    fields kept from the first record), ``"n_seeds"`` the group's size, and ``"std"`` = ``{field: sample std}`` for groups
     of two or more; report code shows ``mean ± std`` with :func:`format_mean_std` / :func:`pm`.
     """
     groups: Dict[tuple, List[Mapping]] = {}
@@ -410,7 +410,10 @@ def fold_seeds(records: Sequence[Mapping], *, by: Sequence[str]) -> List[dict]:
         for key, value in group[0].items():
             if key in by or key == "seed" or isinstance(value, bool) or not isinstance(value, (int, float)):
                 continue
-            mean, std, n = mean_std([g.get(key) for g in group if isinstance(g.get(key), (int, float))])
+            values = [g.get(key) for g in group if isinstance(g.get(key), (int, float))]
+            if len(set(values)) <= 1:  # one seed, or the same value in all: kept as it is (ints stay ints)
+                continue
+            mean, std, n = mean_std(values)
             if n:
                 row[key] = mean
                 if n > 1:
@@ -432,7 +435,8 @@ def add_grid_arguments(parser, *, seeds: Optional[str] = "0") -> None:
     """Adds the options every grid benchmark shares: ``--seeds`` (unless ``seeds`` is ``None``), ``--executor``,
     ``--address``, ``--ray-cpus`` and ``--recompute``."""
     if seeds is not None:
-        parser.add_argument("--seeds", default=seeds, type=_int_list, help="comma-separated seeds")
+        parser.add_argument("--seeds", "--seed", default=_int_list(seeds), type=_int_list,
+                            help="comma-separated seeds (reports show mean ± std over them)")
     parser.add_argument("--executor", choices=EXECUTORS, default="local",
                         help="local: one process; ray: one Ray task per cell (pip install -e '.[ray]')")
     parser.add_argument("--address", default=None,
@@ -456,15 +460,14 @@ def _int_list(text: str) -> List[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
-def report_failures(summary: Optional[GridSummary], args=None) -> int:
-    """A benchmark's exit status: prints the summary (unless ``--quiet``) and, if cells failed, one line naming them
-    on stderr; returns 1 if any cell failed, else 0."""
+def report_failures(summary: Optional[GridSummary]) -> int:
+    """A benchmark's exit status: prints the one-line summary and, if cells failed, one line naming them on stderr;
+    returns 1 if any cell failed, else 0."""
     import sys
 
     if summary is None:
         return 0
-    if not getattr(args, "quiet", False):
-        print(summary)
+    print(summary)
     if summary.failed:
         print(f"error: {len(summary.failed)} cell(s) failed (their JSON files hold the error and traceback): "
               f"{', '.join(summary.failed[:5])}{' ...' if len(summary.failed) > 5 else ''}", file=sys.stderr)
