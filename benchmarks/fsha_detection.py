@@ -9,14 +9,14 @@ server Adam(1e-3, amsgrad). FSHA: the paper's attacker; without evasion it answe
 the server's network (``lr_dummy=0``), with evasion it trains s̃ on the head's returned gradient. SplitGuard with its
 public code's defaults (fake-batch probability 0.1, start after 20 batches, squashing sigmoid(5x)^2), alarm below 0.5.
 
-Each run is one atomic JSON under ``OUT/cells`` (skipped on rerun; checkpointed every 250 steps), the report
+Each run is one atomic JSON under ``OUT/cells`` (:mod:`unsplit.grid`: skipped on rerun, ``--seeds``,
+``--executor ray``; checkpointed every 250 steps), the report
 ``detection.md`` + ``detection.png`` (SplitGuard score and the client's loss over the epoch).
 
     python benchmarks/fsha_detection.py --data-dir ../shared/data
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -29,11 +29,11 @@ from unsplit.cli import make_parser, run_main  # noqa: E402
 from unsplit.data import default_data_dir  # noqa: E402
 from unsplit.detection import SplitGuard  # noqa: E402
 from unsplit.fsha import FSHAServer, fsha_data  # noqa: E402
+from unsplit.grid import Cell, ResultStore, add_grid_arguments, grid_options, report_failures, run_grid  # noqa: E402
 from unsplit.models import FunnelNet, split  # noqa: E402
 from unsplit.protocol import Topology  # noqa: E402
 from unsplit.training import StepLosses, StepTimer, adam, train_split  # noqa: E402
-from unsplit.util import (atomic_save_figure, atomic_write_json, atomic_write_text, resolve_device,  # noqa: E402
-                          running_mean)
+from unsplit.util import atomic_save_figure, atomic_write_text, resolve_device, running_mean  # noqa: E402
 
 SERVERS = ("honest", "fsha", "fsha+dummy")
 
@@ -50,13 +50,12 @@ def parse_args(argv=None):
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--precision", choices=("fp32", "bf16"), default="bf16")
     p.add_argument("--private-limit", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", type=Path, default=default_data_dir())
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/fsha_detection"))
     p.add_argument("--checkpoints", type=Path, default=Path("checkpoints/fsha_detection"))
-    p.add_argument("--recompute", action="store_true")
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true")
+    add_grid_arguments(p)
     args = p.parse_args(argv)
     args.servers = [s.strip() for s in args.servers.split(",") if s.strip()]
     if any(s not in SERVERS for s in args.servers):
@@ -66,29 +65,50 @@ def parse_args(argv=None):
     return args
 
 
-def run_one(who: str, args, device, data) -> dict:
-    xs, ys, xp, xt, yt = data
-    steps = args.steps or len(xs) // args.batch_size
+def grid_cells(args) -> list:
+    """One cell per (server, seed)."""
+    cells = []
+    for seed in args.seeds:
+        for who in args.servers:
+            config = {"server": who, "steps": args.steps, "batch_size": args.batch_size, "threshold": args.threshold,
+                      "precision": args.precision, "private_limit": args.private_limit, "seed": seed}
+            cells.append(Cell(f"cells/{who}_s{seed}_n{args.steps or 'epoch'}", config))
+    return cells
+
+
+_DATA: dict = {}
+
+
+def run_cell(c: dict, *, data_dir, checkpoints, device, progress: bool) -> dict:
+    """One epoch of U-shaped training against one server, SplitGuard watching, the client's loss recorded."""
+    device = resolve_device(device)
+    if c["private_limit"] not in _DATA:
+        _DATA.clear()
+        xs, ys, xp, yp = fsha_data("mnist", data_dir=data_dir, download=False, private_limit=c["private_limit"])
+        _DATA[c["private_limit"]] = (xs, ys, xp, xp[:2000], yp[:2000])
+    xs, ys, xp, xt, yt = _DATA[c["private_limit"]]
+    who, seed, batch_size = c["server"], c["seed"], c["batch_size"]
+    steps = c["steps"] or len(xs) // batch_size
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(args.seed)
+        torch.manual_seed(seed)
         front, _ = split(FunnelNet(), FunnelNet.level_depths[4])
         middle, head = server_part(), nn.Linear(256, 10)
         dummy = server_part()
     topology = Topology(front, middle, head)
-    guard, client, timer = SplitGuard(threshold=args.threshold, seed=args.seed), StepLosses(), StepTimer()
+    guard, client, timer = SplitGuard(threshold=c["threshold"], seed=seed), StepLosses(), StepTimer()
     callbacks = [client, timer]
     attacker = None
     if who != "honest":
-        attacker = FSHAServer(xp, level=4, precision=args.precision, dummy_server=dummy,
-                              lr_dummy=1e-3 if who == "fsha+dummy" else 0.0, device=device, seed=args.seed + 1)
+        attacker = FSHAServer(xp, level=4, precision=c["precision"], dummy_server=dummy,
+                              lr_dummy=1e-3 if who == "fsha+dummy" else 0.0, device=device, seed=seed + 1)
         callbacks.insert(0, attacker)
-    args.checkpoints.mkdir(parents=True, exist_ok=True)
-    train_split(topology, xs, ys, epochs=1, batch_size=args.batch_size, max_steps=steps, drop_last=True,
+    Path(checkpoints).mkdir(parents=True, exist_ok=True)
+    train_split(topology, xs, ys, epochs=1, batch_size=batch_size, max_steps=steps, drop_last=True,
                 optimizers={"front": lambda p: torch.optim.Adam(p, lr=1e-5, eps=1e-7), "middle": adam(1e-3),
                             "head": adam(1e-3)},
-                callbacks=callbacks, defenses=[guard], precision=args.precision,
-                checkpoint=args.checkpoints / f"{who}_s{args.seed}_n{steps}.pt", checkpoint_every=250,
-                device=device, seed=args.seed, progress=not args.quiet)
+                callbacks=callbacks, defenses=[guard], precision=c["precision"],
+                checkpoint=Path(checkpoints) / f"{who}_s{seed}_n{steps}.pt", checkpoint_every=250,
+                device=device, seed=seed, progress=progress)
     # metric code: the client's test accuracy through what the server answers (honest middle, or s̃)
     answer = attacker.dummy if attacker is not None else middle
     front.eval()
@@ -97,15 +117,15 @@ def run_one(who: str, args, device, data) -> dict:
                       for i in range(0, len(xt), 500))
     losses = client.losses
     k = max(1, min(100, len(losses) // 4))
-    return {"server": who, "steps": len(losses), "batch_size": args.batch_size, "seed": args.seed,
-            "scores": guard.scores, "fake_steps": guard.fake_steps, "threshold": args.threshold,
+    return {"server": who, "steps": len(losses), "batch_size": batch_size, "seed": seed,
+            "scores": guard.scores, "fake_steps": guard.fake_steps, "threshold": c["threshold"],
             "alarm_step": guard.alarm_step(), "client_losses": losses,
             "client_loss_first": sum(losses[:k]) / k, "client_loss_last": sum(losses[-k:]) / k,
             "client_test_accuracy": correct / len(xt), "seconds_per_step": timer.seconds / max(timer.steps, 1)}
 
 
 def build_report(args) -> Path:
-    cells = [json.loads(f.read_text()) for f in sorted((args.out / "cells").glob("*.json"))]
+    cells = ResultStore(args.out).records("cells/*.json")
     lines = ["# FSHA detection: SplitGuard and the client's own loss", "",
              "U-shaped split, MNIST, FunnelNet level 4; SplitGuard p_fake 0.1, start 20, alarm below "
              f"{args.threshold}.", "",
@@ -139,22 +159,12 @@ def build_report(args) -> Path:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    device = resolve_device(args.device)
-    (args.out / "cells").mkdir(parents=True, exist_ok=True)
-    data = None
-    for who in args.servers:
-        path = args.out / "cells" / f"{who}_s{args.seed}_n{args.steps or 'epoch'}.json"
-        if path.exists() and not args.recompute:
-            print(f"{path.name}: done (use --recompute to rerun)")
-            continue
-        if data is None:
-            xs, ys, xp, yp = fsha_data("mnist", data_dir=args.data_dir, download=False,
-                                       private_limit=args.private_limit)
-            data = (xs, ys, xp, xp[:2000], yp[:2000])
-        atomic_write_json(path, run_one(who, args, device, data))
-        print(f"{path.name}: written")
+    runtime = {"data_dir": args.data_dir, "checkpoints": args.checkpoints.resolve(), "device": args.device,
+               "progress": not args.quiet}
+    summary = run_grid(grid_cells(args), run_cell, store=ResultStore(args.out), runtime=runtime,
+                       **grid_options(args))
     print(build_report(args))
-    return 0
+    return report_failures(summary)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ steady-state steps), and the score on 2,000 private inputs sent after training (
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -36,8 +35,9 @@ from unsplit.data import default_data_dir  # noqa: E402
 from unsplit.defenses import NoPeek  # noqa: E402
 from unsplit.fsha import OFFICIAL_NOTEBOOK as OFFICIAL  # noqa: E402
 from unsplit.fsha import fsha_data, reconstruction_error, run_fsha  # noqa: E402
+from unsplit.grid import Cell, ResultStore, add_grid_arguments, grid_options, report_failures, run_grid  # noqa: E402
 from unsplit.training import StepTimer  # noqa: E402
-from unsplit.util import atomic_save_figure, atomic_write_json, atomic_write_text, resolve_device  # noqa: E402
+from unsplit.util import atomic_save_figure, atomic_write_text, resolve_device  # noqa: E402
 
 #: the official code's seconds per iteration on this project's 2-core CPU (MNIST, level 4, batch 64)
 OFFICIAL_SECONDS = 1.31
@@ -59,15 +59,14 @@ def parse_args(argv=None):
     p.add_argument("--precision", choices=("fp32", "bf16"), default="bf16")
     p.add_argument("--pilot", choices=("paper", "linear"), default="paper")
     p.add_argument("--gp-form", choices=("per_channel", "flat"), default="per_channel")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", type=Path, default=default_data_dir())
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/fsha"))
     p.add_argument("--checkpoints", type=Path, default=Path("checkpoints/fsha"))
     p.add_argument("--checkpoint-every", type=int, default=250)
-    p.add_argument("--recompute", action="store_true", help="rerun finished cells from scratch")
     p.add_argument("--report-only", action="store_true")
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true")
+    add_grid_arguments(p)
     args = p.parse_args(argv)
     cells = [c.strip() for c in args.cells.split(",") if c.strip()]
     unknown = [c for c in cells if c not in CELLS]
@@ -79,47 +78,54 @@ def parse_args(argv=None):
     return args
 
 
-def cell_name(cell: str, args) -> str:
-    extra = "" if (args.pilot, args.gp_form) == ("paper", "per_channel") else f"_{args.pilot}_{args.gp_form}"
-    return f"{cell}_{args.precision}{extra}_i{args.iters}_s{args.seed}"
+def cell_name(c: dict) -> str:
+    """``<run>_<precision>[_<pilot>_<gp form>]_i<iters>_s<seed>``: the cell's file and checkpoint name."""
+    extra = "" if (c["pilot"], c["gp_form"]) == ("paper", "per_channel") else f"_{c['pilot']}_{c['gp_form']}"
+    return f"{c['cell']}_{c['precision']}{extra}_i{c['iters']}_s{c['seed']}"
 
 
-def run_cell(cell: str, args, device) -> dict:
-    spec = CELLS[cell]
-    xs, ys, xp, yp = fsha_data(spec["dataset"], data_dir=args.data_dir, download=False)
+def grid_cells(args) -> list:
+    """One cell per (named run, seed)."""
+    configs = [{"cell": cell, "iters": args.iters, "precision": args.precision, "pilot": args.pilot,
+                "gp_form": args.gp_form, "seed": seed} for seed in args.seeds for cell in args.cells]
+    return [Cell(f"cells/{cell_name(c)}", c) for c in configs]
+
+
+def run_cell(c: dict, *, data_dir, checkpoints, checkpoint_every: int, recompute: bool, device,
+             progress: bool) -> dict:
+    """One FSHA run (resumed from its checkpoint) scored against the official notebook's curve."""
+    device = resolve_device(device)
+    spec = CELLS[c["cell"]]
+    xs, ys, xp, yp = fsha_data(spec["dataset"], data_dir=data_dir, download=False)
     if "removed" in spec:
         xp = xp[yp != spec["removed"]]
-    name = cell_name(cell, args)
-    args.checkpoints.mkdir(parents=True, exist_ok=True)
-    checkpoint = args.checkpoints / f"{name}.pt"
-    if args.recompute and checkpoint.exists():
+    name = cell_name(c)
+    Path(checkpoints).mkdir(parents=True, exist_ok=True)
+    checkpoint = Path(checkpoints) / f"{name}.pt"
+    if recompute and checkpoint.exists():
         checkpoint.unlink()
     timer = StepTimer()
     defenses = [NoPeek(spec["nopeek"], separate_step=True)] if "nopeek" in spec else []
-    result = run_fsha(xs, xp, level=spec["level"], iterations=args.iters, precision=args.precision,
-                      server_options={"pilot_variant": args.pilot, "gp_form": args.gp_form,
+    result = run_fsha(xs, xp, level=spec["level"], iterations=c["iters"], precision=c["precision"],
+                      server_options={"pilot_variant": c["pilot"], "gp_form": c["gp_form"],
                                       "scale": spec.get("scale", 1.0)},
                       defenses=defenses, callbacks=[timer], checkpoint=checkpoint,
-                      checkpoint_every=args.checkpoint_every, device=device, seed=args.seed,
-                      progress=not args.quiet)
+                      checkpoint_every=checkpoint_every, device=device, seed=c["seed"], progress=progress)
     mon = result.monitor
     g = torch.Generator().manual_seed(1234)
     probe = torch.randperm(len(xs), generator=g)[:2000]
     final = reconstruction_error(result.topology.front, result.server, xs[probe], labels=ys[probe], device=device)
     curve = {i: mon.running(i) for i in range(0, len(mon.errors), 100)}
     curve[len(mon.errors) - 1] = mon.running()
-    return {"cell": cell, "name": name, **spec, "iterations": len(mon.errors), "precision": args.precision,
-            "pilot": args.pilot, "gp_form": args.gp_form, "seed": args.seed,
+    return {"cell": c["cell"], "name": name, **spec, "iterations": len(mon.errors), "precision": c["precision"],
+            "pilot": c["pilot"], "gp_form": c["gp_form"], "seed": c["seed"],
             "seconds_per_iteration": timer.seconds / max(timer.steps, 1), "timed_steps": timer.steps,
             "curve": curve, "curve_01": {i: v / 4 for i, v in curve.items()},
             "after_training": final, "device": str(device), "threads": torch.get_num_threads()}
 
 
 def build_report(args) -> Path:
-    cells = {}
-    for f in sorted((args.out / "cells").glob("*.json")):
-        data = json.loads(f.read_text())
-        cells[data["name"]] = data
+    cells = {data["name"]: data for data in ResultStore(args.out).records("cells/*.json")}
     lines = ["# FSHA against the official notebooks", "",
              "Running mean over the last 500 iterations of the training-batch reconstruction MSE in [-1, 1] space "
              "(the notebooks' number; [0, 1] space = /4). Official: the notebook outputs (paper networks, TF).", "",
@@ -177,18 +183,15 @@ def _plot(cells: dict, path: Path) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    device = resolve_device(args.device)
+    summary = None
     if not args.report_only:
-        (args.out / "cells").mkdir(parents=True, exist_ok=True)
-        for cell in args.cells:
-            path = args.out / "cells" / f"{cell_name(cell, args)}.json"
-            if path.exists() and not args.recompute:
-                print(f"{path.name}: done (use --recompute to rerun)")
-                continue
-            atomic_write_json(path, run_cell(cell, args, device))
-            print(f"{path.name}: written")
+        runtime = {"data_dir": args.data_dir, "checkpoints": args.checkpoints.resolve(),
+                   "checkpoint_every": args.checkpoint_every, "recompute": args.recompute, "device": args.device,
+                   "progress": not args.quiet}
+        summary = run_grid(grid_cells(args), run_cell, store=ResultStore(args.out), runtime=runtime,
+                           **grid_options(args))
     print(build_report(args))
-    return 0
+    return report_failures(summary)
 
 
 if __name__ == "__main__":
