@@ -1,0 +1,360 @@
+#!/usr/bin/env python
+"""The attack × defense matrix: which defense stops which attack, and at what cost in task accuracy.
+
+Rows: every defense of ``unsplit.defenses`` at one stated strength (``--defenses``; ``--sweep NAME`` gives one
+defense's strength sweep in its own report). Columns: the attacks, each measured on the topology its threat model
+needs, with the defense in force during training (and at attack time where it changes what the attacker sees):
+
+* ``unsplit`` (Erdogan et al., WPES'22) — vanilla split at ``--depth``: model inversion (reconstruction MSE of the
+  ten class targets; lower = the attack succeeds) and model stealing (the stolen client's accuracy under the real
+  server); trivial baselines: the training mean image's MSE, an untrained client's accuracy.
+* ``unsplit_labels`` — the server holds the inputs, the label owner only the output layer: UnSplit's cut-gradient
+  label inference on ``--label-count`` test images trained online (accuracy; baseline: chance).
+* ``similarity`` (Liu et al., TIFS 2024) — the passive party holds layers ``0..--cut`` of a fresh model: k-means on
+  the first epoch's cut gradients and 1-NN on the trained model's smashed data, one known label per class
+  (accuracy; baseline: a random guess).
+
+A defense that cannot act in an attack's setting (noise on smashed data where the attacker computes them, a
+gradient perturbation where no label owner returns a gradient, Marvell on a 10-class task) is a stored cell that
+says so — ``n/a`` in the table, never an empty square. Each cell shows the attack's success beside the defended
+model's task accuracy; the undefended row is the reference. ``matrix_<dataset>.md`` and the heatmap
+``matrix_<dataset>.png`` (protection = how far the defense pushes the attack from its undefended success towards
+its trivial baseline, 0 = none, 1 = all the way) are rebuilt from the stored cells.
+
+Cells run on :mod:`unsplit.grid` (resumable, ``--seeds`` folded into mean ± std, ``--executor ray``); the trained
+models of the ``unsplit`` column are shared with ``defense_tradeoff.py`` through the same checkpoint cache.
+
+    python benchmarks/matrix.py --data-dir ../shared/data --dataset mnist
+    python benchmarks/matrix.py --data-dir ../shared/data --dataset mnist --sweep label_dp
+    python benchmarks/matrix.py --data-dir ../shared/data --dataset mnist --seeds 0,1,2 --executor ray
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from unsplit.cli import make_parser, run_main, train_mean_image  # noqa: E402
+from unsplit.data import default_data_dir, first_of_each_class, load_dataset  # noqa: E402
+from unsplit.defenses import DEFENSES, parse_defense  # noqa: E402
+from unsplit.experiments import TrainingCase, inversion_experiment, label_experiment, train_or_load  # noqa: E402
+from unsplit.grid import (  # noqa: E402
+    Cell,
+    ResultStore,
+    add_grid_arguments,
+    fold_seeds,
+    grid_options,
+    pm,
+    report_failures,
+    run_grid,
+)
+from unsplit.models import MODELS, build_model, split  # noqa: E402
+from unsplit.protocol import Topology  # noqa: E402
+from unsplit.util import atomic_save_figure, atomic_write_text, resolve_device  # noqa: E402
+
+#: one stated strength per defense (the rows)
+ROWS = ("none", "gaussian:0.5", "laplace:0.5", "nopeek:2", "dpsgd:1", "dpsgd_head:1", "label_dp:1", "topk:0.1",
+        "topk_batch:0.1", "maxnorm", "marvell:2")
+#: strength sweeps (``--sweep NAME``)
+SWEEPS = {"gaussian": (0.1, 0.5, 2), "laplace": (0.1, 0.5, 2), "nopeek": (0.5, 2, 8), "dpsgd": (0.5, 1, 2),
+          "dpsgd_head": (0.5, 1, 2), "label_dp": (0.5, 1, 2, 4), "topk": (0.5, 0.1, 0.01),
+          "topk_batch": (0.5, 0.1, 0.01)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Column:
+    """One column of the matrix: ``metric`` of an attack's cell; ``higher``: a higher value = a stronger attack;
+    ``baseline``: the cell's key holding the trivial attacker's value."""
+
+    name: str
+    metric: str
+    higher: bool
+    baseline: str
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackSpec:
+    """An attack as data: its columns, the topology its threat model needs, and the function measuring it."""
+
+    columns: tuple
+    topology: Callable  # (model, config) -> Topology
+    run: Callable  # (config, defense, *, data_dir, cache_dir, device, progress) -> metrics dict
+    paper: str
+
+
+def _unsplit(c, defense, *, data_dir, cache_dir, device, progress) -> dict:
+    dataset, spec, seed, depth = c["dataset"], c["defense"], c["seed"], c["depth"]
+    x_test, y_test = load_dataset(dataset, data_dir=data_dir, train=False)
+    idx = first_of_each_class(y_test)
+    # a defense acting only on a returned head gradient trains as the undefended model (as defense_tradeoff.py)
+    train_spec = "none" if defense.acts_on <= {"head_gradient"} else spec
+    case = TrainingCase(dataset, epochs=c["epochs"], seed=seed, defenses=(train_spec,), split_depth=depth,
+                        train_limit=c["train_limit"])
+    model, info = train_or_load(case, data_dir=data_dir, cache_dir=cache_dir, test=(x_test, y_test), device=device,
+                                progress=progress)
+    attack = {"main_iters": c["main_iters"], "input_iters": c["input_iters"], "model_iters": c["model_iters"]}
+    report, _ = inversion_experiment(model, depth, x_test, y_test, idx,
+                                     mean_image=train_mean_image(dataset, x_test, data_dir=data_dir), attack=attack,
+                                     device=device, seed=seed, defenses=[defense], progress=progress)
+    keys = ("mse_mean", "ssim_mean", "mean_image_mse_mean", "stolen_accuracy", "baseline_stolen_accuracy")
+    return {"task_accuracy": info["test_accuracy"], "dp_epsilon": info.get("dp_epsilon"),
+            **{k: report[k] for k in keys}}
+
+
+def _unsplit_labels(c, defense, *, data_dir, cache_dir, device, progress) -> dict:
+    x_test, y_test = load_dataset(c["dataset"], data_dir=data_dir, train=False)
+    seed = c["seed"]
+    pick = torch.randperm(len(y_test), generator=torch.Generator().manual_seed(seed))[: c["label_count"]]
+    torch.manual_seed(seed)
+    res = label_experiment(build_model(c["dataset"]), x_test[pick], y_test[pick], gradient="cut", device=device,
+                           seed=seed, defenses=[defense])
+    return {"label_accuracy": res["accuracy"], "chance_accuracy": res["chance_accuracy"],
+            "task_accuracy": None, "label_scored": res["scored"]}
+
+
+def _similarity(c, defense, *, data_dir, cache_dir, device, progress) -> dict:
+    from unsplit import similarity
+
+    name = "mnistnet" if c["dataset"] != "cifar" else "cifarnet_bn"
+    x, y = load_dataset(c["dataset"], data_dir=data_dir, train=True, download=False, limit=c["sim_train_limit"])
+    xt, yt = load_dataset(c["dataset"], data_dir=data_dir, train=False, download=False, limit=2000)
+    x, xt = similarity.model_inputs(name, x), similarity.model_inputs(name, xt)
+    torch.manual_seed(c["seed"])
+    model = similarity.build_model(name, num_classes=10, in_channels=x.shape[1])
+    run = similarity.run_similarity(model, x, y, cut=c["cut"], x_test=xt, y_test=yt, num_classes=10,
+                                    epochs=c["sim_epochs"], optimizers=lambda p: torch.optim.SGD(p, lr=c["sim_lr"]),
+                                    defenses=[defense], device=device, seed=c["seed"], progress=progress)
+    m = run.metrics
+    return {"gradient_kmeans": m["gradient_kmeans"], "smashed_knn": m["smashed_knn"],
+            "random_guess": m["random_guess"], "task_accuracy": m["task_accuracy"]}
+
+
+def _vanilla(model, c):
+    return Topology.split(model, front_depth=c["depth"])
+
+
+def _server_inputs(model, c):
+    return Topology.split(model, head_start=len(model) - 1)
+
+
+def _passive_bottom(model, c):
+    bottom, top = split(model, c["cut"])
+    return Topology(None, bottom, top)
+
+
+ATTACKS = {
+    "unsplit": AttackSpec((Column("UnSplit inversion (MSE)", "mse_mean", False, "mean_image_mse_mean"),
+                           Column("UnSplit stealing (stolen acc)", "stolen_accuracy", True,
+                                  "baseline_stolen_accuracy")),
+                          _vanilla, _unsplit, "Erdogan et al., WPES'22"),
+    "unsplit_labels": AttackSpec((Column("UnSplit labels (acc)", "label_accuracy", True, "chance_accuracy"),),
+                                 _server_inputs, _unsplit_labels, "Erdogan et al., WPES'22"),
+    "similarity": AttackSpec((Column("similarity, gradients (acc)", "gradient_kmeans", True, "random_guess"),
+                              Column("similarity, smashed (acc)", "smashed_knn", True, "random_guess")),
+                             _passive_bottom, _similarity, "Liu et al., TIFS 2024"),
+}
+
+
+def applicability(c: dict) -> Optional[str]:
+    """Why ``c``'s defense cannot act in its attack's setting, or ``None`` if it can."""
+    try:
+        defense = parse_defense(c["defense"], num_classes=MODELS[c["dataset"]].num_classes)
+    except ValueError as exc:
+        return str(exc)
+    model = build_model(c["dataset"])
+    try:
+        ATTACKS[c["attack"]].topology(model, c).check_defense(defense)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def run_cell(c: dict, *, data_dir, cache_dir, device, progress: bool) -> dict:
+    """One (attack, defense, seed): the attack's metrics and the defended model's task accuracy, or why the
+    defense does not apply."""
+    out = {"dataset": c["dataset"], "attack": c["attack"], "defense": c["defense"], "seed": c["seed"]}
+    reason = applicability(c)
+    if reason is not None:
+        return {**out, "applicable": False, "reason": reason}
+    defense = parse_defense(c["defense"], num_classes=MODELS[c["dataset"]].num_classes)
+    start = time.perf_counter()
+    metrics = ATTACKS[c["attack"]].run(c, defense, data_dir=data_dir, cache_dir=Path(cache_dir),
+                                       device=resolve_device(device), progress=progress)
+    return {**out, "applicable": True, **metrics, "seconds": time.perf_counter() - start}
+
+
+def parse_args(argv=None):
+    p = make_parser(__doc__)
+    p.add_argument("--dataset", choices=("mnist", "f_mnist", "cifar"), default="mnist")
+    p.add_argument("--attacks", default=",".join(ATTACKS), help=f"comma-separated: {','.join(ATTACKS)}")
+    p.add_argument("--defenses", default=",".join(ROWS), help="comma-separated NAME[:STRENGTH] rows")
+    p.add_argument("--sweep", choices=tuple(SWEEPS), default=None,
+                   help="instead of the rows: one defense at each strength of its sweep (own report)")
+    p.add_argument("--depth", type=int, default=None, help="UnSplit split depth (default: 3 MNIST, 1 CIFAR)")
+    p.add_argument("--cut", type=int, default=None, help="similarity cut (default: 5 MnistNet, 9 CifarNet)")
+    p.add_argument("--epochs", type=int, default=None, help="UnSplit model epochs (default: 2 MNIST, 3 CIFAR)")
+    p.add_argument("--train-limit", type=int, default=None)
+    p.add_argument("--main-iters", type=int, default=100)
+    p.add_argument("--input-iters", type=int, default=100)
+    p.add_argument("--model-iters", type=int, default=100)
+    p.add_argument("--label-count", type=int, default=500)
+    p.add_argument("--sim-epochs", type=int, default=2)
+    p.add_argument("--sim-lr", type=float, default=0.05)
+    p.add_argument("--sim-train-limit", type=int, default=10_000)
+    p.add_argument("--data-dir", type=Path, default=default_data_dir())
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/matrix"))
+    p.add_argument("--cache-dir", type=Path, default=Path("benchmarks/results/defenses/checkpoints"),
+                   help="trained-model cache (shared with defense_tradeoff.py)")
+    p.add_argument("--report-only", action="store_true")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true")
+    add_grid_arguments(p)
+    args = p.parse_args(argv)
+    cifar = args.dataset == "cifar"
+    args.depth = args.depth if args.depth is not None else (1 if cifar else 3)
+    args.cut = args.cut if args.cut is not None else (9 if cifar else 5)
+    args.epochs = args.epochs if args.epochs is not None else (3 if cifar else 2)
+    args.attack_list = [a.strip() for a in args.attacks.split(",") if a.strip()]
+    unknown = [a for a in args.attack_list if a not in ATTACKS]
+    if unknown or not args.attack_list:
+        p.error(f"--attacks: choose from {', '.join(ATTACKS)}")
+    if args.sweep:
+        args.rows = ["none"] + [f"{args.sweep}:{s:g}" for s in SWEEPS[args.sweep]]
+    else:
+        args.rows = [d.strip() for d in args.defenses.split(",") if d.strip()]
+    for spec in args.rows:
+        name = spec.partition(":")[0]
+        if name != "none" and name not in DEFENSES:
+            p.error(f"unknown defense {name!r}: choose from none, {', '.join(DEFENSES)}")
+        try:
+            parse_defense(spec, num_classes=2)
+        except ValueError as exc:
+            p.error(str(exc))
+    if min(args.epochs, args.label_count, args.sim_epochs) < 1:
+        p.error("epochs and --label-count must be >= 1")
+    return args
+
+
+def _config(args, attack: str, spec: str, seed: int) -> dict:
+    c = {"dataset": args.dataset, "attack": attack, "defense": spec, "seed": seed}
+    if attack == "unsplit":
+        c.update(depth=args.depth, epochs=args.epochs, train_limit=args.train_limit, main_iters=args.main_iters,
+                 input_iters=args.input_iters, model_iters=args.model_iters)
+    elif attack == "unsplit_labels":
+        c.update(label_count=args.label_count)
+    else:
+        c.update(cut=args.cut, sim_epochs=args.sim_epochs, sim_lr=args.sim_lr, sim_train_limit=args.sim_train_limit)
+    return c
+
+
+def _stem(args) -> str:
+    return f"matrix_{args.dataset}" + (f"_sweep-{args.sweep}" if args.sweep else "")
+
+
+def grid_cells(args) -> list:
+    cells = []
+    for seed in args.seeds:
+        for attack in args.attack_list:
+            for spec in args.rows:
+                c = _config(args, attack, spec, seed)
+                cells.append(Cell(f"cells/{args.dataset}/{attack}_{spec.replace(':', '-')}_s{seed}", c,
+                                  group=f"{attack}-s{seed}"))
+    return cells
+
+
+def protection(value: Optional[float], undefended: Optional[float], trivial: Optional[float], higher: bool):
+    """How far a defense moves the attack's success from its undefended value towards the trivial baseline:
+    0 = not at all, 1 = all the way (clipped to [0, 1]; ``None`` if a value is missing)."""
+    if value is None or undefended is None or trivial is None:
+        return None
+    span = (undefended - trivial) if higher else (trivial - undefended)
+    if span <= 1e-12:
+        return None
+    moved = (undefended - value) if higher else (value - undefended)
+    return max(0.0, min(1.0, moved / span))
+
+
+def build_report(args) -> Path:
+    records = [r for r in ResultStore(args.out).records(f"cells/{args.dataset}/*.json")
+               if r["defense"] in args.rows and r["attack"] in args.attack_list]
+    cells = {(r["attack"], r["defense"]): r for r in fold_seeds(records, by=["attack", "defense"])}
+    columns = [(a, col) for a in args.attack_list for col in ATTACKS[a].columns]
+    seeds = f"; mean ± std over seeds {', '.join(map(str, args.seeds))}" if len(args.seeds) > 1 else ""
+    lines = [f"# Attack × defense matrix — {args.dataset}{' — sweep of ' + args.sweep if args.sweep else ''}", "",
+             f"Each cell: the attack's success (the column's metric) and, below it, the defended model's task "
+             f"accuracy; `n/a` = the defense cannot act in that attack's setting (reason in the cell's file). "
+             f"UnSplit at split depth {args.depth}, {args.epochs} training epochs; similarity at cut {args.cut}, "
+             f"{args.sim_epochs} epochs on {args.sim_train_limit} images{seeds}.", "",
+             "| defense | " + " | ".join(col.name for _, col in columns) + " |",
+             "|---|" + "---|" * len(columns)]
+    grid = []
+    for spec in args.rows:
+        texts, prot = [], []
+        for attack, col in columns:
+            r, base = cells.get((attack, spec)), cells.get((attack, "none"))
+            if r is None:
+                texts.append("not run")
+                prot.append(None)
+            elif not r["applicable"]:
+                texts.append("n/a")
+                prot.append(None)
+            else:
+                task = "" if r.get("task_accuracy") is None else f" (task {pm(r, 'task_accuracy', '.3f')})"
+                texts.append(pm(r, col.metric) + task)
+                prot.append(protection(r.get(col.metric), base.get(col.metric) if base and base["applicable"]
+                                       else None, r.get(col.baseline), col.higher))
+        lines.append(f"| {spec} | " + " | ".join(texts) + " |")
+        grid.append((spec, texts, prot))
+    trivial = []
+    for attack, col in columns:
+        r = cells.get((attack, "none"))
+        trivial.append("" if r is None or not r["applicable"] else pm(r, col.baseline))
+    lines += ["| *trivial baseline* | " + " | ".join(trivial) + " |", "",
+              f"![matrix]({_stem(args)}.png)"]
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = atomic_write_text(args.out / f"{_stem(args)}.md", "\n".join(lines) + "\n")
+    _heatmap(grid, [col.name for _, col in columns], args.out / f"{_stem(args)}.png")
+    return path
+
+
+def _heatmap(grid, names, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    data = np.array([[np.nan if p is None else p for p in prot] for _, _, prot in grid], dtype=float)
+    fig, ax = plt.subplots(figsize=(2.3 * len(names) + 2, 0.55 * len(grid) + 1.8))
+    ax.imshow(np.ma.masked_invalid(data), cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
+    for i, (_, texts, _) in enumerate(grid):
+        for j, t in enumerate(texts):
+            ax.text(j, i, t.replace(" (task", "\n(task"), ha="center", va="center", fontsize=6.5,
+                    color="gray" if np.isnan(data[i, j]) else "black")
+    ax.set_xticks(range(len(names)), [n.replace(" (", "\n(") for n in names], fontsize=7)
+    ax.set_yticks(range(len(grid)), [g[0] for g in grid], fontsize=7)
+    ax.set_title("protection: 0 = attack as undefended (red), 1 = down to its trivial baseline (green)", fontsize=8)
+    fig.tight_layout()
+    atomic_save_figure(fig, path, dpi=120)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    summary = None
+    if not args.report_only:
+        runtime = {"data_dir": args.data_dir, "cache_dir": args.cache_dir.resolve(), "device": args.device,
+                   "progress": not args.quiet}
+        summary = run_grid(grid_cells(args), run_cell, store=ResultStore(args.out), runtime=runtime,
+                           **grid_options(args))
+    print(build_report(args))
+    return report_failures(summary)
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

@@ -1,0 +1,58 @@
+"""benchmarks/matrix.py on tiny generated MNIST: applicability as data, cells through the runner, table and heatmap."""
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("matrix_bench", ROOT / "benchmarks" / "matrix.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # its dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_applicability_follows_each_attacks_topology():
+    m = _bench()
+    args = m.parse_args(["--dataset", "mnist"])
+    why = lambda attack, spec: m.applicability(m._config(args, attack, spec, 0))  # noqa: E731
+    assert why("unsplit", "gaussian:0.5") is None and why("unsplit", "label_dp:1") is None
+    assert "needs a head" in why("unsplit", "maxnorm")  # vanilla split: no label owner returns a gradient
+    assert "needs a front" in why("unsplit_labels", "nopeek:2")  # the server holds the inputs
+    assert "needs a front" in why("similarity", "gaussian:0.5") and why("similarity", "dpsgd_head:1") is None
+    assert "binary" in why("similarity", "marvell:2")
+    assert m.protection(0.5, 1.0, 0.0, True) == 0.5 and abs(m.protection(0.2, 0.1, 0.3, False) - 0.5) < 1e-9
+    assert m.protection(1.2, 1.0, 0.0, True) == 0.0 and m.protection(None, 1.0, 0.0, True) is None
+
+
+def test_matrix_cells_report_and_heatmap(tiny_mnist, tmp_path, monkeypatch):
+    monkeypatch.setenv("UNSPLIT_CACHE", str(tmp_path / "cache"))
+    m = _bench()
+    argv = ["--data-dir", str(tiny_mnist), "--dataset", "mnist", "--attacks", "unsplit_labels,similarity",
+            "--defenses", "none,label_dp:1,nopeek:2", "--label-count", "40", "--sim-epochs", "1",
+            "--sim-train-limit", "300", "--cut", "7", "--out", str(tmp_path / "out"), "--quiet"]
+    assert m.main(argv) == 0
+    cells = {(r["attack"], r["defense"]): r for r in
+             (json.loads(p.read_text()) for p in (tmp_path / "out" / "cells" / "mnist").glob("*.json"))}
+    assert len(cells) == 6
+    assert not cells["similarity", "nopeek:2"]["applicable"] and "front" in cells["similarity", "nopeek:2"]["reason"]
+    assert cells["similarity", "none"]["gradient_kmeans"] > 0.9  # fresh-model gradients give the labels away
+    assert 0 <= cells["unsplit_labels", "label_dp:1"]["label_accuracy"] <= 1
+    report = (tmp_path / "out" / "matrix_mnist.md").read_text()
+    row = next(line for line in report.splitlines() if line.startswith("| nopeek:2 |"))
+    assert row.count("n/a") == 3 and "| *trivial baseline* |" in report
+    assert (tmp_path / "out" / "matrix_mnist.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("bad", [["--attacks", "deepleakage"], ["--defenses", "none,shield:1"],
+                                 ["--defenses", "gaussian:x"]])
+def test_bad_input_is_a_usage_error(bad, capsys):
+    m = _bench()
+    with pytest.raises(SystemExit) as info:
+        m.parse_args(bad)
+    assert info.value.code == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
