@@ -19,7 +19,6 @@ LR the Adam learning rate; variant ``ref`` (the reference network) or ``bn`` (Ba
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -32,9 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from unsplit.cli import make_parser, run_main  # noqa: E402
 from unsplit.data import default_data_dir, load_dataset  # noqa: E402
 from unsplit.defenses import RandomizedResponse  # noqa: E402
+from unsplit.grid import Cell, ResultStore, add_grid_arguments, grid_options, report_failures, run_grid  # noqa: E402
 from unsplit.models import CifarNet, split  # noqa: E402
 from unsplit.training import evaluate, train_split  # noqa: E402
-from unsplit.util import atomic_write_json, atomic_write_text  # noqa: E402
+from unsplit.util import atomic_write_text  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -44,11 +44,10 @@ def parse_args(argv=None):
     p.add_argument("--train-limit", type=int, default=10_000)
     p.add_argument("--test-limit", type=int, default=2_000)
     p.add_argument("--depth", type=int, default=1, help="split depth (the sweep's: 1)")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", type=Path, default=default_data_dir())
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/label_dp_cifar"))
-    p.add_argument("--recompute", action="store_true")
     p.add_argument("--quiet", action="store_true")
+    add_grid_arguments(p)
     args = p.parse_args(argv)
     cells = []
     for c in args.cells.split(","):
@@ -88,37 +87,47 @@ def diagnose(model: nn.Sequential, x: torch.Tensor) -> dict:
             "predicted_classes": int(h.argmax(1).unique().numel())}
 
 
-def run_cell(args, name, eps, lr, variant, data) -> dict:
-    x, y, xt, yt = data
-    torch.manual_seed(args.seed)
-    model = build(variant)
-    depth = args.depth
+def grid_cells(args) -> list:
+    """One cell per (setting, seed)."""
+    cells = []
+    for seed in args.seeds:
+        for name, eps, lr, variant in args.cell_list:
+            config = {"cell": name, "epsilon": eps, "lr": lr, "variant": variant, "epochs": args.epochs,
+                      "train_limit": args.train_limit, "test_limit": args.test_limit, "depth": args.depth,
+                      "seed": seed}
+            cells.append(Cell(f"cells/{name.replace('/', '_')}_e{args.epochs}_n{args.train_limit}_s{seed}", config))
+    return cells
+
+
+_DATA: dict = {}
+
+
+def run_cell(c: dict, *, data_dir, progress: bool) -> dict:
+    key = (c["train_limit"], c["test_limit"])
+    if key not in _DATA:
+        _DATA.clear()
+        x, y = load_dataset("cifar", data_dir=data_dir, train=True, download=False, limit=c["train_limit"])
+        xt, yt = load_dataset("cifar", data_dir=data_dir, train=False, download=False, limit=c["test_limit"])
+        _DATA[key] = (x, y, xt, yt)
+    x, y, xt, yt = _DATA[key]
+    torch.manual_seed(c["seed"])
+    model = build(c["variant"])
+    depth, eps = c["depth"], c["epsilon"]
     defenses = [] if eps is None else [RandomizedResponse(eps, num_classes=10)]
     start = time.perf_counter()
-    train_split(split(model, depth)[0], split(model, depth)[1], x, y, epochs=args.epochs, batch_size=64, lr=lr,
-                defenses=defenses, progress=not args.quiet)
+    train_split(split(model, depth)[0], split(model, depth)[1], x, y, epochs=c["epochs"], batch_size=64, lr=c["lr"],
+                defenses=defenses, progress=progress)
     seconds = time.perf_counter() - start
-    return {"cell": name, "epsilon": eps, "lr": lr, "variant": variant, "epochs": args.epochs,
+    return {"cell": c["cell"], "epsilon": eps, "lr": c["lr"], "variant": c["variant"], "epochs": c["epochs"],
             "train_samples": len(x), "seconds": seconds, "test_accuracy": evaluate(model, xt, yt),
             **diagnose(model, xt)}
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    data = None
-    (args.out / "cells").mkdir(parents=True, exist_ok=True)
-    for name, eps, lr, variant in args.cell_list:
-        path = args.out / "cells" / f"{name.replace('/', '_')}_e{args.epochs}_n{args.train_limit}_s{args.seed}.json"
-        if path.exists() and not args.recompute:
-            print(f"{path.name}: done")
-            continue
-        if data is None:
-            x, y = load_dataset("cifar", data_dir=args.data_dir, train=True, download=False, limit=args.train_limit)
-            xt, yt = load_dataset("cifar", data_dir=args.data_dir, train=False, download=False, limit=args.test_limit)
-            data = (x, y, xt, yt)
-        atomic_write_json(path, run_cell(args, name, eps, lr, variant, data))
-        print(f"{path.name}: written")
-    rows = [json.loads(f.read_text()) for f in sorted((args.out / "cells").glob("*.json"))]
+    summary = run_grid(grid_cells(args), run_cell, store=ResultStore(args.out),
+                       runtime={"data_dir": args.data_dir, "progress": not args.quiet}, **grid_options(args))
+    rows = ResultStore(args.out).records("cells/*.json")
     lines = ["| cell | epochs | train | test acc | logit std | classes predicted | dead ReLU per layer | sigmoid sat. | s |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -129,7 +138,7 @@ def main(argv=None) -> int:
     text = "\n".join(lines) + "\n"
     print(text)
     atomic_write_text(args.out / "report.md", text)
-    return 0
+    return report_failures(summary)
 
 
 if __name__ == "__main__":
