@@ -40,6 +40,10 @@ def parse_args(argv=None):
                         "svhn (torchvision; downloads), or an ImageFolder directory")
     p.add_argument("--shadow-size", type=int, default=1024, help="how many unlabeled images the attacker has")
     p.add_argument("--shadow-steps", type=int, default=400, help="shadow-front training steps (batch 128)")
+    p.add_argument("--objective", choices=("distribution", "stealing"), default="distribution",
+                   help="stage 1: match the smashed data's distribution on the attacker's images, or (ours) steal the "
+                        "front from the smashed data the server received with UnSplit's model stealing")
+    p.add_argument("--steal-iters", type=int, default=200, help="stealing: outer iterations (x 20 + 20 steps)")
     p.add_argument("--eps", type=finite_float, default=8.0, help="L-inf budget in 1/255 units (default 8)")
     p.add_argument("--alpha", type=finite_float, default=2.0, help="PGD step in 1/255 units (default 2)")
     p.add_argument("--steps", type=int, default=20, help="PGD steps")
@@ -61,7 +65,8 @@ def parse_args(argv=None):
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
-    for name in ("shadow_size", "shadow_steps", "eval_count", "epochs", "client_size", "stats_samples"):
+    for name in ("shadow_size", "shadow_steps", "steal_iters", "eval_count", "epochs", "client_size",
+                 "stats_samples"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.steps < 0 or not 0 <= args.eps <= 255 or args.alpha <= 0:
@@ -131,9 +136,10 @@ def main(argv=None) -> int:
         log(args, f"training the transfer baseline's surrogate on the attacker's {len(x_att)} labelled images ...")
         surrogate = sladv.train_surrogate(sladv.build_victim(args.model), x_att, y_att, device=device,
                                           seed=args.seed, progress=not args.quiet)
-    log(args, f"SLADV: shadow {args.shadow} on {len(x_att)} images, PGD eps {args.eps:g}/255, {args.steps} steps ...")
-    res = sladv.run_sladv(topology, stats, x_att, x_eval, y_eval, shadow=args.shadow, shadow_steps=args.shadow_steps,
-                          eps=args.eps / 255, alpha=args.alpha / 255, steps=args.steps, loss=args.loss,
+    log(args, f"SLADV: shadow {args.shadow} ({args.objective}), PGD eps {args.eps:g}/255, {args.steps} steps ...")
+    res = sladv.run_sladv(topology, stats, x_att, x_eval, y_eval, shadow=args.shadow, objective=args.objective,
+                          shadow_steps=args.shadow_steps, steal_iters=args.steal_iters, eps=args.eps / 255,
+                          alpha=args.alpha / 255, steps=args.steps, loss=args.loss,
                           baselines=args.baseline_list, surrogate=surrogate, device=device, seed=args.seed,
                           progress=not args.quiet)
     x_adv = res.pop("x_adv")

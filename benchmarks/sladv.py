@@ -38,7 +38,7 @@ from unsplit.grid import (  # noqa: E402
 from unsplit.training import evaluate, run_split  # noqa: E402
 from unsplit.util import atomic_save_figure, atomic_write_text, resolve_device  # noqa: E402
 
-FACTORS = ("split", "shadow", "source", "size", "eps")
+FACTORS = ("split", "shadow", "objective", "source", "size", "eps")
 
 
 def _ints(text: str):
@@ -52,6 +52,11 @@ def parse_args(argv=None):
     p.add_argument("--client-size", type=int, default=40_000)
     p.add_argument("--splits", default="1,2,3,4")
     p.add_argument("--shadows", default="single,multi")
+    p.add_argument("--objectives", default="distribution,stealing",
+                   help="stage 1: distribution (moments + MMD on the attacker's images) or stealing (ours: UnSplit's "
+                        "model stealing on the smashed data the server received)")
+    p.add_argument("--steal-iters", type=int, default=200, help="stealing: outer iterations (x 20 + 20 steps)")
+    p.add_argument("--steal-count", type=int, default=64, help="stealing: smashed tensors used")
     p.add_argument("--sources", default="cifar-skewed,cifar-iid")
     p.add_argument("--sizes", default="1024,256", help="attacker images (unlabeled)")
     p.add_argument("--eps", default="8,4", help="L-inf budgets in 1/255 units")
@@ -72,6 +77,9 @@ def parse_args(argv=None):
     except ValueError:
         p.error("--splits, --sizes and --eps take comma-separated integers")
     args.shadow_list = [s.strip() for s in args.shadows.split(",") if s.strip()]
+    args.objective_list = [s.strip() for s in args.objectives.split(",") if s.strip()]
+    if not args.objective_list or not set(args.objective_list) <= set(sladv.SHADOW_OBJECTIVES):
+        p.error(f"--objectives among {','.join(sladv.SHADOW_OBJECTIVES)}")
     args.source_list = [s.strip() for s in args.sources.split(",") if s.strip()]
     args.baseline_list = [s.strip() for s in args.baselines.split(",") if s.strip()]
     if not set(args.split_list) <= {1, 2, 3, 4}:
@@ -88,7 +96,8 @@ def parse_args(argv=None):
 
 
 def _lists(args) -> dict:
-    return dict(zip(FACTORS, (args.split_list, args.shadow_list, args.source_list, args.size_list, args.eps_list)))
+    return dict(zip(FACTORS, (args.split_list, args.shadow_list, args.objective_list, args.source_list,
+                              args.size_list, args.eps_list)))
 
 
 def base(args) -> dict:
@@ -112,7 +121,8 @@ def _tag(args, seed: int) -> str:
 
 
 def cell_name(args, c: dict, seed: int) -> str:
-    return f"{_tag(args, seed)}_sp{c['split']}_{c['shadow']}_{c['source']}_{c['size']}_eps{c['eps']}"
+    objective = "dist" if c["objective"] == "distribution" else f"steal{args.steal_count}x{args.steal_iters}"
+    return f"{_tag(args, seed)}_sp{c['split']}_{c['shadow']}_{objective}_{c['source']}_{c['size']}_eps{c['eps']}"
 
 
 def grid_cells(args) -> list:
@@ -124,7 +134,10 @@ def grid_cells(args) -> list:
                   "stats_samples": args.stats_samples, "seed": seed}
         tag, group = _tag(args, seed), f"victim-s{seed}"
         for c in settings(args):
-            cells.append(Cell(f"cells/{cell_name(args, c, seed)}", {**victim, "kind": "sladv", **c}, group=group))
+            steal = ({"steal_count": args.steal_count, "steal_iters": args.steal_iters}
+                     if c["objective"] == "stealing" else {})
+            cells.append(Cell(f"cells/{cell_name(args, c, seed)}", {**victim, "kind": "sladv", **c, **steal},
+                              group=group))
         for eps in sorted({c["eps"] for c in settings(args)}):
             for kind in ("noise", "whitebox"):
                 if kind in args.baseline_list:
@@ -174,7 +187,9 @@ def run_cell(c: dict, *, data_dir, device, progress: bool) -> dict:
         _, idx, seen = sladv.attacker_split(y_train, source=c["source"], size=c["size"],
                                             client_size=c["client_size"], seed=seed)
         x_adv, _, fit = sladv.sladv_attack(topology.middle, _STATE["stats", c["split"]], x_train[idx], x_eval,
-                                           shadow=c["shadow"], shadow_steps=c["shadow_steps"], eps=c["eps"] / 255,
+                                           shadow=c["shadow"], objective=c["objective"],
+                                           shadow_steps=c["shadow_steps"], steal_count=c.get("steal_count", 64),
+                                           steal_iters=c.get("steal_iters", 200), eps=c["eps"] / 255,
                                            alpha=2 / 255, steps=c["steps"], device=device, seed=seed,
                                            progress=progress)
         m = sladv.attack_metrics(whole, x_eval, x_adv, y_eval, device=device)
@@ -220,7 +235,7 @@ def build_report(args) -> Path:
     records = []
     for seed in args.seeds:
         records += ResultStore(args.out).records(f"cells/{_tag(args, seed)}_*.json")
-    cells = fold_seeds(records, by=["kind", "split", "shadow", "source", "size", "eps"])
+    cells = fold_seeds(records, by=["kind", *FACTORS])
     attacks = [c for c in cells if c["kind"] == "sladv"]
     baselines = {(c["kind"], c["eps"], c.get("source"), c.get("size")): c for c in cells if c["kind"] != "sladv"}
     seeds = f" (mean ± std over seeds {', '.join(map(str, args.seeds))})" if len(args.seeds) > 1 else ""
@@ -229,14 +244,15 @@ def build_report(args) -> Path:
              + (f" (test accuracy {pm(cells[0], 'victim_test_accuracy')})" if cells else "")
              + f"; {args.steps} PGD steps of 2/255; the first {args.eval_count} test images. Success = the fraction of "
              f"correctly classified clean images whose adversarial version is misclassified{seeds}.", "",
-             "| split | shadow | attacker data | size | eps | accuracy | misclassified | success | noise success | "
-             "white-box success | transfer success | s |", "|" + "---|" * 12]
+             "| split | shadow | stage 1 | attacker data | size | eps | accuracy | misclassified | success | "
+             "noise success | white-box success | transfer success | s |", "|" + "---|" * 13]
 
     def f(c, key="success_rate"):
         return "" if c is None else pm(c, key)
 
-    for c in sorted(attacks, key=lambda c: (c["split"], c["shadow"], c["source"], c["size"], c["eps"])):
-        lines.append(f"| {c['split']} | {c['shadow']} | {c['source']} | {c['size']} | {c['eps']}/255 | "
+    for c in sorted(attacks, key=lambda c: tuple(c[k] for k in FACTORS)):
+        lines.append(f"| {c['split']} | {c['shadow']} | {c['objective']} | {c['source']} | {c['size']} | "
+                     f"{c['eps']}/255 | "
                      f"{pm(c, 'accuracy')} | {pm(c, 'misclassification_rate')} | {pm(c, 'success_rate')} | "
                      f"{f(baselines.get(('noise', c['eps'], None, None)))} | "
                      f"{f(baselines.get(('whitebox', c['eps'], None, None)))} | "

@@ -79,6 +79,20 @@ def test_the_attacker_never_touches_the_clients_front_head_or_labels(trained):
             p.fill_(float("nan"))
     again, _, _ = sladv.sladv_attack(poisoned.middle, stats, x_attacker, x[:50], shadow_steps=20, steps=3)
     assert torch.isfinite(again).all() and torch.equal(again, reference)
+    # the stealing objective reads only the smashed tensors the server received
+    stolen, _, _ = sladv.sladv_attack(poisoned.middle, stats, x_attacker, x[:50], objective="stealing",
+                                      steal_iters=2, steps=3)
+    assert torch.isfinite(stolen).all()
+
+
+def test_stealing_fits_the_shadow_to_the_smashed_data_the_server_received(trained):
+    topology, stats, _, (x, _) = trained
+    assert stats.smashed_samples.shape == (256, *stats.smashed_shape)
+    torch.manual_seed(0)
+    shape = sladv.shadow_front("single", stats.smashed_shape, input_size=16, nonnegative=True, bias=True)
+    untrained = float(torch.nn.functional.mse_loss(shape(x[:64]), topology.front(x[:64]).detach()))
+    stolen, fit = sladv.steal_shadow(shape, stats, input_shape=(3, 16, 16), count=64, main_iters=40)
+    assert fit["count"] == 64 and fit["smashed_mse"] < 0.5 * untrained, (fit, untrained)
 
 
 def test_feature_pgd_stays_in_the_ball_and_in_the_unit_range():
@@ -167,16 +181,18 @@ def test_the_benchmark_writes_resumable_cells_and_a_report(tmp_path, monkeypatch
     argv = ["--data-dir", str(data), "--client-size", "80", "--splits", "1,2", "--shadows", "single",
             "--sources", "cifar-iid", "--sizes", "30", "--eps", "8", "--baselines", "noise", "--epochs", "1",
             "--eval-count", "10", "--shadow-steps", "2", "--steps", "1", "--stats-samples", "20",
-            "--out", str(tmp_path / "out"), "--quiet"]
+            "--steal-iters", "1", "--steal-count", "8", "--out", str(tmp_path / "out"), "--quiet"]
     assert bench.main(argv) == 0
     cells = sorted((tmp_path / "out" / "cells").glob("*.json"))
     kinds = sorted(json.loads(c.read_text())["kind"] for c in cells)
-    assert kinds == ["noise", "sladv", "sladv"]
+    assert kinds == ["noise", "sladv", "sladv", "sladv"]  # split 1, split 2, and stealing at the base setting
     stamp = [c.stat().st_mtime_ns for c in cells]
     assert bench.main(argv) == 0  # a rerun skips finished cells
     assert [c.stat().st_mtime_ns for c in cells] == stamp
     report = (tmp_path / "out" / "report.md").read_text()
-    assert report.count("| single | cifar-iid | 30 | 8/255 |") == 2 and (tmp_path / "out" / "sladv.png").exists()
+    assert report.count("| single | distribution | cifar-iid | 30 | 8/255 |") == 2
+    assert report.count("| single | stealing | cifar-iid | 30 | 8/255 |") == 1
+    assert (tmp_path / "out" / "sladv.png").exists()
 
 
 @pytest.mark.slow
@@ -195,7 +211,8 @@ def test_the_benchmark_gives_the_same_cells_on_ray(tmp_path, monkeypatch):
     data = _tiny_cifar_tree(tmp_path / "data")
     argv = ["--data-dir", str(data), "--client-size", "80", "--splits", "1,2", "--shadows", "single",
             "--sources", "cifar-iid", "--sizes", "30", "--eps", "8", "--baselines", "noise,whitebox", "--epochs", "1",
-            "--eval-count", "10", "--shadow-steps", "2", "--steps", "1", "--stats-samples", "20", "--quiet"]
+            "--eval-count", "10", "--shadow-steps", "2", "--steps", "1", "--stats-samples", "20",
+            "--objectives", "distribution", "--quiet"]
     assert bench.main([*argv, "--out", str(tmp_path / "local")]) == 0
     assert bench.main([*argv, "--out", str(tmp_path / "ray"), "--executor", "ray", "--ray-cpus", "2"]) == 0
     local = sorted((tmp_path / "local" / "cells").glob("*.json"))

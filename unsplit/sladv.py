@@ -95,14 +95,17 @@ class ServerStatistics(SplitCallback):
             inference pass it sees, e.g. for a victim trained earlier).
         epoch: the training epoch to summarise (``-1``: the last, the trained front).
         max_outputs: how many middle outputs to keep (the first of the epoch).
+        max_smashed: how many smashed tensors to keep (the first of the epoch; what ``shadow_objective="stealing"``
+            fits the shadow to).
     """
 
     observes = frozenset({"front.smashed", "head.smashed"})
 
-    def __init__(self, *, phase: str = "train", epoch: int = -1, max_outputs: int = 2048):
+    def __init__(self, *, phase: str = "train", epoch: int = -1, max_outputs: int = 2048, max_smashed: int = 256):
         if phase not in ("train", "inference"):
             raise ValueError(f"phase must be 'train' or 'inference', got {phase!r}")
-        self.phase, self.epoch, self.max_outputs = phase, epoch, max_outputs
+        self.phase, self.epoch, self.max_outputs, self.max_smashed = phase, epoch, max_outputs, max_smashed
+        self._smashed: list = []
         self._target = epoch
         self._on = False
         self._sum = self._sumsq = None
@@ -129,6 +132,9 @@ class ServerStatistics(SplitCallback):
             self._count += s.numel() // s.shape[1]
             self._min = min(self._min, float(s.min()))
             self.smashed_shape = tuple(s.shape[1:])
+            kept = sum(len(t) for t in self._smashed)
+            if kept < self.max_smashed:
+                self._smashed.append(s[: self.max_smashed - kept].cpu())
         elif sum(len(o) for o in self._outputs) < self.max_outputs:
             self._outputs.append(s.flatten(1).cpu())
 
@@ -152,6 +158,12 @@ class ServerStatistics(SplitCallback):
         return self._min >= 0
 
     @property
+    def smashed_samples(self) -> torch.Tensor:
+        """``(S, *smashed_shape)`` smashed tensors as received (``S <= max_smashed``)."""
+        self._check()
+        return torch.cat(self._smashed)
+
+    @property
     def middle_outputs(self) -> torch.Tensor:
         """``(M, D)`` the middle's outputs of the summarised epoch (``M <= max_outputs``)."""
         self._check()
@@ -164,20 +176,21 @@ class ServerStatistics(SplitCallback):
 
 
 def shadow_front(kind: str, out_shape: Sequence[int], *, in_channels: int = 3, input_size: int = 32,
-                 nonnegative: bool = False) -> nn.Sequential:
+                 nonnegative: bool = False, bias: bool = False) -> nn.Sequential:
     """The attacker's shadow of the client front, ``(N, in_channels, input_size, input_size)`` -> ``(N, *out_shape)``.
 
     ``single``: one bias-free convolution (stride ``input_size // H``, kernel ``max(3, stride + 1)``, padding 1), as the
     scaffold's; ``multi``: a small residual stack (a stride-1 basic block, one stride-2 block per halving, widths
     doubling up to the smashed channels), as the scaffold's. ``nonnegative`` appends a ReLU (the server saw only
-    non-negative smashed data).
+    non-negative smashed data); ``bias`` gives the single convolution a bias (ours: a front ending in BatchNorm shifts
+    every channel, which a bias-free convolution cannot fit).
     """
     channels, size = int(out_shape[0]), int(out_shape[-1])
     if size < 1 or input_size % size or (input_size // size) & (input_size // size - 1):
         raise ValueError(f"the smashed size {size} must divide {input_size} by a power of two")
     stride = input_size // size
     if kind == "single":
-        layers = [nn.Conv2d(in_channels, channels, max(3, stride + 1), stride, padding=1, bias=False)]
+        layers = [nn.Conv2d(in_channels, channels, max(3, stride + 1), stride, padding=1, bias=bias)]
     elif kind == "multi":
         halvings = int(math.log2(stride))
         widths = [max(channels // 2 ** (halvings + 1 - i), 16) for i in range(halvings + 1)] + [channels]
@@ -249,6 +262,40 @@ def train_shadow(shadow: nn.Module, middle: nn.Module, x_attacker: torch.Tensor,
         p.requires_grad_(True)
     shadow.eval()
     return {k: sum(v) / max(len(v), 1) for k, v in tail.items()}
+
+
+def steal_shadow(shadow: nn.Module, stats: ServerStatistics, *, input_shape: Sequence[int] = (3, 32, 32),
+                 count: int = 64, main_iters: int = 200, input_iters: int = 20, model_iters: int = 20,
+                 device: Union[str, torch.device] = "cpu", seed: int = 0, progress: bool = False):
+    """Stage 1 by model stealing (ours): UnSplit's coordinate descent (Erdogan et al., WPES'22,
+    :func:`unsplit.attacks.model_inversion_stealing`) fits the shadow's architecture and estimates of the private
+    inputs jointly to ``count`` smashed tensors the server received — what the server legitimately holds; neither
+    the client's weights nor its inputs are read. Distribution matching (:func:`train_shadow`) leaves the shadow a
+    different function from the front (any channel permutation matches as well), and perturbations crafted through
+    it do not transfer; stealing fits the function itself.
+
+    Args:
+        shadow: the architecture (from :func:`shadow_front`; re-initialised). stats: the server's recording.
+        input_shape: one input's shape. count: smashed tensors used (at most ``stats.max_smashed``).
+        main_iters, input_iters, model_iters: the coordinate descent's schedule (UnSplit's: 1000, 100, 100).
+        device, seed, progress: where it runs, its seed, a progress bar.
+
+    Returns:
+        ``(stolen_shadow, {"smashed_mse": final fit, "count": used})``.
+    """
+    from .attacks import model_inversion_stealing
+
+    smashed = stats.smashed_samples[:count]
+    res = model_inversion_stealing(shadow, smashed, input_shape=tuple(input_shape), main_iters=main_iters,
+                                   input_iters=input_iters, model_iters=model_iters, device=device, seed=seed,
+                                   progress=progress)
+    stolen = res.clone.eval()
+    with torch.no_grad():
+        fit = float(torch.nn.functional.mse_loss(stolen(res.reconstructions.to(device)), smashed.to(device)))
+    return stolen, {"smashed_mse": fit, "count": len(smashed)}
+
+
+SHADOW_OBJECTIVES = ("distribution", "stealing")
 
 
 def _project(x: torch.Tensor, x0: torch.Tensor, eps: float) -> torch.Tensor:
@@ -383,22 +430,32 @@ def train_surrogate(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, *, e
 
 
 def sladv_attack(middle: nn.Module, stats: ServerStatistics, x_attacker: torch.Tensor, x: torch.Tensor, *,
-                 shadow: str = "single", shadow_steps: int = 400, eps: float = 8 / 255, alpha: float = 2 / 255,
+                 shadow: str = "single", objective: str = "distribution", shadow_steps: int = 400,
+                 steal_count: int = 64, steal_iters: int = 200, eps: float = 8 / 255, alpha: float = 2 / 255,
                  steps: int = 20, loss: str = "l2", device: Union[str, torch.device] = "cpu", seed: int = 0,
                  progress: bool = False):
     """The attacker's whole computation, from its own view only: the server's ``middle``, what it recorded in
     training (``stats``), its unlabeled images ``x_attacker`` and the natural images ``x`` to perturb (``(N, 3, H,
-    W)`` in [0, 1]). Stage 1 fits a ``shadow`` front (:func:`shadow_front`, :func:`train_shadow`), stage 2 runs
-    :func:`feature_pgd` through it and the real middle.
+    W)`` in [0, 1]). Stage 1 fits a ``shadow`` front (:func:`shadow_front`) by ``objective``: ``"distribution"``
+    (the default, the paper's idea as far as it is known: :func:`train_shadow` on the attacker's unlabeled
+    ``x_attacker``, moment matching + MMD, ``shadow_steps`` steps) or ``"stealing"`` (ours: :func:`steal_shadow` on
+    ``steal_count`` smashed tensors the server received, ``steal_iters`` outer iterations; needs no attacker data);
+    stage 2 runs :func:`feature_pgd` through it and the real middle.
 
     Returns:
         ``(x_adv, shadow_module, shadow_fit)``.
     """
+    if objective not in SHADOW_OBJECTIVES:
+        raise ValueError(f"objective must be one of {', '.join(SHADOW_OBJECTIVES)}, got {objective!r}")
     torch.manual_seed(seed)
-    shade = shadow_front(shadow, stats.smashed_shape, in_channels=x_attacker.shape[1],
-                         input_size=x_attacker.shape[-1], nonnegative=stats.nonnegative)
-    fit = train_shadow(shade, middle, x_attacker, stats, steps=shadow_steps, device=device, seed=seed,
-                       progress=progress)
+    shade = shadow_front(shadow, stats.smashed_shape, in_channels=x.shape[1], input_size=x.shape[-1],
+                         nonnegative=stats.nonnegative, bias=objective == "stealing")
+    if objective == "stealing":
+        shade, fit = steal_shadow(shade, stats, input_shape=x.shape[1:], count=steal_count, main_iters=steal_iters,
+                                  device=device, seed=seed, progress=progress)
+    else:
+        fit = train_shadow(shade, middle, x_attacker, stats, steps=shadow_steps, device=device, seed=seed,
+                           progress=progress)
     x_adv = feature_pgd(shade, middle, x, eps=eps, alpha=alpha, steps=steps, loss=loss, device=device, seed=seed)
     return x_adv, shade, fit
 
@@ -447,7 +504,8 @@ def train_or_load_victim(name: str, x_client: torch.Tensor, y_client: torch.Tens
 
 
 def run_sladv(topology: Topology, stats: ServerStatistics, x_attacker: torch.Tensor, x_eval: torch.Tensor,
-              y_eval: torch.Tensor, *, shadow: str = "single", shadow_steps: int = 400, eps: float = 8 / 255,
+              y_eval: torch.Tensor, *, shadow: str = "single", objective: str = "distribution",
+              shadow_steps: int = 400, steal_count: int = 64, steal_iters: int = 200, eps: float = 8 / 255,
               alpha: float = 2 / 255, steps: int = 20, loss: str = "l2",
               baselines: Sequence[str] = ("noise", "whitebox"), surrogate: Optional[nn.Module] = None,
               device: Union[str, torch.device] = "cpu", seed: int = 0, progress: bool = False) -> Dict[str, object]:
@@ -459,7 +517,8 @@ def run_sladv(topology: Topology, stats: ServerStatistics, x_attacker: torch.Ten
         stats: the server's recording of the client's smashed data (:class:`ServerStatistics`).
         x_attacker: ``(N, 3, 32, 32)`` the attacker's unlabeled images in [0, 1].
         x_eval, y_eval: natural images to attack and their labels (labels: metric code only).
-        shadow: ``"single"`` or ``"multi"``; shadow_steps: :func:`train_shadow` steps.
+        shadow: ``"single"`` or ``"multi"``; objective, shadow_steps, steal_count, steal_iters: stage 1 (see
+            :func:`sladv_attack`).
         eps, alpha, steps, loss: :func:`feature_pgd`.
         baselines: any of ``"noise"`` (same-ε random signs), ``"whitebox"`` (PGD on the whole model),
             ``"transfer"`` (PGD on ``surrogate``, see :func:`train_surrogate`).
@@ -479,7 +538,8 @@ def run_sladv(topology: Topology, stats: ServerStatistics, x_attacker: torch.Ten
     if topology.kind != "u_shaped":
         raise ValueError(f"SLADV attacks a U-shaped split, got a {topology.kind} topology")
     start = time.perf_counter()
-    x_adv, _, fit = sladv_attack(topology.middle, stats, x_attacker, x_eval, shadow=shadow, shadow_steps=shadow_steps,
+    x_adv, _, fit = sladv_attack(topology.middle, stats, x_attacker, x_eval, shadow=shadow, objective=objective,
+                                 shadow_steps=shadow_steps, steal_count=steal_count, steal_iters=steal_iters,
                                  eps=eps, alpha=alpha, steps=steps, loss=loss, device=device, seed=seed,
                                  progress=progress)
     seconds = {"attack": time.perf_counter() - start}
