@@ -64,7 +64,9 @@ def parse_args(argv=None):
     p.add_argument("--shadow-steps", type=int, default=400)
     p.add_argument("--eval-count", type=int, default=1000, help="first N test images (scaffold: 1,000)")
     p.add_argument("--stats-samples", type=int, default=5000)
-    p.add_argument("--baselines", default="noise,whitebox,transfer")
+    p.add_argument("--baselines", default="noise,whitebox,transfer,oracle",
+                   help="oracle: feature PGD through the client's real front (a diagnostic ceiling of stage 2, "
+                        "not an attack)")
     p.add_argument("--data-dir", type=Path, default=default_data_dir())
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/sladv"))
     p.add_argument("--report-only", action="store_true")
@@ -86,8 +88,8 @@ def parse_args(argv=None):
         p.error("--splits must be among 1,2,3,4")
     if not set(args.shadow_list) <= {"single", "multi"} or not set(args.source_list) <= {"cifar-skewed", "cifar-iid"}:
         p.error("--shadows among single,multi; --sources among cifar-skewed,cifar-iid")
-    if not set(args.baseline_list) <= {"noise", "whitebox", "transfer"}:
-        p.error("--baselines among noise,whitebox,transfer")
+    if not set(args.baseline_list) <= {"noise", "whitebox", "transfer", "oracle"}:
+        p.error("--baselines among noise,whitebox,transfer,oracle")
     if not all((args.split_list, args.shadow_list, args.source_list, args.size_list, args.eps_list)):
         p.error("--splits, --shadows, --sources, --sizes and --eps each need a value")
     if min(args.size_list + args.eps_list + [args.epochs, args.eval_count, args.shadow_steps]) < 1:
@@ -147,6 +149,10 @@ def grid_cells(args) -> list:
                 for source, size in sorted({(c["source"], c["size"]) for c in settings(args)}):
                     config = {**victim, "kind": "transfer", "eps": eps, "source": source, "size": size}
                     cells.append(Cell(f"cells/{tag}_transfer_{source}_{size}_eps{eps}", config, group=group))
+        if "oracle" in args.baseline_list:  # at the base eps, per split point
+            for split in args.split_list:
+                config = {**victim, "kind": "oracle", "eps": base(args)["eps"], "split": split}
+                cells.append(Cell(f"cells/{tag}_oracle_sp{split}_eps{config['eps']}", config, group=group))
     return cells
 
 
@@ -202,6 +208,11 @@ def run_cell(c: dict, *, data_dir, device, progress: bool) -> dict:
         x_adv = sladv.random_sign_noise(x_eval, eps=c["eps"] / 255, seed=seed)
     elif c["kind"] == "whitebox":
         x_adv = sladv.torchattacks_pgd(whole, x_eval, y_eval, **pgd)
+    elif c["kind"] == "oracle":  # metric code: the client's real front in the shadow's place
+        topology = sladv.victim_topology(model, c["split"])
+        x_adv = sladv.feature_pgd(topology.front, topology.middle, x_eval, eps=c["eps"] / 255, alpha=2 / 255,
+                                  steps=c["steps"], device=device, seed=seed)
+        extra = {"split": c["split"]}
     else:  # transfer: one surrogate per attacker set (per process), attacked at every eps
         key = ("surrogate", c["source"], c["size"])
         if key not in _STATE:
@@ -237,15 +248,19 @@ def build_report(args) -> Path:
         records += ResultStore(args.out).records(f"cells/{_tag(args, seed)}_*.json")
     cells = fold_seeds(records, by=["kind", *FACTORS])
     attacks = [c for c in cells if c["kind"] == "sladv"]
-    baselines = {(c["kind"], c["eps"], c.get("source"), c.get("size")): c for c in cells if c["kind"] != "sladv"}
+    baselines = {(c["kind"], c["eps"], c.get("source"), c.get("size")): c for c in cells
+                 if c["kind"] not in ("sladv", "oracle")}
+    oracle = {(c["split"], c["eps"]): c for c in cells if c["kind"] == "oracle"}
     seeds = f" (mean ± std over seeds {', '.join(map(str, args.seeds))})" if len(args.seeds) > 1 else ""
     lines = ["# SLADV (Fan et al., ECAI'23): adversarial examples from the middle of a U-shaped split", "",
              f"Victim: {args.model}, {args.epochs} epochs on {args.client_size} CIFAR-10 images"
              + (f" (test accuracy {pm(cells[0], 'victim_test_accuracy')})" if cells else "")
              + f"; {args.steps} PGD steps of 2/255; the first {args.eval_count} test images. Success = the fraction of "
-             f"correctly classified clean images whose adversarial version is misclassified{seeds}.", "",
+             f"correctly classified clean images whose adversarial version is misclassified{seeds}. Real-front "
+             "ceiling: the same feature PGD through the client's own front (a diagnostic, not an attack: how much "
+             "stage 1 loses).", "",
              "| split | shadow | stage 1 | attacker data | size | eps | accuracy | misclassified | success | "
-             "noise success | white-box success | transfer success | s |", "|" + "---|" * 13]
+             "noise success | white-box success | transfer success | real-front ceiling | s |", "|" + "---|" * 14]
 
     def f(c, key="success_rate"):
         return "" if c is None else pm(c, key)
@@ -256,7 +271,8 @@ def build_report(args) -> Path:
                      f"{pm(c, 'accuracy')} | {pm(c, 'misclassification_rate')} | {pm(c, 'success_rate')} | "
                      f"{f(baselines.get(('noise', c['eps'], None, None)))} | "
                      f"{f(baselines.get(('whitebox', c['eps'], None, None)))} | "
-                     f"{f(baselines.get(('transfer', c['eps'], c['source'], c['size'])))} | {c['seconds']:.0f} |")
+                     f"{f(baselines.get(('transfer', c['eps'], c['source'], c['size'])))} | "
+                     f"{f(oracle.get((c['split'], c['eps'])))} | {c['seconds']:.0f} |")
     args.out.mkdir(parents=True, exist_ok=True)
     path = atomic_write_text(args.out / "report.md", "\n".join(lines) + "\n")
     _plot(attacks, baselines, base(args), args.out / "sladv.png")

@@ -179,13 +179,14 @@ def test_the_benchmark_writes_resumable_cells_and_a_report(tmp_path, monkeypatch
     spec.loader.exec_module(bench)
     data = _tiny_cifar_tree(tmp_path / "data")
     argv = ["--data-dir", str(data), "--client-size", "80", "--splits", "1,2", "--shadows", "single",
-            "--sources", "cifar-iid", "--sizes", "30", "--eps", "8", "--baselines", "noise", "--epochs", "1",
+            "--sources", "cifar-iid", "--sizes", "30", "--eps", "8", "--baselines", "noise,oracle", "--epochs", "1",
             "--eval-count", "10", "--shadow-steps", "2", "--steps", "1", "--stats-samples", "20",
             "--steal-iters", "1", "--steal-count", "8", "--out", str(tmp_path / "out"), "--quiet"]
     assert bench.main(argv) == 0
     cells = sorted((tmp_path / "out" / "cells").glob("*.json"))
     kinds = sorted(json.loads(c.read_text())["kind"] for c in cells)
-    assert kinds == ["noise", "sladv", "sladv", "sladv"]  # split 1, split 2, and stealing at the base setting
+    # split 1, split 2, stealing at the base setting; the real-front ceiling per split
+    assert kinds == ["noise", "oracle", "oracle", "sladv", "sladv", "sladv"]
     stamp = [c.stat().st_mtime_ns for c in cells]
     assert bench.main(argv) == 0  # a rerun skips finished cells
     assert [c.stat().st_mtime_ns for c in cells] == stamp
