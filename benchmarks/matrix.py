@@ -13,6 +13,10 @@ needs, with the defense in force during training (and at attack time where it ch
 * ``similarity`` (Liu et al., TIFS 2024) — the passive party holds layers ``0..--cut`` of a fresh model: k-means on
   the first epoch's cut gradients and 1-NN on the trained model's smashed data, one known label per class
   (accuracy; baseline: a random guess).
+* ``fsha`` (Pasquini et al., CCS'21) — a malicious server hijacks the client's FunnelNet front (level 4) for
+  ``--fsha-iters`` iterations; the reconstruction MSE of 2,000 private inputs sent after training ([-1, 1] space;
+  lower = the attack succeeds; baseline: X_pub's mean image). There is no task model to score: the hijack replaces
+  the task.
 
 A defense that cannot act in an attack's setting (noise on smashed data where the attacker computes them, a
 gradient perturbation where no label owner returns a gradient, Marvell on a 10-class task) is a stored cell that
@@ -135,6 +139,29 @@ def _similarity(c, defense, *, data_dir, cache_dir, device, progress) -> dict:
             "random_guess": m["random_guess"], "task_accuracy": m["task_accuracy"]}
 
 
+def _fsha(c, defense, *, data_dir, cache_dir, device, progress) -> dict:
+    from unsplit.fsha import fsha_data, reconstruction_error, run_fsha
+
+    xs, ys, xp, _ = fsha_data(c["dataset"], data_dir=data_dir, download=False)
+    checkpoint = Path(cache_dir) / "fsha_matrix" / (
+        f"{c['dataset']}_{c['defense'].replace(':', '-')}_i{c['fsha_iters']}_s{c['seed']}.pt")
+    run = run_fsha(xs, xp, labels=ys, level=4, iterations=c["fsha_iters"], precision="bf16", defenses=[defense],
+                   checkpoint=checkpoint, checkpoint_every=250, device=device, seed=c["seed"], progress=progress)
+    probe = torch.randperm(len(xs), generator=torch.Generator().manual_seed(1234))[:2000]
+    final = reconstruction_error(run.topology.front, run.server, xs[probe], device=device)
+    # trivial attacker: X_pub's mean image for every private input ([-1, 1] space, as the attack's score)
+    mean_image = float(((xs[probe] - xp.mean(0, keepdim=True)) ** 2).mean())
+    return {"fsha_mse": final["mse"], "fsha_mse_01": final["mse_01"], "mean_image_mse": mean_image,
+            "task_accuracy": None, "iterations": len(run.monitor.errors)}
+
+
+def _fsha_client(model, c):
+    from unsplit.models import FunnelNet
+
+    front, server = split(FunnelNet(), FunnelNet.level_depths[4])
+    return Topology(front, server)
+
+
 def _vanilla(model, c):
     return Topology.split(model, front_depth=c["depth"])
 
@@ -158,6 +185,8 @@ ATTACKS = {
     "similarity": AttackSpec((Column("similarity, gradients (acc)", "gradient_kmeans", True, "random_guess"),
                               Column("similarity, smashed (acc)", "smashed_knn", True, "random_guess")),
                              _passive_bottom, _similarity, "Liu et al., TIFS 2024"),
+    "fsha": AttackSpec((Column("FSHA reconstruction (MSE, [-1,1])", "fsha_mse", False, "mean_image_mse"),),
+                       _fsha_client, _fsha, "Pasquini et al., CCS'21"),
 }
 
 
@@ -207,6 +236,8 @@ def parse_args(argv=None):
     p.add_argument("--sim-epochs", type=int, default=2)
     p.add_argument("--sim-lr", type=float, default=0.05)
     p.add_argument("--sim-train-limit", type=int, default=10_000)
+    p.add_argument("--fsha-iters", type=int, default=1000,
+                   help="FSHA iterations per cell (the paper's curve needs 3,000-10,000: a GPU's job)")
     p.add_argument("--data-dir", type=Path, default=default_data_dir())
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/matrix"))
     p.add_argument("--cache-dir", type=Path, default=Path("benchmarks/results/defenses/checkpoints"),
@@ -236,8 +267,8 @@ def parse_args(argv=None):
             parse_defense(spec, num_classes=2)
         except ValueError as exc:
             p.error(str(exc))
-    if min(args.epochs, args.label_count, args.sim_epochs) < 1:
-        p.error("epochs and --label-count must be >= 1")
+    if min(args.epochs, args.label_count, args.sim_epochs, args.fsha_iters) < 1:
+        p.error("epochs, --label-count and --fsha-iters must be >= 1")
     return args
 
 
@@ -248,6 +279,8 @@ def _config(args, attack: str, spec: str, seed: int) -> dict:
                  input_iters=args.input_iters, model_iters=args.model_iters)
     elif attack == "unsplit_labels":
         c.update(label_count=args.label_count)
+    elif attack == "fsha":
+        c.update(fsha_iters=args.fsha_iters)
     else:
         c.update(cut=args.cut, sim_epochs=args.sim_epochs, sim_lr=args.sim_lr, sim_train_limit=args.sim_train_limit)
     return c
@@ -281,16 +314,22 @@ def protection(value: Optional[float], undefended: Optional[float], trivial: Opt
 
 
 def build_report(args) -> Path:
-    records = [r for r in ResultStore(args.out).records(f"cells/{args.dataset}/*.json")
-               if r["defense"] in args.rows and r["attack"] in args.attack_list]
+    store = ResultStore(args.out)
+    failed = {(r["_cell"]["config"]["attack"], r["_cell"]["config"]["defense"])
+              for r in store.records(f"cells/{args.dataset}/*.json", errors=True)
+              if r["_cell"].get("status") == "error" and r["_cell"]["config"]["seed"] in args.seeds}
+    records = [r for r in store.records(f"cells/{args.dataset}/*.json")
+               if r["defense"] in args.rows and r["attack"] in args.attack_list and r["seed"] in args.seeds]
     cells = {(r["attack"], r["defense"]): r for r in fold_seeds(records, by=["attack", "defense"])}
     columns = [(a, col) for a in args.attack_list for col in ATTACKS[a].columns]
     seeds = f"; mean ± std over seeds {', '.join(map(str, args.seeds))}" if len(args.seeds) > 1 else ""
     lines = [f"# Attack × defense matrix — {args.dataset}{' — sweep of ' + args.sweep if args.sweep else ''}", "",
              f"Each cell: the attack's success (the column's metric) and, below it, the defended model's task "
-             f"accuracy; `n/a` = the defense cannot act in that attack's setting (reason in the cell's file). "
+             f"accuracy; `n/a` = the defense cannot act in that attack's setting (reason in the cell's file); "
+             f"`failed` = the cell raised (error and traceback in its file). "
              f"UnSplit at split depth {args.depth}, {args.epochs} training epochs; similarity at cut {args.cut}, "
-             f"{args.sim_epochs} epochs on {args.sim_train_limit} images{seeds}.", "",
+             f"{args.sim_epochs} epochs on {args.sim_train_limit} images; FSHA {args.fsha_iters} iterations{seeds}.",
+             "",
              "| defense | " + " | ".join(col.name for _, col in columns) + " |",
              "|---|" + "---|" * len(columns)]
     grid = []
@@ -299,7 +338,7 @@ def build_report(args) -> Path:
         for attack, col in columns:
             r, base = cells.get((attack, spec)), cells.get((attack, "none"))
             if r is None:
-                texts.append("not run")
+                texts.append("failed" if (attack, spec) in failed else "not run")
                 prot.append(None)
             elif not r["applicable"]:
                 texts.append("n/a")

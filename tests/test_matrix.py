@@ -26,6 +26,7 @@ def test_applicability_follows_each_attacks_topology():
     assert "needs a front" in why("unsplit_labels", "nopeek:2")  # the server holds the inputs
     assert "needs a front" in why("similarity", "gaussian:0.5") and why("similarity", "dpsgd_head:1") is None
     assert "binary" in why("similarity", "marvell:2")
+    assert why("fsha", "nopeek:2") is None and "needs a head" in why("fsha", "maxnorm")
     assert m.protection(0.5, 1.0, 0.0, True) == 0.5 and abs(m.protection(0.2, 0.1, 0.3, False) - 0.5) < 1e-9
     assert m.protection(1.2, 1.0, 0.0, True) == 0.0 and m.protection(None, 1.0, 0.0, True) is None
 
@@ -47,6 +48,16 @@ def test_matrix_cells_report_and_heatmap(tiny_mnist, tmp_path, monkeypatch):
     row = next(line for line in report.splitlines() if line.startswith("| nopeek:2 |"))
     assert row.count("n/a") == 3 and "| *trivial baseline* |" in report
     assert (tmp_path / "out" / "matrix_mnist.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_the_fsha_column_under_a_front_defense(tiny_mnist, tmp_path):
+    m = _bench()
+    args = m.parse_args(["--dataset", "mnist", "--fsha-iters", "2"])
+    c = m._config(args, "fsha", "nopeek:2", 0)  # NoPeek acts on the client front that FSHA hijacks
+    r = m.run_cell(c, data_dir=tiny_mnist, cache_dir=tmp_path / "ck", device="cpu", progress=False)
+    assert r["applicable"] and r["iterations"] == 2 and 0 < r["fsha_mse"] < 4 and r["mean_image_mse"] > 0
+    assert r["task_accuracy"] is None  # the hijack replaces the task: nothing to score
 
 
 @pytest.mark.parametrize("bad", [["--attacks", "deepleakage"], ["--defenses", "none,shield:1"],
