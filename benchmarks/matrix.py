@@ -17,6 +17,10 @@ needs, with the defense in force during training (and at attack time where it ch
   ``--fsha-iters`` iterations; the reconstruction MSE of 2,000 private inputs sent after training ([-1, 1] space;
   lower = the attack succeeds; baseline: X_pub's mean image). There is no task model to score: the hijack replaces
   the task.
+* ``sladv`` (Fan et al., ECAI'23; CIFAR-10 only) — the U-shaped BatchNorm CifarNet victim trained with the defense,
+  split point 1; the server steals a shadow front from the smashed data it receives (the defense in force) and
+  crafts feature-space PGD examples (ε = 8/255): the fraction of correctly classified test images it flips
+  (baseline: same-ε random noise).
 
 A defense that cannot act in an attack's setting (noise on smashed data where the attacker computes them, a
 gradient perturbation where no label owner returns a gradient, Marvell on a 10-class task) is a stored cell that
@@ -90,6 +94,7 @@ class AttackSpec:
     topology: Callable  # (model, config) -> Topology
     run: Callable  # (config, defense, *, data_dir, cache_dir, device, progress) -> metrics dict
     paper: str
+    datasets: tuple = ("mnist", "f_mnist", "cifar")
 
 
 def _unsplit(c, defense, *, data_dir, cache_dir, device, progress) -> dict:
@@ -155,6 +160,39 @@ def _fsha(c, defense, *, data_dir, cache_dir, device, progress) -> dict:
             "task_accuracy": None, "iterations": len(run.monitor.errors)}
 
 
+def _sladv(c, defense, *, data_dir, cache_dir, device, progress) -> dict:
+    from unsplit import sladv
+    from unsplit.training import evaluate, run_split
+
+    x_train, y_train = load_dataset("cifar", data_dir=data_dir, train=True, download=False)
+    x_test, y_test = load_dataset("cifar", data_dir=data_dir, train=False, download=False)
+    n, seed = c["client_size"], c["seed"]
+    specs = () if c["defense"] == "none" else (c["defense"],)
+    model, _ = sladv.train_or_load_victim("cifarnet", x_train[:n], y_train[:n], epochs=c["sladv_epochs"],
+                                          defenses=specs, device=device, seed=seed, progress=progress,
+                                          checkpoint=Path(cache_dir) / "sladv_matrix" / (
+                                              f"cifarnet_e{c['sladv_epochs']}_n{n}_{c['defense'].replace(':', '-')}"
+                                              f"_s{seed}.pt"))
+    topology = sladv.victim_topology(model, 1)
+    whole = topology.as_model().eval()
+    stats = sladv.ServerStatistics(phase="inference")  # what the server sees, the defense in force
+    run_split(topology, x_train[: min(n, 5000)], callbacks=[stats], defenses=[defense], device=device)
+    x_eval, y_eval = x_test[: c["eval_count"]], y_test[: c["eval_count"]]
+    x_adv, _, _ = sladv.sladv_attack(topology.middle, stats, x_train[:0], x_eval, objective="stealing",
+                                     steal_iters=c["steal_iters"], eps=8 / 255, device=device, seed=seed,
+                                     progress=progress)
+    noise = sladv.random_sign_noise(x_eval, eps=8 / 255, seed=seed)
+    return {"sladv_success": sladv.attack_metrics(whole, x_eval, x_adv, y_eval, device=device)["success_rate"],
+            "noise_success": sladv.attack_metrics(whole, x_eval, noise, y_eval, device=device)["success_rate"],
+            "task_accuracy": evaluate(whole, x_test, y_test, device=device)}
+
+
+def _u_shaped(model, c):
+    from unsplit import sladv
+
+    return sladv.victim_topology(sladv.build_victim("cifarnet"), 1)
+
+
 def _fsha_client(model, c):
     from unsplit.models import FunnelNet
 
@@ -187,11 +225,16 @@ ATTACKS = {
                              _passive_bottom, _similarity, "Liu et al., TIFS 2024"),
     "fsha": AttackSpec((Column("FSHA reconstruction (MSE, [-1,1])", "fsha_mse", False, "mean_image_mse"),),
                        _fsha_client, _fsha, "Pasquini et al., CCS'21"),
+    "sladv": AttackSpec((Column("SLADV (success, eps 8/255)", "sladv_success", True, "noise_success"),),
+                        _u_shaped, _sladv, "Fan et al., ECAI'23", datasets=("cifar",)),
 }
 
 
 def applicability(c: dict) -> Optional[str]:
     """Why ``c``'s defense cannot act in its attack's setting, or ``None`` if it can."""
+    spec = ATTACKS[c["attack"]]
+    if c["dataset"] not in spec.datasets:
+        return f"{c['attack']} is measured on {', '.join(spec.datasets)} only (its victims are those networks)"
     try:
         defense = parse_defense(c["defense"], num_classes=MODELS[c["dataset"]].num_classes)
     except ValueError as exc:
@@ -236,6 +279,10 @@ def parse_args(argv=None):
     p.add_argument("--sim-epochs", type=int, default=2)
     p.add_argument("--sim-lr", type=float, default=0.05)
     p.add_argument("--sim-train-limit", type=int, default=10_000)
+    p.add_argument("--sladv-client-size", type=int, default=40_000, help="SLADV: the client's training images")
+    p.add_argument("--sladv-epochs", type=int, default=3, help="SLADV: the victim's epochs")
+    p.add_argument("--sladv-eval", type=int, default=1000, help="SLADV: first N test images attacked")
+    p.add_argument("--steal-iters", type=int, default=200, help="SLADV: model-stealing outer iterations")
     p.add_argument("--fsha-iters", type=int, default=1000,
                    help="FSHA iterations per cell (the paper's curve needs 3,000-10,000: a GPU's job)")
     p.add_argument("--data-dir", type=Path, default=default_data_dir())
@@ -281,6 +328,9 @@ def _config(args, attack: str, spec: str, seed: int) -> dict:
         c.update(label_count=args.label_count)
     elif attack == "fsha":
         c.update(fsha_iters=args.fsha_iters)
+    elif attack == "sladv":
+        c.update(client_size=args.sladv_client_size, sladv_epochs=args.sladv_epochs, eval_count=args.sladv_eval,
+                 steal_iters=args.steal_iters)
     else:
         c.update(cut=args.cut, sim_epochs=args.sim_epochs, sim_lr=args.sim_lr, sim_train_limit=args.sim_train_limit)
     return c

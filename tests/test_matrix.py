@@ -60,6 +60,22 @@ def test_the_fsha_column_under_a_front_defense(tiny_mnist, tmp_path):
     assert r["task_accuracy"] is None  # the hijack replaces the task: nothing to score
 
 
+@pytest.mark.slow
+def test_the_sladv_column_trains_a_defended_victim(tmp_path, monkeypatch):
+    from test_sladv import _tiny_cifar_tree
+
+    monkeypatch.chdir(tmp_path)
+    m = _bench()
+    data = _tiny_cifar_tree(tmp_path / "data")
+    args = m.parse_args(["--dataset", "cifar", "--sladv-client-size", "80", "--sladv-epochs", "1",
+                         "--sladv-eval", "10", "--steal-iters", "2"])
+    c = m._config(args, "sladv", "label_dp:1", 0)
+    r = m.run_cell(c, data_dir=data, cache_dir=tmp_path / "ck", device="cpu", progress=False)
+    assert r["applicable"] and 0 <= r["sladv_success"] <= 1 and 0 <= r["task_accuracy"] <= 1
+    assert list((tmp_path / "ck" / "sladv_matrix").glob("*label_dp-1*.pt"))  # the defended victim, cached
+    assert "cifar" in m.applicability(m._config(m.parse_args(["--dataset", "mnist"]), "sladv", "none", 0))
+
+
 @pytest.mark.parametrize("bad", [["--attacks", "deepleakage"], ["--defenses", "none,shield:1"],
                                  ["--defenses", "gaussian:x"]])
 def test_bad_input_is_a_usage_error(bad, capsys):

@@ -461,12 +461,13 @@ def sladv_attack(middle: nn.Module, stats: ServerStatistics, x_attacker: torch.T
 
 
 def train_or_load_victim(name: str, x_client: torch.Tensor, y_client: torch.Tensor, *, epochs: int = 3,
-                         checkpoint=None, retrain: bool = False, device: Union[str, torch.device] = "cpu",
-                         seed: int = 0, progress: bool = False, log=None):
+                         defenses: Sequence[str] = (), checkpoint=None, retrain: bool = False,
+                         device: Union[str, torch.device] = "cpu", seed: int = 0, progress: bool = False, log=None):
     """The victim (:func:`build_victim`) trained with U-shaped split learning on the client's images (Adam 1e-3
     amsgrad, batch 128, cross-entropy at the client's head), or loaded from ``checkpoint`` if that holds the same
     training (a checkpoint of another one raises ``ValueError``). Without a defense the training does not depend
-    on the split point, so one victim serves all four.
+    on the split point, so one victim serves all four; ``defenses`` (specs of :func:`unsplit.defenses.parse_defense`,
+    e.g. ``("label_dp:1",)``) train it with those defenses in force at split point 1 (part of the checkpoint's key).
 
     Returns:
         ``(model, info)`` with ``info = {"from_checkpoint", "checkpoint", "train_seconds"}``.
@@ -476,10 +477,16 @@ def train_or_load_victim(name: str, x_client: torch.Tensor, y_client: torch.Tens
 
     from .training import train_split
 
+    from .defenses import parse_defenses
+
+    specs = [d for d in defenses if d.strip() and d.strip() != "none"]
     key = {"model": name, "epochs": epochs, "client_size": len(x_client), "seed": seed, "optimizer": "adam-amsgrad",
            "lr": 1e-3, "batch_size": 128}
+    if specs:  # undefended victims keep their earlier key and file name
+        key["defenses"] = specs
+    tag = "".join(f"_{d.replace(':', '-')}" for d in specs)
     path = Path(checkpoint) if checkpoint is not None else Path("checkpoints/sladv") / (
-        f"{name}_e{epochs}_n{len(x_client)}_s{seed}.pt")
+        f"{name}_e{epochs}_n{len(x_client)}{tag}_s{seed}.pt")
     model = build_victim(name)
     say = log or (lambda message: None)
     if path.exists() and not retrain:
@@ -494,7 +501,7 @@ def train_or_load_victim(name: str, x_client: torch.Tensor, y_client: torch.Tens
     torch.manual_seed(seed)
     start = time.perf_counter()
     train_split(victim_topology(model, 1, name=name), x_client, y_client, epochs=epochs, batch_size=128,
-                device=device, seed=seed, progress=progress)
+                defenses=parse_defenses(specs), device=device, seed=seed, progress=progress)
     seconds = time.perf_counter() - start
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
