@@ -50,7 +50,6 @@ def test_matrix_cells_report_and_heatmap(tiny_mnist, tmp_path, monkeypatch):
     assert (tmp_path / "out" / "matrix_mnist.png").stat().st_size > 1000
 
 
-@pytest.mark.slow
 def test_the_fsha_column_under_a_front_defense(tiny_mnist, tmp_path):
     m = _bench()
     args = m.parse_args(["--dataset", "mnist", "--fsha-iters", "2"])
@@ -60,7 +59,6 @@ def test_the_fsha_column_under_a_front_defense(tiny_mnist, tmp_path):
     assert r["task_accuracy"] is None  # the hijack replaces the task: nothing to score
 
 
-@pytest.mark.slow
 def test_the_sladv_column_trains_a_defended_victim(tmp_path, monkeypatch):
     from test_sladv import _tiny_cifar_tree
 
