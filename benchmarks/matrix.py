@@ -368,8 +368,10 @@ def build_report(args) -> Path:
     failed = {(r["_cell"]["config"]["attack"], r["_cell"]["config"]["defense"])
               for r in store.records(f"cells/{args.dataset}/*.json", errors=True)
               if r["_cell"].get("status") == "error" and r["_cell"]["config"]["seed"] in args.seeds}
+    # only cells of this run's settings (another --depth or --epochs in the same directory is not folded in)
     records = [r for r in store.records(f"cells/{args.dataset}/*.json")
-               if r["defense"] in args.rows and r["attack"] in args.attack_list and r["seed"] in args.seeds]
+               if r["defense"] in args.rows and r["attack"] in args.attack_list and r["seed"] in args.seeds
+               and r.get("_cell", {}).get("config") == _config(args, r["attack"], r["defense"], r["seed"])]
     cells = {(r["attack"], r["defense"]): r for r in fold_seeds(records, by=["attack", "defense"])}
     columns = [(a, col) for a in args.attack_list for col in ATTACKS[a].columns]
     seeds = f"; mean ± std over seeds {', '.join(map(str, args.seeds))}" if len(args.seeds) > 1 else ""

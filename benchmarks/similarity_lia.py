@@ -191,8 +191,10 @@ def run_cell(c: dict, *, data_dir, device, progress: bool) -> dict:
 
 def build_report(args) -> Path:
     key = lambda c: (c["dataset"], c["binary"], c["model"], c["cut"], c["defense"])  # noqa: E731
-    cells = fold_seeds(ResultStore(args.out).records("cells/*.json"), by=["dataset", "binary", "model", "cut",
-                                                                          "defense"])
+    # seeds fold together; any other setting (epochs, lr, batch, samples) stays its own row
+    cells = fold_seeds(ResultStore(args.out).records("cells/*.json"),
+                       by=["dataset", "binary", "model", "cut", "defense", "epochs", "lr", "batch_size",
+                           "train_samples", "test_samples"])
     lines = ["# Similarity-based label inference (Liu et al., TIFS 2024)", "",
              "Accuracy of the inferred labels (known samples excluded), one known label per class; gradient attacks on "
              "the first epoch's cut gradients of a fresh model (and of the last epoch: a trained top model), "
