@@ -29,7 +29,7 @@ from unsplit.cli import make_parser, run_main  # noqa: E402
 from unsplit.data import default_data_dir  # noqa: E402
 from unsplit.detection import SplitGuard  # noqa: E402
 from unsplit.fsha import FSHAServer, fsha_data  # noqa: E402
-from unsplit.grid import Cell, ResultStore, add_grid_arguments, grid_options, report_failures, run_grid  # noqa: E402
+from unsplit.grid import Cell, ResultStore, add_grid_arguments, run_benchmark  # noqa: E402
 from unsplit.models import FunnelNet, split  # noqa: E402
 from unsplit.protocol import Topology  # noqa: E402
 from unsplit.training import StepLosses, StepTimer, adam, train_split  # noqa: E402
@@ -161,10 +161,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     runtime = {"data_dir": args.data_dir, "checkpoints": args.checkpoints.resolve(), "device": args.device,
                "progress": not args.quiet}
-    summary = run_grid(grid_cells(args), run_cell, store=ResultStore(args.out), runtime=runtime,
-                       **grid_options(args))
-    print(build_report(args))
-    return report_failures(summary)
+    return run_benchmark(args, grid_cells(args), run_cell, runtime=runtime, report=build_report)
 
 
 if __name__ == "__main__":

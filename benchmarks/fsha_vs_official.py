@@ -35,7 +35,7 @@ from unsplit.data import default_data_dir  # noqa: E402
 from unsplit.defenses import NoPeek  # noqa: E402
 from unsplit.fsha import OFFICIAL_NOTEBOOK as OFFICIAL  # noqa: E402
 from unsplit.fsha import fsha_data, reconstruction_error, run_fsha  # noqa: E402
-from unsplit.grid import Cell, ResultStore, add_grid_arguments, grid_options, report_failures, run_grid  # noqa: E402
+from unsplit.grid import Cell, ResultStore, add_grid_arguments, run_benchmark  # noqa: E402
 from unsplit.training import StepTimer  # noqa: E402
 from unsplit.util import atomic_save_figure, atomic_write_text, resolve_device  # noqa: E402
 
@@ -183,15 +183,10 @@ def _plot(cells: dict, path: Path) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    summary = None
-    if not args.report_only:
-        runtime = {"data_dir": args.data_dir, "checkpoints": args.checkpoints.resolve(),
-                   "checkpoint_every": args.checkpoint_every, "recompute": args.recompute, "device": args.device,
-                   "progress": not args.quiet}
-        summary = run_grid(grid_cells(args), run_cell, store=ResultStore(args.out), runtime=runtime,
-                           **grid_options(args))
-    print(build_report(args))
-    return report_failures(summary)
+    runtime = {"data_dir": args.data_dir, "checkpoints": args.checkpoints.resolve(),
+               "checkpoint_every": args.checkpoint_every, "recompute": args.recompute, "device": args.device,
+               "progress": not args.quiet}
+    return run_benchmark(args, grid_cells(args), run_cell, runtime=runtime, report=build_report)
 
 
 if __name__ == "__main__":

@@ -57,10 +57,8 @@ from unsplit.grid import (  # noqa: E402
     ResultStore,
     add_grid_arguments,
     fold_seeds,
-    grid_options,
     pm,
-    report_failures,
-    run_grid,
+    run_benchmark,
 )
 from unsplit.models import MODELS, build_model, split  # noqa: E402
 from unsplit.protocol import Topology  # noqa: E402
@@ -437,14 +435,9 @@ def _heatmap(grid, names, path) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    summary = None
-    if not args.report_only:
-        runtime = {"data_dir": args.data_dir, "cache_dir": args.cache_dir.resolve(), "device": args.device,
-                   "progress": not args.quiet}
-        summary = run_grid(grid_cells(args), run_cell, store=ResultStore(args.out), runtime=runtime,
-                           **grid_options(args))
-    print(build_report(args))
-    return report_failures(summary)
+    runtime = {"data_dir": args.data_dir, "cache_dir": args.cache_dir.resolve(), "device": args.device,
+               "progress": not args.quiet}
+    return run_benchmark(args, grid_cells(args), run_cell, runtime=runtime, report=build_report)
 
 
 if __name__ == "__main__":

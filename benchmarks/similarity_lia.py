@@ -40,10 +40,8 @@ from unsplit.grid import (  # noqa: E402
     ResultStore,
     add_grid_arguments,
     fold_seeds,
-    grid_options,
     pm,
-    report_failures,
-    run_grid,
+    run_benchmark,
 )
 from unsplit.similarity import MODEL_NAMES, build_model, cut_names, model_inputs, run_similarity  # noqa: E402
 from unsplit.util import atomic_save_figure, atomic_write_text, resolve_device  # noqa: E402
@@ -256,13 +254,8 @@ def _plot(cells: list, path: Path) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    summary = None
-    if not args.report_only:
-        runtime = {"data_dir": args.data_dir, "device": args.device, "progress": not args.quiet}
-        summary = run_grid(grid_cells(args), run_cell, store=ResultStore(args.out), runtime=runtime,
-                           **grid_options(args))
-    print(build_report(args))
-    return report_failures(summary)
+    runtime = {"data_dir": args.data_dir, "device": args.device, "progress": not args.quiet}
+    return run_benchmark(args, grid_cells(args), run_cell, runtime=runtime, report=build_report)
 
 
 if __name__ == "__main__":

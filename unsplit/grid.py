@@ -57,6 +57,7 @@ __all__ = [
     "add_grid_arguments",
     "grid_options",
     "report_failures",
+    "run_benchmark",
 ]
 
 EXECUTORS = ("local", "ray")
@@ -396,8 +397,8 @@ def fold_seeds(records: Sequence[Mapping], *, by: Sequence[str]) -> List[dict]:
     """Folds the records of several seeds into one row per ``by`` key (in order of first appearance).
 
     Each row is the first record with every numeric field that varies replaced by its mean over the group (other
-    fields kept from the first record), ``"n_seeds"`` the group's size, and ``"std"`` = ``{field: sample std}`` for groups
-    of two or more; report code shows ``mean ± std`` with :func:`format_mean_std` / :func:`pm`.
+    fields kept from the first record), ``"n_seeds"`` the group's size, and ``"std"`` = ``{field: sample std}`` for
+    groups of two or more; report code shows ``mean ± std`` with :func:`format_mean_std` / :func:`pm`.
     """
     groups: Dict[tuple, List[Mapping]] = {}
     for r in records:
@@ -473,3 +474,13 @@ def report_failures(summary: Optional[GridSummary]) -> int:
               f"{', '.join(summary.failed[:5])}{' ...' if len(summary.failed) > 5 else ''}", file=sys.stderr)
         return 1
     return 0
+
+
+def run_benchmark(args, cells: Iterable[Cell], fn: Callable, *, runtime: Mapping[str, Any], report: Callable) -> int:
+    """A grid benchmark's ``main`` after parsing: runs ``cells`` into ``ResultStore(args.out)`` (unless
+    ``args.report_only``), prints what ``report(args)`` returns and gives the exit status of :func:`report_failures`."""
+    summary = None
+    if not getattr(args, "report_only", False):
+        summary = run_grid(cells, fn, store=ResultStore(args.out), runtime=runtime, **grid_options(args))
+    print(report(args))
+    return report_failures(summary)
