@@ -34,7 +34,8 @@ def parse_args(argv=None):
     p.add_argument("--model", choices=sladv.MODEL_NAMES, default="cifarnet",
                    help="cifarnet: CifarNet with BatchNorm (minutes on a CPU); resnet18: the scaffold's (GPU)")
     p.add_argument("--split", type=int, default=1, choices=(1, 2, 3, 4), help="split point (1 = shallowest front)")
-    p.add_argument("--shadow", choices=("single", "multi"), default="single", help="shadow front")
+    p.add_argument("--shadow", choices=sladv.SHADOW_KINDS, default="single",
+                   help="shadow front (known: the client front's architecture, freshly initialised; ours)")
     p.add_argument("--shadow-data", default="cifar-skewed",
                    help="the attacker's images: cifar-skewed (3 classes, disjoint from the client's), cifar-iid, "
                         "svhn (torchvision; downloads), or an ImageFolder directory")

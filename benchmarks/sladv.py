@@ -86,8 +86,9 @@ def parse_args(argv=None):
     args.baseline_list = [s.strip() for s in args.baselines.split(",") if s.strip()]
     if not set(args.split_list) <= {1, 2, 3, 4}:
         p.error("--splits must be among 1,2,3,4")
-    if not set(args.shadow_list) <= {"single", "multi"} or not set(args.source_list) <= {"cifar-skewed", "cifar-iid"}:
-        p.error("--shadows among single,multi; --sources among cifar-skewed,cifar-iid")
+    if not set(args.shadow_list) <= set(sladv.SHADOW_KINDS) or not set(args.source_list) <= {"cifar-skewed",
+                                                                                             "cifar-iid"}:
+        p.error(f"--shadows among {','.join(sladv.SHADOW_KINDS)}; --sources among cifar-skewed,cifar-iid")
     if not set(args.baseline_list) <= {"noise", "whitebox", "transfer", "oracle"}:
         p.error("--baselines among noise,whitebox,transfer,oracle")
     if not all((args.split_list, args.shadow_list, args.source_list, args.size_list, args.eps_list)):
@@ -190,6 +191,8 @@ def run_cell(c: dict, *, data_dir, device, progress: bool) -> dict:
             stats = sladv.ServerStatistics(phase="inference")
             run_split(topology, x_train[: c["stats_samples"]], callbacks=[stats], device=device)
             _STATE["stats", c["split"]] = stats
+        # the client front's architecture only (a fresh, untrained network): what shadow "known" may use
+        architecture = sladv.victim_topology(sladv.build_victim(c["model"]), c["split"]).front
         _, idx, seen = sladv.attacker_split(y_train, source=c["source"], size=c["size"],
                                             client_size=c["client_size"], seed=seed)
         x_adv, _, fit = sladv.sladv_attack(topology.middle, _STATE["stats", c["split"]], x_train[idx], x_eval,
@@ -197,7 +200,7 @@ def run_cell(c: dict, *, data_dir, device, progress: bool) -> dict:
                                            shadow_steps=c["shadow_steps"], steal_count=c.get("steal_count", 64),
                                            steal_iters=c.get("steal_iters", 200), eps=c["eps"] / 255,
                                            alpha=2 / 255, steps=c["steps"], device=device, seed=seed,
-                                           progress=progress)
+                                           front_architecture=architecture, progress=progress)
         m = sladv.attack_metrics(whole, x_eval, x_adv, y_eval, device=device)
         keys = {k: c[k] for k in FACTORS}
         return {**common, **keys, "kind": "sladv", "shadow_classes": seen, **m, "shadow_fit": fit,

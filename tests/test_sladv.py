@@ -85,6 +85,24 @@ def test_the_attacker_never_touches_the_clients_front_head_or_labels(trained):
     assert torch.isfinite(stolen).all()
 
 
+def test_the_known_shadow_takes_only_the_fronts_architecture(trained):
+    topology, stats, x_attacker, (x, _) = trained
+    poisoned = _tiny_victim()
+    with torch.no_grad():
+        for t in list(poisoned.front.parameters()) + list(poisoned.front.buffers()):
+            if t.is_floating_point():
+                t.fill_(float("nan"))
+    torch.manual_seed(0)
+    shade = sladv.shadow_front("known", stats.smashed_shape, input_size=16, architecture=poisoned.front)
+    assert type(shade) is type(topology.front) and all(torch.isfinite(t).all() for t in shade.state_dict().values())
+    assert shade(x[:4]).shape == topology.front(x[:4]).shape
+    x_adv, _, _ = sladv.sladv_attack(topology.middle, stats, x_attacker, x[:50], shadow="known", objective="stealing",
+                                     steal_iters=2, steps=3, front_architecture=poisoned.front)
+    assert torch.isfinite(x_adv).all()
+    with pytest.raises(ValueError, match="architecture"):
+        sladv.shadow_front("known", stats.smashed_shape, input_size=16)
+
+
 def test_stealing_fits_the_shadow_to_the_smashed_data_the_server_received(trained):
     topology, stats, _, (x, _) = trained
     assert stats.smashed_samples.shape == (256, *stats.smashed_shape)

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models import BasicBlock, CifarNet, CifarResNet18
+from .models import BasicBlock, CifarNet, CifarResNet18, fresh_copy
 from .protocol import CutEvent, RunInfo, SplitCallback, Topology
 
 __all__ = [
@@ -175,16 +175,28 @@ class ServerStatistics(SplitCallback):
                                "(phase='train') or run_split (phase='inference')")
 
 
+SHADOW_KINDS = ("single", "multi", "known")
+
+
 def shadow_front(kind: str, out_shape: Sequence[int], *, in_channels: int = 3, input_size: int = 32,
-                 nonnegative: bool = False, bias: bool = False) -> nn.Sequential:
+                 nonnegative: bool = False, bias: bool = False,
+                 architecture: Optional[nn.Module] = None) -> nn.Module:
     """The attacker's shadow of the client front, ``(N, in_channels, input_size, input_size)`` -> ``(N, *out_shape)``.
 
     ``single``: one bias-free convolution (stride ``input_size // H``, kernel ``max(3, stride + 1)``, padding 1), as the
     scaffold's; ``multi``: a small residual stack (a stride-1 basic block, one stride-2 block per halving, widths
     doubling up to the smashed channels), as the scaffold's. ``nonnegative`` appends a ReLU (the server saw only
     non-negative smashed data); ``bias`` gives the single convolution a bias (ours: a front ending in BatchNorm shifts
-    every channel, which a bias-free convolution cannot fit).
+    every channel, which a bias-free convolution cannot fit). ``known`` (ours): the client front's own architecture,
+    freshly initialised (:func:`unsplit.models.fresh_copy` of ``architecture``; none of its weights or statistics
+    survive) — UnSplit's threat model, where the server knows the client's architecture but not its weights.
     """
+    if kind == "known":
+        if architecture is None:
+            raise ValueError("shadow kind 'known' needs the client front's architecture (architecture=...)")
+        # seeded from torch's generator (sladv_attack seeds it); fresh_copy salts it, so the shadow never starts
+        # from the weights a victim built after torch.manual_seed(seed) started from
+        return fresh_copy(architecture, seed=int(torch.randint(2**31 - 1, (1,))))
     channels, size = int(out_shape[0]), int(out_shape[-1])
     if size < 1 or input_size % size or (input_size // size) & (input_size // size - 1):
         raise ValueError(f"the smashed size {size} must divide {input_size} by a power of two")
@@ -199,7 +211,7 @@ def shadow_front(kind: str, out_shape: Sequence[int], *, in_channels: int = 3, i
             layers.append(BasicBlock(widths[i], widths[i + 1], 2))
         layers.append(BasicBlock(widths[halvings], channels, 1))
     else:
-        raise ValueError(f"shadow kind must be 'single' or 'multi', got {kind!r}")
+        raise ValueError(f"shadow kind must be one of {', '.join(SHADOW_KINDS)}, got {kind!r}")
     if nonnegative and kind == "single":
         layers.append(nn.ReLU())
     return nn.Sequential(*layers)  # a BasicBlock ends with a ReLU: "multi" is non-negative already
@@ -432,15 +444,16 @@ def train_surrogate(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, *, e
 def sladv_attack(middle: nn.Module, stats: ServerStatistics, x_attacker: torch.Tensor, x: torch.Tensor, *,
                  shadow: str = "single", objective: str = "distribution", shadow_steps: int = 400,
                  steal_count: int = 64, steal_iters: int = 200, eps: float = 8 / 255, alpha: float = 2 / 255,
-                 steps: int = 20, loss: str = "l2", device: Union[str, torch.device] = "cpu", seed: int = 0,
-                 progress: bool = False):
+                 steps: int = 20, loss: str = "l2", front_architecture: Optional[nn.Module] = None,
+                 device: Union[str, torch.device] = "cpu", seed: int = 0, progress: bool = False):
     """The attacker's whole computation, from its own view only: the server's ``middle``, what it recorded in
     training (``stats``), its unlabeled images ``x_attacker`` and the natural images ``x`` to perturb (``(N, 3, H,
     W)`` in [0, 1]). Stage 1 fits a ``shadow`` front (:func:`shadow_front`) by ``objective``: ``"distribution"``
     (the default, the paper's idea as far as it is known: :func:`train_shadow` on the attacker's unlabeled
     ``x_attacker``, moment matching + MMD, ``shadow_steps`` steps) or ``"stealing"`` (ours: :func:`steal_shadow` on
     ``steal_count`` smashed tensors the server received, ``steal_iters`` outer iterations; needs no attacker data);
-    stage 2 runs :func:`feature_pgd` through it and the real middle.
+    stage 2 runs :func:`feature_pgd` through it and the real middle. ``shadow="known"`` needs
+    ``front_architecture``: a module of the client front's architecture (only its structure is used).
 
     Returns:
         ``(x_adv, shadow_module, shadow_fit)``.
@@ -449,7 +462,8 @@ def sladv_attack(middle: nn.Module, stats: ServerStatistics, x_attacker: torch.T
         raise ValueError(f"objective must be one of {', '.join(SHADOW_OBJECTIVES)}, got {objective!r}")
     torch.manual_seed(seed)
     shade = shadow_front(shadow, stats.smashed_shape, in_channels=x.shape[1], input_size=x.shape[-1],
-                         nonnegative=stats.nonnegative, bias=objective == "stealing")
+                         nonnegative=stats.nonnegative, bias=objective == "stealing",
+                         architecture=front_architecture)
     if objective == "stealing":
         shade, fit = steal_shadow(shade, stats, input_shape=x.shape[1:], count=steal_count, main_iters=steal_iters,
                                   device=device, seed=seed, progress=progress)
@@ -524,8 +538,8 @@ def run_sladv(topology: Topology, stats: ServerStatistics, x_attacker: torch.Ten
         stats: the server's recording of the client's smashed data (:class:`ServerStatistics`).
         x_attacker: ``(N, 3, 32, 32)`` the attacker's unlabeled images in [0, 1].
         x_eval, y_eval: natural images to attack and their labels (labels: metric code only).
-        shadow: ``"single"`` or ``"multi"``; objective, shadow_steps, steal_count, steal_iters: stage 1 (see
-            :func:`sladv_attack`).
+        shadow: ``"single"``, ``"multi"`` or ``"known"`` (the front's architecture, re-initialised); objective,
+            shadow_steps, steal_count, steal_iters: stage 1 (see :func:`sladv_attack`).
         eps, alpha, steps, loss: :func:`feature_pgd`.
         baselines: any of ``"noise"`` (same-ε random signs), ``"whitebox"`` (PGD on the whole model),
             ``"transfer"`` (PGD on ``surrogate``, see :func:`train_surrogate`).
@@ -548,6 +562,7 @@ def run_sladv(topology: Topology, stats: ServerStatistics, x_attacker: torch.Ten
     x_adv, _, fit = sladv_attack(topology.middle, stats, x_attacker, x_eval, shadow=shadow, objective=objective,
                                  shadow_steps=shadow_steps, steal_count=steal_count, steal_iters=steal_iters,
                                  eps=eps, alpha=alpha, steps=steps, loss=loss, device=device, seed=seed,
+                                 front_architecture=topology.front if shadow == "known" else None,
                                  progress=progress)
     seconds = {"attack": time.perf_counter() - start}
     whole = topology.as_model().eval()
