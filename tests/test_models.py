@@ -36,6 +36,17 @@ def test_reference_smashed_shapes():
             assert tuple(client(torch.rand(shape)).shape[1:]) == expect
 
 
+@pytest.mark.parametrize("net,shape", [(MnistNet, (2, 1, 28, 28)), (CifarNet, (2, 3, 32, 32)),
+                                       (lambda: SimpleNet(in_channels=1), (2, 1, 32, 32)),
+                                       (CifarResNet18, (2, 3, 32, 32))])
+def test_slicing_a_network_gives_a_plain_sequential_sharing_its_layers(net, shape):
+    model = net().eval()
+    front, rest = model[:3], model[3:]
+    assert type(front) is nn.Sequential and front[0] is model[0] and len(front) + len(rest) == len(model)
+    x = torch.rand(shape)
+    assert torch.equal(rest(front(x)), model(x))
+
+
 def test_split_shares_parameters_with_the_model():
     model = MnistNet()
     client, server = split(model, 3)

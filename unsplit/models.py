@@ -35,6 +35,7 @@ from torch import nn
 
 __all__ = [
     "flatten_linear",
+    "LayerList",
     "MnistNet",
     "CifarNet",
     "ResBlock",
@@ -59,7 +60,18 @@ def flatten_linear(in_features: int, out_features: int) -> nn.Sequential:
     return nn.Sequential(nn.Flatten(), nn.Linear(in_features, out_features))
 
 
-class MnistNet(nn.Sequential):
+class LayerList(nn.Sequential):
+    """Base of the project's networks: an ``nn.Sequential`` whose slices are plain ``nn.Sequential`` views sharing
+    the layers (``model[:5]``), as a plain ``nn.Sequential``'s are; the subclasses' constructors take other
+    arguments than a list of layers, so ``nn.Sequential``'s own slicing (which calls ``self.__class__``) would fail."""
+
+    def __getitem__(self, idx):
+        if isinstance(idx, slice):
+            return nn.Sequential(*list(self)[idx])
+        return super().__getitem__(idx)
+
+
+class MnistNet(LayerList):
     """LeNet-style network of the UnSplit reference for MNIST / Fashion-MNIST (input ``(N, 1, 28, 28)`` in [0, 1]).
 
     Attributes:
@@ -88,7 +100,7 @@ class MnistNet(nn.Sequential):
         self.num_classes = num_classes
 
 
-class CifarNet(nn.Sequential):
+class CifarNet(LayerList):
     """VGG-like network of the UnSplit reference for CIFAR-10 (input ``(N, 3, 32, 32)`` in [0, 1]).
 
     Attributes:
@@ -154,7 +166,7 @@ class ResBlock(nn.Module):
         return self.shortcut(x) + self.body(x)
 
 
-class FunnelNet(nn.Sequential):
+class FunnelNet(LayerList):
     """The client network of FSHA (Pasquini, Ateniese, Bernaschi, CCS'21, appendix; the "resnet" of the official
     code) as a layer list, with a small task head for the honest server, on ``(N, 3, 32, 32)`` inputs in [-1, 1]::
 
@@ -196,7 +208,7 @@ class GlobalMaxPool(nn.Module):
         return torch.amax(x, dim=(2, 3), keepdim=True)
 
 
-class SimpleNet(nn.Sequential):
+class SimpleNet(LayerList):
     """SimpleNet as Liu et al. (IEEE TIFS 2024) use it for similarity-based label inference, as a layer list of the
     official code's 55 layers (``layer1`` .. ``layer55``; here index ``k - 1``)::
 
@@ -265,7 +277,7 @@ class BasicBlock(nn.Module):
         return torch.relu(self.body(x) + self.shortcut(x))
 
 
-class CifarResNet18(nn.Sequential):
+class CifarResNet18(LayerList):
     """ResNet-18 for 32x32 inputs (3x3 stem, no max pool) as a layer list::
 
         0 conv3x3 64   1 BN   2 ReLU                      <- cut "stem"
