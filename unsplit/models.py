@@ -26,8 +26,8 @@ server layer must never overwrite the tensor it received from the client.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import copy
+import hashlib
 from typing import Callable, Optional, Tuple, Union
 
 import torch

@@ -489,9 +489,8 @@ def train_or_load_victim(name: str, x_client: torch.Tensor, y_client: torch.Tens
     import time
     from pathlib import Path
 
-    from .training import train_split
-
     from .defenses import parse_defenses
+    from .training import train_split
 
     specs = [d for d in defenses if d.strip() and d.strip() != "none"]
     key = {"model": name, "epochs": epochs, "client_size": len(x_client), "seed": seed, "optimizer": "adam-amsgrad",
