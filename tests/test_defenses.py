@@ -106,6 +106,13 @@ def test_dpsgd_reports_a_finite_epsilon_that_falls_as_noise_grows():
     assert all(math.isfinite(e) and e > 0 for e in eps) and eps[1] < eps[0]
 
 
+def test_dpsgd_refuses_a_part_with_batchnorm_in_one_line():
+    client = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU())
+    x, y = torch.randn(64, 6), torch.randint(0, 2, (64,))
+    with pytest.raises(ValueError, match="holds BatchNorm1d"):
+        train_split(client, nn.Sequential(nn.Linear(8, 2)), x, y, epochs=1, batch_size=32, defenses=[DPSGD()])
+
+
 def test_nopeek_lowers_the_distance_correlation_of_the_smashed_data():
     results = []
     for alpha in (0.0, 5.0):

@@ -191,6 +191,11 @@ class DPSGD(Defense):
 
         if self.poisson_sampling and run.sampling != "poisson":
             raise ValueError(f"DPSGD(poisson_sampling=True) needs Poisson sampling, the loop samples {run.sampling!r}")
+        norms = sorted({type(m).__name__ for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)})
+        if norms:
+            raise ValueError(f"DP-SGD cannot privatise the {self.part} part: it holds {', '.join(norms)}, whose batch "
+                             "statistics mix samples (no per-sample gradient); cut where that part has none, or "
+                             "build it with GroupNorm (opacus.validators.ModuleValidator.fix) before training")
         self.engine = PrivacyEngine(accountant="rdp")
         # opacus reads the sample rate (1 / batches per epoch) from a loader; the loop samples the batches itself
         loader = DataLoader(TensorDataset(torch.zeros(run.n_samples, 1)), batch_size=run.batch_size)
