@@ -128,7 +128,7 @@ def _unsplit_labels(c, defense, *, data_dir, cache_dir, device, progress) -> dic
 def _similarity(c, defense, *, data_dir, cache_dir, device, progress) -> dict:
     from unsplit import similarity
 
-    name = "mnistnet" if c["dataset"] != "cifar" else "cifarnet_bn"
+    name = _similarity_model_name(c["dataset"])
     x, y = load_dataset(c["dataset"], data_dir=data_dir, train=True, download=False, limit=c["sim_train_limit"])
     xt, yt = load_dataset(c["dataset"], data_dir=data_dir, train=False, download=False, limit=2000)
     x, xt = similarity.model_inputs(name, x), similarity.model_inputs(name, xt)
@@ -206,8 +206,14 @@ def _server_inputs(model, c):
     return Topology.split(model, head_start=len(model) - 1)
 
 
+def _similarity_model_name(dataset: str) -> str:
+    return "mnistnet" if dataset != "cifar" else "cifarnet_bn"
+
+
 def _passive_bottom(model, c):
-    bottom, top = split(model, c["cut"])
+    from unsplit import similarity
+
+    bottom, top = split(similarity.build_model(_similarity_model_name(c["dataset"])), c["cut"])
     return Topology(None, bottom, top)
 
 
@@ -267,7 +273,9 @@ def parse_args(argv=None):
     p.add_argument("--sweep", choices=tuple(SWEEPS), default=None,
                    help="instead of the rows: one defense at each strength of its sweep (own report)")
     p.add_argument("--depth", type=int, default=None, help="UnSplit split depth (default: 3 MNIST, 1 CIFAR)")
-    p.add_argument("--cut", type=int, default=None, help="similarity cut (default: 5 MnistNet, 9 CifarNet)")
+    p.add_argument("--cut", type=int, default=None,
+                   help="similarity cut (default: 5 MnistNet, 14 BatchNorm CifarNet: its top is the fully connected "
+                        "layers, as at the paper's defense cut, so DP-SGD on the top can apply)")
     p.add_argument("--epochs", type=int, default=None, help="UnSplit model epochs (default: 2 MNIST, 3 CIFAR)")
     p.add_argument("--train-limit", type=int, default=None)
     p.add_argument("--main-iters", type=int, default=100)
@@ -294,7 +302,7 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     cifar = args.dataset == "cifar"
     args.depth = args.depth if args.depth is not None else (1 if cifar else 3)
-    args.cut = args.cut if args.cut is not None else (9 if cifar else 5)
+    args.cut = args.cut if args.cut is not None else (14 if cifar else 5)
     args.epochs = args.epochs if args.epochs is not None else (3 if cifar else 2)
     args.attack_list = [a.strip() for a in args.attacks.split(",") if a.strip()]
     unknown = [a for a in args.attack_list if a not in ATTACKS]

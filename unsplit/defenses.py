@@ -191,11 +191,7 @@ class DPSGD(Defense):
 
         if self.poisson_sampling and run.sampling != "poisson":
             raise ValueError(f"DPSGD(poisson_sampling=True) needs Poisson sampling, the loop samples {run.sampling!r}")
-        norms = sorted({type(m).__name__ for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)})
-        if norms:
-            raise ValueError(f"DP-SGD cannot privatise the {self.part} part: it holds {', '.join(norms)}, whose batch "
-                             "statistics mix samples (no per-sample gradient); cut where that part has none, or "
-                             "build it with GroupNorm (opacus.validators.ModuleValidator.fix) before training")
+        self._refuse_batchnorm(module)
         self.engine = PrivacyEngine(accountant="rdp")
         # opacus reads the sample rate (1 / batches per epoch) from a loader; the loop samples the batches itself
         loader = DataLoader(TensorDataset(torch.zeros(run.n_samples, 1)), batch_size=run.batch_size)
@@ -205,6 +201,19 @@ class DPSGD(Defense):
         )
         self._wrapped = module
         return module, optimizer
+
+    def check_topology(self, topology) -> None:
+        """Raises ``ValueError`` if the part to privatise holds BatchNorm (see :meth:`_refuse_batchnorm`)."""
+        part = topology.front if self.part == "front" else topology.head
+        if part is not None:
+            self._refuse_batchnorm(part)
+
+    def _refuse_batchnorm(self, module: nn.Module) -> None:
+        norms = sorted({type(m).__name__ for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)})
+        if norms:
+            raise ValueError(f"DP-SGD cannot privatise the {self.part} part: it holds {', '.join(norms)}, whose batch "
+                             "statistics mix samples (no per-sample gradient); cut where that part has none, or "
+                             "build it with GroupNorm (opacus.validators.ModuleValidator.fix) before training")
 
     def release(self) -> None:
         # remove opacus's per-sample hooks so the trained client runs (and deep-copies) as a plain module again

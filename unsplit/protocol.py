@@ -174,6 +174,9 @@ class Topology:
             if needs is not None and getattr(self, needs) is None:
                 raise ValueError(f"defense {defense.name!r} acts on {hook}, which needs a {needs} part, but this "
                                  f"{self.kind} split has none: it would silently do nothing")
+        check = getattr(defense, "check_topology", None)
+        if check is not None:  # a defense's own conditions on the parts it acts on
+            check(self)
 
 
 class ReadOnlyTensor(torch.Tensor):
