@@ -20,26 +20,16 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import torch
-from torch import nn
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from unsplit.cli import make_parser, run_main  # noqa: E402
 from unsplit.data import default_data_dir  # noqa: E402
-from unsplit.detection import SplitGuard  # noqa: E402
-from unsplit.fsha import FSHAServer, fsha_data  # noqa: E402
+from unsplit.detection import DETECTION_SERVERS, run_detection  # noqa: E402
+from unsplit.fsha import fsha_data  # noqa: E402
 from unsplit.grid import Cell, ResultStore, add_grid_arguments, run_benchmark  # noqa: E402
-from unsplit.models import FunnelNet, split  # noqa: E402
-from unsplit.protocol import Topology  # noqa: E402
-from unsplit.training import StepLosses, StepTimer, adam, train_split  # noqa: E402
 from unsplit.util import atomic_save_figure, atomic_write_text, resolve_device, running_mean  # noqa: E402
 
-SERVERS = ("honest", "fsha", "fsha+dummy")
-
-
-def server_part() -> nn.Module:
-    return nn.Sequential(nn.Flatten(), nn.Linear(256 * 4 * 4, 256), nn.ReLU())
+SERVERS = DETECTION_SERVERS
 
 
 def parse_args(argv=None):
@@ -89,39 +79,18 @@ def run_cell(c: dict, *, data_dir, checkpoints, device, progress: bool) -> dict:
     xs, ys, xp, xt, yt = _DATA[c["private_limit"]]
     who, seed, batch_size = c["server"], c["seed"], c["batch_size"]
     steps = c["steps"] or len(xs) // batch_size
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        front, _ = split(FunnelNet(), FunnelNet.level_depths[4])
-        middle, head = server_part(), nn.Linear(256, 10)
-        dummy = server_part()
-    topology = Topology(front, middle, head)
-    guard, client, timer = SplitGuard(threshold=c["threshold"], seed=seed), StepLosses(), StepTimer()
-    callbacks = [client, timer]
-    attacker = None
-    if who != "honest":
-        attacker = FSHAServer(xp, level=4, precision=c["precision"], dummy_server=dummy,
-                              lr_dummy=1e-3 if who == "fsha+dummy" else 0.0, device=device, seed=seed + 1)
-        callbacks.insert(0, attacker)
     Path(checkpoints).mkdir(parents=True, exist_ok=True)
-    train_split(topology, xs, ys, epochs=1, batch_size=batch_size, max_steps=steps, drop_last=True,
-                optimizers={"front": lambda p: torch.optim.Adam(p, lr=1e-5, eps=1e-7), "middle": adam(1e-3),
-                            "head": adam(1e-3)},
-                callbacks=callbacks, defenses=[guard], precision=c["precision"],
-                checkpoint=Path(checkpoints) / f"{who}_s{seed}_n{steps}.pt", checkpoint_every=250,
-                device=device, seed=seed, progress=progress)
-    # metric code: the client's test accuracy through what the server answers (honest middle, or s̃)
-    answer = attacker.dummy if attacker is not None else middle
-    front.eval()
-    with torch.no_grad():
-        correct = sum(int((head(answer(front(xt[i:i + 500].to(device)))).argmax(1).cpu() == yt[i:i + 500]).sum())
-                      for i in range(0, len(xt), 500))
-    losses = client.losses
+    out = run_detection(xs, ys, xp, server=who, steps=steps, batch_size=batch_size, threshold=c["threshold"],
+                        precision=c["precision"], x_test=xt, y_test=yt,
+                        checkpoint=Path(checkpoints) / f"{who}_s{seed}_n{steps}.pt", device=device, seed=seed,
+                        progress=progress)
+    losses = out["client_losses"]
     k = max(1, min(100, len(losses) // 4))
     return {"server": who, "steps": len(losses), "batch_size": batch_size, "seed": seed,
-            "scores": guard.scores, "fake_steps": guard.fake_steps, "threshold": c["threshold"],
-            "alarm_step": guard.alarm_step(), "client_losses": losses,
+            "scores": out["scores"], "fake_steps": out["fake_steps"], "threshold": c["threshold"],
+            "alarm_step": out["alarm_step"], "client_losses": losses,
             "client_loss_first": sum(losses[:k]) / k, "client_loss_last": sum(losses[-k:]) / k,
-            "client_test_accuracy": correct / len(xt), "seconds_per_step": timer.seconds / max(timer.steps, 1)}
+            "client_test_accuracy": out["client_test_accuracy"], "seconds_per_step": out["seconds_per_step"]}
 
 
 def build_report(args) -> Path:

@@ -17,6 +17,11 @@ needs, with the defense in force during training (and at attack time where it ch
   ``--fsha-iters`` iterations; the reconstruction MSE of 2,000 private inputs sent after training ([-1, 1] space;
   lower = the attack succeeds; baseline: X_pub's mean image). There is no task model to score: the hijack replaces
   the task.
+* ``fsha_detection`` — FSHA with the paper's detection evasion (a dummy server s̃ answers the client's head) against
+  a client running SplitGuard (Erdogan et al., WPES'22) beside the row's defense, in the label-private U-shaped
+  setting of ``fsha_detection.py``, for ``--detection-steps`` steps: FSHA's reconstruction MSE at the step
+  SplitGuard first alarms (what the attacker holds when the client stops; the end of the run if it never does;
+  the cell also stores ``alarm_step``); task accuracy = the client's through s̃.
 * ``sladv`` (Fan et al., ECAI'23; CIFAR-10 only) — the U-shaped BatchNorm CifarNet victim trained with the defense,
   split point 1; the server steals a shadow front from the smashed data it receives (the defense in force) and
   crafts feature-space PGD examples (ε = 8/255): the fraction of correctly classified test images it flips
@@ -45,6 +50,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import torch
+from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -158,6 +164,21 @@ def _fsha(c, defense, *, data_dir, cache_dir, device, progress) -> dict:
             "task_accuracy": None, "iterations": len(run.monitor.errors)}
 
 
+def _fsha_detection(c, defense, *, data_dir, cache_dir, device, progress) -> dict:
+    from unsplit.detection import run_detection
+    from unsplit.fsha import fsha_data
+
+    xs, ys, xp, yp = fsha_data(c["dataset"], data_dir=data_dir, download=False)
+    probe = torch.randperm(len(xs), generator=torch.Generator().manual_seed(1234))[:2000]
+    out = run_detection(xs, ys, xp, server="fsha+dummy", steps=c["detection_steps"], defenses=[defense],
+                        probe=xs[probe], x_test=xp[:2000], y_test=yp[:2000], device=device, seed=c["seed"],
+                        progress=progress)
+    mean_image = float(((xs[probe] - xp.mean(0, keepdim=True)) ** 2).mean())
+    return {"fsha_mse_at_alarm": out["fsha_mse_at_alarm"], "fsha_mse": out["fsha_mse"], "alarm_step": out["alarm_step"],
+            "detected": float(out["alarm_step"] is not None), "mean_image_mse": mean_image,
+            "task_accuracy": out["client_test_accuracy"], "steps": out["steps"]}
+
+
 def _sladv(c, defense, *, data_dir, cache_dir, device, progress) -> dict:
     from unsplit import sladv
     from unsplit.training import evaluate, run_split
@@ -183,6 +204,13 @@ def _sladv(c, defense, *, data_dir, cache_dir, device, progress) -> dict:
     return {"sladv_success": sladv.attack_metrics(whole, x_eval, x_adv, y_eval, device=device)["success_rate"],
             "noise_success": sladv.attack_metrics(whole, x_eval, noise, y_eval, device=device)["success_rate"],
             "task_accuracy": evaluate(whole, x_test, y_test, device=device)}
+
+
+def _fsha_u_shaped(model, c):
+    from unsplit.models import FunnelNet
+
+    front, _ = split(FunnelNet(), FunnelNet.level_depths[4])
+    return Topology(front, nn.Sequential(nn.Flatten(), nn.Linear(4096, 256), nn.ReLU()), nn.Linear(256, 10))
 
 
 def _u_shaped(model, c):
@@ -229,6 +257,9 @@ ATTACKS = {
                              _passive_bottom, _similarity, "Liu et al., TIFS 2024"),
     "fsha": AttackSpec((Column("FSHA reconstruction (MSE, [-1,1])", "fsha_mse", False, "mean_image_mse"),),
                        _fsha_client, _fsha, "Pasquini et al., CCS'21"),
+    "fsha_detection": AttackSpec((Column("FSHA under SplitGuard (MSE when caught)", "fsha_mse_at_alarm", False,
+                                         "mean_image_mse"),),
+                                 _fsha_u_shaped, _fsha_detection, "Pasquini et al., CCS'21; Erdogan et al., WPES'22"),
     "sladv": AttackSpec((Column("SLADV (success, eps 8/255)", "sladv_success", True, "noise_success"),),
                         _u_shaped, _sladv, "Fan et al., ECAI'23", datasets=("cifar",)),
 }
@@ -291,6 +322,8 @@ def parse_args(argv=None):
     p.add_argument("--steal-iters", type=int, default=200, help="SLADV: model-stealing outer iterations")
     p.add_argument("--fsha-iters", type=int, default=1000,
                    help="FSHA iterations per cell (the paper's curve needs 3,000-10,000: a GPU's job)")
+    p.add_argument("--detection-steps", type=int, default=300,
+                   help="FSHA under SplitGuard: training steps (SplitGuard alarmed at step 105 undefended on MNIST)")
     p.add_argument("--data-dir", type=Path, default=default_data_dir())
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/matrix"))
     p.add_argument("--cache-dir", type=Path, default=Path("benchmarks/results/defenses/checkpoints"),
@@ -320,8 +353,8 @@ def parse_args(argv=None):
             parse_defense(spec, num_classes=2)
         except ValueError as exc:
             p.error(str(exc))
-    if min(args.epochs, args.label_count, args.sim_epochs, args.fsha_iters) < 1:
-        p.error("epochs, --label-count and --fsha-iters must be >= 1")
+    if min(args.epochs, args.label_count, args.sim_epochs, args.fsha_iters, args.detection_steps) < 1:
+        p.error("epochs, --label-count, --fsha-iters and --detection-steps must be >= 1")
     return args
 
 
@@ -334,6 +367,8 @@ def _config(args, attack: str, spec: str, seed: int) -> dict:
         c.update(label_count=args.label_count)
     elif attack == "fsha":
         c.update(fsha_iters=args.fsha_iters)
+    elif attack == "fsha_detection":
+        c.update(detection_steps=args.detection_steps)
     elif attack == "sladv":
         c.update(client_size=args.sladv_client_size, sladv_epochs=args.sladv_epochs, eval_count=args.sladv_eval,
                  steal_iters=args.steal_iters)

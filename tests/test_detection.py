@@ -92,3 +92,20 @@ def test_detection_evasion_makes_the_clients_loss_fall_but_splitguard_still_sees
     assert runs["fsha+dummy"][1] < 0.8 * runs["fsha+dummy"][0] and runs["fsha+dummy"][1] < runs["fsha"][1]
     assert runs["honest"][2].alarm_step() is None
     assert runs["fsha"][2].alarm_step() is not None and runs["fsha+dummy"][2].alarm_step() is not None
+
+
+def test_the_alarm_snapshot_measures_once_at_the_first_alarm():
+    from unsplit.detection import _AlarmSnapshot
+
+    class Guard:
+        alarm = None
+
+        def alarm_step(self):
+            return self.alarm
+
+    guard, calls = Guard(), []
+    snap = _AlarmSnapshot(guard, lambda: calls.append(len(calls)) or float(len(calls)))
+    for step in range(6):
+        guard.alarm = 3 if step >= 3 else None
+        snap.on_step_end(None, 0, step, {})
+    assert snap.step == 3 and snap.mse == 1.0 and calls == [0]

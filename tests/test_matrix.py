@@ -81,3 +81,24 @@ def test_bad_input_is_a_usage_error(bad, capsys):
     with pytest.raises(SystemExit) as info:
         m.parse_args(bad)
     assert info.value.code == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_the_detection_column_scores_fsha_when_splitguard_alarms(tiny_mnist, tmp_path):
+    m = _bench()
+    args = m.parse_args(["--dataset", "mnist", "--detection-steps", "3"])
+    c = m._config(args, "fsha_detection", "label_dp:1", 0)  # label DP acts on the client's labels beside SplitGuard
+    r = m.run_cell(c, data_dir=tiny_mnist, cache_dir=tmp_path / "ck", device="cpu", progress=False)
+    assert r["applicable"] and r["steps"] == 3 and 0 < r["fsha_mse"] < 4 and r["mean_image_mse"] > 0
+    # SplitGuard scores nothing before step 20: no alarm, the attack is scored at the end of the run
+    assert r["alarm_step"] is None and r["detected"] == 0.0 and r["fsha_mse_at_alarm"] == r["fsha_mse"]
+    assert 0 <= r["task_accuracy"] <= 1
+    assert "needs a front" not in (m.applicability(m._config(args, "fsha_detection", "nopeek:2", 0)) or "")
+
+
+def test_dp_sgd_is_na_where_the_part_it_privatises_holds_batchnorm():
+    m = _bench()
+    args = m.parse_args(["--dataset", "cifar"])
+    why = lambda attack, spec: m.applicability(m._config(args, attack, spec, 0))  # noqa: E731
+    assert "BatchNorm" in why("sladv", "dpsgd:1") and why("sladv", "dpsgd_head:1") is None
+    assert why("similarity", "dpsgd_head:1") is None  # cut 14: the top is fully connected
+    assert "BatchNorm" in m.applicability({**m._config(args, "similarity", "dpsgd_head:1", 0), "cut": 9})

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
+from torch import nn
 
-from .protocol import Defense, StepContext
+from .protocol import Defense, SplitCallback, StepContext
 
-__all__ = ["SplitGuard", "splitguard_score"]
+__all__ = ["SplitGuard", "splitguard_score", "DETECTION_SERVERS", "run_detection"]
 
 
 def _angle(u: torch.Tensor, v: torch.Tensor) -> float:
@@ -158,3 +159,100 @@ class SplitGuard(Defense):
         for name in ("fake", "r1", "r2"):
             getattr(self, f"_{name}").load(state[name])
         self.scores, self.fake_steps = list(state["scores"]), list(state["fake_steps"])
+
+
+#: the servers :func:`run_detection` can put against SplitGuard
+DETECTION_SERVERS = ("honest", "fsha", "fsha+dummy")
+
+
+class _AlarmSnapshot(SplitCallback):
+    """Metric code: the attack's reconstruction error on ``probe`` at the step SplitGuard first alarms (what the
+    attacker holds when a client that acts on the alarm stops) — reads the guard and the attacker, sees no cut."""
+
+    observes = frozenset()
+
+    def __init__(self, guard: SplitGuard, measure):
+        self.guard, self.measure, self.step, self.mse = guard, measure, None, None
+
+    def on_step_end(self, run, epoch, step, logs):
+        if self.step is None and self.guard.alarm_step() is not None:
+            self.step, self.mse = self.guard.alarm_step(), self.measure()
+
+
+def run_detection(x_private: torch.Tensor, y_private: torch.Tensor, x_public: torch.Tensor, *,
+                  server: str = "fsha+dummy", steps: Optional[int] = None, batch_size: int = 64,
+                  threshold: float = 0.5, precision: str = "bf16", defenses: Sequence[Defense] = (),
+                  probe: Optional[torch.Tensor] = None, x_test: Optional[torch.Tensor] = None,
+                  y_test: Optional[torch.Tensor] = None, checkpoint=None, device: Union[str, torch.device] = "cpu",
+                  seed: int = 0, progress: bool = False) -> Dict[str, object]:
+    """SplitGuard (Erdoğan et al., WPES'22) on the client against an honest server, FSHA (Pasquini et al., CCS'21)
+    or FSHA with the paper's detection evasion (a dummy server network s̃ trained on the head's gradient), in the
+    label-private U-shaped setting: the client holds FunnelNet's front (split level 4) and its head (Linear 256 ->
+    10) with the labels; the server's part is Flatten -> Linear(4096, 256) -> ReLU. Client: front Adam(1e-5, eps
+    1e-7) as FSHA's client, head Adam(1e-3, amsgrad); the honest server Adam(1e-3, amsgrad).
+
+    Args:
+        x_private, y_private: the client's ``(N, 3, 32, 32)`` images in [-1, 1] and labels
+            (:func:`unsplit.fsha.fsha_data`); x_public: the attacker's own images, same form.
+        server: one of :data:`DETECTION_SERVERS`. steps: training steps (default: one epoch; more run further
+            epochs). batch_size: 64.
+        threshold: SplitGuard's alarm threshold (0.5). precision: ``"fp32"`` or ``"bf16"``.
+        defenses: the client's other defenses, in force beside SplitGuard.
+        probe: private images to score the attack on (``fsha_mse`` at the end and ``fsha_mse_at_alarm``), or
+            ``None``. x_test, y_test: the client's test images, to score its task through the server's answers.
+        checkpoint: resume a long run (see :func:`unsplit.training.train_split`). device, seed, progress: as usual.
+
+    Returns:
+        ``{"scores", "fake_steps", "alarm_step", "client_losses", "steps", "seconds_per_step"}`` plus
+        ``fsha_mse`` / ``fsha_mse_at_alarm`` (with ``probe`` and an FSHA server) and ``client_test_accuracy``
+        (with ``x_test``).
+    """
+    from .fsha import FSHAServer, reconstruction_error
+    from .models import FunnelNet, split
+    from .protocol import Topology
+    from .training import StepLosses, StepTimer, adam, train_split
+
+    if server not in DETECTION_SERVERS:
+        raise ValueError(f"server must be one of {', '.join(DETECTION_SERVERS)}, got {server!r}")
+    steps = steps or len(x_private) // batch_size
+
+    def server_part() -> nn.Module:
+        return nn.Sequential(nn.Flatten(), nn.Linear(256 * 4 * 4, 256), nn.ReLU())
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        front, _ = split(FunnelNet(), FunnelNet.level_depths[4])
+        middle, head = server_part(), nn.Linear(256, 10)
+        dummy = server_part()
+    topology = Topology(front, middle, head)
+    guard, client, timer = SplitGuard(threshold=threshold, seed=seed), StepLosses(), StepTimer()
+    callbacks: List[SplitCallback] = [client, timer]
+    attacker = None
+    if server != "honest":
+        attacker = FSHAServer(x_public, level=4, precision=precision, dummy_server=dummy,
+                              lr_dummy=1e-3 if server == "fsha+dummy" else 0.0, device=device, seed=seed + 1)
+        callbacks.insert(0, attacker)
+    snapshot = None
+    if attacker is not None and probe is not None:
+        snapshot = _AlarmSnapshot(guard, lambda: reconstruction_error(front, attacker, probe, device=device)["mse"])
+        callbacks.append(snapshot)
+    epochs = max(1, math.ceil(steps / max(1, len(x_private) // batch_size)))  # as many epochs as the steps need
+    train_split(topology, x_private, y_private, epochs=epochs, batch_size=batch_size, max_steps=steps, drop_last=True,
+                optimizers={"front": lambda p: torch.optim.Adam(p, lr=1e-5, eps=1e-7), "middle": adam(1e-3),
+                            "head": adam(1e-3)},
+                callbacks=callbacks, defenses=[*defenses, guard], precision=precision, checkpoint=checkpoint,
+                checkpoint_every=250, device=device, seed=seed, progress=progress)
+    out: Dict[str, object] = {"scores": guard.scores, "fake_steps": guard.fake_steps, "alarm_step": guard.alarm_step(),
+                              "client_losses": client.losses, "steps": len(client.losses),
+                              "seconds_per_step": timer.seconds / max(timer.steps, 1)}
+    if snapshot is not None:
+        out["fsha_mse"] = reconstruction_error(front, attacker, probe, device=device)["mse"]
+        out["fsha_mse_at_alarm"] = snapshot.mse if snapshot.mse is not None else out["fsha_mse"]
+    if x_test is not None:  # metric code: the client's task through what the server answers (middle, or s̃)
+        answer = attacker.dummy if attacker is not None else middle
+        front.eval()
+        with torch.no_grad():
+            correct = sum(int((head(answer(front(x_test[i:i + 500].to(device)))).argmax(1).cpu()
+                               == y_test[i:i + 500]).sum()) for i in range(0, len(x_test), 500))
+        out["client_test_accuracy"] = correct / len(x_test)
+    return out
