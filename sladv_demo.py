@@ -41,9 +41,9 @@ def parse_args(argv=None):
                         "svhn (torchvision; downloads), or an ImageFolder directory")
     p.add_argument("--shadow-size", type=int, default=1024, help="how many unlabeled images the attacker has")
     p.add_argument("--shadow-steps", type=int, default=400, help="shadow-front training steps (batch 128)")
-    p.add_argument("--objective", choices=("distribution", "stealing"), default="distribution",
-                   help="stage 1: match the smashed data's distribution on the attacker's images, or (ours) steal the "
-                        "front from the smashed data the server received with UnSplit's model stealing")
+    p.add_argument("--objective", choices=sladv.SHADOW_OBJECTIVES, default="stealing",
+                   help="stage 1: (ours, default) steal the front from the smashed data the server received with "
+                        "UnSplit's model stealing, or match the smashed data's distribution on the attacker's images")
     p.add_argument("--steal-iters", type=int, default=200, help="stealing: outer iterations (x 20 + 20 steps)")
     p.add_argument("--eps", type=finite_float, default=8.0, help="L-inf budget in 1/255 units (default 8)")
     p.add_argument("--alpha", type=finite_float, default=2.0, help="PGD step in 1/255 units (default 2)")

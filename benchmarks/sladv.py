@@ -52,7 +52,7 @@ def parse_args(argv=None):
     p.add_argument("--client-size", type=int, default=40_000)
     p.add_argument("--splits", default="1,2,3,4")
     p.add_argument("--shadows", default="single,multi")
-    p.add_argument("--objectives", default="distribution,stealing",
+    p.add_argument("--objectives", default="stealing,distribution",
                    help="stage 1: distribution (moments + MMD on the attacker's images) or stealing (ours: UnSplit's "
                         "model stealing on the smashed data the server received)")
     p.add_argument("--steal-iters", type=int, default=200, help="stealing: outer iterations (x 20 + 20 steps)")

@@ -53,7 +53,8 @@ def test_every_split_point_and_both_shadow_fronts_fit_the_smashed_shape(name):
 def test_the_attack_flips_far_more_predictions_than_same_budget_noise(trained):
     topology, stats, x_attacker, (x, y) = trained
     assert evaluate(topology, x, y) > 0.9
-    out = sladv.run_sladv(topology, stats, x_attacker, x, y, shadow_steps=200, steps=10, baselines=("noise",))
+    out = sladv.run_sladv(topology, stats, x_attacker, x, y, objective="distribution", shadow_steps=200, steps=10,
+                          baselines=("noise",))
     assert out["noise"]["accuracy"] > 0.9  # random signs of the same size do nothing
     assert out["sladv"]["accuracy"] < out["noise"]["accuracy"] - 0.3, out
     assert out["sladv"]["misclassification_rate"] == pytest.approx(1 - out["sladv"]["accuracy"])
@@ -64,20 +65,23 @@ def test_the_attack_flips_far_more_predictions_than_same_budget_noise(trained):
 def test_white_box_pgd_from_torchattacks_is_the_upper_bound(trained):
     pytest.importorskip("torchattacks")
     topology, stats, x_attacker, (x, y) = trained
-    out = sladv.run_sladv(topology, stats, x_attacker, x, y, shadow_steps=200, steps=10, baselines=("whitebox",))
+    out = sladv.run_sladv(topology, stats, x_attacker, x, y, objective="distribution", shadow_steps=200, steps=10,
+                          baselines=("whitebox",))
     assert out["whitebox"]["accuracy"] < 0.2 and out["whitebox"]["accuracy"] <= out["sladv"]["accuracy"]
     assert out["whitebox"]["linf"] <= 8 / 255 + 1e-6
 
 
 def test_the_attacker_never_touches_the_clients_front_head_or_labels(trained):
     topology, stats, x_attacker, (x, _) = trained
-    reference, _, _ = sladv.sladv_attack(topology.middle, stats, x_attacker, x[:50], shadow_steps=20, steps=3)
+    reference, _, _ = sladv.sladv_attack(topology.middle, stats, x_attacker, x[:50], objective="distribution",
+                                         shadow_steps=20, steps=3)
     poisoned = _tiny_victim()
     poisoned.middle.load_state_dict(topology.middle.state_dict())
     with torch.no_grad():
         for p in list(poisoned.front.parameters()) + list(poisoned.head.parameters()):
             p.fill_(float("nan"))
-    again, _, _ = sladv.sladv_attack(poisoned.middle, stats, x_attacker, x[:50], shadow_steps=20, steps=3)
+    again, _, _ = sladv.sladv_attack(poisoned.middle, stats, x_attacker, x[:50], objective="distribution",
+                                     shadow_steps=20, steps=3)
     assert torch.isfinite(again).all() and torch.equal(again, reference)
     # the stealing objective reads only the smashed tensors the server received
     stolen, _, _ = sladv.sladv_attack(poisoned.middle, stats, x_attacker, x[:50], objective="stealing",
@@ -160,7 +164,7 @@ def test_the_demo_end_to_end_and_its_handling_of_bad_input(tmp_path, capsys):
     data = _tiny_cifar_tree(tmp_path / "data")
     common = ["--data-dir", data, "--client-size", 80, "--shadow-data", "cifar-iid", "--shadow-size", 30,
               "--epochs", 1, "--eval-count", 10, "--shadow-steps", 3, "--steps", 2, "--stats-samples", 40,
-              "--checkpoint", tmp_path / "victim.pt", "--out", tmp_path / "out", "--quiet"]
+              "--steal-iters", 2, "--checkpoint", tmp_path / "victim.pt", "--out", tmp_path / "out", "--quiet"]
     r = run("sladv_demo.py", "cifar", *common, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     m = json.loads((tmp_path / "out" / "metrics.json").read_text())
@@ -203,14 +207,14 @@ def test_the_benchmark_writes_resumable_cells_and_a_report(tmp_path, monkeypatch
     assert bench.main(argv) == 0
     cells = sorted((tmp_path / "out" / "cells").glob("*.json"))
     kinds = sorted(json.loads(c.read_text())["kind"] for c in cells)
-    # split 1, split 2, stealing at the base setting; the real-front ceiling per split
+    # split 1, split 2 (stealing, the default), distribution matching at the base setting; the ceiling per split
     assert kinds == ["noise", "oracle", "oracle", "sladv", "sladv", "sladv"]
     stamp = [c.stat().st_mtime_ns for c in cells]
     assert bench.main(argv) == 0  # a rerun skips finished cells
     assert [c.stat().st_mtime_ns for c in cells] == stamp
     report = (tmp_path / "out" / "report.md").read_text()
-    assert report.count("| single | distribution | cifar-iid | 30 | 8/255 |") == 2
-    assert report.count("| single | stealing | cifar-iid | 30 | 8/255 |") == 1
+    assert report.count("| single | stealing | cifar-iid | 30 | 8/255 |") == 2
+    assert report.count("| single | distribution | cifar-iid | 30 | 8/255 |") == 1
     assert (tmp_path / "out" / "sladv.png").exists()
 
 
