@@ -56,7 +56,8 @@ def parse_args(argv=None):
                    help="stage 1: distribution (moments + MMD on the attacker's images) or stealing (ours: UnSplit's "
                         "model stealing on the smashed data the server received)")
     p.add_argument("--steal-iters", type=int, default=200, help="stealing: outer iterations (x 20 + 20 steps)")
-    p.add_argument("--steal-count", type=int, default=64, help="stealing: smashed tensors used")
+    p.add_argument("--steal-counts", default="64",
+                   help="stealing: smashed tensors used (a list: the first is the base, the others a curve at it)")
     p.add_argument("--sources", default="cifar-skewed,cifar-iid")
     p.add_argument("--sizes", default="1024,256", help="attacker images (unlabeled)")
     p.add_argument("--eps", default="8,4", help="L-inf budgets in 1/255 units")
@@ -76,8 +77,9 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     try:
         args.split_list, args.size_list, args.eps_list = _ints(args.splits), _ints(args.sizes), _ints(args.eps)
+        args.steal_count_list = _ints(args.steal_counts)
     except ValueError:
-        p.error("--splits, --sizes and --eps take comma-separated integers")
+        p.error("--splits, --sizes, --eps and --steal-counts take comma-separated integers")
     args.shadow_list = [s.strip() for s in args.shadows.split(",") if s.strip()]
     args.objective_list = [s.strip() for s in args.objectives.split(",") if s.strip()]
     if not args.objective_list or not set(args.objective_list) <= set(sladv.SHADOW_OBJECTIVES):
@@ -93,6 +95,8 @@ def parse_args(argv=None):
         p.error("--baselines among noise,whitebox,transfer,oracle")
     if not all((args.split_list, args.shadow_list, args.source_list, args.size_list, args.eps_list)):
         p.error("--splits, --shadows, --sources, --sizes and --eps each need a value")
+    if not args.steal_count_list or min(args.steal_count_list) < 1:
+        p.error("--steal-counts needs integers >= 1")
     if min(args.size_list + args.eps_list + [args.epochs, args.eval_count, args.shadow_steps]) < 1:
         p.error("sizes, eps, epochs, eval count and shadow steps must be >= 1")
     return args
@@ -116,7 +120,13 @@ def settings(args) -> list:
             cell = {**base(args), key: v}
             if cell not in cells:
                 cells.append(cell)
+    if base(args)["objective"] == "stealing":  # how many smashed tensors the stealing needs, at the base setting
+        cells += [{**base(args), "steal_count": n} for n in args.steal_count_list[1:]]
     return cells
+
+
+def _steal_count(c: dict, args) -> int:
+    return c.get("steal_count", args.steal_count_list[0])
 
 
 def _tag(args, seed: int) -> str:
@@ -124,7 +134,7 @@ def _tag(args, seed: int) -> str:
 
 
 def cell_name(args, c: dict, seed: int) -> str:
-    objective = "dist" if c["objective"] == "distribution" else f"steal{args.steal_count}x{args.steal_iters}"
+    objective = "dist" if c["objective"] == "distribution" else f"steal{_steal_count(c, args)}x{args.steal_iters}"
     return f"{_tag(args, seed)}_sp{c['split']}_{c['shadow']}_{objective}_{c['source']}_{c['size']}_eps{c['eps']}"
 
 
@@ -137,9 +147,10 @@ def grid_cells(args) -> list:
                   "stats_samples": args.stats_samples, "seed": seed}
         tag, group = _tag(args, seed), f"victim-s{seed}"
         for c in settings(args):
-            steal = ({"steal_count": args.steal_count, "steal_iters": args.steal_iters}
+            steal = ({"steal_count": _steal_count(c, args), "steal_iters": args.steal_iters}
                      if c["objective"] == "stealing" else {})
-            cells.append(Cell(f"cells/{cell_name(args, c, seed)}", {**victim, "kind": "sladv", **c, **steal},
+            factors = {k: c[k] for k in FACTORS}
+            cells.append(Cell(f"cells/{cell_name(args, c, seed)}", {**victim, "kind": "sladv", **factors, **steal},
                               group=group))
         for eps in sorted({c["eps"] for c in settings(args)}):
             for kind in ("noise", "whitebox"):
@@ -203,6 +214,8 @@ def run_cell(c: dict, *, data_dir, device, progress: bool) -> dict:
                                            front_architecture=architecture, progress=progress)
         m = sladv.attack_metrics(whole, x_eval, x_adv, y_eval, device=device)
         keys = {k: c[k] for k in FACTORS}
+        if c["objective"] == "stealing":
+            keys["steal_count"] = c.get("steal_count", 64)
         return {**common, **keys, "kind": "sladv", "shadow_classes": seen, **m, "shadow_fit": fit,
                 "seconds": time.perf_counter() - start}
     pgd = dict(eps=c["eps"] / 255, alpha=2 / 255, steps=c["steps"], device=device, seed=seed)
@@ -249,7 +262,10 @@ def build_report(args) -> Path:
     records = []
     for seed in args.seeds:
         records += ResultStore(args.out).records(f"cells/{_tag(args, seed)}_*.json")
-    cells = fold_seeds(records, by=["kind", *FACTORS])
+    for r in records:  # cells stored before the count was a factor keep it in their config only
+        if r.get("objective") == "stealing":
+            r.setdefault("steal_count", r["_cell"]["config"].get("steal_count", 64))
+    cells = fold_seeds(records, by=["kind", *FACTORS, "steal_count"])
     attacks = [c for c in cells if c["kind"] == "sladv"]
     baselines = {(c["kind"], c["eps"], c.get("source"), c.get("size")): c for c in cells
                  if c["kind"] not in ("sladv", "oracle")}
@@ -265,11 +281,14 @@ def build_report(args) -> Path:
              "| split | shadow | stage 1 | attacker data | size | eps | accuracy | misclassified | success | "
              "noise success | white-box success | transfer success | real-front ceiling | s |", "|" + "---|" * 14]
 
+    def stage1(c):
+        return c["objective"] if c["objective"] != "stealing" else f"stealing ({c.get('steal_count', 64)} smashed)"
+
     def f(c, key="success_rate"):
         return "" if c is None else pm(c, key)
 
-    for c in sorted(attacks, key=lambda c: tuple(c[k] for k in FACTORS)):
-        lines.append(f"| {c['split']} | {c['shadow']} | {c['objective']} | {c['source']} | {c['size']} | "
+    for c in sorted(attacks, key=lambda c: tuple(c[k] for k in FACTORS) + (c.get("steal_count") or 0,)):
+        lines.append(f"| {c['split']} | {c['shadow']} | {stage1(c)} | {c['source']} | {c['size']} | "
                      f"{c['eps']}/255 | "
                      f"{pm(c, 'accuracy')} | {pm(c, 'misclassification_rate')} | {pm(c, 'success_rate')} | "
                      f"{f(baselines.get(('noise', c['eps'], None, None)))} | "
@@ -278,23 +297,29 @@ def build_report(args) -> Path:
                      f"{f(oracle.get((c['split'], c['eps'])))} | {c['seconds']:.0f} |")
     args.out.mkdir(parents=True, exist_ok=True)
     path = atomic_write_text(args.out / "report.md", "\n".join(lines) + "\n")
-    _plot(attacks, baselines, base(args), args.out / "sladv.png")
+    _plot(attacks, baselines, base(args), args.steal_count_list[0], args.out / "sladv.png")
     return path
 
 
-def _plot(attacks, baselines, centre, path) -> None:
+def _plot(attacks, baselines, centre, steal_count, path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("split", "split point"), ("size", "attacker images"), ("eps", "eps (/255)")]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    panels = [("split", "split point"), ("size", "attacker images"), ("eps", "eps (/255)"),
+              ("steal_count", "smashed tensors stolen from")]
+    fig, axes = plt.subplots(1, 4, figsize=(15, 3.4))
     for ax, (key, label) in zip(axes, panels):
         others = {k: v for k, v in centre.items() if k != key}
-        for shadow, style in (("single", "C0o-"), ("multi", "C1s-")):
-            pts = sorted((c[key], c["success_rate"]) for c in attacks if c["shadow"] == shadow
-                         and all(c[k] == v for k, v in others.items() if k != "shadow"))
+
+        def at_base(c):
+            return all(c[k] == v for k, v in others.items() if k != "shadow") and (
+                key == "steal_count" or c.get("steal_count") in (None, steal_count))
+
+        for shadow, style in (("single", "C0o-"), ("multi", "C1s-"), ("known", "C2^-")):
+            pts = sorted((c[key], c["success_rate"]) for c in attacks if c["shadow"] == shadow and at_base(c)
+                         and c.get(key) is not None)
             if pts:
                 ax.plot(*zip(*pts), style, label=f"SLADV ({shadow})")
         for kind, style in (("whitebox", "k--"), ("noise", "k:")):
@@ -306,7 +331,7 @@ def _plot(attacks, baselines, centre, path) -> None:
                 ax.axhline(baselines[(kind, centre["eps"], None, None)]["success_rate"], ls=style[1:], color="k",
                            label=f"{kind} (eps {centre['eps']})")
         ax.set(xlabel=label, ylabel="success rate", ylim=(0, 1.02))
-        if key == "size" and any(line.get_xydata()[:, 1].max() >= 0 for line in ax.get_lines()
+        if key in ("size", "steal_count") and any(line.get_xydata()[:, 1].max() >= 0 for line in ax.get_lines()
                                  if len(line.get_xydata()) > 1):  # a log axis needs a finite curve
             ax.set_xscale("log")
         ax.grid(alpha=0.3)

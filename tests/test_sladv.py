@@ -203,17 +203,19 @@ def test_the_benchmark_writes_resumable_cells_and_a_report(tmp_path, monkeypatch
     argv = ["--data-dir", str(data), "--client-size", "80", "--splits", "1,2", "--shadows", "single",
             "--sources", "cifar-iid", "--sizes", "30", "--eps", "8", "--baselines", "noise,oracle", "--epochs", "1",
             "--eval-count", "10", "--shadow-steps", "2", "--steps", "1", "--stats-samples", "20",
-            "--steal-iters", "1", "--steal-count", "8", "--out", str(tmp_path / "out"), "--quiet"]
+            "--steal-iters", "1", "--steal-counts", "8,4", "--out", str(tmp_path / "out"), "--quiet"]
     assert bench.main(argv) == 0
     cells = sorted((tmp_path / "out" / "cells").glob("*.json"))
     kinds = sorted(json.loads(c.read_text())["kind"] for c in cells)
-    # split 1, split 2 (stealing, the default), distribution matching at the base setting; the ceiling per split
-    assert kinds == ["noise", "oracle", "oracle", "sladv", "sladv", "sladv"]
+    # split 1, split 2 (stealing, the default), distribution matching and 4 smashed tensors at the base setting;
+    # the ceiling per split
+    assert kinds == ["noise", "oracle", "oracle", "sladv", "sladv", "sladv", "sladv"]
     stamp = [c.stat().st_mtime_ns for c in cells]
     assert bench.main(argv) == 0  # a rerun skips finished cells
     assert [c.stat().st_mtime_ns for c in cells] == stamp
     report = (tmp_path / "out" / "report.md").read_text()
-    assert report.count("| single | stealing | cifar-iid | 30 | 8/255 |") == 2
+    assert report.count("| single | stealing (8 smashed) | cifar-iid | 30 | 8/255 |") == 2
+    assert report.count("| single | stealing (4 smashed) | cifar-iid | 30 | 8/255 |") == 1
     assert report.count("| single | distribution | cifar-iid | 30 | 8/255 |") == 1
     assert (tmp_path / "out" / "sladv.png").exists()
 
