@@ -108,7 +108,7 @@ def _unsplit(c, defense, *, data_dir, cache_dir, device, progress) -> dict:
     # a defense acting only on a returned head gradient trains as the undefended model (as defense_tradeoff.py)
     train_spec = "none" if defense.acts_on <= {"head_gradient"} else spec
     case = TrainingCase(dataset, epochs=c["epochs"], seed=seed, defenses=(train_spec,), split_depth=depth,
-                        train_limit=c["train_limit"])
+                        train_limit=c["train_limit"], batch_norm=c.get("batch_norm", False))
     model, info = train_or_load(case, data_dir=data_dir, cache_dir=cache_dir, test=(x_test, y_test), device=device,
                                 progress=progress)
     attack = {"main_iters": c["main_iters"], "input_iters": c["input_iters"], "model_iters": c["model_iters"]}
@@ -125,8 +125,8 @@ def _unsplit_labels(c, defense, *, data_dir, cache_dir, device, progress) -> dic
     seed = c["seed"]
     pick = torch.randperm(len(y_test), generator=torch.Generator().manual_seed(seed))[: c["label_count"]]
     torch.manual_seed(seed)
-    res = label_experiment(build_model(c["dataset"]), x_test[pick], y_test[pick], gradient="cut", device=device,
-                           seed=seed, defenses=[defense])
+    res = label_experiment(build_model(c["dataset"], batch_norm=c.get("batch_norm", False)), x_test[pick],
+                           y_test[pick], gradient="cut", device=device, seed=seed, defenses=[defense])
     return {"label_accuracy": res["accuracy"], "chance_accuracy": res["chance_accuracy"],
             "task_accuracy": None, "label_scored": res["scored"]}
 
@@ -274,7 +274,7 @@ def applicability(c: dict) -> Optional[str]:
         defense = parse_defense(c["defense"], num_classes=MODELS[c["dataset"]].num_classes)
     except ValueError as exc:
         return str(exc)
-    model = build_model(c["dataset"])
+    model = build_model(c["dataset"], batch_norm=c.get("batch_norm", False))
     try:
         ATTACKS[c["attack"]].topology(model, c).check_defense(defense)
     except ValueError as exc:
@@ -309,6 +309,9 @@ def parse_args(argv=None):
                         "layers, as at the paper's defense cut, so DP-SGD on the top can apply)")
     p.add_argument("--epochs", type=int, default=None, help="UnSplit model epochs (default: 2 MNIST, 3 CIFAR)")
     p.add_argument("--train-limit", type=int, default=None)
+    p.add_argument("--batch-norm", action="store_true",
+                   help="CIFAR-10: the UnSplit columns on CifarNet(batch_norm=True), which trains under label DP "
+                        "(the reference network dies there); DP-SGD on its BatchNorm front is then n/a")
     p.add_argument("--main-iters", type=int, default=100)
     p.add_argument("--input-iters", type=int, default=100)
     p.add_argument("--model-iters", type=int, default=100)
@@ -337,6 +340,8 @@ def parse_args(argv=None):
     args.depth = args.depth if args.depth is not None else (1 if cifar else 3)
     args.cut = args.cut if args.cut is not None else (14 if cifar else 5)
     args.epochs = args.epochs if args.epochs is not None else (3 if cifar else 2)
+    if args.batch_norm and not cifar:
+        p.error("--batch-norm is a CIFAR-10 (CifarNet) variant")
     args.attack_list = [a.strip() for a in args.attacks.split(",") if a.strip()]
     unknown = [a for a in args.attack_list if a not in ATTACKS]
     if unknown or not args.attack_list:
@@ -360,11 +365,12 @@ def parse_args(argv=None):
 
 def _config(args, attack: str, spec: str, seed: int) -> dict:
     c = {"dataset": args.dataset, "attack": attack, "defense": spec, "seed": seed}
+    bn = {"batch_norm": True} if args.batch_norm else {}  # absent otherwise: stored configs keep matching
     if attack == "unsplit":
         c.update(depth=args.depth, epochs=args.epochs, train_limit=args.train_limit, main_iters=args.main_iters,
-                 input_iters=args.input_iters, model_iters=args.model_iters)
+                 input_iters=args.input_iters, model_iters=args.model_iters, **bn)
     elif attack == "unsplit_labels":
-        c.update(label_count=args.label_count)
+        c.update(label_count=args.label_count, **bn)
     elif attack == "fsha":
         c.update(fsha_iters=args.fsha_iters)
     elif attack == "fsha_detection":
@@ -378,7 +384,8 @@ def _config(args, attack: str, spec: str, seed: int) -> dict:
 
 
 def _stem(args) -> str:
-    return f"matrix_{args.dataset}" + (f"_sweep-{args.sweep}" if args.sweep else "")
+    return (f"matrix_{args.dataset}" + ("-bn" if args.batch_norm else "")
+            + (f"_sweep-{args.sweep}" if args.sweep else ""))
 
 
 def grid_cells(args) -> list:
@@ -387,7 +394,8 @@ def grid_cells(args) -> list:
         for attack in args.attack_list:
             for spec in args.rows:
                 c = _config(args, attack, spec, seed)
-                cells.append(Cell(f"cells/{args.dataset}/{attack}_{spec.replace(':', '-')}_s{seed}", c,
+                variant = "-bn" if c.get("batch_norm") else ""
+                cells.append(Cell(f"cells/{args.dataset}/{attack}{variant}_{spec.replace(':', '-')}_s{seed}", c,
                                   group=f"{attack}-s{seed}"))
     return cells
 

@@ -102,3 +102,8 @@ def test_dp_sgd_is_na_where_the_part_it_privatises_holds_batchnorm():
     assert "BatchNorm" in why("sladv", "dpsgd:1") and why("sladv", "dpsgd_head:1") is None
     assert why("similarity", "dpsgd_head:1") is None  # cut 14: the top is fully connected
     assert "BatchNorm" in m.applicability({**m._config(args, "similarity", "dpsgd_head:1", 0), "cut": 9})
+    bn = m.parse_args(["--dataset", "cifar", "--batch-norm"])  # the UnSplit columns on the BatchNorm CifarNet
+    assert "BatchNorm" in m.applicability(m._config(bn, "unsplit", "dpsgd:1", 0)) and why("unsplit", "dpsgd:1") is None
+    assert {c.name for c in m.grid_cells(bn)}.isdisjoint(c.name for c in m.grid_cells(args) if "unsplit" in c.name)
+    with pytest.raises(SystemExit):
+        m.parse_args(["--dataset", "mnist", "--batch-norm"])
