@@ -96,3 +96,20 @@ def test_metrics_of_a_perfect_and_a_black_reconstruction():
     assert max(perfect["mse"]) == 0 and min(perfect["ssim"]) > 0.999
     black = reconstruction_metrics(torch.zeros_like(t), t)
     assert all(abs(m - float(x.pow(2).mean())) < 1e-6 for m, x in zip(black["mse"], t))
+
+
+def test_a_stolen_batchnorm_clone_computes_in_eval_mode_what_it_fitted():
+    torch.manual_seed(0)
+    client = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
+    targets = _targets()
+    with torch.no_grad():
+        z = client.eval()(targets)
+    # a short run: the running statistics (momentum 0.1) have not caught up with the batch statistics fitted
+    res = model_inversion_stealing(client, z, input_shape=(1, 28, 28), main_iters=2, input_iters=2,
+                                   model_iters=2, seed=1)
+    assert not res.clone.training
+    with torch.no_grad():
+        eval_fit = float(nn.functional.mse_loss(res.clone(res.raw_reconstructions), z))
+        train_fit = float(nn.functional.mse_loss(res.clone.train()(res.raw_reconstructions), z))
+    # running statistics recomputed from the final estimates: eval mode is the function fitted (batch statistics)
+    assert eval_fit == pytest.approx(train_fit, rel=0.05, abs=1e-6)

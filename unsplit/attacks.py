@@ -190,6 +190,7 @@ def model_inversion_stealing(
             main_iters=main_iters, input_iters=input_iters, model_iters=model_iters, lam_tv=lam_tv, lam_l2=lam_l2,
             kind=kind, do_clamp=do_clamp, log_every=log_every, progress=progress, on_iteration=on_iteration,
         )
+    _recalibrate_batchnorm(clone, x.detach())
     clone.eval()
     settings = dict(
         preset=preset,
@@ -203,6 +204,27 @@ def model_inversion_stealing(
     raw = x.detach()
     rec = _normalise(raw, cfg["normalise"]) if cfg["normalise"] else raw
     return InversionResult(reconstructions=rec, clone=clone, history=history, settings=settings, raw_reconstructions=raw)
+
+
+def _recalibrate_batchnorm(clone: nn.Module, x: torch.Tensor) -> None:
+    """The clone was fitted in training mode, its BatchNorm layers normalising with the statistics of the whole batch
+    of input estimates; their running statistics (what eval mode uses) lag behind, so the stolen clone in eval mode
+    would compute a different function from the one fitted. Recomputes them from ``x`` in one pass (cumulative
+    average), so eval mode computes what was fitted. A clone without BatchNorm is left as it is."""
+    norms = [m for m in clone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    was = clone.training
+    clone.train()
+    with torch.no_grad():
+        clone(x)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    clone.train(was)
 
 
 def _normalise(x: torch.Tensor, how: str) -> torch.Tensor:
