@@ -50,7 +50,6 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import torch
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -207,10 +206,9 @@ def _sladv(c, defense, *, data_dir, cache_dir, device, progress) -> dict:
 
 
 def _fsha_u_shaped(model, c):
-    from unsplit.models import FunnelNet
+    from unsplit.detection import label_private_topology
 
-    front, _ = split(FunnelNet(), FunnelNet.level_depths[4])
-    return Topology(front, nn.Sequential(nn.Flatten(), nn.Linear(4096, 256), nn.ReLU()), nn.Linear(256, 10))
+    return label_private_topology()
 
 
 def _u_shaped(model, c):

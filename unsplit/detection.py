@@ -23,7 +23,7 @@ from torch import nn
 
 from .protocol import Defense, SplitCallback, StepContext
 
-__all__ = ["SplitGuard", "splitguard_score", "DETECTION_SERVERS", "run_detection"]
+__all__ = ["SplitGuard", "splitguard_score", "DETECTION_SERVERS", "label_private_topology", "run_detection"]
 
 
 def _angle(u: torch.Tensor, v: torch.Tensor) -> float:
@@ -179,6 +179,21 @@ class _AlarmSnapshot(SplitCallback):
             self.step, self.mse = self.guard.alarm_step(), self.measure()
 
 
+def _server_part() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(256 * 4 * 4, 256), nn.ReLU())
+
+
+def label_private_topology():
+    """The U-shaped split of :func:`run_detection` (fresh weights from torch's generator): FunnelNet's front at
+    split level 4 (``(N, 3, 32, 32)`` in [-1, 1] -> ``(N, 256, 4, 4)``), the server's Flatten -> Linear(4096, 256)
+    -> ReLU, the client's head Linear(256, 10)."""
+    from .models import FunnelNet, split
+    from .protocol import Topology
+
+    front, _ = split(FunnelNet(), FunnelNet.level_depths[4])
+    return Topology(front, _server_part(), nn.Linear(256, 10))
+
+
 def run_detection(x_private: torch.Tensor, y_private: torch.Tensor, x_public: torch.Tensor, *,
                   server: str = "fsha+dummy", steps: Optional[int] = None, batch_size: int = 64,
                   threshold: float = 0.5, precision: str = "bf16", defenses: Sequence[Defense] = (),
@@ -208,23 +223,17 @@ def run_detection(x_private: torch.Tensor, y_private: torch.Tensor, x_public: to
         (with ``x_test``).
     """
     from .fsha import FSHAServer, reconstruction_error
-    from .models import FunnelNet, split
-    from .protocol import Topology
     from .training import StepLosses, StepTimer, adam, train_split
 
     if server not in DETECTION_SERVERS:
         raise ValueError(f"server must be one of {', '.join(DETECTION_SERVERS)}, got {server!r}")
     steps = steps or len(x_private) // batch_size
 
-    def server_part() -> nn.Module:
-        return nn.Sequential(nn.Flatten(), nn.Linear(256 * 4 * 4, 256), nn.ReLU())
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        front, _ = split(FunnelNet(), FunnelNet.level_depths[4])
-        middle, head = server_part(), nn.Linear(256, 10)
-        dummy = server_part()
-    topology = Topology(front, middle, head)
+        topology = label_private_topology()
+        dummy = _server_part()
+    front, middle, head = topology.front, topology.middle, topology.head
     guard, client, timer = SplitGuard(threshold=threshold, seed=seed), StepLosses(), StepTimer()
     callbacks: List[SplitCallback] = [client, timer]
     attacker = None
