@@ -147,6 +147,13 @@ def _similarity(c, defense, *, data_dir, cache_dir, device, progress) -> dict:
             "random_guess": m["random_guess"], "task_accuracy": m["task_accuracy"]}
 
 
+def _fsha_probe(xs: torch.Tensor, xp: torch.Tensor):
+    """The 2,000 private images FSHA is scored on (a fixed draw) and the trivial attacker's MSE on them: X_pub's mean
+    image for every private input ([-1, 1] space, as the attack's score)."""
+    probe = xs[torch.randperm(len(xs), generator=torch.Generator().manual_seed(1234))[:2000]]
+    return probe, float(((probe - xp.mean(0, keepdim=True)) ** 2).mean())
+
+
 def _fsha(c, defense, *, data_dir, cache_dir, device, progress) -> dict:
     from unsplit.fsha import fsha_data, reconstruction_error, run_fsha
 
@@ -155,10 +162,8 @@ def _fsha(c, defense, *, data_dir, cache_dir, device, progress) -> dict:
         f"{c['dataset']}_{c['defense'].replace(':', '-')}_i{c['fsha_iters']}_s{c['seed']}.pt")
     run = run_fsha(xs, xp, labels=ys, level=4, iterations=c["fsha_iters"], precision="bf16", defenses=[defense],
                    checkpoint=checkpoint, checkpoint_every=250, device=device, seed=c["seed"], progress=progress)
-    probe = torch.randperm(len(xs), generator=torch.Generator().manual_seed(1234))[:2000]
-    final = reconstruction_error(run.topology.front, run.server, xs[probe], device=device)
-    # trivial attacker: X_pub's mean image for every private input ([-1, 1] space, as the attack's score)
-    mean_image = float(((xs[probe] - xp.mean(0, keepdim=True)) ** 2).mean())
+    probe, mean_image = _fsha_probe(xs, xp)
+    final = reconstruction_error(run.topology.front, run.server, probe, device=device)
     return {"fsha_mse": final["mse"], "fsha_mse_01": final["mse_01"], "mean_image_mse": mean_image,
             "task_accuracy": None, "iterations": len(run.monitor.errors)}
 
@@ -168,11 +173,10 @@ def _fsha_detection(c, defense, *, data_dir, cache_dir, device, progress) -> dic
     from unsplit.fsha import fsha_data
 
     xs, ys, xp, yp = fsha_data(c["dataset"], data_dir=data_dir, download=False)
-    probe = torch.randperm(len(xs), generator=torch.Generator().manual_seed(1234))[:2000]
+    probe, mean_image = _fsha_probe(xs, xp)
     out = run_detection(xs, ys, xp, server="fsha+dummy", steps=c["detection_steps"], defenses=[defense],
-                        probe=xs[probe], x_test=xp[:2000], y_test=yp[:2000], device=device, seed=c["seed"],
+                        probe=probe, x_test=xp[:2000], y_test=yp[:2000], device=device, seed=c["seed"],
                         progress=progress)
-    mean_image = float(((xs[probe] - xp.mean(0, keepdim=True)) ** 2).mean())
     return {"fsha_mse_at_alarm": out["fsha_mse_at_alarm"], "fsha_mse": out["fsha_mse"], "alarm_step": out["alarm_step"],
             "detected": float(out["alarm_step"] is not None), "mean_image_mse": mean_image,
             "task_accuracy": out["client_test_accuracy"], "steps": out["steps"]}

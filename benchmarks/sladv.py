@@ -203,7 +203,8 @@ def run_cell(c: dict, *, data_dir, device, progress: bool) -> dict:
             run_split(topology, x_train[: c["stats_samples"]], callbacks=[stats], device=device)
             _STATE["stats", c["split"]] = stats
         # the client front's architecture only (a fresh, untrained network): what shadow "known" may use
-        architecture = sladv.victim_topology(sladv.build_victim(c["model"]), c["split"]).front
+        architecture = (sladv.victim_topology(sladv.build_victim(c["model"]), c["split"]).front
+                        if c["shadow"] == "known" else None)
         _, idx, seen = sladv.attacker_split(y_train, source=c["source"], size=c["size"],
                                             client_size=c["client_size"], seed=seed)
         x_adv, _, fit = sladv.sladv_attack(topology.middle, _STATE["stats", c["split"]], x_train[idx], x_eval,
