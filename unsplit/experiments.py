@@ -152,7 +152,14 @@ def _best_renaming_accuracy(confusion: torch.Tensor) -> float:
 
 class _LabelInferenceServer(SplitCallback):
     """The server running UnSplit's online label inference: it observes the head cut (its own output and what the
-    label owner returns) and knows the labels of a few anchor samples by index."""
+    label owner returns) and knows the labels of a few anchor samples by index.
+
+    Cut gradients name the classes only through the anchors, so until every anchor has been observed the server keeps
+    what it observed and infers nothing; then it fits its clone to every kept anchor at once, replays the kept
+    batches and goes on online. With an anchors-first order the first batch holds them all and nothing waits; under a
+    sampling the server does not choose (DP-SGD's Poisson batches) the wait avoids guessing under an unnamed clone. An
+    anchor never drawn leaves its class unnamed: the kept batches are then inferred at the end of training.
+    """
 
     def __init__(self, attack: LabelInferenceAttack, known: Dict[int, int], n: int, *, weight_name: Optional[str],
                  device: torch.device):
@@ -161,16 +168,48 @@ class _LabelInferenceServer(SplitCallback):
         self.observes = frozenset({"head.smashed", observed})
         self.predicted = torch.full((n,), -1, dtype=torch.int64)
         self.seconds = 0.0
+        self.waiting_for = set(known)  # anchors not yet observed
+        self.kept: list = []
 
     def on_cut(self, event: CutEvent) -> None:
         if event.cut != "head" or event.phase != "train":
             return
-        start = time.perf_counter()
         observed = event.gradient if self.weight_name is None else event.head_weight_gradients[self.weight_name]
-        known = torch.tensor([self.known.get(i, -1) for i in event.indices.tolist()], device=self.device)
-        pred = self.attack.step(event.smashed, observed, batch_size=event.batch_size, known=known)
+        batch = (event.indices, event.smashed, observed, event.batch_size)
+        if not self.waiting_for and not self.kept:
+            self._infer(*batch)
+            return
+        self.kept.append(batch)
+        self.waiting_for.difference_update(event.indices.tolist())
+        if not self.waiting_for:
+            self._replay()
+
+    def on_train_end(self, run) -> None:
+        self._replay()  # an anchor never drawn: infer what was kept anyway
+
+    def _replay(self) -> None:
+        kept, self.kept = self.kept, []
+        if not kept:
+            return
+        if self.weight_name is None:  # name the classes first, on every anchor kept, as one batch
+            rows = [(b, [r for r, i in enumerate(b[0].tolist()) if i in self.known]) for b in kept]
+            rows = [(b, r) for b, r in rows if r]
+            if rows:
+                n = sum(len(r) for _, r in rows)
+                # a cut gradient is that of the batch-mean loss: rescale each row to a batch of all n anchors
+                z = torch.cat([b[1][r] for b, r in rows])
+                g = torch.cat([b[2][r] * (b[3] / n) for b, r in rows])
+                idx = torch.cat([b[0][r] for b, r in rows])
+                self._infer(idx, z, g, n)
+        for b in kept:
+            self._infer(*b)
+
+    def _infer(self, indices, smashed, observed, batch_size) -> None:
+        start = time.perf_counter()
+        known = torch.tensor([self.known.get(i, -1) for i in indices.tolist()], device=self.device)
+        pred = self.attack.step(smashed, observed, batch_size=batch_size, known=known)
         self.seconds += time.perf_counter() - start
-        self.predicted[event.indices] = pred.cpu()  # a later epoch's guess replaces an earlier one
+        self.predicted[indices] = pred.cpu()  # a later epoch's guess replaces an earlier one
 
 
 def label_experiment(
@@ -201,11 +240,13 @@ def label_experiment(
         attack: keyword arguments of :class:`LabelInferenceAttack` besides ``num_classes``, ``gradient``, ``device``
             and ``seed`` (e.g. ``{"anchor_steps": 300}``).
         defenses: in force during the training; one that cannot act in this topology (no client front: noise,
-            NoPeek, DP-SGD) raises ``ValueError``.
+            NoPeek, DP-SGD) raises ``ValueError``. One that draws its own batches (DP-SGD on the head: Poisson
+            sampling) replaces the anchors-first order: the anchors name the classes when they are drawn, and a
+            sample never drawn is never observed, so it is not scored (``coverage`` = the scored fraction).
 
     Returns:
         ``accuracy``, ``accuracy_best_renaming`` (under the best one-to-one renaming of the predicted classes),
-        per-class accuracy, confusion matrix, chance and majority-class baselines, attack throughput.
+        per-class accuracy, confusion matrix, chance and majority-class baselines, ``coverage``, attack throughput.
 
     Raises:
         ValueError: an unknown gradient kind, or no sample left to score (every sample is a known anchor).
@@ -223,7 +264,10 @@ def label_experiment(
     if not rest:
         raise ValueError(f"nothing left to score: all {len(y)} samples are known anchors ({known_per_class} known "
                          "per class); lower the known samples per class or infer more samples")
-    order = torch.tensor(anchor_pos + rest, dtype=torch.int64)
+    # a defense that owns the batch sampling (DP-SGD's Poisson draws) decides the batches; the anchors then name the
+    # classes whenever they are drawn, and a sample never drawn is never observed (``coverage`` < 1)
+    owns_sampling = any(d.sampling for d in defenses)
+    order = None if owns_sampling else torch.tensor(anchor_pos + rest, dtype=torch.int64)
     known_labels = {i: int(y[i]) for i in anchor_pos}  # the attacker's side knowledge
 
     topology = Topology.split(model, head_start=len(model) - 1)
@@ -242,8 +286,9 @@ def label_experiment(
     total_seconds = time.perf_counter() - start
     predicted, attack_seconds = server.predicted, server.seconds
 
-    # metrics: ground truth enters only here; anchors are not scored
-    scored = torch.tensor(rest, dtype=torch.int64)
+    # metrics: ground truth enters only here; anchors are not scored, nor samples the server never observed
+    rest_t = torch.tensor(rest, dtype=torch.int64)
+    scored = rest_t[predicted[rest_t] >= 0]
     hits = predicted[scored] == y[scored]
     per_class = {}
     for c in range(num_classes):
@@ -261,6 +306,7 @@ def label_experiment(
         "accuracy": float(hits.float().mean()) if len(scored) else float("nan"),
         "count": len(y),
         "scored": len(scored),
+        "coverage": len(scored) / len(rest),
         "known_per_class": known_per_class,
         "batch_size": batch_size,
         "epochs": epochs,
