@@ -432,7 +432,8 @@ def build_report(args) -> Path:
                and r.get("_cell", {}).get("config") == _config(args, r["attack"], r["defense"], r["seed"])]
     cells = {(r["attack"], r["defense"]): r for r in fold_seeds(records, by=["attack", "defense"])}
     columns = [(a, col) for a in args.attack_list for col in ATTACKS[a].columns]
-    seeds = f"; mean ± std over seeds {', '.join(map(str, args.seeds))}" if len(args.seeds) > 1 else ""
+    seeds = (f"; mean ± std over seeds {', '.join(map(str, args.seeds))} (no ± where every seed gave the same "
+             f"value; `[k of n seeds]` where a cell has fewer)") if len(args.seeds) > 1 else ""
     lines = [f"# Attack × defense matrix — {args.dataset}{' — sweep of ' + args.sweep if args.sweep else ''}", "",
              f"Each cell: the attack's success (the column's metric) and, below it, the defended model's task "
              f"accuracy; `n/a` = the defense cannot act in that attack's setting (reason in the cell's file); "
@@ -455,7 +456,9 @@ def build_report(args) -> Path:
                 prot.append(None)
             else:
                 task = "" if r.get("task_accuracy") is None else f" (task {pm(r, 'task_accuracy', '.3f')})"
-                texts.append(pm(r, col.metric) + task)
+                fewer = r["n_seeds"] < len(args.seeds)  # a column too slow for every seed: say how many it has
+                texts.append(pm(r, col.metric) + task + (f" [{r['n_seeds']} of {len(args.seeds)} seeds]" if fewer
+                                                         else ""))
                 prot.append(protection(r.get(col.metric), base.get(col.metric) if base and base["applicable"]
                                        else None, r.get(col.baseline), col.higher))
         lines.append(f"| {spec} | " + " | ".join(texts) + " |")

@@ -48,6 +48,12 @@ def test_matrix_cells_report_and_heatmap(tiny_mnist, tmp_path, monkeypatch):
     row = next(line for line in report.splitlines() if line.startswith("| nopeek:2 |"))
     assert row.count("n/a") == 3 and "| *trivial baseline* |" in report
     assert (tmp_path / "out" / "matrix_mnist.png").stat().st_size > 1000
+    # a second seed for one column only: the report says which cells have fewer seeds
+    assert m.main([*argv[:5], "unsplit_labels", "--defenses", "none", *argv[8:], "--seeds", "1"]) == 0
+    assert m.main([*argv, "--seeds", "0,1", "--report-only"]) == 0
+    report = (tmp_path / "out" / "matrix_mnist.md").read_text()
+    none_row = next(line for line in report.splitlines() if line.startswith("| none |")).split(" | ")
+    assert "seeds" not in none_row[1] and "[1 of 2 seeds]" in none_row[2]
 
 
 def test_the_fsha_column_under_a_front_defense(tiny_mnist, tmp_path):
