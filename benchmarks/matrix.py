@@ -482,16 +482,25 @@ def _heatmap(grid, names, path) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
+    # a column that is n/a in every row (an attack not measured on this dataset) is left out of the figure only
+    keep = [j for j in range(len(names)) if any(texts[j] != "n/a" for _, texts, _ in grid)]
+    dropped = [names[j].split(" (")[0] for j in range(len(names)) if j not in keep]
+    names = [names[j] for j in keep]
+    grid = [(spec, [texts[j] for j in keep], [prot[j] for j in keep]) for spec, texts, prot in grid]
     data = np.array([[np.nan if p is None else p for p in prot] for _, _, prot in grid], dtype=float)
-    fig, ax = plt.subplots(figsize=(2.3 * len(names) + 2, 0.55 * len(grid) + 1.8))
+    fig, ax = plt.subplots(figsize=(2.1 * len(names) + 1.5, 0.6 * len(grid) + 1.9))
     ax.imshow(np.ma.masked_invalid(data), cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
     for i, (_, texts, _) in enumerate(grid):
         for j, t in enumerate(texts):
-            ax.text(j, i, t.replace(" (task", "\n(task"), ha="center", va="center", fontsize=6.5,
-                    color="gray" if np.isnan(data[i, j]) else "black")
-    ax.set_xticks(range(len(names)), [n.replace(" (", "\n(") for n in names], fontsize=7)
-    ax.set_yticks(range(len(grid)), [g[0] for g in grid], fontsize=7)
-    ax.set_title("protection: 0 = attack as undefended (red), 1 = down to its trivial baseline (green)", fontsize=8)
+            ax.text(j, i, t.replace(" (task", "\n(task").replace(" [", "\n["), ha="center", va="center",
+                    fontsize=7, color="dimgray" if np.isnan(data[i, j]) else "black")
+    ax.set_xticks(range(len(names)), [n.replace(" (", "\n(") for n in names], fontsize=8)
+    ax.set_yticks(range(len(grid)), [g[0] for g in grid], fontsize=8)
+    title = ("protection: 0 = attack as undefended (red), 1 = down to its trivial baseline (green); uncoloured: n/a, "
+             "not run, or the undefended attack does not beat its baseline")
+    if dropped:
+        title += f"\n(n/a on this dataset, not shown: {', '.join(dropped)})"
+    ax.set_title(title, fontsize=8)
     fig.tight_layout()
     atomic_save_figure(fig, path, dpi=120)
 
