@@ -89,10 +89,12 @@ def test_bad_input_is_a_usage_error(bad, capsys):
     assert info.value.code == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
-def test_the_detection_column_scores_fsha_when_splitguard_alarms(tiny_mnist, tmp_path):
+@pytest.mark.parametrize("spec", ["label_dp:1", "dpsgd_head:1"])
+def test_the_detection_column_scores_fsha_when_splitguard_alarms(tiny_mnist, tmp_path, spec):
     m = _bench()
     args = m.parse_args(["--dataset", "mnist", "--detection-steps", "3"])
-    c = m._config(args, "fsha_detection", "label_dp:1", 0)  # label DP acts on the client's labels beside SplitGuard
+    # label DP acts on the client's labels beside SplitGuard; DP-SGD on its head draws Poisson batches
+    c = m._config(args, "fsha_detection", spec, 0)
     r = m.run_cell(c, data_dir=tiny_mnist, cache_dir=tmp_path / "ck", device="cpu", progress=False)
     assert r["applicable"] and r["steps"] == 3 and 0 < r["fsha_mse"] < 4 and r["mean_image_mse"] > 0
     # SplitGuard scores nothing before step 20: no alarm, the attack is scored at the end of the run

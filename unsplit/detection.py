@@ -246,7 +246,10 @@ def run_detection(x_private: torch.Tensor, y_private: torch.Tensor, x_public: to
         snapshot = _AlarmSnapshot(guard, lambda: reconstruction_error(front, attacker, probe, device=device)["mse"])
         callbacks.append(snapshot)
     epochs = max(1, math.ceil(steps / max(1, len(x_private) // batch_size)))  # as many epochs as the steps need
-    train_split(topology, x_private, y_private, epochs=epochs, batch_size=batch_size, max_steps=steps, drop_last=True,
+    # full batches as the official tf.data pipeline, unless a defense draws its own (DP-SGD's Poisson batches)
+    drop_last = not any(d.sampling for d in defenses)
+    train_split(topology, x_private, y_private, epochs=epochs, batch_size=batch_size, max_steps=steps,
+                drop_last=drop_last,
                 optimizers={"front": lambda p: torch.optim.Adam(p, lr=1e-5, eps=1e-7), "middle": adam(1e-3),
                             "head": adam(1e-3)},
                 callbacks=callbacks, defenses=[*defenses, guard], precision=precision, checkpoint=checkpoint,

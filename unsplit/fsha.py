@@ -548,8 +548,9 @@ def run_fsha(private: torch.Tensor, public: torch.Tensor, *, labels: Optional[to
     monitors = [m for m in (monitor, prop) if m is not None]
     y = labels if labels is not None else torch.zeros(len(private), dtype=torch.int64)
     epochs = math.ceil(iterations / max(1, len(private) // batch_size))
+    drop_last = not any(d.sampling for d in defenses)  # full batches (tf.data), unless a defense draws its own
     losses = train_split(topology, private, y, epochs=epochs, batch_size=batch_size, max_steps=iterations,
-                         drop_last=True, optimizers={"front": lambda p: torch.optim.Adam(
+                         drop_last=drop_last, optimizers={"front": lambda p: torch.optim.Adam(
                              p, lr=lr_client, eps=1e-7, fused=_fused_adam(device) if options.get("fused", True) else None)},
                          callbacks=[server, *monitors, *callbacks], defenses=defenses, precision=precision,
                          checkpoint=checkpoint, checkpoint_every=checkpoint_every, device=device, seed=seed,
