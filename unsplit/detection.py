@@ -223,7 +223,7 @@ def run_detection(x_private: torch.Tensor, y_private: torch.Tensor, x_public: to
         (with ``x_test``).
     """
     from .fsha import FSHAServer, reconstruction_error
-    from .training import StepLosses, StepTimer, adam, train_split
+    from .training import StepLosses, StepTimer, adam, draws_own_batches, train_split
 
     if server not in DETECTION_SERVERS:
         raise ValueError(f"server must be one of {', '.join(DETECTION_SERVERS)}, got {server!r}")
@@ -247,9 +247,8 @@ def run_detection(x_private: torch.Tensor, y_private: torch.Tensor, x_public: to
         callbacks.append(snapshot)
     epochs = max(1, math.ceil(steps / max(1, len(x_private) // batch_size)))  # as many epochs as the steps need
     # full batches as the official tf.data pipeline, unless a defense draws its own (DP-SGD's Poisson batches)
-    drop_last = not any(d.sampling for d in defenses)
     train_split(topology, x_private, y_private, epochs=epochs, batch_size=batch_size, max_steps=steps,
-                drop_last=drop_last,
+                drop_last=not draws_own_batches(defenses),
                 optimizers={"front": lambda p: torch.optim.Adam(p, lr=1e-5, eps=1e-7), "middle": adam(1e-3),
                             "head": adam(1e-3)},
                 callbacks=callbacks, defenses=[*defenses, guard], precision=precision, checkpoint=checkpoint,

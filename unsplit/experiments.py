@@ -20,7 +20,7 @@ from torch import nn
 from .attacks import GRADIENT_KINDS, InversionResult, LabelInferenceAttack, last_weight_name, model_inversion_stealing
 from .models import MODELS, fresh_copy
 from .protocol import CutEvent, SplitCallback, Topology
-from .training import Defense, evaluate, train_split
+from .training import Defense, draws_own_batches, evaluate, train_split
 from .util import atomic_save, reconstruction_metrics
 
 __all__ = ["inversion_experiment", "label_experiment", "TrainingCase", "CheckpointMismatch", "train_or_load",
@@ -102,7 +102,7 @@ def inversion_experiment(
     metrics = reconstruction_metrics(result.reconstructions, targets)
     grey = reconstruction_metrics(torch.full_like(targets, 0.5), targets)["mse"]
     black = reconstruction_metrics(torch.zeros_like(targets), targets)["mse"]
-    mean_img = reconstruction_metrics(mean_image.to(device).expand_as(targets), targets)["mse"]
+    mean_img = reconstruction_metrics(mean_image.to(device).expand_as(targets), targets)
     stolen_acc = evaluate(nn.Sequential(result.clone, server), x_test, y_test, device=device)
     untrained = fresh_copy(client, seed=seed + 1).to(device)
     baseline_stolen_acc = evaluate(nn.Sequential(untrained, server), x_test, y_test, device=device)
@@ -121,7 +121,8 @@ def inversion_experiment(
         "ssim_mean": _mean(metrics["ssim"]),
         "baseline_mse_mean": _mean(grey),
         "black_mse_mean": _mean(black),
-        "mean_image_mse_mean": _mean(mean_img),
+        "mean_image_mse_mean": _mean(mean_img["mse"]),
+        "mean_image_mse_minmax_mean": _mean(mean_img["mse_minmax"]),
         "stolen_accuracy": stolen_acc,
         "baseline_stolen_accuracy": baseline_stolen_acc,
         "attack_seconds": attack_seconds,
@@ -176,7 +177,7 @@ class _LabelInferenceServer(SplitCallback):
             return
         observed = event.gradient if self.weight_name is None else event.head_weight_gradients[self.weight_name]
         batch = (event.indices, event.smashed, observed, event.batch_size)
-        if not self.waiting_for and not self.kept:
+        if not self.waiting_for:  # (what was kept has been replayed when the last anchor arrived)
             self._infer(*batch)
             return
         self.kept.append(batch)
@@ -266,8 +267,7 @@ def label_experiment(
                          "per class); lower the known samples per class or infer more samples")
     # a defense that owns the batch sampling (DP-SGD's Poisson draws) decides the batches; the anchors then name the
     # classes whenever they are drawn, and a sample never drawn is never observed (``coverage`` < 1)
-    owns_sampling = any(d.sampling for d in defenses)
-    order = None if owns_sampling else torch.tensor(anchor_pos + rest, dtype=torch.int64)
+    order = None if draws_own_batches(defenses) else torch.tensor(anchor_pos + rest, dtype=torch.int64)
     known_labels = {i: int(y[i]) for i in anchor_pos}  # the attacker's side knowledge
 
     topology = Topology.split(model, head_start=len(model) - 1)

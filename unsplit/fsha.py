@@ -532,7 +532,7 @@ def run_fsha(private: torch.Tensor, public: torch.Tensor, *, labels: Optional[to
         device, seed: where to compute; seeds f's initialisation, the batch order and the attacker.
     """
     from .models import FunnelNet, split
-    from .training import train_split
+    from .training import draws_own_batches, train_split
 
     options = dict(server_options or {})
     options.setdefault("precision", precision)
@@ -548,7 +548,7 @@ def run_fsha(private: torch.Tensor, public: torch.Tensor, *, labels: Optional[to
     monitors = [m for m in (monitor, prop) if m is not None]
     y = labels if labels is not None else torch.zeros(len(private), dtype=torch.int64)
     epochs = math.ceil(iterations / max(1, len(private) // batch_size))
-    drop_last = not any(d.sampling for d in defenses)  # full batches (tf.data), unless a defense draws its own
+    drop_last = not draws_own_batches(defenses)  # full batches (tf.data), unless a defense draws its own
     losses = train_split(topology, private, y, epochs=epochs, batch_size=batch_size, max_steps=iterations,
                          drop_last=drop_last, optimizers={"front": lambda p: torch.optim.Adam(
                              p, lr=lr_client, eps=1e-7, fused=_fused_adam(device) if options.get("fused", True) else None)},

@@ -58,6 +58,7 @@ __all__ = [
     "StepLosses",
     "PRECISIONS",
     "train_split",
+    "draws_own_batches",
     "run_split",
     "evaluate",
     "make_optimizer",
@@ -212,6 +213,12 @@ def _legacy_topology(topology, inputs, labels, legacy, head):
         raise TypeError("train_split takes (topology, inputs, labels) or, as before, (client, server, inputs, "
                         "labels, head=None)")
     return Topology(topology, inputs, head), labels, legacy[0]
+
+
+def draws_own_batches(defenses: Sequence[Defense]) -> bool:
+    """Whether a defense decides the batches itself (DP-SGD's Poisson sampling): ``train_split`` then takes no
+    explicit ``order`` and no ``drop_last``, so a caller that would pass one leaves it out."""
+    return any(d.sampling for d in defenses)
 
 
 def _sampling(sampling: Optional[str], shuffle: bool, order, defenses: Sequence[Defense]) -> str:
