@@ -33,7 +33,9 @@ gradient perturbation where no label owner returns a gradient, Marvell on a 10-c
 says so — ``n/a`` in the table, never an empty square. Each cell shows the attack's success beside the defended
 model's task accuracy; the undefended row is the reference. ``matrix_<dataset>.md`` and the heatmap
 ``matrix_<dataset>.png`` (protection = how far the defense pushes the attack from its undefended success towards
-its trivial baseline, 0 = none, 1 = all the way) are rebuilt from the stored cells.
+its trivial baseline, 0 = none, 1 = all the way) are rebuilt from the stored cells. Settings other than the
+dataset's defaults are part of the names (``--depth 1`` on MNIST: cells ``unsplit-depth1_none_s0``, report
+``matrix_mnist_depth1.md``), so such a run sits beside the default matrix instead of clashing with its cells.
 
 Cells run on :mod:`unsplit.grid` (resumable, ``--seeds`` folded into mean ± std, ``--executor ray``); the trained
 models of the ``unsplit`` column are shared with ``defense_tradeoff.py`` through the same checkpoint cache.
@@ -402,20 +404,39 @@ def _config(args, attack: str, spec: str, seed: int) -> dict:
     return c
 
 
+_IDENTITY = ("dataset", "attack", "defense", "seed", "batch_norm")
+
+
+def _settings(args, attack: str) -> dict:
+    """The attack's settings that differ from the dataset's defaults (``{"depth": 1}`` for ``--depth 1`` on MNIST):
+    they go into the cell and report names, so runs at other settings sit beside the default ones."""
+    defaults = parse_args(["--dataset", args.dataset] + (["--batch-norm"] if args.batch_norm else []))
+    mine, theirs = _config(args, attack, "none", 0), _config(defaults, attack, "none", 0)
+    return {k: v for k, v in mine.items() if k not in _IDENTITY and v != theirs[k]}
+
+
+def _tag(settings: dict) -> str:
+    return "".join(f"-{k.replace('_', '')}{v:g}" if isinstance(v, float) else f"-{k.replace('_', '')}{v}"
+                   for k, v in settings.items())
+
+
 def _stem(args) -> str:
+    settings = {}
+    for attack in args.attack_list:
+        settings.update(_settings(args, attack))
     return (f"matrix_{args.dataset}" + ("-bn" if args.batch_norm else "")
-            + (f"_sweep-{args.sweep}" if args.sweep else ""))
+            + (f"_sweep-{args.sweep}" if args.sweep else "") + (f"_{_tag(settings)[1:]}" if settings else ""))
 
 
 def grid_cells(args) -> list:
+    variant = {a: ("-bn" if "batch_norm" in _config(args, a, "none", 0) else "") + _tag(_settings(args, a))
+               for a in args.attack_list}
     cells = []
     for seed in args.seeds:
         for attack in args.attack_list:
             for spec in args.rows:
-                c = _config(args, attack, spec, seed)
-                variant = "-bn" if c.get("batch_norm") else ""
-                cells.append(Cell(f"cells/{args.dataset}/{attack}{variant}_{spec.replace(':', '-')}_s{seed}", c,
-                                  group=f"{attack}-s{seed}"))
+                cells.append(Cell(f"cells/{args.dataset}/{attack}{variant[attack]}_{spec.replace(':', '-')}_s{seed}",
+                                  _config(args, attack, spec, seed), group=f"{attack}-s{seed}"))
     return cells
 
 

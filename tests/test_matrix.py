@@ -44,14 +44,17 @@ def test_matrix_cells_report_and_heatmap(tiny_mnist, tmp_path, monkeypatch):
     assert not cells["similarity", "nopeek:2"]["applicable"] and "front" in cells["similarity", "nopeek:2"]["reason"]
     assert cells["similarity", "none"]["gradient_kmeans"] > 0.9  # fresh-model gradients give the labels away
     assert 0 <= cells["unsplit_labels", "label_dp:1"]["label_accuracy"] <= 1
-    report = (tmp_path / "out" / "matrix_mnist.md").read_text()
+    stem = "matrix_mnist_labelcount40-cut7-simepochs1-simtrainlimit300"  # settings other than the defaults, named
+    assert m._stem(m.parse_args(argv)) == stem and all("-cut7-" in path.name for path in
+                                                        (tmp_path / "out" / "cells" / "mnist").glob("similarity*"))
+    report = (tmp_path / "out" / f"{stem}.md").read_text()
     row = next(line for line in report.splitlines() if line.startswith("| nopeek:2 |"))
     assert row.count("n/a") == 3 and "| *trivial baseline* |" in report
-    assert (tmp_path / "out" / "matrix_mnist.png").stat().st_size > 1000
+    assert (tmp_path / "out" / f"{stem}.png").stat().st_size > 1000
     # a second seed for one column only: the report says which cells have fewer seeds
     assert m.main([*argv[:5], "unsplit_labels", "--defenses", "none", *argv[8:], "--seeds", "1"]) == 0
     assert m.main([*argv, "--seeds", "0,1", "--report-only"]) == 0
-    report = (tmp_path / "out" / "matrix_mnist.md").read_text()
+    report = (tmp_path / "out" / f"{stem}.md").read_text()
     none_row = next(line for line in report.splitlines() if line.startswith("| none |")).split(" | ")
     assert "seeds" not in none_row[1] and "[1 of 2 seeds]" in none_row[2]
 
