@@ -83,6 +83,15 @@ def test_the_sladv_column_trains_a_defended_victim(tmp_path, monkeypatch):
     assert "cifar" in m.applicability(m._config(m.parse_args(["--dataset", "mnist"]), "sladv", "none", 0))
 
 
+def test_a_sweep_is_one_defense_at_each_strength_in_its_own_report():
+    m = _bench()
+    args = m.parse_args(["--dataset", "mnist", "--sweep", "label_dp", "--attacks", "unsplit_labels"])
+    assert args.rows == ["none", "label_dp:0.5", "label_dp:1", "label_dp:2", "label_dp:4"]
+    assert m._stem(args) == "matrix_mnist_sweep-label_dp"
+    # the sweep's cells are the matrix's cells: a strength both runs share is computed once
+    assert "cells/mnist/unsplit_labels_label_dp-1_s0" in {c.name for c in m.grid_cells(args)}
+
+
 @pytest.mark.parametrize("bad", [["--attacks", "deepleakage"], ["--defenses", "none,shield:1"],
                                  ["--defenses", "gaussian:x"]])
 def test_bad_input_is_a_usage_error(bad, capsys):
