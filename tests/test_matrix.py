@@ -75,7 +75,7 @@ def test_the_sladv_column_trains_a_defended_victim(tmp_path, monkeypatch):
     m = _bench()
     data = _tiny_cifar_tree(tmp_path / "data")
     args = m.parse_args(["--dataset", "cifar", "--sladv-client-size", "80", "--sladv-epochs", "1",
-                         "--sladv-eval", "10", "--steal-iters", "2"])
+                         "--sladv-eval", "30", "--steal-iters", "2"])
     c = m._config(args, "sladv", "label_dp:1", 0)
     r = m.run_cell(c, data_dir=data, cache_dir=tmp_path / "ck", device="cpu", progress=False)
     assert r["applicable"] and 0 <= r["sladv_success"] <= 1 and 0 <= r["task_accuracy"] <= 1

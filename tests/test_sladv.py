@@ -247,3 +247,29 @@ def test_the_benchmark_gives_the_same_cells_on_ray(tmp_path, monkeypatch):
         a, b = json.loads(a.read_text()), json.loads(b.read_text())
         assert a["_cell"]["config"] == b["_cell"]["config"] and a["kind"] == b["kind"]
         assert abs(a["accuracy"] - b["accuracy"]) <= 0.1 and a["clean_accuracy"] == b["clean_accuracy"]
+
+
+def test_an_interrupted_victim_training_resumes_from_its_partial_checkpoint(tmp_path):
+    from unsplit.defenses import parse_defenses
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(32, 3, 32, 32, generator=g), torch.randint(0, 10, (32,), generator=g)
+    fresh, _ = sladv.train_or_load_victim("cifarnet", x, y, epochs=2, defenses=("label_dp:1",),
+                                          checkpoint=tmp_path / "fresh.pt")
+    assert not list(tmp_path.glob("*.partial"))  # removed once the victim is stored
+
+    def by_hand(epochs, **kw):  # the same training from another start (seed 1), run by hand
+        torch.manual_seed(1)
+        model = sladv.build_victim("cifarnet")
+        train_split(sladv.victim_topology(model, 1, name="cifarnet"), x, y, epochs=epochs, batch_size=128,
+                    defenses=parse_defenses(["label_dp:1"]), **kw)
+        return model
+
+    by_hand(1, checkpoint=tmp_path / "resumed.pt.partial")  # what a run stopped after its first epoch leaves
+    resumed, info = sladv.train_or_load_victim("cifarnet", x, y, epochs=2, defenses=("label_dp:1",),
+                                               checkpoint=tmp_path / "resumed.pt")
+    assert not info["from_checkpoint"] and not (tmp_path / "resumed.pt.partial").exists()
+    # it went on from the stopped run (seed 1's start), not from scratch (seed 0's)
+    reference = by_hand(2).state_dict()
+    assert all(torch.equal(a, reference[k]) for k, a in resumed.state_dict().items())
+    assert not torch.equal(resumed.state_dict()["0.0.weight"], fresh.state_dict()["0.0.weight"])

@@ -503,6 +503,7 @@ def train_or_load_victim(name: str, x_client: torch.Tensor, y_client: torch.Tens
     tag = "".join(f"_{d.replace(':', '-')}" for d in specs)
     path = Path(checkpoint) if checkpoint is not None else Path("checkpoints/sladv") / (
         f"{name}_e{epochs}_n{len(x_client)}{tag}_s{seed}.pt")
+    torch.manual_seed(seed)  # the seed fixes the initial weights too, not only the training's draws
     model = build_victim(name)
     say = log or (lambda message: None)
     if path.exists() and not retrain:
@@ -514,15 +515,20 @@ def train_or_load_victim(name: str, x_client: torch.Tensor, y_client: torch.Tens
         say(f"loaded the victim from {path}")
         return model, {"from_checkpoint": True, "checkpoint": str(path), "train_seconds": state.get("seconds")}
     say(f"training the victim ({name}, {epochs} epochs on {len(x_client)} client images) ...")
-    torch.manual_seed(seed)
     start = time.perf_counter()
-    train_split(victim_topology(model, 1, name=name), x_client, y_client, epochs=epochs, batch_size=128,
-                defenses=parse_defenses(specs), device=device, seed=seed, progress=progress)
-    seconds = time.perf_counter() - start
+    built = parse_defenses(specs)
+    # a long training resumes from where an interrupted one stopped (DP-SGD's opacus state cannot be resumed)
+    partial = path.with_name(path.name + ".partial") if all(d.resumable for d in built) else None
     path.parent.mkdir(parents=True, exist_ok=True)
+    train_split(victim_topology(model, 1, name=name), x_client, y_client, epochs=epochs, batch_size=128,
+                defenses=built, checkpoint=partial, checkpoint_every=100, device=device, seed=seed,
+                progress=progress)
+    seconds = time.perf_counter() - start
     tmp = path.with_suffix(".tmp")
     torch.save({"key": key, "model": model.cpu().state_dict(), "seconds": seconds}, tmp)
     tmp.replace(path)
+    if partial is not None:
+        partial.unlink(missing_ok=True)
     return model, {"from_checkpoint": False, "checkpoint": str(path), "train_seconds": seconds}
 
 
