@@ -14,6 +14,7 @@ def test_the_cache_is_keyed_on_the_whole_training_case_and_refuses_another_cases
     case = TrainingCase("mnist", epochs=1, seed=0, train_limit=120)
     model, info = train_or_load(case, data_dir=tiny_mnist, cache_dir=tmp_path)
     assert not info["from_checkpoint"] and info["case"]["epochs"] == 1
+    assert not list(tmp_path.glob("*.partial"))  # the resumable training state goes once the model is stored
     again, info2 = train_or_load(case, data_dir=tiny_mnist, cache_dir=tmp_path)
     assert info2["from_checkpoint"] and torch.equal(_flat(model), _flat(again))
 

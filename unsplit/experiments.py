@@ -20,7 +20,7 @@ from torch import nn
 from .attacks import GRADIENT_KINDS, InversionResult, LabelInferenceAttack, last_weight_name, model_inversion_stealing
 from .models import MODELS, fresh_copy
 from .protocol import CutEvent, SplitCallback, Topology
-from .training import Defense, draws_own_batches, evaluate, train_split
+from .training import Defense, draws_own_batches, evaluate, partial_checkpoint, train_split
 from .util import atomic_save, reconstruction_metrics
 
 __all__ = ["inversion_experiment", "label_experiment", "TrainingCase", "CheckpointMismatch", "train_or_load",
@@ -78,7 +78,7 @@ def inversion_experiment(
         defenses: split-learning defenses in force; those acting on the smashed data change what the server sees.
 
     Returns:
-        ``(report, result)``: per-image and mean MSE (raw, min-max), PSNR, SSIM, the grey / black / mean-image
+        ``(report, result)``: per-image and mean MSE (raw, min-max), PSNR, SSIM, pixel correlation, the grey / black / mean-image
         baselines, the stolen client's accuracy under the real server, an untrained client's, and attack seconds.
     """
     options = attack_options(model_inversion_stealing, attack, reserved=_INVERSION_RESERVED)
@@ -119,10 +119,13 @@ def inversion_experiment(
         "psnr_mean": _mean(metrics["psnr"]),
         "ssim": metrics["ssim"],
         "ssim_mean": _mean(metrics["ssim"]),
+        "correlation": metrics["correlation"],
+        "correlation_mean": _mean(metrics["correlation"]),
         "baseline_mse_mean": _mean(grey),
         "black_mse_mean": _mean(black),
         "mean_image_mse_mean": _mean(mean_img["mse"]),
         "mean_image_mse_minmax_mean": _mean(mean_img["mse_minmax"]),
+        "mean_image_correlation_mean": _mean(mean_img["correlation"]),
         "stolen_accuracy": stolen_acc,
         "baseline_stolen_accuracy": baseline_stolen_acc,
         "attack_seconds": attack_seconds,
@@ -474,9 +477,12 @@ def train_or_load(
             + (f" with {', '.join(case.defenses)}" if case.defenses else "") + " ...")
         start = time.perf_counter()
         topology = Topology.split(model, front_depth=case.split_depth or 0)
+        partial = partial_checkpoint(path, defenses)  # an interrupted training resumes where it stopped
+        path.parent.mkdir(parents=True, exist_ok=True)
         train_split(topology, x_train, y_train, epochs=case.epochs, batch_size=case.batch_size, lr=case.lr,
-                    device=device, seed=case.seed, defenses=defenses, progress=progress)
-        seconds = time.perf_counter() - start
+                    device=device, seed=case.seed, defenses=defenses, checkpoint=partial, checkpoint_every=100,
+                    progress=progress)
+        seconds = time.perf_counter() - start  # of this process: a resumed training counts only its own part
         dp = [d for d in defenses if hasattr(d, "spent_epsilon")]
         info = {"train_seconds": seconds, "from_checkpoint": False,
                 "dp_epsilon": dp[0].spent_epsilon() if dp else None,
@@ -485,6 +491,8 @@ def train_or_load(
                                      else "shuffled fixed-size batches: the accountant assumes Poisson sampling, so "
                                           "this epsilon is not a valid guarantee")) if dp else None}
         atomic_save({"model": model.state_dict(), "case": wanted, **info}, path)
+        if partial is not None:
+            partial.unlink(missing_ok=True)
         say(f"trained in {seconds:.1f} s; saved to {path}")
     model = model.to(device).eval()
     info.update(checkpoint=str(path), case=wanted)

@@ -493,7 +493,7 @@ def train_or_load_victim(name: str, x_client: torch.Tensor, y_client: torch.Tens
     from pathlib import Path
 
     from .defenses import parse_defenses
-    from .training import train_split
+    from .training import partial_checkpoint, train_split
 
     specs = [d for d in defenses if d.strip() and d.strip() != "none"]
     key = {"model": name, "epochs": epochs, "client_size": len(x_client), "seed": seed, "optimizer": "adam-amsgrad",
@@ -517,8 +517,7 @@ def train_or_load_victim(name: str, x_client: torch.Tensor, y_client: torch.Tens
     say(f"training the victim ({name}, {epochs} epochs on {len(x_client)} client images) ...")
     start = time.perf_counter()
     built = parse_defenses(specs)
-    # a long training resumes from where an interrupted one stopped (DP-SGD's opacus state cannot be resumed)
-    partial = path.with_name(path.name + ".partial") if all(d.resumable for d in built) else None
+    partial = partial_checkpoint(path, built)  # an interrupted training resumes where it stopped
     path.parent.mkdir(parents=True, exist_ok=True)
     train_split(victim_topology(model, 1, name=name), x_client, y_client, epochs=epochs, batch_size=128,
                 defenses=built, checkpoint=partial, checkpoint_every=100, device=device, seed=seed,

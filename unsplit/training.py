@@ -29,6 +29,7 @@ import dataclasses
 import math
 import os
 import time
+from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
@@ -577,6 +578,12 @@ def _status(cbs) -> Dict[str, str]:
         for k, v in c.status().items():
             out[k] = f"{v:.4g}" if isinstance(v, float) else str(v)
     return out
+
+
+def partial_checkpoint(path, defenses: Sequence[Defense]) -> Optional[Path]:
+    """Where a long training that ends in ``path`` keeps its :func:`train_split` checkpoint while it runs
+    (``<path>.partial``), so an interrupted one resumes; ``None`` when a defense cannot be resumed (DP-SGD)."""
+    return Path(str(path) + ".partial") if all(d.resumable for d in defenses) else None
 
 
 def _load_checkpoint(path, settings: Mapping[str, object]) -> Optional[dict]:

@@ -75,7 +75,9 @@ def reconstruction_metrics(reconstructions: torch.Tensor, targets: torch.Tensor)
 
     Returns:
         Lists of length N: ``mse`` (raw), ``mse_minmax`` (reconstruction min-max normalised first), ``psnr``
-        (dB, of the reconstruction clamped to [0, 1]) and ``ssim`` (of the clamped reconstruction, data range 1).
+        (dB, of the reconstruction clamped to [0, 1]), ``ssim`` (of the clamped reconstruction, data range 1) and
+        ``correlation`` (Pearson's r over all pixels of the raw reconstruction, in [-1, 1]: blind to the overall
+        brightness and contrast that the attack's λ₂ term takes away, not to noise, which min-max scaling inflates).
     """
     from skimage.metrics import structural_similarity
 
@@ -91,7 +93,11 @@ def reconstruction_metrics(reconstructions: torch.Tensor, targets: torch.Tensor)
     ssim = []
     for r, t in zip(clamped.numpy(), tgt.numpy()):
         ssim.append(float(structural_similarity(t, r, data_range=1.0, channel_axis=0)))
-    return {"mse": mse.tolist(), "mse_minmax": mse_mm.tolist(), "psnr": psnr.tolist(), "ssim": ssim}
+    rc = rec.flatten(1) - rec.flatten(1).mean(1, keepdim=True)
+    tc = tgt.flatten(1) - tgt.flatten(1).mean(1, keepdim=True)
+    corr = (rc * tc).sum(1) / (rc.norm(dim=1) * tc.norm(dim=1)).clamp_min(1e-12)
+    return {"mse": mse.tolist(), "mse_minmax": mse_mm.tolist(), "psnr": psnr.tolist(), "ssim": ssim,
+            "correlation": corr.tolist()}
 
 
 def running_mean(values: Sequence[float], window: int) -> list:
