@@ -78,8 +78,9 @@ def inversion_experiment(
         defenses: split-learning defenses in force; those acting on the smashed data change what the server sees.
 
     Returns:
-        ``(report, result)``: per-image and mean MSE (raw, min-max), PSNR, SSIM, pixel correlation, the grey / black / mean-image
-        baselines, the stolen client's accuracy under the real server, an untrained client's, and attack seconds.
+        ``(report, result)``: per-image and mean MSE (raw, min-max), PSNR, SSIM, pixel correlation, the grey /
+        black / mean-image baselines, the stolen client's accuracy under the real server, an untrained client's,
+        and attack seconds.
     """
     options = attack_options(model_inversion_stealing, attack, reserved=_INVERSION_RESERVED)
     device = torch.device(device)
