@@ -126,14 +126,15 @@ def print_report(report: dict) -> None:
     n = len(report["images"])
     print(f"\n{report['dataset']} split depth {report['split_depth']} ({report['preset']}): {n} images, "
           f"attack {report['attack_seconds']:.1f} s ({report['seconds_per_image']:.2f} s/image)")
-    print(f"{'image':>6} {'label':>5} {'MSE':>8} {'MSE(mm)':>8} {'PSNR':>6} {'SSIM':>6}")
+    print(f"{'image':>6} {'label':>5} {'MSE':>8} {'MSE(mm)':>8} {'PSNR':>6} {'SSIM':>6} {'corr':>6}")
     for i, (k, label) in enumerate(zip(report["images"], report["labels"])):
         print(f"{k:>6} {label:>5} {report['mse'][i]:8.4f} {report['mse_minmax'][i]:8.4f} "
-              f"{report['psnr'][i]:6.2f} {report['ssim'][i]:6.3f}")
+              f"{report['psnr'][i]:6.2f} {report['ssim'][i]:6.3f} {report['correlation'][i]:6.3f}")
     print(f"{'mean':>12} {report['mse_mean']:8.4f} {report['mse_minmax_mean']:8.4f} "
-          f"{report['psnr_mean']:6.2f} {report['ssim_mean']:6.3f}")
+          f"{report['psnr_mean']:6.2f} {report['ssim_mean']:6.3f} {report['correlation_mean']:6.3f}")
     print(f"baselines (MSE): start image 0.5 {report['baseline_mse_mean']:.4f} | black {report['black_mse_mean']:.4f}"
-          f" | training mean image {report['mean_image_mse_mean']:.4f}")
+          f" | training mean image {report['mean_image_mse_mean']:.4f} (its pixel correlation "
+          f"{report['mean_image_correlation_mean']:.3f})")
     print(f"split model test accuracy {report['test_accuracy']:.4f} | stolen client + real server "
           f"{report['stolen_accuracy']:.4f} | untrained client + real server "
           f"{report['baseline_stolen_accuracy']:.4f}")

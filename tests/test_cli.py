@@ -31,6 +31,7 @@ def test_model_inversion_demo_end_to_end(tiny_mnist, tmp_path):
     for key in ("mse_mean", "mse_minmax_mean", "baseline_mse_mean", "black_mse_mean", "mean_image_mse_mean"):
         assert 0 <= m[key] <= 1, key
     assert 0 <= m["ssim_mean"] <= 1 and m["psnr_mean"] > 0 and m["attack_seconds"] > 0
+    assert -1 <= m["correlation_mean"] <= 1 and len(m["correlation"]) == 10 and "corr" in r.stdout
     for key in ("test_accuracy", "stolen_accuracy", "baseline_stolen_accuracy"):
         assert 0 <= m[key] <= 1, key
     assert m["settings"]["main_iters"] == 3 and m["settings"]["lambda_tv"] == 0.1
