@@ -51,6 +51,7 @@ same checkpoint cache.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
 import time
 from pathlib import Path
@@ -403,16 +404,21 @@ def _config(args, attack: str, spec: str, seed: int) -> dict:
 _IDENTITY = ("dataset", "attack", "defense", "seed", "batch_norm")
 
 
+@functools.lru_cache(maxsize=None)
+def _defaults(dataset: str, batch_norm: bool):
+    return parse_args(["--dataset", dataset] + (["--batch-norm"] if batch_norm else []))
+
+
 def _settings(args, attack: str) -> dict:
     """The attack's settings that differ from the dataset's defaults (``{"depth": 3}`` for ``--depth 3``):
     they go into the cell and report names, so runs at other settings sit beside the default ones."""
-    defaults = parse_args(["--dataset", args.dataset] + (["--batch-norm"] if args.batch_norm else []))
-    mine, theirs = _config(args, attack, "none", 0), _config(defaults, attack, "none", 0)
+    mine = _config(args, attack, "none", 0)
+    theirs = _config(_defaults(args.dataset, args.batch_norm), attack, "none", 0)
     return {k: v for k, v in mine.items() if k not in _IDENTITY and v != theirs[k]}
 
 
 def _tag(settings: dict) -> str:
-    return "".join(f"-{k.replace('_', '')}{v:g}" if isinstance(v, float) else f"-{k.replace('_', '')}{v}"
+    return "".join(f"-{k.replace('_', '')}{format(v, 'g') if isinstance(v, float) else v}"
                    for k, v in settings.items())
 
 
