@@ -41,10 +41,8 @@ from unsplit.grid import (  # noqa: E402
     ResultStore,
     add_grid_arguments,
     fold_seeds,
-    grid_options,
     pm,
-    report_failures,
-    run_grid,
+    run_benchmark,
 )
 from unsplit.models import MODELS, build_model  # noqa: E402
 from unsplit.protocol import Topology  # noqa: E402
@@ -399,9 +397,7 @@ def binary_report(args) -> list:
 def main(argv=None) -> int:
     args = parse_args(argv)
     runtime = {"data_dir": args.data_dir, "out": args.out, "device": args.device, "progress": not args.quiet}
-    summary = run_grid(grid_cells(args), run_cell, store=ResultStore(args.out), runtime=runtime, **grid_options(args))
-    print(f"wrote {report(args)}")
-    return report_failures(summary)
+    return run_benchmark(args, grid_cells(args), run_cell, runtime=runtime, report=lambda a: f"wrote {report(a)}")
 
 
 if __name__ == "__main__":

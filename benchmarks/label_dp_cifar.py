@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from unsplit.cli import make_parser, run_main  # noqa: E402
 from unsplit.data import default_data_dir, load_dataset  # noqa: E402
 from unsplit.defenses import RandomizedResponse  # noqa: E402
-from unsplit.grid import Cell, ResultStore, add_grid_arguments, grid_options, report_failures, run_grid  # noqa: E402
+from unsplit.grid import Cell, ResultStore, add_grid_arguments, run_benchmark  # noqa: E402
 from unsplit.models import CifarNet, split  # noqa: E402
 from unsplit.training import evaluate, train_split  # noqa: E402
 from unsplit.util import atomic_write_text  # noqa: E402
@@ -123,22 +123,25 @@ def run_cell(c: dict, *, data_dir, progress: bool) -> dict:
             **diagnose(model, xt)}
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    summary = run_grid(grid_cells(args), run_cell, store=ResultStore(args.out),
-                       runtime={"data_dir": args.data_dir, "progress": not args.quiet}, **grid_options(args))
+def build_report(args) -> str:
+    """The diagnosis table of the stored cells, written to ``report.md``."""
     rows = ResultStore(args.out).records("cells/*.json")
-    lines = ["| cell | epochs | train | test acc | logit std | classes predicted | dead ReLU per layer | sigmoid sat. | s |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| cell | epochs | train | test acc | logit std | classes predicted | dead ReLU per layer "
+             "| sigmoid sat. | s |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         dead = " / ".join(f"{d:.2f}" for d in r["dead_relu"])
         sat = "" if r["sigmoid_saturated"] is None else f"{r['sigmoid_saturated']:.2f}"
         lines.append(f"| {r['cell']} | {r['epochs']} | {r['train_samples']} | {r['test_accuracy']:.4f} | "
                      f"{r['logit_std']:.4f} | {r['predicted_classes']} | {dead} | {sat} | {r['seconds']:.0f} |")
     text = "\n".join(lines) + "\n"
-    print(text)
     atomic_write_text(args.out / "report.md", text)
-    return report_failures(summary)
+    return text
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    runtime = {"data_dir": args.data_dir, "progress": not args.quiet}
+    return run_benchmark(args, grid_cells(args), run_cell, runtime=runtime, report=build_report)
 
 
 if __name__ == "__main__":
