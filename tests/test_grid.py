@@ -1,5 +1,6 @@
 import json
 import math
+import os
 
 import pytest
 
@@ -47,6 +48,10 @@ def test_local_grid_stores_skips_recomputes_and_records_errors(tmp_path):
     run_grid(_cells(2), fn, store=store, runtime={"scale": 1}, recompute=True, progress=False)
     assert calls == [0, 1] and json.loads((tmp_path / "x_1.json").read_text())["value"] == 1
     assert not list(tmp_path.glob(".*.tmp"))
+    # stored like any new file (umask applied), not with the temporary file's private 0600
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "x_1.json").stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_a_stored_result_with_another_config_is_never_silently_reused(tmp_path):

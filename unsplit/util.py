@@ -59,7 +59,8 @@ def l2_prior(x: torch.Tensor) -> torch.Tensor:
 
 
 def minmax_normalise(x: torch.Tensor) -> torch.Tensor:
-    """Rescales each image of ``(N, ...)`` to span [0, 1] (constant images map to 0), as the reference does for CIFAR."""
+    """Rescales each image of ``(N, ...)`` to span [0, 1] (constant images map to 0), as the reference does for
+    CIFAR."""
     flat = x.flatten(1)
     lo = flat.min(dim=1, keepdim=True).values
     hi = flat.max(dim=1, keepdim=True).values
@@ -82,7 +83,8 @@ def reconstruction_metrics(reconstructions: torch.Tensor, targets: torch.Tensor)
     from skimage.metrics import structural_similarity
 
     if reconstructions.shape != targets.shape:
-        raise ValueError(f"shape mismatch: reconstructions {tuple(reconstructions.shape)} vs targets {tuple(targets.shape)}")
+        raise ValueError(f"shape mismatch: reconstructions {tuple(reconstructions.shape)} "
+                         f"vs targets {tuple(targets.shape)}")
     rec = reconstructions.detach().float().cpu()
     tgt = targets.detach().float().cpu()
     mse = (rec - tgt).pow(2).flatten(1).mean(1)
@@ -130,6 +132,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+#: the mode ``open()`` would give a new file (mkstemp's temporary files are private, 0600)
+_FILE_MODE = 0o666 & ~_umask()
+
+
 def _atomic_write(path: Path, write) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -139,6 +151,7 @@ def _atomic_write(path: Path, write) -> Path:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
