@@ -28,15 +28,24 @@ import time
 import torch
 
 from unsplit.attacks import GRADIENT_KINDS
-from unsplit.cli import (UsageError, add_common_arguments, check_defenses, device_of, finite_float, log, make_parser,
-                         output_dir, run_main)
-from unsplit.defenses import parse_defenses
+from unsplit.cli import (
+    UsageError,
+    add_common_arguments,
+    check_defenses,
+    device_of,
+    finite_float,
+    log,
+    make_parser,
+    output_dir,
+    run_main,
+)
 from unsplit.data import load_dataset
+from unsplit.defenses import parse_defenses
 from unsplit.experiments import label_experiment
 from unsplit.models import build_model, split
-from unsplit.similarity import MODEL_NAMES, build_model as similarity_model, cut_names, model_inputs, run_similarity
+from unsplit.similarity import MODEL_NAMES, cut_names, model_inputs, run_similarity
+from unsplit.similarity import build_model as similarity_model
 from unsplit.util import atomic_write_json, seed_everything
-
 
 ATTACKS = ("unsplit", "similarity-knn", "similarity-kmeans", "norm", "direction", "model-completion")
 

@@ -48,7 +48,8 @@ def main(argv=None) -> int:
         p.error("--steps must be >= 1")
     _, _, x_pub, _ = fsha_data("mnist", data_dir=args.data_dir, download=False)
     for precision in ("fp32", "bf16"):
-        print(precision, " ".join(f"{v:.4f}" for v in curve(x_pub, precision, args.steps, args.seed, args.batch_seed)), flush=True)
+        values = curve(x_pub, precision, args.steps, args.seed, args.batch_seed)
+        print(precision, " ".join(f"{v:.4f}" for v in values), flush=True)
     return 0
 
 

@@ -5,8 +5,8 @@ a plain transcription and the official TensorFlow code's 1.31 s/iteration measur
 One iteration = the client's forward and backward through f plus the server's step (pilot + decoder, critic with the
 gradient penalty, the hijacking gradient) and the monitor's reconstruction of the batch, as in the official loop.
 The official setting: MNIST-shaped inputs (3x32x32), split level 4, batch 64. Random data: the speed does not depend
-on it. Each row runs ``--repeats`` blocks (rows interleaved, against drifts of the machine's speed); a block is a fresh run,
-``--warmup`` untimed iterations, then ``--iters`` timed ones; the median block is reported:
+on it. Each row runs ``--repeats`` blocks (rows interleaved, against drifts of the machine's speed); a block is a
+fresh run, ``--warmup`` untimed iterations, then ``--iters`` timed ones; the median block is reported:
 
     plain        one critic pass per loss, a separate backward for the returned gradient, fp32
     fused        one critic pass over private + public features, one backward for the critic and the gradient
@@ -14,7 +14,7 @@ on it. Each row runs ``--repeats`` blocks (rows interleaved, against drifts of t
     all bf16     the client's f under bf16 autocast as well
     + channels-last
 
-    python benchmarks/fsha_speed.py                    # prints a markdown table, writes benchmarks/results/fsha_speed.json
+    python benchmarks/fsha_speed.py   # prints a markdown table, writes benchmarks/results/fsha_speed.json
 """
 from __future__ import annotations
 

@@ -18,7 +18,8 @@ steady-state steps), and the score on 2,000 private inputs sent after training (
 ``report.md`` and ``curves.png`` put them beside the notebook numbers.
 
     python benchmarks/fsha_vs_official.py --data-dir ../shared/data --cells mnist-l4
-    python benchmarks/fsha_vs_official.py --data-dir ../shared/data --cells mnist-l4-nopeek,mnist-l4-mangled --iters 3000
+    python benchmarks/fsha_vs_official.py --data-dir ../shared/data --cells mnist-l4-nopeek,mnist-l4-mangled \
+        --iters 3000
     python benchmarks/fsha_vs_official.py --report-only
 """
 from __future__ import annotations

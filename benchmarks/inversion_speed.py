@@ -25,10 +25,15 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from unsplit.attacks import model_inversion_stealing  # noqa: E402
-from unsplit.experiments import TrainingCase, train_or_load  # noqa: E402
 from unsplit.data import default_data_dir, first_of_each_class, load_dataset  # noqa: E402
+from unsplit.experiments import TrainingCase, train_or_load  # noqa: E402
 from unsplit.models import fresh_copy, split  # noqa: E402
-from unsplit.util import atomic_write_json, l2_prior, reconstruction_metrics, total_variation  # noqa: E402
+from unsplit.util import (  # noqa: E402
+    atomic_write_json,
+    l2_prior,
+    reconstruction_metrics,
+    total_variation,
+)
 
 
 def reference_loop(client, targets, *, split_depth_client, main_iters, input_iters, model_iters, lambda_tv, lambda_l2,

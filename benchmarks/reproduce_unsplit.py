@@ -270,8 +270,8 @@ def build_report(args) -> Path:
         lines += [f"## {NAMES.get(dataset, dataset)} — schedule {schedule}", "",
                   f"Split model test accuracy: {rows[0]['test_accuracy']:.4f} after {rows[0].get('epochs')} "
                   "training epochs.", "",
-                  "| depth | seed | MSE | MSE (mm) | PSNR | SSIM | grey | black | mean img | stolen acc | untrained acc "
-                  "| attack s |", "|" + "---|" * 12]
+                  "| depth | seed | MSE | MSE (mm) | PSNR | SSIM | grey | black | mean img | stolen acc "
+                  "| untrained acc | attack s |", "|" + "---|" * 12]
         for c in rows:
             lines.append(
                 f"| {c['split_depth']} | {c['seed']} | {c['mse_mean']:.4f} | {c['mse_minmax_mean']:.4f} | "

@@ -26,11 +26,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from unsplit import similarity as sim  # noqa: E402
 from unsplit.cli import make_parser, run_main  # noqa: E402
 from unsplit.data import default_data_dir, load_dataset  # noqa: E402
 from unsplit.models import MnistNet  # noqa: E402
 from unsplit.protocol import CutEvent  # noqa: E402
-from unsplit import similarity as sim  # noqa: E402
 from unsplit.util import atomic_write_json  # noqa: E402
 
 PARTS = ("speed", "memory", "accuracy")

@@ -3,9 +3,9 @@ import math
 
 import pytest
 import torch
+from test_fsha import _crosses, _encoder, _tiny_server
 from torch import nn
 
-from test_fsha import _crosses, _encoder, _tiny_server
 from unsplit.detection import SplitGuard, splitguard_score
 from unsplit.protocol import Topology
 from unsplit.training import StepLosses, train_split

@@ -20,7 +20,8 @@ def test_the_cache_is_keyed_on_the_whole_training_case_and_refuses_another_cases
 
     # without a defense the cut does not change training: one model for every depth
     assert TrainingCase("mnist", epochs=1, train_limit=120, split_depth=3).name == case.name
-    others = [TrainingCase("mnist", epochs=2, train_limit=120), TrainingCase("mnist", epochs=1, seed=1, train_limit=120),
+    others = [TrainingCase("mnist", epochs=2, train_limit=120),
+              TrainingCase("mnist", epochs=1, seed=1, train_limit=120),
               TrainingCase("mnist", epochs=1, train_limit=60),
               TrainingCase("mnist", epochs=1, train_limit=120, defenses=("nopeek:2",), split_depth=2),
               TrainingCase("mnist", epochs=1, train_limit=120, defenses=("nopeek:2",), split_depth=3),

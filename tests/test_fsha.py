@@ -71,12 +71,14 @@ def test_the_server_hijacks_through_the_protocol_and_never_sees_inputs_labels_or
     x = torch.rand(16, 3, 32, 32) * 2 - 1
     labels = torch.full((16,), 10 ** 6)  # nonsense labels: nobody may use them
     server = FSHAServer(torch.rand(32, 3, 32, 32) * 2 - 1, level=4, gp_form="flat")
-    middle, front = [p.detach().clone() for p in t.middle.parameters()], [p.detach().clone() for p in t.front.parameters()]
+    middle = [p.detach().clone() for p in t.middle.parameters()]
+    front = [p.detach().clone() for p in t.front.parameters()]
     losses = train_split(t, x, labels, epochs=2, batch_size=8, callbacks=[server])
     assert all(v != v for v in losses)  # nan: the honest server's step never ran
     assert all(torch.equal(a, p) for a, p in zip(middle, t.middle.parameters()))
     assert not all(torch.equal(a, p) for a, p in zip(front, t.front.parameters()))  # the client followed the critic
-    assert len(server.history["hijack_loss"]) == 4 and server.reconstruct(t.front(x[:2]).detach()).shape == (2, 3, 32, 32)
+    assert len(server.history["hijack_loss"]) == 4
+    assert server.reconstruct(t.front(x[:2]).detach()).shape == (2, 3, 32, 32)
     with pytest.raises(ValueError, match="public data"):
         FSHAServer(torch.rand(4, 1, 28, 28))
     with pytest.raises(ValueError, match="level"):

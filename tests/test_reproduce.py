@@ -51,9 +51,10 @@ def test_defense_tradeoff_benchmark_runs_and_reports(tiny_mnist, tmp_path):
     out = tmp_path / "def"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "UNSPLIT_CACHE": str(tmp_path / ".cache")}
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "defense_tradeoff.py"), "--defenses",
-                        "none,gaussian:0.5,dpsgd:1,label_dp:1", "--epochs", "1", "--main-iters", "2", "--input-iters", "2",
-                        "--model-iters", "2", "--label-count", "40", "--binary-defenses", "none,marvell:1",
-                        "--binary-count", "120", "--train-limit", "200", "--data-dir", str(tiny_mnist), "--out", str(out),
+                        "none,gaussian:0.5,dpsgd:1,label_dp:1", "--epochs", "1", "--main-iters", "2",
+                        "--input-iters", "2", "--model-iters", "2", "--label-count", "40",
+                        "--binary-defenses", "none,marvell:1", "--binary-count", "120", "--train-limit", "200",
+                        "--data-dir", str(tiny_mnist), "--out", str(out),
                         "--quiet"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     load = lambda p: json.loads(p.read_text())  # noqa: E731

@@ -203,7 +203,8 @@ def model_inversion_stealing(
     )
     raw = x.detach()
     rec = _normalise(raw, cfg["normalise"]) if cfg["normalise"] else raw
-    return InversionResult(reconstructions=rec, clone=clone, history=history, settings=settings, raw_reconstructions=raw)
+    return InversionResult(reconstructions=rec, clone=clone, history=history, settings=settings,
+                           raw_reconstructions=raw)
 
 
 def _recalibrate_batchnorm(clone: nn.Module, x: torch.Tensor) -> None:

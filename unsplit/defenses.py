@@ -2,10 +2,10 @@
 
 | defense | acts on | reference |
 |---|---|---|
-| :class:`GaussianNoise`, :class:`LaplaceNoise` | the smashed data the client sends | noise defenses (e.g. Titcombe et al. 2021) |
+| :class:`GaussianNoise`, :class:`LaplaceNoise` | the smashed data the client sends | Titcombe et al. 2021 |
 | :class:`NoPeek` | the client's own update (adds alpha * dCor(x, z)) | Vepakomma et al. 2020; FSHA's ``defense.py`` |
-| :class:`DPSGD` | the client's own update (per-sample clipping + noise, opacus, RDP accountant) | Abadi et al. 2016 |
-| :class:`RandomizedResponse` | the labels the owner trains on (label DP; RR, or RR-with-prior) | Ghazi et al., NeurIPS'21 |
+| :class:`DPSGD` | the client's own update (per-sample clipping + noise; opacus, RDP) | Abadi et al. 2016 |
+| :class:`RandomizedResponse` | the labels the owner trains on (label DP: RR, RR-with-prior) | Ghazi et al. 2021 |
 | :class:`TopK` | the cut gradient returned (keep the largest ``ratio`` of entries per sample) | gradient compression |
 | :class:`MaxNorm` | the cut gradient returned by the label owner (binary tasks) | Li et al., ICLR'22 |
 | :class:`Marvell` | the cut gradient returned by the label owner (binary tasks; optimised noise) | Li et al., ICLR'22 |

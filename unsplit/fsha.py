@@ -30,8 +30,9 @@ from torch import nn
 from .models import ResBlock, keras_init
 from .protocol import CutEvent, SplitCallback, Topology
 
-__all__ = ["LEVELS", "OFFICIAL_NOTEBOOK", "SMASHED_SHAPES", "fsha_images", "pilot", "decoder", "critic", "gradient_penalty",
-           "FSHAServer", "ReconstructionMonitor", "PropertyMonitor", "reconstruction_error", "FSHARun", "run_fsha"]
+__all__ = ["LEVELS", "OFFICIAL_NOTEBOOK", "SMASHED_SHAPES", "fsha_images", "pilot", "decoder", "critic",
+           "gradient_penalty", "FSHAServer", "ReconstructionMonitor", "PropertyMonitor", "reconstruction_error",
+           "FSHARun", "run_fsha"]
 
 LEVELS = (1, 2, 3, 4)
 #: the client's output shape per split level
@@ -121,7 +122,8 @@ def critic(level: int = 4) -> nn.Sequential:
     blocks (256) -> Conv(256, 3, stride 2) -> Flatten -> Dense(1)."""
     c, h, w = SMASHED_SHAPES[_check_level(level)]
     layers = [nn.Conv2d(c, 256, 3, 1, padding=1)] + [ResBlock(256, 256) for _ in range(6)]
-    layers += [nn.Conv2d(256, 256, 3, 2, padding=1), nn.Flatten(), nn.Linear(256 * math.ceil(h / 2) * math.ceil(w / 2), 1)]
+    layers += [nn.Conv2d(256, 256, 3, 2, padding=1), nn.Flatten(),
+               nn.Linear(256 * math.ceil(h / 2) * math.ceil(w / 2), 1)]
     return keras_init(nn.Sequential(*layers))
 
 
@@ -527,8 +529,8 @@ def run_fsha(private: torch.Tensor, public: torch.Tensor, *, labels: Optional[to
         defenses: the client's defenses (e.g. ``NoPeek(1e4)``); callbacks: more observers (e.g. a detector).
         precision: ``"fp32"`` or ``"bf16"`` for the client and the attacker.
         window: the monitor's running-mean window; snapshots_at: iterations whose first inputs and reconstructions
-            the monitor keeps (see :class:`ReconstructionMonitor`); checkpoint / checkpoint_every: resume a long run (see
-            :func:`unsplit.training.train_split`).
+            the monitor keeps (see :class:`ReconstructionMonitor`); checkpoint / checkpoint_every: resume a long run
+            (see :func:`unsplit.training.train_split`).
         device, seed: where to compute; seeds f's initialisation, the batch order and the attacker.
     """
     from .models import FunnelNet, split
@@ -551,7 +553,8 @@ def run_fsha(private: torch.Tensor, public: torch.Tensor, *, labels: Optional[to
     drop_last = not draws_own_batches(defenses)  # full batches (tf.data), unless a defense draws its own
     losses = train_split(topology, private, y, epochs=epochs, batch_size=batch_size, max_steps=iterations,
                          drop_last=drop_last, optimizers={"front": lambda p: torch.optim.Adam(
-                             p, lr=lr_client, eps=1e-7, fused=_fused_adam(device) if options.get("fused", True) else None)},
+                             p, lr=lr_client, eps=1e-7,
+                             fused=_fused_adam(device) if options.get("fused", True) else None)},
                          callbacks=[server, *monitors, *callbacks], defenses=defenses, precision=precision,
                          checkpoint=checkpoint, checkpoint_every=checkpoint_every, device=device, seed=seed,
                          progress=progress)

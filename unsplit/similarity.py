@@ -37,13 +37,13 @@ from typing import Optional, Union
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.preprocessing import normalize as l2_normalize
 from sklearn.random_projection import GaussianRandomProjection
+from torch import nn
 
 from .protocol import CutEvent, RunInfo, SplitCallback, Topology
 
