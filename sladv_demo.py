@@ -70,6 +70,8 @@ def parse_args(argv=None):
                  "stats_samples"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.client_size >= 50_000:
+        p.error("--client-size must leave CIFAR-10 training images for the attacker (< 50000)")
     if args.steps < 0 or not 0 <= args.eps <= 255 or args.alpha <= 0:
         p.error("--steps must be >= 0, --eps in [0, 255] and --alpha > 0")
     args.baseline_list = [b.strip() for b in args.baselines.split(",") if b.strip()]
@@ -110,6 +112,18 @@ def _attacker_images(args, x_train, y_train):
     return images.expand(-1, 3, -1, -1).contiguous(), None, None
 
 
+def _save_figure(path: Path, whole, x_eval, x_adv, device) -> None:
+    """Clean images, their adversarial versions (titled clean > adversarial prediction) and the perturbation."""
+    show = torch.arange(min(10, len(x_eval)))
+    with torch.no_grad():
+        clean = whole(x_eval[show].to(device)).argmax(1).cpu()
+        adv = whole(x_adv[show].to(device)).argmax(1).cpu()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image_grid(path, [x_eval[show], x_adv[show], 0.5 + 10 * (x_adv[show] - x_eval[show])],
+                    row_labels=["clean", "SLADV", "perturbation x10"],
+                    titles=[f"{CIFAR_CLASSES[a]}>{CIFAR_CLASSES[b]}" for a, b in zip(clean.tolist(), adv.tolist())])
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     device = device_of(args)
@@ -138,35 +152,30 @@ def main(argv=None) -> int:
         surrogate = sladv.train_surrogate(sladv.build_victim(args.model), x_att, y_att, device=device,
                                           seed=args.seed, progress=not args.quiet)
     log(args, f"SLADV: shadow {args.shadow} ({args.objective}), PGD eps {args.eps:g}/255, {args.steps} steps ...")
+    pgd = dict(eps=args.eps / 255, alpha=args.alpha / 255, steps=args.steps, device=device, seed=args.seed)
     res = sladv.run_sladv(topology, stats, x_att, x_eval, y_eval, shadow=args.shadow, objective=args.objective,
-                          shadow_steps=args.shadow_steps, steal_iters=args.steal_iters, eps=args.eps / 255,
-                          alpha=args.alpha / 255, steps=args.steps, loss=args.loss,
-                          baselines=args.baseline_list, surrogate=surrogate, device=device, seed=args.seed,
-                          progress=not args.quiet)
+                          shadow_steps=args.shadow_steps, steal_iters=args.steal_iters, loss=args.loss,
+                          baselines=(), progress=not args.quiet, **pgd)
     x_adv = res.pop("x_adv")
-    rows = {k: v for k, v in res.items() if k in ("sladv", "noise", "whitebox", "transfer")}
     report = {"model": args.model, "split": args.split, "shadow": args.shadow, "shadow_data": args.shadow_data,
               "shadow_classes": seen, "shadow_size": len(x_att), "eps": args.eps / 255, "steps": args.steps,
-              "loss": args.loss, "victim_test_accuracy": test_accuracy, "eval_count": len(x_eval), **rows,
-              "shadow_fit": res["shadow_fit"], "seconds": res["seconds"], "victim": info,
+              "loss": args.loss, "victim_test_accuracy": test_accuracy, "eval_count": len(x_eval),
+              "sladv": res["sladv"], "shadow_fit": res["shadow_fit"], "seconds": res["seconds"], "victim": info,
               "settings": {**{k: str(v) for k, v in vars(args).items() if k != "quiet"}, "device": str(device),
                            "torch": torch.__version__, "python": platform.python_version()}}
-    print(f"\n{args.model} split {args.split}, {len(x_eval)} test images, eps {args.eps:g}/255 "
-          f"(clean accuracy {rows['sladv']['clean_accuracy']:.4f})")
-    print(f"{'attack':>9} {'accuracy':>9} {'misclassified':>14} {'success':>8}")
-    for name, m in rows.items():
-        print(f"{name:>9} {m['accuracy']:9.4f} {m['misclassification_rate']:14.4f} {m['success_rate']:8.4f}")
-
-    out.mkdir(parents=True, exist_ok=True)
-    show = torch.arange(min(10, len(x_eval)))
     whole = topology.as_model().eval()
-    with torch.no_grad():
-        clean = whole(x_eval[show].to(device)).argmax(1).cpu()
-        adv = whole(x_adv[show].to(device)).argmax(1).cpu()
-    save_image_grid(out / "adversarial.png", [x_eval[show], x_adv[show], 0.5 + 10 * (x_adv[show] - x_eval[show])],
-                    row_labels=["clean", "SLADV", "perturbation x10"],
-                    titles=[f"{CIFAR_CLASSES[a]}>{CIFAR_CLASSES[b]}" for a, b in zip(clean.tolist(), adv.tolist())])
-    atomic_write_json(out / "metrics.json", report)
+    _save_figure(out / "adversarial.png", whole, x_eval, x_adv, device)
+    atomic_write_json(out / "metrics.json", report)  # the attack's result is kept whatever a baseline does
+    for name in args.baseline_list:
+        log(args, f"baseline {name} ...")
+        report[name] = sladv.baseline_metrics(name, whole, x_eval, y_eval, surrogate=surrogate, **pgd)
+        atomic_write_json(out / "metrics.json", report)
+    print(f"\n{args.model} split {args.split}, {len(x_eval)} test images, eps {args.eps:g}/255 "
+          f"(clean accuracy {report['sladv']['clean_accuracy']:.4f})")
+    print(f"{'attack':>9} {'accuracy':>9} {'misclassified':>14} {'success':>8}")
+    for name in ("sladv", *args.baseline_list):
+        m = report[name]
+        print(f"{name:>9} {m['accuracy']:9.4f} {m['misclassification_rate']:14.4f} {m['success_rate']:8.4f}")
     print(f"wrote {out / 'adversarial.png'} and {out / 'metrics.json'}")
     return 0
 

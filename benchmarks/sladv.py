@@ -224,7 +224,7 @@ def run_cell(c: dict, *, data_dir, device, progress: bool) -> dict:
     if c["kind"] == "noise":
         x_adv = sladv.random_sign_noise(x_eval, eps=c["eps"] / 255, seed=seed)
     elif c["kind"] == "whitebox":
-        x_adv = sladv.torchattacks_pgd(whole, x_eval, y_eval, **pgd)
+        x_adv = sladv.pgd(whole, x_eval, y_eval, **pgd)
     elif c["kind"] == "oracle":  # metric code: the client's real front in the shadow's place
         topology = sladv.victim_topology(model, c["split"])
         x_adv = sladv.feature_pgd(topology.front, topology.middle, x_eval, eps=c["eps"] / 255, alpha=2 / 255,
@@ -237,7 +237,7 @@ def run_cell(c: dict, *, data_dir, device, progress: bool) -> dict:
                                              client_size=c["client_size"], seed=seed)
             _STATE[key] = sladv.train_surrogate(sladv.build_victim(c["model"]), x_train[idx], y_train[idx],
                                                 device=device, seed=seed)
-        x_adv = sladv.torchattacks_pgd(_STATE[key], x_eval, y_eval, **pgd)
+        x_adv = sladv.pgd(_STATE[key], x_eval, y_eval, **pgd)
         extra = {"source": c["source"], "size": c["size"]}
     return {**common, "kind": c["kind"], "eps": c["eps"], **extra,
             **sladv.attack_metrics(whole, x_eval, x_adv, y_eval, device=device)}

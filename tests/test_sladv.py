@@ -62,13 +62,25 @@ def test_the_attack_flips_far_more_predictions_than_same_budget_noise(trained):
     assert (x_adv - x).abs().max() <= 8 / 255 + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
 
 
-def test_white_box_pgd_from_torchattacks_is_the_upper_bound(trained):
-    pytest.importorskip("torchattacks")
+def test_white_box_pgd_is_the_upper_bound(trained):
     topology, stats, x_attacker, (x, y) = trained
     out = sladv.run_sladv(topology, stats, x_attacker, x, y, objective="distribution", shadow_steps=200, steps=10,
                           baselines=("whitebox",))
     assert out["whitebox"]["accuracy"] < 0.2 and out["whitebox"]["accuracy"] <= out["sladv"]["accuracy"]
     assert out["whitebox"]["linf"] <= 8 / 255 + 1e-6
+
+
+def test_pgd_gives_the_same_examples_as_torchattacks(trained):
+    """The standard the library's PGD is held to: torchattacks.PGD's examples, bit for bit, under the same seed."""
+    torchattacks = pytest.importorskip("torchattacks")
+    topology, _, _, (x, y) = trained
+    whole = topology.as_model().eval()
+    ours = sladv.pgd(whole, x, y, eps=8 / 255, alpha=2 / 255, steps=10, batch_size=64, seed=3)
+    attack = torchattacks.PGD(whole, eps=8 / 255, alpha=2 / 255, steps=10, random_start=True)
+    torch.manual_seed(3)
+    theirs = torch.cat([attack(x[i:i + 64], y[i:i + 64]) for i in range(0, len(x), 64)])
+    assert torch.equal(ours, theirs)
+    assert not torch.equal(ours, sladv.pgd(whole, x, y, steps=10, batch_size=64, seed=4))  # the seed matters
 
 
 def test_the_attacker_never_touches_the_clients_front_head_or_labels(trained):

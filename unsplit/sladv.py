@@ -20,7 +20,7 @@ is known, which fails on CIFAR-10; an FSHA-style critic is not implemented), the
 and cosine deviation losses, ε = 8/255, step 2/255, 20 steps with a random start. The baselines (metric code only):
 clean accuracy, same-ε random sign noise, white-box PGD on the whole model (the upper bound) and PGD transferred from
 a surrogate trained on the attacker's own images (with labels: more than SLADV's attacker has); the PGD baselines are
-torchattacks'.
+:func:`pgd`, torchattacks' algorithm.
 """
 from __future__ import annotations
 
@@ -44,8 +44,10 @@ __all__ = [
     "train_shadow",
     "feature_pgd",
     "random_sign_noise",
-    "torchattacks_pgd",
+    "pgd",
     "attack_metrics",
+    "BASELINES",
+    "baseline_metrics",
     "sladv_attack",
     "attacker_split",
     "train_surrogate",
@@ -365,21 +367,40 @@ def random_sign_noise(x: torch.Tensor, *, eps: float = 8 / 255, seed: int = 0) -
     return (x + eps * signs.to(x.device)).clamp(0, 1)
 
 
-def torchattacks_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float = 8 / 255,
-                     alpha: float = 2 / 255, steps: int = 20, batch_size: int = 256,
-                     device: Union[str, torch.device] = "cpu", seed: int = 0) -> torch.Tensor:
-    """torchattacks' L∞ PGD with a random start (Madry et al., ICLR'18) on ``model`` with labels ``y``: the
-    white-box upper bound (the whole split model) or the transfer baseline (a surrogate). Images in [0, 1]."""
-    try:
-        import torchattacks
-    except ImportError:  # pragma: no cover - depends on the environment
-        raise ImportError("the PGD baselines need torchattacks: pip install --no-deps torchattacks") from None
+def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float = 8 / 255, alpha: float = 2 / 255,
+        steps: int = 20, batch_size: int = 256, device: Union[str, torch.device] = "cpu",
+        seed: int = 0) -> torch.Tensor:
+    """L∞ PGD with a random start (Madry et al., ICLR'18) that maximises the cross-entropy of ``model`` on ``y``:
+    SLADV's white-box upper bound (the whole split model) and transfer baseline (a surrogate).
+
+    The same algorithm as ``torchattacks.PGD(model, eps, alpha, steps, random_start=True)``, and the same examples
+    as it under ``torch.manual_seed(seed)`` on a CPU (a test checks this when torchattacks is installed).
+
+    Args:
+        model: maps ``(N, C, H, W)`` images in [0, 1] to logits; run in eval mode.
+        x, y: ``(N, C, H, W)`` images in [0, 1] and their ``(N,)`` labels.
+        eps, alpha, steps: the L∞ budget, the step size and the number of steps.
+        batch_size, device, seed: batching, where it runs, the seed of the random starts.
+
+    Returns:
+        ``(N, C, H, W)`` adversarial images in [0, 1] with ``|x' - x| <= eps``.
+    """
+    if not (eps >= 0 and alpha > 0 and steps >= 0):
+        raise ValueError("eps must be >= 0, alpha > 0 and steps >= 0")
     model = model.to(device).eval()
-    attack = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=True)
-    torch.manual_seed(seed)
-    out = [attack(x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)).cpu()
-           for i in range(0, len(x), batch_size)]
-    return torch.cat(out)
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for start in range(0, len(x), batch_size):
+        x0, labels = x[start:start + batch_size].to(device), y[start:start + batch_size].to(device)
+        start_noise = torch.empty(x0.shape, dtype=x0.dtype).uniform_(-eps, eps, generator=gen).to(device)
+        xa = (x0 + start_noise).clamp(0, 1)
+        for _ in range(steps):
+            xa.requires_grad_(True)
+            (grad,) = torch.autograd.grad(F.cross_entropy(model(xa), labels), xa)
+            delta = (xa.detach() + alpha * grad.sign() - x0).clamp(-eps, eps)
+            xa = (x0 + delta).clamp(0, 1)
+        out.append(xa.detach().cpu())
+    return torch.cat(out) if out else x.clone()
 
 
 @torch.no_grad()
@@ -531,6 +552,35 @@ def train_or_load_victim(name: str, x_client: torch.Tensor, y_client: torch.Tens
     return model, {"from_checkpoint": False, "checkpoint": str(path), "train_seconds": seconds}
 
 
+BASELINES = ("noise", "whitebox", "transfer")
+
+
+def baseline_metrics(name: str, whole: nn.Module, x_eval: torch.Tensor, y_eval: torch.Tensor, *,
+                     surrogate: Optional[nn.Module] = None, eps: float = 8 / 255, alpha: float = 2 / 255,
+                     steps: int = 20, device: Union[str, torch.device] = "cpu", seed: int = 0) -> Dict[str, float]:
+    """One of SLADV's baselines scored on the whole split model (metric code: reads the labels).
+
+    Args:
+        name: ``"noise"`` (same-ε random signs), ``"whitebox"`` (:func:`pgd` on the whole model, the upper bound)
+            or ``"transfer"`` (:func:`pgd` on ``surrogate``, see :func:`train_surrogate`).
+        whole: the victim as one model; x_eval, y_eval: images in [0, 1] and labels.
+        eps, alpha, steps, device, seed: as :func:`pgd`.
+
+    Returns:
+        The metrics of :func:`attack_metrics`.
+    """
+    if name not in BASELINES:
+        raise ValueError(f"unknown baseline {name!r}: choose among {', '.join(BASELINES)}")
+    if name == "noise":
+        x_adv = random_sign_noise(x_eval, eps=eps, seed=seed)
+    else:
+        if name == "transfer" and surrogate is None:
+            raise ValueError("the transfer baseline needs a surrogate (train_surrogate)")
+        target = whole if name == "whitebox" else surrogate
+        x_adv = pgd(target, x_eval, y_eval, eps=eps, alpha=alpha, steps=steps, device=device, seed=seed)
+    return attack_metrics(whole, x_eval, x_adv, y_eval, device=device)
+
+
 def run_sladv(topology: Topology, stats: ServerStatistics, x_attacker: torch.Tensor, x_eval: torch.Tensor,
               y_eval: torch.Tensor, *, shadow: str = "single", objective: str = "stealing",
               shadow_steps: int = 400, steal_count: int = 64, steal_iters: int = 200, eps: float = 8 / 255,
@@ -558,7 +608,7 @@ def run_sladv(topology: Topology, stats: ServerStatistics, x_attacker: torch.Ten
     """
     import time
 
-    unknown = set(baselines) - {"noise", "whitebox", "transfer"}
+    unknown = set(baselines) - set(BASELINES)
     if unknown:
         raise ValueError(f"unknown baselines {sorted(unknown)}: choose among noise, whitebox, transfer")
     if "transfer" in baselines and surrogate is None:
@@ -575,14 +625,7 @@ def run_sladv(topology: Topology, stats: ServerStatistics, x_attacker: torch.Ten
     whole = topology.as_model().eval()
     out: Dict[str, object] = {"sladv": attack_metrics(whole, x_eval, x_adv, y_eval, device=device),
                               "shadow_fit": fit, "x_adv": x_adv, "seconds": seconds}
-    pgd = dict(eps=eps, alpha=alpha, steps=steps, device=device, seed=seed)
-    if "noise" in baselines:
-        out["noise"] = attack_metrics(whole, x_eval, random_sign_noise(x_eval, eps=eps, seed=seed), y_eval,
-                                      device=device)
-    if "whitebox" in baselines:
-        out["whitebox"] = attack_metrics(whole, x_eval, torchattacks_pgd(whole, x_eval, y_eval, **pgd), y_eval,
-                                         device=device)
-    if "transfer" in baselines:
-        out["transfer"] = attack_metrics(whole, x_eval, torchattacks_pgd(surrogate, x_eval, y_eval, **pgd), y_eval,
-                                         device=device)
+    for name in baselines:
+        out[name] = baseline_metrics(name, whole, x_eval, y_eval, surrogate=surrogate, eps=eps, alpha=alpha,
+                                     steps=steps, device=device, seed=seed)
     return out
