@@ -46,7 +46,8 @@ def parse_args(argv=None):
                    help="the attacker's networks: the paper's (swish pilot, ReLU decoder) or the official HEAD's")
     p.add_argument("--alpha1", type=float, default=1e4, help="NoPeek's weight (variant nopeek)")
     p.add_argument("--alpha2", type=float, default=50.0, help="the attacker's loss scale (variant nopeek)")
-    p.add_argument("--removed-class", type=int, default=0, help="class missing from X_pub (variant mangled)")
+    p.add_argument("--removed-class", type=int, default=None,
+                   help="class missing from X_pub (variant mangled; default 0)")
     p.add_argument("--attribute", choices=tuple(ATTRIBUTES), default="ge5",
                    help="variant property: the private attribute inferred: class >= 5 (binary) or the class")
     p.add_argument("--property-objective", choices=("classifier", "autoencoder"), default="classifier",
@@ -68,7 +69,21 @@ def parse_args(argv=None):
         p.error("--alpha1 and --alpha2 must be finite numbers >= 0")
     if args.dataset not in DATASETS and not Path(args.dataset).is_dir():
         p.error(f"dataset must be one of {', '.join(DATASETS)} or an ImageFolder directory, got {args.dataset!r}")
+    if args.removed_class is not None and args.variant != "mangled":
+        p.error("--removed-class applies only to --variant mangled")
+    args.removed_class = 0 if args.removed_class is None else args.removed_class
+    classes = _class_count(args.dataset)
+    if args.variant == "mangled" and not 0 <= args.removed_class < classes:
+        p.error(f"--removed-class must be a class of the dataset: 0 to {classes - 1}, got {args.removed_class}")
     return args
+
+
+def _class_count(dataset: str) -> int:
+    """10 for the named datasets, else the class folders of the ImageFolder tree's train/ (or its root)."""
+    if dataset in DATASETS:
+        return 10
+    root = Path(dataset) / "train" if (Path(dataset) / "train").is_dir() else Path(dataset)
+    return sum(1 for d in root.iterdir() if d.is_dir())
 
 
 def _out_dir(args) -> Path:

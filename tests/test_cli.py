@@ -64,6 +64,8 @@ def test_label_inference_demo_end_to_end(tiny_mnist, tmp_path):
         assert m["gradient"] == gradient and m["count"] == 60 and m["samples_per_second"] > 0
         assert set(m["per_class_accuracy"]) == {str(c) for c in range(10)}
         assert m["accuracy"] >= 0.9, m  # far above the 0.1 of chance on this easy task
+        assert (out / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert sum(map(sum, m["confusion"])) == m["scored"]
     assert json.loads((tmp_path / "weight" / "metrics.json").read_text())["accuracy"] == 1.0
 
 
@@ -76,6 +78,9 @@ def test_label_inference_demo_similarity_attacks_end_to_end(tiny_mnist, tmp_path
     assert m["headline"] == "gradient_kmeans" and m["value"] > 0.9 and m["random_guess"] < 0.2
     assert m["peak_recorded_bytes"] > 0 and m["settings"]["cut"] == 7
     assert 0 <= m["inference_knn"] <= 1 and 0 <= m["completion_inference"] <= 1
+    confusion = m["confusion"]["gradient_kmeans"]  # the figure's counts: its diagonal is the attack's accuracy
+    assert sum(confusion[c][c] for c in range(10)) / sum(map(sum, confusion)) == pytest.approx(m["value"])
+    assert (tmp_path / "km" / "confusion.png").exists()
     r = run("label_inference_demo.py", *common, "--attack", "direction", "--binary", "--out", tmp_path / "dir",
             cwd=tmp_path)
     assert r.returncode == 0, r.stderr
@@ -105,6 +110,9 @@ def test_label_inference_demo_similarity_attacks_end_to_end(tiny_mnist, tmp_path
         ("label_inference_demo.py", ["mnist", "--attack", "similarity-knn", "--cut", "layer50"], "unknown --cut"),
         ("label_inference_demo.py", ["mnist", "--binary"], "--binary applies to"),
         ("label_inference_demo.py", ["mnist", "--attack", "model-completion"], "use --observe smashed"),
+        ("fsha_demo.py", ["mnist", "--removed-class", "12"], "applies only to --variant mangled"),
+        ("fsha_demo.py", ["mnist", "--variant", "mangled", "--removed-class", "12"], "0 to 9, got 12"),
+        ("sladv_demo.py", ["cifar", "--client-size", "50000"], "must leave CIFAR-10 training images"),
     ],
 )
 def test_usage_errors_exit_2_in_one_line(script, args, message, tmp_path):

@@ -120,3 +120,21 @@ def test_ray_executor_runs_the_same_grid(tmp_path):
     ray_store = ResultStore(tmp_path / "ray")
     assert [r["value"] for r in ray_store.records()] == [r["value"] for r in local.records()] == [1, 5]
     assert "cell one fails" in ray_store.load("x_1")["_cell"]["error"]
+
+
+def test_ray_executor_without_ray_is_one_line_and_exit_2_at_parse_time(monkeypatch, capsys):
+    import argparse
+    import importlib.util
+
+    from unsplit.grid import add_grid_arguments
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
+    parser = argparse.ArgumentParser(prog="bench")
+    add_grid_arguments(parser)
+    assert parser.parse_args(["--executor", "local"]).executor == "local"
+    with pytest.raises(SystemExit) as exc:
+        parser.parse_args(["--executor", "ray"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "bench: error: argument --executor: Ray is not installed: pip install -e '.[ray]'"

@@ -54,6 +54,8 @@ __all__ = [
     "format_mean_std",
     "fold_seeds",
     "pm",
+    "environment",
+    "describe_environments",
     "add_grid_arguments",
     "grid_options",
     "report_failures",
@@ -173,7 +175,8 @@ class ResultStore:
             )
         return meta.get("status", "ok")
 
-    def write(self, cell: Cell, result: Union[dict, CellResult], *, seconds: float) -> Path:
+    def write(self, cell: Cell, result: Union[dict, CellResult], *, seconds: float,
+              env: Optional[Mapping] = None) -> Path:
         """Stores a finished cell: artefacts first, the JSON last."""
         from .util import _atomic_write, atomic_save, atomic_write_json  # torch: imported by the driver only
         if isinstance(result, CellResult):
@@ -191,7 +194,7 @@ class ResultStore:
                 _atomic_write(target, lambda fh, data=bytes(obj): fh.write(data))
             else:
                 atomic_save(obj, target)
-        record = {**metrics, _META: self._meta(cell, "ok", seconds)}
+        record = {**metrics, _META: self._meta(cell, "ok", seconds, env)}
         return atomic_write_json(base, _jsonable(record))
 
     def write_error(self, cell: Cell, error: str, trace: str, *, seconds: float) -> Path:
@@ -219,9 +222,10 @@ class ResultStore:
         return out
 
     @staticmethod
-    def _meta(cell: Cell, status: str, seconds: float) -> dict:
+    def _meta(cell: Cell, status: str, seconds: float, env: Optional[Mapping] = None) -> dict:
+        env = dict(env) if env is not None else {"host": platform.node()}
         return {"name": cell.name, "status": status, "config": dict(cell.config), "seconds": round(seconds, 3),
-                "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "host": platform.node()}
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **env}
 
 
 def _canonical(config) -> str:
@@ -250,12 +254,39 @@ def _order(cells: Sequence[Cell]) -> List[Cell]:
     return [cells[i] for _, i in sorted(keys)]
 
 
+def environment() -> Dict[str, Any]:
+    """Where a cell ran, recorded in its ``"_cell"`` block (reports print it beside their tables): host, CPU,
+    cores, torch threads, GPU, and the versions of Python and the libraries that can change a result."""
+    import importlib.metadata
+    import os
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    env: Dict[str, Any] = {"host": platform.node(), "cpu": cpu, "cpus": os.cpu_count(),
+                           "python": platform.python_version()}
+    for package in ("torch", "torchvision", "numpy", "opacus", "unsplit"):
+        try:
+            env[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            env[package] = None
+    import torch
+
+    env["torch_threads"] = torch.get_num_threads()
+    env["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return env
+
+
 def _execute(fn: Callable, config: Mapping, runtime: Mapping):
-    """Runs one cell and returns ``("ok", result, seconds)`` or ``("error", message, traceback, seconds)``."""
+    """Runs one cell where it is scheduled and returns ``("ok", result, seconds, environment())`` or
+    ``("error", message, traceback, seconds)``."""
     start = time.perf_counter()
     try:
         result = fn(dict(config), **runtime)
-        return ("ok", result, time.perf_counter() - start)
+        return ("ok", result, time.perf_counter() - start, environment())
     except Exception as exc:  # recorded in the cell's file; the grid goes on
         return ("error", f"{type(exc).__name__}: {exc}", traceback.format_exc(), time.perf_counter() - start)
 
@@ -313,7 +344,7 @@ def run_grid(
     def record(cell: Cell, outcome) -> None:
         if outcome[0] == "ok":
             try:
-                store.write(cell, outcome[1], seconds=outcome[2])
+                store.write(cell, outcome[1], seconds=outcome[2], env=outcome[3])
                 finished.append(cell.name)
                 return
             except (TypeError, ValueError) as exc:  # an unserialisable result is the cell's error, not the grid's
@@ -432,13 +463,31 @@ def pm(row: Mapping, key: str, fmt: str = ".4f", missing: str = "–") -> str:
     return format(value, fmt) + ("" if std is None else f" ± {format(std, fmt)}")
 
 
+def describe_environments(records: Iterable[Mapping]) -> str:
+    """One line naming where the given cells ran, from the environment recorded in their ``"_cell"`` blocks
+    (:func:`environment`): each distinct machine and library set with its cell count."""
+    groups: Dict[str, int] = {}
+    for record in records:
+        meta = record.get(_META, {})
+        if "torch" not in meta:
+            key = f"host {meta.get('host', 'unknown')}, environment not recorded"
+        else:
+            gpu = f", GPU {meta['gpu']}" if meta.get("gpu") else ", no GPU"
+            key = (f"{meta['cpu']} ({meta['cpus']} cores, {meta['torch_threads']} torch threads){gpu}; "
+                   f"Python {meta['python']}, torch {meta['torch']}, numpy {meta['numpy']}, opacus {meta['opacus']}, "
+                   f"unsplit {meta['unsplit']}")
+        groups[key] = groups.get(key, 0) + 1
+    ordered = sorted(groups.items(), key=lambda kv: -kv[1])
+    return "; ".join(f"{n} cell{'s' if n > 1 else ''}: {key}" for key, n in ordered)
+
+
 def add_grid_arguments(parser, *, seeds: Optional[str] = "0") -> None:
     """Adds the options every grid benchmark shares: ``--seeds`` (unless ``seeds`` is ``None``), ``--executor``,
     ``--address``, ``--ray-cpus`` and ``--recompute``."""
     if seeds is not None:
         parser.add_argument("--seeds", "--seed", default=_int_list(seeds), type=_int_list,
                             help="comma-separated seeds (reports show mean ± std over them)")
-    parser.add_argument("--executor", choices=EXECUTORS, default="local",
+    parser.add_argument("--executor", choices=EXECUTORS, default="local", type=_executor,
                         help="local: one process; ray: one Ray task per cell (pip install -e '.[ray]')")
     parser.add_argument("--address", default=None,
                         help="Ray cluster to join ('auto': the running one); default: start a local one")
@@ -450,6 +499,16 @@ def grid_options(args) -> Dict[str, Any]:
     """:func:`run_grid` keyword arguments from the options of :func:`add_grid_arguments` (and ``--quiet``)."""
     return {"executor": args.executor, "address": args.address, "num_cpus": args.ray_cpus,
             "recompute": args.recompute, "progress": not getattr(args, "quiet", False)}
+
+
+def _executor(name: str) -> str:
+    """``--executor``'s type: refuses ``ray`` at parse time, before any work, when Ray is not installed."""
+    import argparse
+    import importlib.util
+
+    if name == "ray" and importlib.util.find_spec("ray") is None:
+        raise argparse.ArgumentTypeError("Ray is not installed: pip install -e '.[ray]'")
+    return name
 
 
 def _int_list(text: str) -> List[int]:
