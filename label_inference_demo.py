@@ -45,7 +45,7 @@ from unsplit.experiments import label_experiment
 from unsplit.models import build_model, split
 from unsplit.similarity import MODEL_NAMES, cut_names, model_inputs, run_similarity
 from unsplit.similarity import build_model as similarity_model
-from unsplit.util import atomic_write_json, seed_everything
+from unsplit.util import atomic_write_json, save_confusion_matrix, seed_everything
 
 ATTACKS = ("unsplit", "similarity-knn", "similarity-kmeans", "norm", "direction", "model-completion")
 
@@ -164,7 +164,11 @@ def similarity_main(args, device, out) -> int:
           f"{m['random_guess']:.4f}; task accuracy {m.get('task_accuracy', float('nan')):.4f}")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "metrics.json", report)
-    print(f"wrote {out / 'metrics.json'}")
+    written = [out / "metrics.json"]
+    if headline in m.get("confusion", {}):  # the AUC attacks (norm, direction) score, they do not name labels
+        written.append(save_confusion_matrix(out / "confusion.png", m["confusion"][headline],
+                                             title=f"{args.dataset}: {args.attack} ({headline}), accuracy {value:.3f}"))
+    print(f"wrote {' and '.join(map(str, written))}")
     return 0
 
 
@@ -203,7 +207,9 @@ def main(argv=None) -> int:
     print("per class: " + " ".join(f"{c}:{'-' if v is None else f'{v:.2f}'}" for c, v in per_class.items()))
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "metrics.json", report)
-    print(f"wrote {out / 'metrics.json'}")
+    save_confusion_matrix(out / "confusion.png", report["confusion"],
+                          title=f"{args.dataset}: {args.gradient} gradient, accuracy {accuracy:.3f}")
+    print(f"wrote {out / 'metrics.json'} and {out / 'confusion.png'}")
     return 0
 
 

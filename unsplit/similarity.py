@@ -479,6 +479,19 @@ def accuracy(predicted: ArrayLike, truth: ArrayLike, *, exclude: Sequence[int] |
     return float((p[keep] == t[keep]).mean())
 
 
+def confusion_matrix(predicted: ArrayLike, truth: ArrayLike, *, num_classes: int,
+                     exclude: Sequence[int] | None = None) -> np.ndarray:
+    """``(num_classes, num_classes)`` counts, rows the true labels, columns the predicted ones, leaving out the
+    positions in ``exclude`` as :func:`accuracy` does."""
+    p, t = _numpy(predicted).reshape(-1).astype(np.int64), _numpy(truth).reshape(-1).astype(np.int64)
+    keep = np.ones(len(t), dtype=bool)
+    if exclude is not None:
+        keep[np.asarray(exclude, dtype=np.int64)] = False
+    out = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(out, (t[keep], p[keep]), 1)
+    return out
+
+
 def auc(scores: ArrayLike, truth: ArrayLike, *, positive: int = 1) -> float:
     """ROC-AUC of ``scores`` for ``truth == positive`` (sklearn's ``roc_auc_score``)."""
     from sklearn.metrics import roc_auc_score
@@ -551,6 +564,8 @@ def _unsplit_baseline(head: nn.Module, known: dict, n: int, *, num_classes: int,
 
 def _score(name: str, pred: np.ndarray, truth: np.ndarray, metrics: dict, *, exclude=None) -> None:
     metrics[name] = accuracy(pred, truth, exclude=exclude)
+    metrics.setdefault("confusion", {})[name] = confusion_matrix(pred, truth, num_classes=metrics["num_classes"],
+                                                                 exclude=exclude).tolist()
 
 
 def run_similarity(model: nn.Sequential, x_train: torch.Tensor, y_train: torch.Tensor, *, cut: int,

@@ -229,6 +229,33 @@ def save_image_grid(
     return atomic_save_figure(fig, path, dpi=110)
 
 
+def save_confusion_matrix(path: Union[str, Path], confusion: Sequence[Sequence[int]], *, title: str = "",
+                          class_names: Optional[Sequence[str]] = None) -> Path:
+    """Saves a label-inference confusion matrix (rows: true labels, columns: inferred ones) as a PNG heatmap with
+    the counts written in the cells, atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    cm = np.asarray(confusion, dtype=np.int64)
+    k = len(cm)
+    names = list(class_names) if class_names is not None else [str(i) for i in range(k)]
+    fig, ax = plt.subplots(figsize=(1.0 + 0.45 * k, 0.8 + 0.45 * k))
+    ax.imshow(cm, cmap="Blues")
+    for (i, j), v in np.ndenumerate(cm):
+        if v:
+            ax.text(j, i, str(v), ha="center", va="center", fontsize=7,
+                    color="white" if v > cm.max() / 2 else "black")
+    ax.set(xticks=range(k), yticks=range(k), xlabel="inferred label", ylabel="true label", title=title)
+    ax.set_xticklabels(names, fontsize=7)
+    ax.set_yticklabels(names, fontsize=7)
+    ax.title.set_fontsize(9)
+    fig.tight_layout()
+    return atomic_save_figure(fig, path)
+
+
 def unique_dir(path: Union[str, Path], *, marker: str = "metrics.json") -> Path:
     """``path`` if it holds no ``marker`` file yet, else the first free ``path-2``, ``path-3``, ... (never clobbers)."""
     path = Path(path)
