@@ -69,6 +69,7 @@ from unsplit.grid import (  # noqa: E402
     Cell,
     ResultStore,
     add_grid_arguments,
+    describe_environments,
     fold_seeds,
     pm,
     run_benchmark,
@@ -454,6 +455,18 @@ def protection(value: Optional[float], undefended: Optional[float], trivial: Opt
     return max(0.0, min(1.0, moved / span))
 
 
+def report_command(args) -> str:
+    """The command that rebuilds this report from the stored cells."""
+    parts = ["python benchmarks/matrix.py", f"--dataset {args.dataset}"]
+    parts += ["--batch-norm"] if args.batch_norm else []
+    parts += [f"--sweep {args.sweep}"] if args.sweep else []
+    defaults = _defaults(args.dataset, args.batch_norm)
+    parts += [f"--attacks {','.join(args.attack_list)}"] if args.attack_list != defaults.attack_list else []
+    parts += [f"--defenses {','.join(args.rows)}"] if not args.sweep and args.rows != defaults.rows else []
+    parts += [f"--seeds {','.join(map(str, args.seeds))}", "--report-only"]
+    return " ".join(parts)
+
+
 def build_report(args) -> Path:
     store = ResultStore(args.out)
     failed = {(r["_cell"]["config"]["attack"], r["_cell"]["config"]["defense"])
@@ -467,13 +480,14 @@ def build_report(args) -> Path:
     columns = [(a, col) for a in args.attack_list for col in ATTACKS[a].columns]
     seeds = (f"; mean ± std over seeds {', '.join(map(str, args.seeds))} (no ± where every seed gave the same "
              f"value; `[k of n seeds]` where a cell has fewer)") if len(args.seeds) > 1 else ""
-    lines = [f"# Attack × defense matrix — {args.dataset}{' — sweep of ' + args.sweep if args.sweep else ''}", "",
+    lines = [f"Regenerate: `{report_command(args)}`; measure: the same with `--data-dir DATA` instead of "
+             f"`--report-only` (finished cells are skipped).", "",
              f"Each cell: the attack's success (the column's metric) and, below it, the defended model's task "
              f"accuracy; `n/a` = the defense cannot act in that attack's setting (reason in the cell's file); "
-             f"`failed` = the cell raised (error and traceback in its file). "
+             f"`failed` = the cell raised (error and traceback in its file); `not run` = no cell yet. "
              f"UnSplit at split depth {args.depth}, {args.epochs} training epochs; similarity at cut {args.cut}, "
              f"{args.sim_epochs} epochs on {args.sim_train_limit} images; FSHA {args.fsha_iters} iterations{seeds}.",
-             "",
+             "", f"Measured on: {describe_environments(records) or 'no cells yet'}.", "",
              "| defense | " + " | ".join(col.name for _, col in columns) + " |",
              "|---|" + "---|" * len(columns)]
     grid = []
