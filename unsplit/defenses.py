@@ -1,14 +1,12 @@
 """Split-learning defenses, each acting at one place of the protocol (see :class:`unsplit.training.Defense`).
 
-| defense | acts on | reference |
-|---|---|---|
-| :class:`GaussianNoise`, :class:`LaplaceNoise` | the smashed data the client sends | Titcombe et al. 2021 |
-| :class:`NoPeek` | the client's own update (adds alpha * dCor(x, z)) | Vepakomma et al. 2020; FSHA's ``defense.py`` |
-| :class:`DPSGD` | the client's own update (per-sample clipping + noise; opacus, RDP) | Abadi et al. 2016 |
-| :class:`RandomizedResponse` | the labels the owner trains on (label DP: RR, RR-with-prior) | Ghazi et al. 2021 |
-| :class:`TopK` | the cut gradient returned (keep the largest ``ratio`` of entries per sample) | gradient compression |
-| :class:`MaxNorm` | the cut gradient returned by the label owner (binary tasks) | Li et al., ICLR'22 |
-| :class:`Marvell` | the cut gradient returned by the label owner (binary tasks; optimised noise) | Li et al., ICLR'22 |
+* :class:`GaussianNoise`, :class:`LaplaceNoise`: the smashed data the client sends (Titcombe et al. 2021).
+* :class:`NoPeek`: the client's own update (adds alpha * dCor(x, z)) (Vepakomma et al. 2020; FSHA's ``defense.py``).
+* :class:`DPSGD`: the client's own update (per-sample clipping + noise; opacus, RDP) (Abadi et al. 2016).
+* :class:`RandomizedResponse`: the labels the owner trains on (label DP: RR, RR-with-prior) (Ghazi et al. 2021).
+* :class:`TopK`: the cut gradient returned (keep the largest ``ratio`` of entries per sample) (gradient compression).
+* :class:`MaxNorm`: the cut gradient returned by the label owner (binary tasks) (Li et al., ICLR'22).
+* :class:`Marvell`: the cut gradient returned by the label owner (binary tasks; optimised noise) (Li et al., ICLR'22).
 
 ``parse_defense("gaussian:0.5")`` builds one from the ``NAME[:STRENGTH]`` form the demos accept.
 """
@@ -28,8 +26,10 @@ __all__ = [
     "LaplaceNoise",
     "NoPeek",
     "DPSGD",
+    "DPSGDHead",
     "RandomizedResponse",
     "TopK",
+    "BatchTopK",
     "MaxNorm",
     "Marvell",
     "marvell_objective",
