@@ -16,6 +16,7 @@ def run(script, *args, cwd):
                           capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow  # benchmark plumbing end to end; the attacks' effectiveness is asserted in the unit tests
 def test_fidelity_benchmark_cells_resume_and_report(tiny_mnist, tmp_path):
     common = ["--data-dir", tiny_mnist, "--cells", "mnist-l4", "--iters", "3", "--checkpoint-every", "2",
               "--out", tmp_path / "out", "--checkpoints", tmp_path / "ck", "--quiet"]
@@ -30,6 +31,7 @@ def test_fidelity_benchmark_cells_resume_and_report(tiny_mnist, tmp_path):
     assert r.returncode == 0 and "0 cells run, 1 already stored" in r.stdout
 
 
+@pytest.mark.slow  # benchmark plumbing end to end; the attacks' effectiveness is asserted in the unit tests
 def test_speed_and_detection_benchmarks_run(tiny_mnist, tmp_path):
     r = run("fsha_speed.py", "--iters", "1", "--repeats", "1", "--warmup", "0", "--batch-size", "4",
             "--rows", "plain,all bf16", "--out", tmp_path / "speed.json", cwd=tmp_path)

@@ -1,9 +1,11 @@
 """benchmarks/similarity_lia.py end to end on tiny generated MNIST (offline): cells, report, resume, bad input."""
 import json
 
+import pytest
 from test_fsha_benchmarks import run
 
 
+@pytest.mark.slow  # benchmark plumbing end to end; the attacks' effectiveness is asserted in the unit tests
 def test_similarity_benchmark_cells_resume_report_and_refuse_bad_input(tiny_mnist, tmp_path):
     common = ["--data-dir", tiny_mnist, "--dataset", "mnist", "--cuts", "7", "--epochs", "1", "--batch-size",
               "32", "--out", tmp_path / "out", "--quiet"]
