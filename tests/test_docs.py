@@ -7,7 +7,6 @@ directory, offline, on the data they make themselves. A block that is not meant 
 """
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -39,12 +38,23 @@ def test_python_blocks_are_found():
 
 @pytest.mark.parametrize("page", [p for p in PAGES if python_blocks(p.read_text())],
                          ids=lambda p: str(p.relative_to(ROOT)))
-def test_every_python_example_runs(page, tmp_path):
+def test_every_python_example_runs(page, tmp_path, monkeypatch):
+    """In this process (torch is imported once for every page), in a fresh namespace and an empty directory."""
+    import matplotlib
+    import torch
+
+    matplotlib.use("Agg")
     script = "\n\n".join(f"# --- block {i}\n{b}" for i, b in enumerate(python_blocks(page.read_text())))
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg", "UNSPLIT_CACHE": str(tmp_path / ".cache")}
-    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, f"{page.name}: an example failed\n{proc.stderr[-3000:]}"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("UNSPLIT_CACHE", str(tmp_path / ".cache"))
+    threads = torch.get_num_threads()
+    try:
+        exec(compile(script, f"<{page.relative_to(ROOT)}>", "exec"), {"__name__": "__main__"})
+    finally:
+        torch.set_num_threads(threads)  # a page may set it; the next tests keep theirs
+        import matplotlib.pyplot as plt
+
+        plt.close("all")
 
 
 REPORTS = {  # committed report -> the --report-only arguments that write it (the command each report names)
