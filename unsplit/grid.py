@@ -466,7 +466,9 @@ def pm(row: Mapping, key: str, fmt: str = ".4f", missing: str = "–") -> str:
 def describe_environments(records: Iterable[Mapping]) -> str:
     """One line naming where the given cells ran, from the environment recorded in their ``"_cell"`` blocks
     (:func:`environment`): each distinct machine and library set with its cell count."""
-    groups: Dict[str, int] = {}
+    from collections import Counter
+
+    groups: Counter = Counter()
     for record in records:
         meta = record.get(_META, {})
         if "torch" not in meta:
@@ -476,9 +478,8 @@ def describe_environments(records: Iterable[Mapping]) -> str:
             key = (f"{meta['cpu']} ({meta['cpus']} cores, {meta['torch_threads']} torch threads){gpu}; "
                    f"Python {meta['python']}, torch {meta['torch']}, numpy {meta['numpy']}, opacus {meta['opacus']}, "
                    f"unsplit {meta['unsplit']}")
-        groups[key] = groups.get(key, 0) + 1
-    ordered = sorted(groups.items(), key=lambda kv: -kv[1])
-    return "; ".join(f"{n} cell{'s' if n > 1 else ''}: {key}" for key, n in ordered)
+        groups[key] += 1
+    return "; ".join(f"{n} cell{'s' if n > 1 else ''}: {key}" for key, n in groups.most_common())
 
 
 def add_grid_arguments(parser, *, seeds: Optional[str] = "0") -> None:
