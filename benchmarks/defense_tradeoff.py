@@ -30,13 +30,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from unsplit.cli import check_defenses, make_parser, run_main, train_mean_image  # noqa: E402
-from unsplit.data import default_data_dir, first_of_each_class, load_dataset  # noqa: E402
-from unsplit.defenses import parse_defense  # noqa: E402
-from unsplit.experiments import TrainingCase, inversion_experiment, label_experiment, train_or_load  # noqa: E402
-from unsplit.grid import (  # noqa: E402
+from unsplit.cli import check_defenses, make_parser, run_main, train_mean_image
+from unsplit.data import default_data_dir, first_of_each_class, load_dataset
+from unsplit.defenses import parse_defense
+from unsplit.experiments import TrainingCase, inversion_experiment, label_experiment, train_or_load
+from unsplit.grid import (
     Cell,
     ResultStore,
     add_grid_arguments,
@@ -44,10 +42,10 @@ from unsplit.grid import (  # noqa: E402
     pm,
     run_benchmark,
 )
-from unsplit.models import MODELS, build_model  # noqa: E402
-from unsplit.protocol import Topology  # noqa: E402
-from unsplit.training import evaluate  # noqa: E402
-from unsplit.util import atomic_write_text, resolve_device  # noqa: E402
+from unsplit.models import MODELS, build_model
+from unsplit.protocol import Topology
+from unsplit.training import evaluate
+from unsplit.util import atomic_write_text, resolve_device
 
 GRID = ["none", "gaussian:0.1", "gaussian:0.5", "gaussian:2", "laplace:0.1", "laplace:0.5", "laplace:2",
         "nopeek:0.5", "nopeek:2", "nopeek:8", "dpsgd:0.5", "dpsgd:1", "dpsgd:2", "topk:0.5", "topk:0.1",

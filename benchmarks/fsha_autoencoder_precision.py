@@ -13,11 +13,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from unsplit.cli import make_parser, run_main  # noqa: E402
-from unsplit.data import default_data_dir  # noqa: E402
-from unsplit.fsha import decoder, fsha_data, pilot  # noqa: E402
+from unsplit.cli import make_parser, run_main
+from unsplit.data import default_data_dir
+from unsplit.fsha import decoder, fsha_data, pilot
 
 
 def curve(x_pub: torch.Tensor, precision: str, steps: int, seed: int, batch_seed: int) -> list:

@@ -20,14 +20,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from unsplit.cli import make_parser, run_main  # noqa: E402
-from unsplit.data import default_data_dir  # noqa: E402
-from unsplit.detection import DETECTION_SERVERS, run_detection  # noqa: E402
-from unsplit.fsha import fsha_data  # noqa: E402
-from unsplit.grid import Cell, ResultStore, add_grid_arguments, run_benchmark  # noqa: E402
-from unsplit.util import atomic_save_figure, atomic_write_text, resolve_device, running_mean  # noqa: E402
+from unsplit.cli import make_parser, run_main
+from unsplit.data import default_data_dir
+from unsplit.detection import DETECTION_SERVERS, run_detection
+from unsplit.fsha import fsha_data
+from unsplit.grid import Cell, ResultStore, add_grid_arguments, run_benchmark
+from unsplit.util import atomic_save_figure, atomic_write_text, resolve_device, running_mean
 
 SERVERS = DETECTION_SERVERS
 

@@ -24,12 +24,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from unsplit.cli import make_parser, run_main  # noqa: E402
-from unsplit.fsha import LEVELS, run_fsha  # noqa: E402
-from unsplit.training import StepTimer  # noqa: E402
-from unsplit.util import atomic_write_json, resolve_device  # noqa: E402
+from unsplit.cli import make_parser, run_main
+from unsplit.fsha import LEVELS, run_fsha
+from unsplit.training import StepTimer
+from unsplit.util import atomic_write_json, resolve_device
 
 OFFICIAL_SECONDS = 1.31
 ROWS = {

@@ -29,16 +29,14 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from unsplit.cli import make_parser, run_main  # noqa: E402
-from unsplit.data import default_data_dir  # noqa: E402
-from unsplit.defenses import NoPeek  # noqa: E402
-from unsplit.fsha import OFFICIAL_NOTEBOOK as OFFICIAL  # noqa: E402
-from unsplit.fsha import fsha_data, reconstruction_error, run_fsha  # noqa: E402
-from unsplit.grid import Cell, ResultStore, add_grid_arguments, run_benchmark  # noqa: E402
-from unsplit.training import StepTimer  # noqa: E402
-from unsplit.util import atomic_save_figure, atomic_write_text, resolve_device  # noqa: E402
+from unsplit.cli import make_parser, run_main
+from unsplit.data import default_data_dir
+from unsplit.defenses import NoPeek
+from unsplit.fsha import OFFICIAL_NOTEBOOK as OFFICIAL
+from unsplit.fsha import fsha_data, reconstruction_error, run_fsha
+from unsplit.grid import Cell, ResultStore, add_grid_arguments, run_benchmark
+from unsplit.training import StepTimer
+from unsplit.util import atomic_save_figure, atomic_write_text, resolve_device
 
 #: the official code's seconds per iteration on this project's 2-core CPU (MNIST, level 4, batch 64)
 OFFICIAL_SECONDS = 1.31

@@ -22,13 +22,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from unsplit.attacks import model_inversion_stealing  # noqa: E402
-from unsplit.data import default_data_dir, first_of_each_class, load_dataset  # noqa: E402
-from unsplit.experiments import TrainingCase, train_or_load  # noqa: E402
-from unsplit.models import fresh_copy, split  # noqa: E402
-from unsplit.util import (  # noqa: E402
+from unsplit.attacks import model_inversion_stealing
+from unsplit.data import default_data_dir, first_of_each_class, load_dataset
+from unsplit.experiments import TrainingCase, train_or_load
+from unsplit.models import fresh_copy, split
+from unsplit.util import (
     atomic_write_json,
     l2_prior,
     reconstruction_metrics,

@@ -26,15 +26,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from unsplit.cli import make_parser, run_main  # noqa: E402
-from unsplit.data import default_data_dir, load_dataset  # noqa: E402
-from unsplit.defenses import RandomizedResponse  # noqa: E402
-from unsplit.grid import Cell, ResultStore, add_grid_arguments, run_benchmark  # noqa: E402
-from unsplit.models import CifarNet, split  # noqa: E402
-from unsplit.training import evaluate, train_split  # noqa: E402
-from unsplit.util import atomic_write_text  # noqa: E402
+from unsplit.cli import make_parser, run_main
+from unsplit.data import default_data_dir, load_dataset
+from unsplit.defenses import RandomizedResponse
+from unsplit.grid import Cell, ResultStore, add_grid_arguments, run_benchmark
+from unsplit.models import CifarNet, split
+from unsplit.training import evaluate, train_split
+from unsplit.util import atomic_write_text
 
 
 def parse_args(argv=None):

@@ -19,11 +19,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from unsplit.attacks import LabelInferenceAttack, label_inference  # noqa: E402
-from unsplit.models import CifarNet, MnistNet, label_inference_depth, split  # noqa: E402
-from unsplit.util import atomic_write_json  # noqa: E402
+from unsplit.attacks import LabelInferenceAttack, label_inference
+from unsplit.models import CifarNet, MnistNet, label_inference_depth, split
+from unsplit.util import atomic_write_json
 
 
 def loop_inference(head, z, observed, gradient, num_classes=10):

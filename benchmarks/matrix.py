@@ -59,13 +59,11 @@ from typing import Callable, Optional
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from unsplit.cli import make_parser, run_main, train_mean_image  # noqa: E402
-from unsplit.data import default_data_dir, first_of_each_class, load_dataset  # noqa: E402
-from unsplit.defenses import DEFENSES, parse_defense  # noqa: E402
-from unsplit.experiments import TrainingCase, inversion_experiment, label_experiment, train_or_load  # noqa: E402
-from unsplit.grid import (  # noqa: E402
+from unsplit.cli import make_parser, run_main, train_mean_image
+from unsplit.data import default_data_dir, first_of_each_class, load_dataset
+from unsplit.defenses import DEFENSES, parse_defense
+from unsplit.experiments import TrainingCase, inversion_experiment, label_experiment, train_or_load
+from unsplit.grid import (
     Cell,
     ResultStore,
     add_grid_arguments,
@@ -74,9 +72,9 @@ from unsplit.grid import (  # noqa: E402
     pm,
     run_benchmark,
 )
-from unsplit.models import MODELS, build_model, split  # noqa: E402
-from unsplit.protocol import Topology  # noqa: E402
-from unsplit.util import atomic_save_figure, atomic_write_text, resolve_device  # noqa: E402
+from unsplit.models import MODELS, build_model, split
+from unsplit.protocol import Topology
+from unsplit.util import atomic_save_figure, atomic_write_text, resolve_device
 
 #: one stated strength per defense (the rows)
 ROWS = ("none", "gaussian:0.5", "laplace:0.5", "nopeek:2", "dpsgd:1", "dpsgd_head:1", "label_dp:1", "topk:0.1",

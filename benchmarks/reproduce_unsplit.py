@@ -24,12 +24,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from unsplit.cli import run_main, train_mean_image  # noqa: E402
-from unsplit.data import DATASETS, default_data_dir, first_of_each_class, load_dataset  # noqa: E402
-from unsplit.experiments import TrainingCase, inversion_experiment, label_experiment, train_or_load  # noqa: E402
-from unsplit.grid import (  # noqa: E402
+from unsplit.cli import run_main, train_mean_image
+from unsplit.data import DATASETS, default_data_dir, first_of_each_class, load_dataset
+from unsplit.experiments import TrainingCase, inversion_experiment, label_experiment, train_or_load
+from unsplit.grid import (
     Cell,
     CellResult,
     ResultStore,
@@ -38,8 +36,8 @@ from unsplit.grid import (  # noqa: E402
     report_failures,
     run_grid,
 )
-from unsplit.models import MODELS, build_model  # noqa: E402
-from unsplit.util import atomic_write_text, minmax_normalise, reconstruction_metrics, resolve_device  # noqa: E402
+from unsplit.models import MODELS, build_model
+from unsplit.util import atomic_write_text, minmax_normalise, reconstruction_metrics, resolve_device
 
 #: (main_iters, input_iters, model_iters). ``fast`` was chosen from the quality-vs-cost curves (README).
 SCHEDULES = {"paper": (1000, 100, 100), "fast": (100, 100, 100)}

@@ -21,13 +21,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from unsplit import similarity  # noqa: E402
-from unsplit.cli import make_parser, run_main  # noqa: E402
-from unsplit.data import default_data_dir, load_dataset  # noqa: E402
-from unsplit.models import split  # noqa: E402
-from unsplit.util import atomic_write_text  # noqa: E402
+from unsplit import similarity
+from unsplit.cli import make_parser, run_main
+from unsplit.data import default_data_dir, load_dataset
+from unsplit.models import split
+from unsplit.util import atomic_write_text
 
 
 def parse_args(argv=None):

@@ -30,12 +30,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from unsplit.cli import finite_float, make_parser, run_main  # noqa: E402
-from unsplit.data import default_data_dir, load_dataset  # noqa: E402
-from unsplit.defenses import DPSGDHead, parse_defense  # noqa: E402
-from unsplit.grid import (  # noqa: E402
+from unsplit.cli import finite_float, make_parser, run_main
+from unsplit.data import default_data_dir, load_dataset
+from unsplit.defenses import DPSGDHead, parse_defense
+from unsplit.grid import (
     Cell,
     ResultStore,
     add_grid_arguments,
@@ -43,8 +41,8 @@ from unsplit.grid import (  # noqa: E402
     pm,
     run_benchmark,
 )
-from unsplit.similarity import MODEL_NAMES, build_model, cut_names, model_inputs, run_similarity  # noqa: E402
-from unsplit.util import atomic_save_figure, atomic_write_text, resolve_device  # noqa: E402
+from unsplit.similarity import MODEL_NAMES, build_model, cut_names, model_inputs, run_similarity
+from unsplit.util import atomic_save_figure, atomic_write_text, resolve_device
 
 DEFAULT_MODEL = {"mnist": "mnistnet", "f_mnist": "mnistnet", "cifar": "cifarnet"}
 #: default cuts per model (split depths): MnistNet after pool1 / pool2 / fc1; CifarNet after each pooling block

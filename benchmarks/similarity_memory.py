@@ -24,14 +24,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from unsplit import similarity as sim  # noqa: E402
-from unsplit.cli import make_parser, run_main  # noqa: E402
-from unsplit.data import default_data_dir, load_dataset  # noqa: E402
-from unsplit.models import MnistNet  # noqa: E402
-from unsplit.protocol import CutEvent  # noqa: E402
-from unsplit.util import atomic_write_json  # noqa: E402
+from unsplit import similarity as sim
+from unsplit.cli import make_parser, run_main
+from unsplit.data import default_data_dir, load_dataset
+from unsplit.models import MnistNet
+from unsplit.protocol import CutEvent
+from unsplit.util import atomic_write_json
 
 PARTS = ("speed", "memory", "accuracy")
 

@@ -20,12 +20,10 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from unsplit import sladv  # noqa: E402
-from unsplit.cli import make_parser, run_main  # noqa: E402
-from unsplit.data import default_data_dir, load_dataset  # noqa: E402
-from unsplit.grid import (  # noqa: E402
+from unsplit import sladv
+from unsplit.cli import make_parser, run_main
+from unsplit.data import default_data_dir, load_dataset
+from unsplit.grid import (
     Cell,
     ResultStore,
     add_grid_arguments,
@@ -35,8 +33,8 @@ from unsplit.grid import (  # noqa: E402
     report_failures,
     run_grid,
 )
-from unsplit.training import evaluate, run_split  # noqa: E402
-from unsplit.util import atomic_save_figure, atomic_write_text, resolve_device  # noqa: E402
+from unsplit.training import evaluate, run_split
+from unsplit.util import atomic_save_figure, atomic_write_text, resolve_device
 
 FACTORS = ("split", "shadow", "objective", "source", "size", "eps")
 
