@@ -25,11 +25,11 @@ import torch.nn.functional as F
 from unsplit.attacks import model_inversion_stealing
 from unsplit.data import default_data_dir, first_of_each_class, load_dataset
 from unsplit.experiments import TrainingCase, train_or_load
+from unsplit.metrics import reconstruction_metrics
 from unsplit.models import fresh_copy, split
 from unsplit.util import (
     atomic_write_json,
     l2_prior,
-    reconstruction_metrics,
     total_variation,
 )
 

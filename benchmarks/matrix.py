@@ -59,6 +59,7 @@ from typing import Callable, Optional
 
 import torch
 
+from unsplit import metrics
 from unsplit.cli import make_parser, run_main, train_mean_image
 from unsplit.data import default_data_dir, first_of_each_class, load_dataset
 from unsplit.defenses import DEFENSES, parse_defense
@@ -213,8 +214,8 @@ def _sladv(c, defense, *, data_dir, cache_dir, device, progress) -> dict:
                                      steal_iters=c["steal_iters"], eps=8 / 255, device=device, seed=seed,
                                      progress=progress)
     noise = sladv.random_sign_noise(x_eval, eps=8 / 255, seed=seed)
-    return {"sladv_success": sladv.attack_metrics(whole, x_eval, x_adv, y_eval, device=device)["success_rate"],
-            "noise_success": sladv.attack_metrics(whole, x_eval, noise, y_eval, device=device)["success_rate"],
+    return {"sladv_success": metrics.adversarial_metrics(whole, x_eval, x_adv, y_eval, device=device)["success_rate"],
+            "noise_success": metrics.adversarial_metrics(whole, x_eval, noise, y_eval, device=device)["success_rate"],
             "task_accuracy": evaluate(whole, x_test, y_test, device=device)}
 
 

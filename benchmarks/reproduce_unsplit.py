@@ -36,8 +36,9 @@ from unsplit.grid import (
     report_failures,
     run_grid,
 )
+from unsplit.metrics import reconstruction_metrics
 from unsplit.models import MODELS, build_model
-from unsplit.util import atomic_write_text, minmax_normalise, reconstruction_metrics, resolve_device
+from unsplit.util import atomic_write_text, minmax_normalise, resolve_device
 
 #: (main_iters, input_iters, model_iters). ``fast`` was chosen from the quality-vs-cost curves (README).
 SCHEDULES = {"paper": (1000, 100, 100), "fast": (100, 100, 100)}

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from unsplit import similarity
+from unsplit import metrics, similarity
 from unsplit.cli import make_parser, run_main
 from unsplit.data import default_data_dir, load_dataset
 from unsplit.models import split
@@ -83,7 +83,7 @@ def main(argv=None) -> int:
             pred = similarity.kmeans_attack(g.numpy(), known, known_labels, num_classes=10, seed=args.seed)
             rows.append({"model": args.model, "cut": name, "depth": depth, "mode": mode, "dims": g.shape[1],
                          "cos_same": float(cos[same].mean()), "cos_different": float(cos[y[:, None] != y].mean()),
-                         "gradient_kmeans": similarity.accuracy(pred, y.numpy(), exclude=known)})
+                         "gradient_kmeans": metrics.accuracy(pred, y.numpy(), exclude=known)})
             print(f"{mode:5s} {name:8s} d={g.shape[1]:6d} cos same {rows[-1]['cos_same']:.4f} different "
                   f"{rows[-1]['cos_different']:.4f} k-means {rows[-1]['gradient_kmeans']:.3f}", flush=True)
     lines = [f"# Cut-gradient geometry of a fresh {args.model} ({args.dataset}, {len(y)} samples, batch "

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from unsplit import metrics
 from unsplit import similarity as sim
 from unsplit.cli import make_parser, run_main
 from unsplit.data import default_data_dir, load_dataset
@@ -74,7 +75,7 @@ def speed(args) -> list:
             start = time.perf_counter()
             pred = attack()
             row[f"{name}_seconds"] = time.perf_counter() - start
-            row[f"{name}_accuracy"] = sim.accuracy(pred, y, exclude=pos)
+            row[f"{name}_accuracy"] = metrics.accuracy(pred, y, exclude=pos)
         rows.append(row)
         print(f"speed d={d}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items() if isinstance(v, float)))
     return rows

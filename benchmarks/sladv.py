@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from unsplit import sladv
+from unsplit import metrics, sladv
 from unsplit.cli import make_parser, run_main
 from unsplit.data import default_data_dir, load_dataset
 from unsplit.grid import (
@@ -211,7 +211,7 @@ def run_cell(c: dict, *, data_dir, device, progress: bool) -> dict:
                                            steal_iters=c.get("steal_iters", 200), eps=c["eps"] / 255,
                                            alpha=2 / 255, steps=c["steps"], device=device, seed=seed,
                                            front_architecture=architecture, progress=progress)
-        m = sladv.attack_metrics(whole, x_eval, x_adv, y_eval, device=device)
+        m = metrics.adversarial_metrics(whole, x_eval, x_adv, y_eval, device=device)
         keys = {k: c[k] for k in FACTORS}
         if c["objective"] == "stealing":
             keys["steal_count"] = c.get("steal_count", 64)
@@ -238,7 +238,7 @@ def run_cell(c: dict, *, data_dir, device, progress: bool) -> dict:
         x_adv = sladv.pgd(_STATE[key], x_eval, y_eval, **pgd)
         extra = {"source": c["source"], "size": c["size"]}
     return {**common, "kind": c["kind"], "eps": c["eps"], **extra,
-            **sladv.attack_metrics(whole, x_eval, x_adv, y_eval, device=device)}
+            **metrics.adversarial_metrics(whole, x_eval, x_adv, y_eval, device=device)}
 
 
 def main(argv=None) -> int:

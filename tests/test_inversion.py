@@ -4,8 +4,9 @@ from torch import nn
 
 from tests.conftest import synthetic_digits
 from unsplit.attacks import model_inversion_stealing
+from unsplit.metrics import reconstruction_metrics
 from unsplit.models import MnistNet, split
-from unsplit.util import reconstruction_metrics, total_variation
+from unsplit.util import total_variation
 
 
 def _targets(n=6):

@@ -134,13 +134,13 @@ def test_unknown_gradient_kind_is_rejected():
 def test_best_renaming_accuracy_matches_a_brute_force_search():
     import itertools
 
-    from unsplit.experiments import _best_renaming_accuracy
+    from unsplit.metrics import best_renaming_accuracy
 
     g = torch.Generator().manual_seed(3)
     for _ in range(5):
         conf = torch.randint(0, 20, (4, 4), generator=g)
         brute = max(sum(int(conf[i, p[i]]) for i in range(4)) for p in itertools.permutations(range(4)))
-        assert abs(_best_renaming_accuracy(conf) - brute / int(conf.sum())) < 1e-12
+        assert abs(best_renaming_accuracy(conf) - brute / int(conf.sum())) < 1e-12
     # a perfect but renamed attack: 0 plain accuracy, 1 under the best renaming
     renamed = torch.eye(3, dtype=torch.int64)[[1, 2, 0]] * 7
-    assert int(renamed.diagonal().sum()) == 0 and _best_renaming_accuracy(renamed) == 1.0
+    assert int(renamed.diagonal().sum()) == 0 and best_renaming_accuracy(renamed) == 1.0

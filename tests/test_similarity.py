@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from unsplit import metrics
 from unsplit import similarity as sim
 from unsplit.protocol import Topology
 from unsplit.training import run_split, train_split
@@ -51,11 +52,11 @@ def test_gradient_attacks_recover_labels_even_of_inputs_that_carry_none():
     assert np.array_equal(idx, np.arange(len(x))) and v.shape == (len(x), 32)
     truth = y.numpy()[idx]
     pos, lab = sim.choose_known(truth, per_class=1, seed=0)
-    knn = sim.accuracy(sim.knn_attack(v, pos, lab), truth, exclude=pos)
-    km = sim.accuracy(sim.kmeans_attack(v, pos, lab, num_classes=C), truth, exclude=pos)
-    km_pp = sim.accuracy(sim.kmeans_attack(v, pos, lab, num_classes=C, init="k-means++", n_init=4), truth,
+    knn = metrics.accuracy(sim.knn_attack(v, pos, lab), truth, exclude=pos)
+    km = metrics.accuracy(sim.kmeans_attack(v, pos, lab, num_classes=C), truth, exclude=pos)
+    km_pp = metrics.accuracy(sim.kmeans_attack(v, pos, lab, num_classes=C, init="k-means++", n_init=4), truth,
                          exclude=pos)
-    chance = sim.accuracy(sim.random_guess(len(truth), num_classes=C), truth, exclude=pos)
+    chance = metrics.accuracy(metrics.random_guess(len(truth), num_classes=C), truth, exclude=pos)
     assert knn > 0.95 and km > 0.95 and km_pp > 0.95, (knn, km, km_pp)
     assert chance < 0.35
 
@@ -74,10 +75,10 @@ def test_smashed_data_attacks_beat_chance_when_inputs_carry_the_label_and_sit_at
         tidx, tv = test_rec.observations()
         ttruth = yte.numpy()[tidx]
         results[informative] = {
-            "train_knn": sim.accuracy(sim.knn_attack(v, pos, lab), truth, exclude=pos),
-            "train_kmeans": sim.accuracy(sim.kmeans_attack(v, pos, lab, num_classes=C), truth, exclude=pos),
-            "test_knn": sim.accuracy(sim.inference_phase_attack(v, pos, lab, tv), ttruth),
-            "test_kmeans": sim.accuracy(sim.inference_phase_attack(v, pos, lab, tv, method="kmeans", num_classes=C),
+            "train_knn": metrics.accuracy(sim.knn_attack(v, pos, lab), truth, exclude=pos),
+            "train_kmeans": metrics.accuracy(sim.kmeans_attack(v, pos, lab, num_classes=C), truth, exclude=pos),
+            "test_knn": metrics.accuracy(sim.inference_phase_attack(v, pos, lab, tv), ttruth),
+            "test_kmeans": metrics.accuracy(sim.inference_phase_attack(v, pos, lab, tv, method="kmeans", num_classes=C),
                                      ttruth),
         }
     assert min(results[True].values()) > 0.9, results
@@ -101,7 +102,7 @@ def test_hungarian_mapping_is_the_best_renaming():
     for _ in range(20):
         k = 4
         clusters, labels = rng.integers(0, k, 30), rng.integers(0, k, 30)
-        mapping = sim.hungarian_mapping(clusters, labels, k)
+        mapping = metrics.hungarian_mapping(clusters, labels, k)
         best = max((sum(p[c] == lab for c, lab in zip(clusters, labels)), p) for p in itertools.permutations(range(k)))
         assert sorted(mapping.tolist()) == list(range(k))
         assert (mapping[clusters] == labels).sum() == best[0]
@@ -133,8 +134,8 @@ def test_a_wide_cut_is_recorded_in_bounded_memory_and_keeps_the_attack(reducer):
     assert reduced.nbytes() == 400 * 64 * 4
     truth = y.numpy()[idx_f]
     pos, lab = sim.choose_known(truth)
-    acc_f = sim.accuracy(sim.knn_attack(v_f, pos, lab), truth, exclude=pos)
-    acc_r = sim.accuracy(sim.knn_attack(v_r, pos, lab), truth, exclude=pos)
+    acc_f = metrics.accuracy(sim.knn_attack(v_f, pos, lab), truth, exclude=pos)
+    acc_r = metrics.accuracy(sim.knn_attack(v_r, pos, lab), truth, exclude=pos)
     assert acc_r > 0.9 and acc_r >= acc_f - 0.05, (acc_f, acc_r)
 
 
@@ -188,9 +189,9 @@ def test_model_completion_learns_from_one_known_label_per_class_and_not_from_noi
     y = np.arange(600) % C
     feats = centres[y] + rng.normal(size=(600, 20))
     pos, lab = sim.choose_known(y, seed=1)
-    acc = sim.accuracy(sim.model_completion(feats, pos, lab, num_classes=C, epochs=20), y, exclude=pos)
+    acc = metrics.accuracy(sim.model_completion(feats, pos, lab, num_classes=C, epochs=20), y, exclude=pos)
     noise = rng.normal(size=(600, 20))
-    acc_noise = sim.accuracy(sim.model_completion(noise, pos, lab, num_classes=C, epochs=20), y, exclude=pos)
+    acc_noise = metrics.accuracy(sim.model_completion(noise, pos, lab, num_classes=C, epochs=20), y, exclude=pos)
     assert acc > 0.9 and acc_noise < 0.4, (acc, acc_noise)
 
 

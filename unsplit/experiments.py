@@ -18,10 +18,11 @@ import torch
 from torch import nn
 
 from .attacks import GRADIENT_KINDS, InversionResult, LabelInferenceAttack, last_weight_name, model_inversion_stealing
+from .metrics import best_renaming_accuracy, reconstruction_metrics
 from .models import MODELS, fresh_copy
 from .protocol import CutEvent, SplitCallback, Topology
 from .training import Defense, draws_own_batches, evaluate, partial_checkpoint, train_split
-from .util import atomic_save, reconstruction_metrics
+from .util import atomic_save
 
 __all__ = ["inversion_experiment", "label_experiment", "TrainingCase", "CheckpointMismatch", "train_or_load",
            "attack_options"]
@@ -138,21 +139,6 @@ def inversion_experiment(
 
 
 _INVERSION_RESERVED = ("client_architecture", "smashed", "input_shape", "device", "seed", "progress", "on_iteration")
-
-
-def _best_renaming_accuracy(confusion: torch.Tensor) -> float:
-    """Accuracy under the one-to-one renaming of predicted classes that agrees best with the truth (Hungarian method).
-
-    Tells an attack that separates the classes but names them wrongly (cut gradients determine the classes only up
-    to a renaming, Erdogan et al. WPES'22 §label inference; see ``LabelInferenceAttack``) from one that does not
-    separate them at all."""
-    from scipy.optimize import linear_sum_assignment
-
-    total = int(confusion.sum())
-    if total == 0:
-        return float("nan")
-    rows, cols = linear_sum_assignment(-confusion.numpy())
-    return float(confusion[rows, cols].sum()) / total
 
 
 class _LabelInferenceServer(SplitCallback):
@@ -302,7 +288,7 @@ def label_experiment(
     confusion.index_put_((y[scored], predicted[scored].clamp_min(0)), torch.ones(len(scored), dtype=torch.int64),
                          accumulate=True)
     counts = torch.bincount(y[scored], minlength=num_classes)
-    best_renaming = _best_renaming_accuracy(confusion)
+    best_renaming = best_renaming_accuracy(confusion)
     processed = len(y) * epochs
     return {
         "gradient": gradient,

@@ -37,7 +37,6 @@ from typing import Optional, Union
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 from sklearn.neighbors import KNeighborsClassifier
@@ -45,6 +44,7 @@ from sklearn.preprocessing import normalize as l2_normalize
 from sklearn.random_projection import GaussianRandomProjection
 from torch import nn
 
+from .metrics import accuracy, auc, confusion_matrix, hungarian_mapping, random_guess
 from .protocol import CutEvent, RunInfo, SplitCallback, Topology
 
 #: what a :class:`CutRecorder` can record at a cut
@@ -320,22 +320,6 @@ def knn_attack(vectors: ArrayLike, known_positions: Sequence[int], known_labels:
     return KNeighborsClassifier(n_neighbors=1).fit(v[pos], lab).predict(q)
 
 
-def hungarian_mapping(clusters: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """The cluster -> label map that agrees with the most ``(cluster, label)`` pairs (Hungarian method on their
-    co-occurrence counts, scipy's ``linear_sum_assignment``). Clusters without a known member still get the label
-    the assignment leaves them.
-
-    Returns:
-        ``(num_classes,)`` array: ``mapping[cluster] = label``.
-    """
-    counts = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(counts, (np.asarray(clusters, dtype=np.int64), np.asarray(labels, dtype=np.int64)), 1)
-    rows, cols = linear_sum_assignment(counts, maximize=True)
-    mapping = np.empty(num_classes, dtype=np.int64)
-    mapping[rows] = cols
-    return mapping
-
-
 def kmeans_attack(vectors: ArrayLike, known_positions: Sequence[int], known_labels: Sequence[int], *,
                   num_classes: int, init: str = "known", n_init: int = 1, max_iter: int = 300,
                   normalize: bool = True, seed: int = 0) -> np.ndarray:
@@ -409,11 +393,6 @@ def direction_scores(gradients: ArrayLike, reference_position: int) -> np.ndarra
     return g @ g[int(reference_position)]
 
 
-def random_guess(n: int, *, num_classes: int, seed: int = 0) -> np.ndarray:
-    """The trivial baseline: uniformly random labels (seeded)."""
-    return np.random.default_rng(seed).integers(0, num_classes, size=n)
-
-
 def model_completion(features: ArrayLike, known_positions: Sequence[int], known_labels: Sequence[int], *,
                      num_classes: int, queries: ArrayLike | None = None, hidden: int = 256, epochs: int = 20,
                      batch_size: int = 128, lr: float = 1e-3, threshold: float = 0.95, lambda_u: float = 1.0,
@@ -465,38 +444,6 @@ def model_completion(features: ArrayLike, known_positions: Sequence[int], known_
     q = v if queries is None else (torch.from_numpy(_flat(queries)).to(device) - mean) / std
     with torch.no_grad():
         return torch.cat([head(b).argmax(1) for b in q.split(4096)]).cpu().numpy()
-
-
-# ------------------------------------------------------------------------------------------------ metric code
-def accuracy(predicted: ArrayLike, truth: ArrayLike, *, exclude: Sequence[int] | None = None) -> float:
-    """Fraction of correct labels, leaving out the positions in ``exclude`` (the known samples)."""
-    p, t = _numpy(predicted).reshape(-1), _numpy(truth).reshape(-1)
-    keep = np.ones(len(t), dtype=bool)
-    if exclude is not None:
-        keep[np.asarray(exclude, dtype=np.int64)] = False
-    if not keep.any():
-        raise ValueError("nothing left to score")
-    return float((p[keep] == t[keep]).mean())
-
-
-def confusion_matrix(predicted: ArrayLike, truth: ArrayLike, *, num_classes: int,
-                     exclude: Sequence[int] | None = None) -> np.ndarray:
-    """``(num_classes, num_classes)`` counts, rows the true labels, columns the predicted ones, leaving out the
-    positions in ``exclude`` as :func:`accuracy` does."""
-    p, t = _numpy(predicted).reshape(-1).astype(np.int64), _numpy(truth).reshape(-1).astype(np.int64)
-    keep = np.ones(len(t), dtype=bool)
-    if exclude is not None:
-        keep[np.asarray(exclude, dtype=np.int64)] = False
-    out = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(out, (t[keep], p[keep]), 1)
-    return out
-
-
-def auc(scores: ArrayLike, truth: ArrayLike, *, positive: int = 1) -> float:
-    """ROC-AUC of ``scores`` for ``truth == positive`` (sklearn's ``roc_auc_score``)."""
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(_numpy(truth).reshape(-1) == positive, _numpy(scores).reshape(-1)))
 
 
 # ---------------------------------------------------------------------------------------------- one experiment

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .metrics import adversarial_metrics
 from .models import BasicBlock, CifarNet, CifarResNet18, fresh_copy
 from .protocol import CutEvent, RunInfo, SplitCallback, Topology
 
@@ -45,7 +46,6 @@ __all__ = [
     "feature_pgd",
     "random_sign_noise",
     "pgd",
-    "attack_metrics",
     "BASELINES",
     "baseline_metrics",
     "sladv_attack",
@@ -403,25 +403,6 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float = 8 / 
     return torch.cat(out) if out else x.clone()
 
 
-@torch.no_grad()
-def attack_metrics(model: nn.Module, x_clean: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, *,
-                   batch_size: int = 500, device: Union[str, torch.device] = "cpu") -> Dict[str, float]:
-    """Metric code (reads the true labels): the model's accuracy on ``x_adv``, the misclassification rate
-    (``1 - accuracy``) and the success rate (the fraction of the correctly classified clean images that the
-    adversarial ones flip), beside the clean accuracy and the largest perturbation."""
-    model = model.to(device).eval()
-
-    def predict(x):
-        return torch.cat([model(x[i:i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(x), batch_size)])
-
-    clean, adv = predict(x_clean) == y.cpu(), predict(x_adv) == y.cpu()
-    return {"clean_accuracy": float(clean.float().mean()), "accuracy": float(adv.float().mean()),
-            "misclassification_rate": float(1 - adv.float().mean()),
-            "success_rate": float((~adv[clean]).float().mean()) if clean.any() else float("nan"),
-            "linf": float((x_adv - x_clean).abs().max())}
-
-
-
 def attacker_split(labels: torch.Tensor, *, source: str = "cifar-skewed", size: int = 1024,
                    client_size: int = 40_000, num_classes_seen: int = 3, seed: int = 0):
     """Disjoint index sets of the training set: the client's (the first ``client_size`` samples, as the scaffold's
@@ -567,7 +548,7 @@ def baseline_metrics(name: str, whole: nn.Module, x_eval: torch.Tensor, y_eval: 
         eps, alpha, steps, device, seed: as :func:`pgd`.
 
     Returns:
-        The metrics of :func:`attack_metrics`.
+        The metrics of :func:`adversarial_metrics`.
     """
     if name not in BASELINES:
         raise ValueError(f"unknown baseline {name!r}: choose among {', '.join(BASELINES)}")
@@ -578,7 +559,7 @@ def baseline_metrics(name: str, whole: nn.Module, x_eval: torch.Tensor, y_eval: 
             raise ValueError("the transfer baseline needs a surrogate (train_surrogate)")
         target = whole if name == "whitebox" else surrogate
         x_adv = pgd(target, x_eval, y_eval, eps=eps, alpha=alpha, steps=steps, device=device, seed=seed)
-    return attack_metrics(whole, x_eval, x_adv, y_eval, device=device)
+    return adversarial_metrics(whole, x_eval, x_adv, y_eval, device=device)
 
 
 def run_sladv(topology: Topology, stats: ServerStatistics, x_attacker: torch.Tensor, x_eval: torch.Tensor,
@@ -604,7 +585,7 @@ def run_sladv(topology: Topology, stats: ServerStatistics, x_attacker: torch.Ten
 
     Returns:
         ``{"sladv": metrics, "<baseline>": metrics, "shadow_fit": {...}, "x_adv": tensor, "seconds": {...}}`` with
-        the metrics of :func:`attack_metrics`.
+        the metrics of :func:`adversarial_metrics`.
     """
     import time
 
@@ -623,7 +604,7 @@ def run_sladv(topology: Topology, stats: ServerStatistics, x_attacker: torch.Ten
                                  progress=progress)
     seconds = {"attack": time.perf_counter() - start}
     whole = topology.as_model().eval()
-    out: Dict[str, object] = {"sladv": attack_metrics(whole, x_eval, x_adv, y_eval, device=device),
+    out: Dict[str, object] = {"sladv": adversarial_metrics(whole, x_eval, x_adv, y_eval, device=device),
                               "shadow_fit": fit, "x_adv": x_adv, "seconds": seconds}
     for name in baselines:
         out[name] = baseline_metrics(name, whole, x_eval, y_eval, surrogate=surrogate, eps=eps, alpha=alpha,

@@ -6,7 +6,7 @@ import os
 import random
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -14,7 +14,6 @@ import torch
 __all__ = [
     "total_variation",
     "l2_prior",
-    "reconstruction_metrics",
     "minmax_normalise",
     "resolve_device",
     "seed_everything",
@@ -65,41 +64,6 @@ def minmax_normalise(x: torch.Tensor) -> torch.Tensor:
     lo = flat.min(dim=1, keepdim=True).values
     hi = flat.max(dim=1, keepdim=True).values
     return ((flat - lo) / (hi - lo).clamp_min(1e-12)).view_as(x)
-
-
-def reconstruction_metrics(reconstructions: torch.Tensor, targets: torch.Tensor) -> Dict[str, list]:
-    """Per-image quality of reconstructions against the private targets (metric code: the only place targets enter).
-
-    Args:
-        reconstructions: ``(N, C, H, W)``; any range (raw attack output is not clamped, as in the reference).
-        targets: ``(N, C, H, W)`` images in [0, 1].
-
-    Returns:
-        Lists of length N: ``mse`` (raw), ``mse_minmax`` (reconstruction min-max normalised first), ``psnr``
-        (dB, of the reconstruction clamped to [0, 1]), ``ssim`` (of the clamped reconstruction, data range 1) and
-        ``correlation`` (Pearson's r over all pixels of the raw reconstruction, in [-1, 1]: blind to the overall
-        brightness and contrast that the attack's λ₂ term takes away, not to noise, which min-max scaling inflates).
-    """
-    from skimage.metrics import structural_similarity
-
-    if reconstructions.shape != targets.shape:
-        raise ValueError(f"shape mismatch: reconstructions {tuple(reconstructions.shape)} "
-                         f"vs targets {tuple(targets.shape)}")
-    rec = reconstructions.detach().float().cpu()
-    tgt = targets.detach().float().cpu()
-    mse = (rec - tgt).pow(2).flatten(1).mean(1)
-    mse_mm = (minmax_normalise(rec) - tgt).pow(2).flatten(1).mean(1)
-    clamped = rec.clamp(0, 1)
-    mse_c = (clamped - tgt).pow(2).flatten(1).mean(1)
-    psnr = 10 * torch.log10(1.0 / mse_c.clamp_min(1e-10))
-    ssim = []
-    for r, t in zip(clamped.numpy(), tgt.numpy()):
-        ssim.append(float(structural_similarity(t, r, data_range=1.0, channel_axis=0)))
-    rc = rec.flatten(1) - rec.flatten(1).mean(1, keepdim=True)
-    tc = tgt.flatten(1) - tgt.flatten(1).mean(1, keepdim=True)
-    corr = (rc * tc).sum(1) / (rc.norm(dim=1) * tc.norm(dim=1)).clamp_min(1e-12)
-    return {"mse": mse.tolist(), "mse_minmax": mse_mm.tolist(), "psnr": psnr.tolist(), "ssim": ssim,
-            "correlation": corr.tolist()}
 
 
 def running_mean(values: Sequence[float], window: int) -> list:
