@@ -18,11 +18,11 @@ import torch
 from torch import nn
 
 from .attacks import GRADIENT_KINDS, InversionResult, LabelInferenceAttack, last_weight_name, model_inversion_stealing
+from .cache import CheckpointMismatch, load_or_train
 from .metrics import best_renaming_accuracy, reconstruction_metrics
 from .models import MODELS, fresh_copy
 from .protocol import CutEvent, SplitCallback, Topology
 from .training import Defense, draws_own_batches, evaluate, partial_checkpoint, train_split
-from .util import atomic_save
 
 __all__ = ["inversion_experiment", "label_experiment", "TrainingCase", "CheckpointMismatch", "train_or_load",
            "attack_options"]
@@ -312,10 +312,6 @@ def label_experiment(
     }
 
 
-class CheckpointMismatch(ValueError):
-    """A cached model was trained for another training case than the one asked for."""
-
-
 @dataclasses.dataclass(frozen=True)
 class TrainingCase:
     """Everything that decides a trained split model: the cache key of :func:`train_or_load`.
@@ -390,12 +386,6 @@ class TrainingCase:
         return "_".join(parts + [digest])
 
 
-def _differences(stored: Mapping[str, Any], wanted: Mapping[str, Any]) -> str:
-    keys = sorted(set(stored) | set(wanted))
-    return ", ".join(f"{k}={stored.get(k)!r} (wanted {wanted.get(k)!r})" for k in keys
-                     if stored.get(k) != wanted.get(k))
-
-
 def train_or_load(
     case: TrainingCase,
     *,
@@ -432,57 +422,52 @@ def train_or_load(
         CheckpointMismatch: the checkpoint holds another case (or none: written by an older version).
         ValueError: an unreadable checkpoint.
     """
-    from .data import load_dataset
-
-    say = log or (lambda message: None)
     path = Path(checkpoint) if checkpoint is not None else Path(cache_dir) / f"{case.name}.pt"
-    wanted = case.key()
-    model = case.build_model()
-    if path.exists() and not retrain:
-        try:
-            state = torch.load(path, map_location="cpu")
-            stored = state["case"] if isinstance(state, dict) and "case" in state else None
-        except Exception as exc:  # a foreign or corrupt file
-            raise ValueError(f"cannot load checkpoint {path}: {str(exc).splitlines()[0][:160]} (retrain it)") from None
-        if stored is None:
-            raise CheckpointMismatch(f"checkpoint {path} records no training case (written by an older unsplit): "
-                                     "retrain it or choose another checkpoint")
-        if stored != wanted:
-            raise CheckpointMismatch(f"checkpoint {path} was trained for another case: {_differences(stored, wanted)};"
-                                     " retrain it or choose another checkpoint")
-        model.load_state_dict(state["model"])
-        info = {k: state.get(k) for k in ("train_seconds", "dp_epsilon", "dp_accounting")}
-        info["from_checkpoint"] = True
-        say(f"loaded trained model from {path}")
-    else:
-        x_train, y_train = load_dataset(case.dataset, data_dir=data_dir, train=True, download=download,
-                                        limit=case.train_limit)
-        torch.manual_seed(case.seed)
-        model = case.build_model()
-        defenses = case.build_defenses()
-        say(f"training the split model: {case.epochs} epochs on {len(y_train)} images"
-            + (f" with {', '.join(case.defenses)}" if case.defenses else "") + " ...")
-        start = time.perf_counter()
-        topology = Topology.split(model, front_depth=case.split_depth or 0)
-        partial = partial_checkpoint(path, defenses)  # an interrupted training resumes where it stopped
-        path.parent.mkdir(parents=True, exist_ok=True)
-        train_split(topology, x_train, y_train, epochs=case.epochs, batch_size=case.batch_size, lr=case.lr,
-                    device=device, seed=case.seed, defenses=defenses, checkpoint=partial, checkpoint_every=100,
-                    progress=progress)
-        seconds = time.perf_counter() - start  # of this process: a resumed training counts only its own part
-        dp = [d for d in defenses if hasattr(d, "spent_epsilon")]
-        info = {"train_seconds": seconds, "from_checkpoint": False,
-                "dp_epsilon": dp[0].spent_epsilon() if dp else None,
-                "dp_accounting": (f"RDP accountant at delta={dp[0].delta}, "
-                                  + ("Poisson sampling (rate batch/N): the guarantee holds" if dp[0].poisson_sampling
-                                     else "shuffled fixed-size batches: the accountant assumes Poisson sampling, so "
-                                          "this epsilon is not a valid guarantee")) if dp else None}
-        atomic_save({"model": model.state_dict(), "case": wanted, **info}, path)
-        if partial is not None:
-            partial.unlink(missing_ok=True)
-        say(f"trained in {seconds:.1f} s; saved to {path}")
+
+    def train(path: Path) -> Tuple[nn.Module, Dict[str, Any]]:
+        return _train_case(case, path, data_dir=data_dir, download=download, device=device, progress=progress,
+                           log=log)
+
+    model, info = load_or_train(path, case.key(), case.build_model, train, retrain=retrain, log=log)
     model = model.to(device).eval()
-    info.update(checkpoint=str(path), case=wanted)
+    info["case"] = case.key()
     if test is not None:
         info["test_accuracy"] = evaluate(model, *test, device=device)
     return model, info
+
+
+def _train_case(case: TrainingCase, path: Path, *, data_dir, download: bool, device, progress: bool,
+                log) -> Tuple[nn.Module, Dict[str, Any]]:
+    """A case's model, trained (resumable next to ``path``), and the facts kept beside it."""
+    from .data import load_dataset
+
+    say = log or (lambda message: None)
+    x_train, y_train = load_dataset(case.dataset, data_dir=data_dir, train=True, download=download,
+                                    limit=case.train_limit)
+    torch.manual_seed(case.seed)
+    model = case.build_model()
+    defenses = case.build_defenses()
+    say(f"training the split model: {case.epochs} epochs on {len(y_train)} images"
+        + (f" with {', '.join(case.defenses)}" if case.defenses else "") + " ...")
+    start = time.perf_counter()
+    topology = Topology.split(model, front_depth=case.split_depth or 0)
+    partial = partial_checkpoint(path, defenses)  # an interrupted training resumes where it stopped
+    path.parent.mkdir(parents=True, exist_ok=True)
+    train_split(topology, x_train, y_train, epochs=case.epochs, batch_size=case.batch_size, lr=case.lr,
+                device=device, seed=case.seed, defenses=defenses, checkpoint=partial, checkpoint_every=100,
+                progress=progress)
+    seconds = time.perf_counter() - start  # of this process: a resumed training counts only its own part
+    if partial is not None:
+        partial.unlink(missing_ok=True)
+    say(f"trained in {seconds:.1f} s")
+    dp = [d for d in defenses if hasattr(d, "spent_epsilon")]
+    return model, {"train_seconds": seconds,
+                   "dp_epsilon": dp[0].spent_epsilon() if dp else None,
+                   "dp_accounting": _dp_accounting(dp[0]) if dp else None}
+
+
+def _dp_accounting(dp) -> str:
+    return (f"RDP accountant at delta={dp.delta}, "
+            + ("Poisson sampling (rate batch/N): the guarantee holds" if dp.poisson_sampling
+               else "shuffled fixed-size batches: the accountant assumes Poisson sampling, so this epsilon is not a "
+                    "valid guarantee"))

@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
-from typing import Callable, Optional, Tuple, Union
+from typing import Callable, Dict, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -51,6 +51,8 @@ __all__ = [
     "label_inference_depth",
     "fresh_copy",
     "build_model",
+    "NETWORKS",
+    "MODEL_NAMES",
     "MODELS",
 ]
 
@@ -316,19 +318,46 @@ class CifarResNet18(LayerList):
         self.num_classes, self.input_shape, self.head_kind = num_classes, (in_channels, 32, 32), head
 
 
+#: the one model registry: every named network of the library, by name -> ``factory(num_classes, in_channels)``.
+#: ``cifarnet_bn`` is ``CifarNet(batch_norm=True)`` (ours: trains under label noise, and is SLADV's victim);
+#: ``simplenet`` / ``resnet18`` are Liu et al.'s (TIFS 2024) and the SLADV scaffold's 32x32 networks.
+NETWORKS: Dict[str, Callable[..., nn.Sequential]] = {
+    "mnistnet": lambda num_classes, in_channels: MnistNet(num_classes),
+    "cifarnet": lambda num_classes, in_channels: CifarNet(num_classes),
+    "cifarnet_bn": lambda num_classes, in_channels: CifarNet(num_classes, batch_norm=True),
+    "funnelnet": lambda num_classes, in_channels: FunnelNet(num_classes),
+    "simplenet": lambda num_classes, in_channels: SimpleNet(num_classes, in_channels=in_channels),
+    "resnet18": lambda num_classes, in_channels: CifarResNet18(num_classes, in_channels=in_channels),
+}
+MODEL_NAMES = tuple(NETWORKS)
+#: each dataset's reference network (UnSplit's): ``mnist`` / ``f_mnist`` -> MnistNet, ``cifar`` -> CifarNet
 MODELS = {"mnist": MnistNet, "f_mnist": MnistNet, "cifar": CifarNet}
+_DATASET_NETWORKS = {"mnist": "mnistnet", "f_mnist": "mnistnet", "cifar": "cifarnet"}
 
 
-def build_model(dataset: str, *, batch_norm: bool = False) -> nn.Sequential:
-    """Returns a freshly initialised reference network for ``dataset`` (``mnist``, ``f_mnist`` or ``cifar``);
-    ``batch_norm=True`` gives CIFAR-10's ``CifarNet(batch_norm=True)`` (ours: it trains under label noise)."""
-    if dataset not in MODELS:
-        raise ValueError(f"unknown dataset {dataset!r}: choose one of {', '.join(MODELS)}")
-    if batch_norm:
-        if MODELS[dataset] is not CifarNet:
-            raise ValueError(f"batch_norm is a CifarNet variant; the {dataset} network has none")
-        return CifarNet(batch_norm=True)
-    return MODELS[dataset]()
+def build_model(name: str, *, num_classes: int = 10, in_channels: int = 3, batch_norm: bool = False) -> nn.Sequential:
+    """A freshly initialised network of the registry (:data:`NETWORKS`), by network name or by dataset.
+
+    Args:
+        name: a network (:data:`MODEL_NAMES`: ``mnistnet``, ``cifarnet``, ``cifarnet_bn``, ``funnelnet``,
+            ``simplenet``, ``resnet18``) or a dataset (``mnist``, ``f_mnist``, ``cifar``: its reference network).
+        num_classes: outputs; in_channels: input channels (only the 32x32 networks of Liu et al. take other than
+            their own).
+        batch_norm: with a dataset name, CIFAR-10's ``CifarNet(batch_norm=True)`` (= ``cifarnet_bn``).
+
+    Raises:
+        ValueError: an unknown name, or ``batch_norm`` for a network without the variant.
+    """
+    if name in _DATASET_NETWORKS:
+        if batch_norm and MODELS[name] is not CifarNet:
+            raise ValueError(f"batch_norm is a CifarNet variant; the {name} network has none")
+        name = _DATASET_NETWORKS[name] + ("_bn" if batch_norm else "")
+    elif batch_norm:
+        raise ValueError("batch_norm applies to a dataset name (choose the network cifarnet_bn instead)")
+    if name not in NETWORKS:
+        raise ValueError(f"unknown model {name!r}: choose a network ({', '.join(MODEL_NAMES)}) or a dataset "
+                         f"({', '.join(MODELS)})")
+    return NETWORKS[name](num_classes, in_channels)
 
 
 def _check_sequential(model: nn.Module) -> None:

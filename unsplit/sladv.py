@@ -491,11 +491,9 @@ def train_or_load_victim(name: str, x_client: torch.Tensor, y_client: torch.Tens
     Returns:
         ``(model, info)`` with ``info = {"from_checkpoint", "checkpoint", "train_seconds"}``.
     """
-    import time
     from pathlib import Path
 
-    from .defenses import parse_defenses
-    from .training import partial_checkpoint, train_split
+    from .cache import load_or_train
 
     specs = [d for d in defenses if d.strip() and d.strip() != "none"]
     key = {"model": name, "epochs": epochs, "client_size": len(x_client), "seed": seed, "optimizer": "adam-amsgrad",
@@ -505,32 +503,38 @@ def train_or_load_victim(name: str, x_client: torch.Tensor, y_client: torch.Tens
     tag = "".join(f"_{d.replace(':', '-')}" for d in specs)
     path = Path(checkpoint) if checkpoint is not None else Path("checkpoints/sladv") / (
         f"{name}_e{epochs}_n{len(x_client)}{tag}_s{seed}.pt")
+
+    def train(path: Path):
+        return _train_victim(name, x_client, y_client, path, epochs=epochs, defenses=specs, device=device, seed=seed,
+                             progress=progress, log=log)
+
     torch.manual_seed(seed)  # the seed fixes the initial weights too, not only the training's draws
+    model, info = load_or_train(path, key, lambda: build_victim(name), train, retrain=retrain, log=log)
+    return model.cpu(), {"from_checkpoint": info["from_checkpoint"], "checkpoint": info["checkpoint"],
+                         "train_seconds": info.get("train_seconds", info.get("seconds"))}
+
+
+def _train_victim(name: str, x_client: torch.Tensor, y_client: torch.Tensor, path, *, epochs: int, defenses,
+                  device, seed: int, progress: bool, log):
+    """A fresh victim trained in place (resumable next to ``path``) and ``{"train_seconds"}``."""
+    import time
+
+    from .defenses import parse_defenses
+    from .training import partial_checkpoint, train_split
+
     model = build_victim(name)
-    say = log or (lambda message: None)
-    if path.exists() and not retrain:
-        state = torch.load(path, map_location="cpu")
-        stored = state.get("key") if isinstance(state, dict) else None
-        if stored != key:
-            raise ValueError(f"checkpoint {path} holds another victim ({stored}); retrain it or choose another file")
-        model.load_state_dict(state["model"])
-        say(f"loaded the victim from {path}")
-        return model, {"from_checkpoint": True, "checkpoint": str(path), "train_seconds": state.get("seconds")}
-    say(f"training the victim ({name}, {epochs} epochs on {len(x_client)} client images) ...")
+    (log or (lambda message: None))(f"training the victim ({name}, {epochs} epochs on {len(x_client)} client "
+                                    "images) ...")
     start = time.perf_counter()
-    built = parse_defenses(specs)
+    built = parse_defenses(defenses)
     partial = partial_checkpoint(path, built)  # an interrupted training resumes where it stopped
     path.parent.mkdir(parents=True, exist_ok=True)
     train_split(victim_topology(model, 1, name=name), x_client, y_client, epochs=epochs, batch_size=128,
                 defenses=built, checkpoint=partial, checkpoint_every=100, device=device, seed=seed,
                 progress=progress)
-    seconds = time.perf_counter() - start
-    tmp = path.with_suffix(".tmp")
-    torch.save({"key": key, "model": model.cpu().state_dict(), "seconds": seconds}, tmp)
-    tmp.replace(path)
     if partial is not None:
         partial.unlink(missing_ok=True)
-    return model, {"from_checkpoint": False, "checkpoint": str(path), "train_seconds": seconds}
+    return model.cpu(), {"train_seconds": time.perf_counter() - start}
 
 
 BASELINES = ("noise", "whitebox", "transfer")
