@@ -100,7 +100,7 @@ def test_dpsgd_reports_a_finite_epsilon_that_falls_as_noise_grows():
         x, y = torch.randn(128, 6), torch.randint(0, 2, (128,))
         d = DPSGD(noise_multiplier=sigma, max_grad_norm=1.0)
         before = client[0].weight.detach().clone()
-        train_split(client, server, x, y, epochs=2, batch_size=32, defenses=[d])
+        train_split(Topology(client, server), x, y, epochs=2, batch_size=32, defenses=[d])
         assert not torch.equal(client[0].weight, before)
         eps.append(d.spent_epsilon())
     assert all(math.isfinite(e) and e > 0 for e in eps) and eps[1] < eps[0]
@@ -110,7 +110,8 @@ def test_dpsgd_refuses_a_part_with_batchnorm_in_one_line():
     client = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU())
     x, y = torch.randn(64, 6), torch.randint(0, 2, (64,))
     with pytest.raises(ValueError, match="holds BatchNorm1d"):
-        train_split(client, nn.Sequential(nn.Linear(8, 2)), x, y, epochs=1, batch_size=32, defenses=[DPSGD()])
+        train_split(Topology(client, nn.Sequential(nn.Linear(8, 2))), x, y, epochs=1, batch_size=32,
+                    defenses=[DPSGD()])
 
 
 def test_nopeek_lowers_the_distance_correlation_of_the_smashed_data():
@@ -121,7 +122,7 @@ def test_nopeek_lowers_the_distance_correlation_of_the_smashed_data():
         server = nn.Sequential(nn.ReLU(), nn.Linear(10, 2))
         x = torch.randn(256, 10)
         y = (x[:, 0] > 0).long()
-        train_split(client, server, x, y, epochs=15, batch_size=64, defenses=[NoPeek(alpha)])
+        train_split(Topology(client, server), x, y, epochs=15, batch_size=64, defenses=[NoPeek(alpha)])
         with torch.no_grad():
             results.append(float(distance_correlation(x, client(x))))
     assert results[1] < results[0] - 0.05

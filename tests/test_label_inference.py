@@ -4,7 +4,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from unsplit.attacks import LabelInferenceAttack, candidate_gradients, label_inference
-from unsplit.training import train_split
+from unsplit.training import Topology, train_split
 
 
 def _loop_cut_gradients(head, z, num_classes, batch_size):
@@ -97,7 +97,7 @@ def _run_online_attack(gradient, batch_size, known_per_class, n=400, seed=0):
             pred[ev.indices] = attack.step(ev.smashed, obs, batch_size=ev.batch_size, known=k)
 
     server_before = [p.detach().clone() for p in bottom.parameters()]
-    train_split(None, bottom, x, y, head=head, epochs=1, batch_size=batch_size, order=order, observers=[observe],
+    train_split(Topology(None, bottom, head), x, y, epochs=1, batch_size=batch_size, order=order, callbacks=[observe],
                 share_head_weight_gradients=gradient == "weight")
     rest = torch.tensor([i for i in range(n) if i not in anchors])
     return float((pred[rest] == y[rest]).float().mean()), bottom, server_before
@@ -122,7 +122,7 @@ def test_the_attack_leaves_the_servers_own_training_untouched():
     head = nn.Linear(16, 4)
     assert all(torch.equal(a, b) for a, b in zip(bottom.parameters(), before))
     order = torch.arange(40)
-    train_split(None, bottom, x, y, head=head, epochs=1, batch_size=1, order=order)
+    train_split(Topology(None, bottom, head), x, y, epochs=1, batch_size=1, order=order)
     assert all(torch.equal(a, b) for a, b in zip(bottom.parameters(), attacked.parameters()))
 
 

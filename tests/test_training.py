@@ -7,7 +7,7 @@ from torch import nn
 
 from unsplit.models import MnistNet, split, split_three
 from unsplit.protocol import SplitCallback, Topology
-from unsplit.training import CutEvent, Defense, evaluate, run_split, train_split
+from unsplit.training import CutEvent, Defense, TrainConfig, evaluate, run_split, train_split
 
 
 def _data(n=64, seed=0):
@@ -38,12 +38,22 @@ def test_observers_see_per_sample_smashed_data_and_the_true_cut_gradient():
     import copy
 
     snapshot["server"] = copy.deepcopy(server)
-    train_split(client, server, x, y, epochs=2, batch_size=8, observers=[observe], shuffle=False)
+    train_split(Topology(client, server), x, y, epochs=2, batch_size=8, callbacks=[observe], shuffle=False)
     assert [(e.epoch, e.step, e.cut) for e in events] == [(ep, s, "front") for ep in range(2) for s in range(3)]
     first = events[0]
     assert first.smashed.shape == (8, 16, 8, 8) and first.gradient.shape == (8, 16, 8, 8)
     assert torch.equal(first.indices, torch.arange(8)) and events[2].batch_size == 4
     assert torch.allclose(first.gradient, snapshot["grad"], atol=1e-7)
+
+
+class _Returns(SplitCallback):
+    """Returns ``fn(event)`` to the client front; the server still trains honestly."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def server_gradient(self, event):
+        return self.fn(event)
 
 
 def test_a_malicious_server_chooses_the_gradient_the_client_applies():
@@ -53,11 +63,47 @@ def test_a_malicious_server_chooses_the_gradient_the_client_applies():
     x, y = torch.randn(5, 4), torch.tensor([0, 1, 0, 1, 1])
     before = client[0].weight.detach().clone()
     zero = lambda ev: torch.zeros_like(ev.gradient)  # noqa: E731
-    train_split(client, server, x, y, epochs=1, batch_size=5, server_gradient=zero)
+    train_split(Topology(client, server), x, y, epochs=1, batch_size=5, callbacks=[_Returns(zero)])
     assert torch.equal(client[0].weight, before)  # a zero gradient leaves Adam's parameters where they were
     server_before = server[0].weight.detach().clone()
-    train_split(client, server, x, y, epochs=1, batch_size=5, server_gradient=lambda ev: torch.ones_like(ev.gradient))
+    train_split(Topology(client, server), x, y, epochs=1, batch_size=5,
+                callbacks=[_Returns(lambda ev: torch.ones_like(ev.gradient))])
     assert not torch.equal(client[0].weight, before) and not torch.equal(server[0].weight, server_before)
+
+
+def test_the_call_form_before_topologies_and_its_keywords_are_refused_with_what_replaces_them():
+    client, server = nn.Linear(4, 3), nn.Linear(3, 2)
+    x, y = torch.randn(6, 4), torch.randint(0, 2, (6,))
+    with pytest.raises(TypeError, match=r"takes a Topology first.*Topology\(client, server, head\)"):
+        train_split(client, server, x, y, epochs=1)
+    t = Topology(client, server)
+    for removed in ({"head": nn.Linear(2, 2)}, {"observers": [print]}, {"server_gradient": lambda ev: ev.gradient}):
+        with pytest.raises(TypeError, match=f"{next(iter(removed))}= was removed"):
+            train_split(t, x, y, epochs=1, **removed)
+    with pytest.raises(TypeError, match="epochz .*valid: .*max_steps"):
+        train_split(t, x, y, epochz=1)
+    with pytest.raises(TypeError, match="must be a TrainConfig"):
+        train_split(t, x, y, {"epochs": 1})
+
+
+def test_a_train_config_with_keywords_replacing_fields_runs_as_the_keywords_alone():
+    def fresh():
+        torch.manual_seed(0)
+        return Topology(nn.Sequential(nn.Linear(6, 4), nn.Tanh()), nn.Linear(4, 3))
+
+    x, y = torch.randn(40, 6), torch.randint(0, 3, (40,))
+    config = TrainConfig(epochs=3, batch_size=16, seed=3, max_steps=5)
+    a, b = fresh(), fresh()
+    assert train_split(a, x, y, config, lr=1e-2) == train_split(b, x, y, epochs=3, batch_size=16, seed=3,
+                                                                max_steps=5, lr=1e-2)
+    assert all(torch.equal(p, q) for p, q in zip(a.as_model().parameters(), b.as_model().parameters()))
+    assert config.lr == 1e-3 and TrainConfig().epochs == 10 and TrainConfig().batch_size == 64
+    with pytest.raises(AttributeError):
+        config.epochs = 1  # frozen
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        TrainConfig(checkpoint_every=0)
+    with pytest.raises(ValueError, match="batch_size"):
+        train_split(fresh(), x, y, config, batch_size=0)
 
 
 def test_u_shaped_three_way_split_learns_and_exposes_both_cuts():
@@ -66,8 +112,8 @@ def test_u_shaped_three_way_split_learns_and_exposes_both_cuts():
     front, middle, head = split_three(model, 2, 10)
     x, y = _data(200)
     cuts = set()
-    losses = train_split(front, middle, x, y, head=head, epochs=6, batch_size=20,
-                         observers=[lambda ev: cuts.add((ev.cut, tuple(ev.gradient.shape[1:])))])
+    losses = train_split(Topology(front, middle, head), x, y, epochs=6, batch_size=20,
+                         callbacks=[lambda ev: cuts.add((ev.cut, tuple(ev.gradient.shape[1:])))])
     assert cuts == {("front", (8, 12, 12)), ("head", (84,))}
     assert losses[-1] < 0.5 * losses[0]
     assert evaluate(model, x, y) > 0.9
@@ -123,7 +169,7 @@ def test_defense_hook_outputs_are_what_the_parties_use():
         def observe(ev):
             seen[ev.cut].append(ev)
 
-        train_split(t, x, y, epochs=1, batch_size=16, defenses=[_Hooks(active)], loss_fn=loss_fn, observers=[observe],
+        train_split(t, x, y, epochs=1, batch_size=16, defenses=[_Hooks(active)], loss_fn=loss_fn, callbacks=[observe],
                     **kw)
         moved = {p: not torch.equal(before[p], _flat(m)) for p, m in t.parts.items()}
         return t, seen, moved

@@ -54,6 +54,7 @@ __all__ = [
     "SplitCallback",
     "StepContext",
     "Topology",
+    "TrainConfig",
     "SAMPLINGS",
     "StepTimer",
     "StepLosses",
@@ -88,6 +89,104 @@ def make_optimizer(module: Optional[nn.Module], lr: float = 1e-3) -> Optional[to
     return adam(lr)(params) if params else None
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """The settings of one :func:`train_split` run, as data. The defaults are the UnSplit reference's (Erdogan et
+    al., WPES'22): Adam(1e-3, amsgrad) per part, batch 64, 10 epochs, cross-entropy at the label owner.
+
+    Every field is also a keyword of :func:`train_split`, which replaces that field of its ``config``:
+    ``train_split(t, x, y, config, epochs=1)``.
+
+    Attributes:
+        epochs: passes over the data.
+        batch_size: samples per step (expected samples with Poisson sampling).
+        lr: learning rate of the default optimiser (``adam(lr)``) of every part.
+        loss_fn: the label owner's task loss ``loss_fn(logits, labels)`` (``None``: mean cross-entropy).
+        optimizers: one factory ``params -> Optimizer`` for every part, or a mapping from part name (``"front"``,
+            ``"middle"``, ``"head"``) to a factory (parts not named get ``adam(lr)``); ``None``: ``adam(lr)``.
+        sampling: ``"shuffle"`` (seeded by ``seed``), ``"sequential"`` or ``"poisson"`` (see :data:`SAMPLINGS`);
+            ``None``: what a defense needs (DP-SGD: Poisson), else ``"shuffle"`` (``"sequential"`` if not
+            ``shuffle``). A Poisson step that samples nobody (probability about e^-batch_size) is skipped.
+        shuffle: with ``sampling=None`` and no defense choosing, shuffle (``True``) or keep the data order.
+        order: an explicit sample order for every epoch (e.g. to send some samples first), or ``None``.
+        drop_last: skip each epoch's last batch when it is smaller than ``batch_size`` (as ``tf.data``'s
+            ``drop_remainder``).
+        max_steps: a total step budget: training stops after this many steps, mid-epoch if need be (``None``: all
+            ``epochs``). A GAN-style attack counts iterations, not epochs.
+        precision: ``"fp32"`` or ``"bf16"`` (every part's forward under ``torch.autocast``; what crosses a cut is
+            sent in float32; see :data:`PRECISIONS`).
+        checkpoint: a file holding the whole training state (parts, optimisers, sampler, RNG, the callbacks' and
+            defenses' ``state_dict()``), written atomically every ``checkpoint_every`` steps and at the end. If it
+            exists, training resumes from it (the run's settings must match; ``epochs`` and ``max_steps`` may grow),
+            so a long run can span several sittings. ``None``: no checkpoint.
+        checkpoint_every: steps between two checkpoint writes.
+        seed: seeds the batch sampling.
+
+    Raises:
+        ValueError: ``epochs`` or ``max_steps`` below 0, ``batch_size`` or ``checkpoint_every`` below 1, an unknown
+            ``precision``.
+    """
+
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    loss_fn: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None
+    optimizers: Union[OptimizerFactory, Mapping[str, OptimizerFactory], None] = None
+    sampling: Optional[str] = None
+    shuffle: bool = True
+    order: Optional[torch.Tensor] = None
+    drop_last: bool = False
+    max_steps: Optional[int] = None
+    precision: str = "fp32"
+    checkpoint: Union[str, "os.PathLike[str]", None] = None
+    checkpoint_every: int = 500
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.epochs < 0 or self.batch_size < 1:
+            raise ValueError("epochs must be >= 0 and batch_size >= 1")
+        if self.max_steps is not None and self.max_steps < 0:
+            raise ValueError(f"max_steps must be >= 0, got {self.max_steps}")
+        if self.checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+
+
+#: keywords of the call form before topologies and TrainConfig, and what replaces them
+_REMOVED = {
+    "head": "pass Topology(front, middle, head) as the first argument",
+    "observers": "pass the plain callables in callbacks=",
+    "server_gradient": "pass a SplitCallback defining server_gradient(event) in callbacks=",
+}
+
+
+def _train_config(topology, config: Optional[TrainConfig], settings: Mapping[str, object]) -> TrainConfig:
+    """``config`` (default: :class:`TrainConfig`'s defaults) with the fields in ``settings`` replaced.
+
+    Raises:
+        TypeError: ``topology`` is not a :class:`~unsplit.protocol.Topology` (the removed call form
+            ``train_split(client, server, inputs, labels, head=...)``), ``config`` is not a :class:`TrainConfig`,
+            a keyword names no field.
+    """
+    if not isinstance(topology, Topology):
+        raise TypeError(f"train_split(topology, inputs, labels, ...) takes a Topology first, got "
+                        f"{type(topology).__name__}: the call form train_split(client, server, inputs, labels, "
+                        "head=None) was removed, call train_split(Topology(client, server, head), inputs, labels)")
+    if config is not None and not isinstance(config, TrainConfig):
+        raise TypeError(f"train_split's config must be a TrainConfig, got {type(config).__name__}")
+    fields = [f.name for f in dataclasses.fields(TrainConfig)]
+    unknown = [k for k in settings if k not in fields]
+    if unknown:
+        removed = "".join(f"; {k}= was removed: {_REMOVED[k]}" for k in unknown if k in _REMOVED)
+        raise TypeError(f"train_split got unexpected keyword argument(s) {', '.join(unknown)}{removed} (valid: "
+                        "callbacks, defenses, share_head_weight_gradients, device, progress and the TrainConfig "
+                        f"fields {', '.join(fields)})")
+    if config is None:
+        return TrainConfig(**settings)
+    return dataclasses.replace(config, **settings) if settings else config
+
+
 class _Observer(SplitCallback):
     """A plain callable used as a callback: it observes everything the topology exposes."""
 
@@ -97,16 +196,6 @@ class _Observer(SplitCallback):
     def on_cut(self, event: CutEvent) -> None:
         if event.phase == "train":
             self.fn(event)
-
-
-class _Override(SplitCallback):
-    """``server_gradient=fn``: the returned gradient is ``fn(event)``; the server still trains honestly."""
-
-    def __init__(self, fn: Callable[[CutEvent], torch.Tensor], observes):
-        self.fn, self.observes = fn, observes
-
-    def server_gradient(self, event: CutEvent) -> Optional[torch.Tensor]:
-        return self.fn(event)
 
 
 class StepTimer(SplitCallback):
@@ -156,20 +245,17 @@ class StepLosses(SplitCallback):
         self.losses = list(state["losses"])
 
 
-def _callbacks(topology: Topology, callbacks, observers=(), server_gradient=None, *,
-               weight_sharing: bool = False) -> List[Tuple[SplitCallback, frozenset]]:
+def _callbacks(topology: Topology, callbacks, *, weight_sharing: bool = False) -> List[Tuple[SplitCallback, frozenset]]:
     """The run's callbacks, each with what it observes (checked against the topology)."""
     everything = topology.observable(weight_sharing=weight_sharing)
     out = []
-    for c in list(callbacks) + list(observers):
+    for c in callbacks:
         if isinstance(c, SplitCallback):
             out.append(c)
         elif callable(c):
             out.append(_Observer(c, everything))
         else:
             raise TypeError(f"a callback must be a SplitCallback or a callable, got {type(c).__name__}")
-    if server_gradient is not None:
-        out.append(_Override(server_gradient, everything))
     pairs = []
     for c in out:
         observes = topology.observable() if c.observes is None else frozenset(c.observes)
@@ -201,19 +287,6 @@ def _dispatch(cbs, event: CutEvent) -> None:
     """Gives each callback its view of ``event`` (the fields it declared)."""
     for c, seen in cbs:
         c.on_cut(event.restricted(seen))
-
-
-def _legacy_topology(topology, inputs, labels, legacy, head):
-    """``train_split(client, server, inputs, labels, head=...)`` (the signature before topologies) still works."""
-    if isinstance(topology, Topology):
-        if legacy or head is not None:
-            raise TypeError("train_split(topology, inputs, labels): the parts come from the topology "
-                            "(no server or head argument)")
-        return topology, inputs, labels
-    if len(legacy) != 1 or not isinstance(inputs, nn.Module):
-        raise TypeError("train_split takes (topology, inputs, labels) or, as before, (client, server, inputs, "
-                        "labels, head=None)")
-    return Topology(topology, inputs, head), labels, legacy[0]
 
 
 def draws_own_batches(defenses: Sequence[Defense]) -> bool:
@@ -250,36 +323,376 @@ def _batches(mode: str, n: int, batch_size: int, order, gen: torch.Generator):
     return [perm[s * batch_size: (s + 1) * batch_size] for s in range(math.ceil(len(perm) / batch_size))]
 
 
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """A training run checked against its topology: settings, callbacks with what each observes, sampling, steps."""
+
+    topology: Topology
+    config: TrainConfig
+    defenses: List[Defense]
+    cbs: List[Tuple[SplitCallback, frozenset]]
+    answering: Optional[Tuple[SplitCallback, frozenset]]  # the callback choosing the returned gradient, its view
+    replaced: bool  # that callback replaces the server's step (the honest middle does not run)
+    needed: frozenset  # what some callback observes
+    mode: str  # the batch sampling: one of SAMPLINGS or "order"
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    device: torch.device
+    n: int
+    steps_per_epoch: int
+    total_steps: int
+    autocast: torch.autocast
+
+    @classmethod
+    def make(cls, topology: Topology, inputs: torch.Tensor, labels: torch.Tensor, config: TrainConfig, callbacks,
+             defenses: Sequence[Defense], weight_sharing: bool, device) -> "_Plan":
+        """Checks the data, the defenses and the callbacks against the topology and the settings.
+
+        Raises:
+            ValueError: as :func:`train_split` (checked in this order).
+        """
+        if inputs.shape[0] != labels.shape[0]:
+            raise ValueError(f"inputs ({inputs.shape[0]}) and labels ({labels.shape[0]}) differ in length")
+        defenses = list(defenses)
+        for d in defenses:
+            topology.check_defense(d)
+        if config.checkpoint is not None:
+            stuck = [d.name for d in defenses if not d.resumable]
+            if stuck:
+                raise ValueError(f"a checkpointed training cannot resume defense(s) {', '.join(stuck)}")
+        cbs = _callbacks(topology, callbacks, weight_sharing=weight_sharing)
+        answering = next(((c, seen) for c, seen in cbs if c.answers), None)
+        mode = _sampling(config.sampling, config.shuffle, config.order, defenses)
+        if config.drop_last and mode == "poisson":
+            raise ValueError("drop_last does not apply to Poisson sampling")
+        device = torch.device(device)
+        n = inputs.shape[0]
+        per_epoch = len(config.order) if config.order is not None else n
+        per_step = config.batch_size
+        steps_per_epoch = per_epoch // per_step if config.drop_last else math.ceil(per_epoch / per_step)
+        budget = config.epochs * steps_per_epoch
+        return cls(topology, config, defenses, cbs, answering,
+                   replaced=answering is not None and answering[0].replaces_server_step,
+                   needed=frozenset().union(*(seen for _, seen in cbs)), mode=mode,
+                   loss_fn=config.loss_fn or F.cross_entropy, device=device, n=n, steps_per_epoch=steps_per_epoch,
+                   total_steps=budget if config.max_steps is None else min(config.max_steps, budget),
+                   autocast=torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"))
+
+    def settings(self) -> Dict[str, object]:
+        """What a checkpoint stores of the run and a resuming run must share (compared on load)."""
+        cfg = self.config
+        return {"kind": self.topology.kind, "parts": sorted(self.topology.parts), "n": self.n,
+                "batch_size": cfg.batch_size, "sampling": self.mode, "seed": cfg.seed, "drop_last": cfg.drop_last,
+                "callbacks": [type(c).__name__ for c, _ in self.cbs], "defenses": [d.name for d in self.defenses]}
+
+
+def _optimizers(topology: Topology, config: TrainConfig,
+                device: torch.device) -> Dict[str, Optional[torch.optim.Optimizer]]:
+    """Each part's optimiser (``None`` for a part without trainable parameters), the parts moved to ``device`` in
+    train mode.
+
+    Raises:
+        ValueError: ``config.optimizers`` names a part the topology lacks.
+    """
+    parts, optimizers = topology.parts, config.optimizers
+    if callable(optimizers) or optimizers is None:
+        factories = {p: optimizers or adam(config.lr) for p in parts}
+    else:
+        unknown = set(optimizers) - set(parts)
+        if unknown:
+            raise ValueError(f"optimizers for parts this {topology.kind} split lacks: {sorted(unknown)} (parts: "
+                             f"{', '.join(parts)})")
+        factories = {p: optimizers.get(p, adam(config.lr)) for p in parts}
+    for m in parts.values():
+        m.to(device).train()
+    opts: Dict[str, Optional[torch.optim.Optimizer]] = {}
+    for p, m in parts.items():
+        params = [q for q in m.parameters() if q.requires_grad]
+        opts[p] = factories[p](params) if params else None
+    return opts
+
+
+class _Training:
+    """One :func:`train_split` run in progress: the parts and their optimisers, the sampler, where the run stands
+    (restored from a checkpoint), and the phases that advance it: :meth:`train` runs :meth:`_begin`, then
+    :meth:`_epoch` after epoch, each :meth:`_step` after step (client front, server, head, returned gradient,
+    client backward, optimiser steps)."""
+
+    def __init__(self, plan: _Plan, inputs: torch.Tensor, labels: torch.Tensor, progress: bool):
+        cfg = plan.config
+        self.plan, self.inputs, self.labels, self.progress = plan, inputs, labels, progress
+        self.parts = plan.topology.parts
+        self.opts = _optimizers(plan.topology, cfg, plan.device)
+        self.front, self.middle, self.top = plan.topology.front, plan.topology.middle, plan.topology.head
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.settings = plan.settings()
+        self.state = _load_checkpoint(cfg.checkpoint, self.settings)
+        self._restore()
+        self.info = RunInfo("train", plan.topology.kind, plan.topology.cuts, plan.n, cfg.batch_size, cfg.epochs,
+                            plan.steps_per_epoch, plan.mode, plan.device, cfg.max_steps, self.done)
+        self.bar = None
+
+    def _restore(self) -> None:
+        """Where the run stands: the start, or the checkpoint's position, parts, optimisers, sampler and RNG."""
+        state = self.state
+        self.epoch0, self.step0, self.done = (state["epoch"], state["step"], state["done"]) if state else (0, 0, 0)
+        self.losses: List[float] = list(state["losses"]) if state else []
+        self.total, self.count = (state["total"], state["count"]) if state else (0.0, 0)
+        if state:
+            for p, m in self.parts.items():
+                m.load_state_dict(state["parts"][p])
+                if self.opts[p] is not None:
+                    self.opts[p].load_state_dict(state["optimizers"][p])
+            self.gen.set_state(state["generator"])
+            torch.set_rng_state(state["rng"])
+
+    def _save(self, epoch: int, step: int, epoch_gen: torch.Tensor) -> None:
+        """Writes the checkpoint (if the run has one): the run resumes at ``epoch``, ``step``, sampling from
+        ``epoch_gen``."""
+        if self.plan.config.checkpoint is None:
+            return
+        atomic_save({"version": 1, "settings": self.settings, "epoch": epoch, "step": step, "done": self.done,
+                     "losses": self.losses, "total": self.total, "count": self.count, "generator": epoch_gen,
+                     "rng": torch.get_rng_state(),
+                     "parts": {p: m.state_dict() for p, m in self.parts.items()},
+                     "optimizers": {p: o.state_dict() for p, o in self.opts.items() if o is not None},
+                     "callbacks": [c.state_dict() for c, _ in self.plan.cbs],
+                     "defenses": [d.state_dict() for d in self.plan.defenses]}, self.plan.config.checkpoint)
+
+    def train(self) -> List[float]:
+        """Runs the remaining epochs; returns the mean task loss of each epoch."""
+        from tqdm.auto import tqdm
+
+        total_steps = self.plan.total_steps
+        self.bar = tqdm(total=total_steps, initial=min(self.done, total_steps), desc="split training",
+                        unit="batch", disable=not self.progress, leave=False)
+        try:
+            self._begin()
+            self._epochs()
+            for c, _ in self.plan.cbs:
+                c.on_train_end(self.info)
+        finally:
+            self.bar.close()
+            for d in self.plan.defenses:
+                d.release()
+        return self.losses
+
+    def _begin(self) -> None:
+        """The defenses wrap the front and head, the callbacks begin, and a resumed run restores their states."""
+        plan = self.plan
+        if self.front is not None:
+            for d in plan.defenses:
+                self.front, self.opts["front"] = d.prepare_front(self.front, self.opts["front"], self.info)
+        if self.top is not None:
+            for d in plan.defenses:
+                self.top, self.opts["head"] = d.prepare_head(self.top, self.opts["head"], self.info)
+        for c, _ in plan.cbs:
+            c.on_train_begin(self.info)
+        if self.state:
+            for (c, _), cs in zip(plan.cbs, self.state["callbacks"]):
+                c.load_state_dict(cs)
+            for d, ds in zip(plan.defenses, self.state["defenses"]):
+                d.load_state_dict(ds)
+
+    def _epochs(self) -> None:
+        """The epochs from where the run stands to the end of ``epochs`` or of the step budget."""
+        epochs = self.plan.config.epochs
+        for epoch in range(self.epoch0, epochs):
+            epoch_gen = self.gen.get_state()  # the epoch's batches are redrawn from here when a run resumes mid-epoch
+            first = self.step0 if epoch == self.epoch0 else 0
+            if self.done >= self.plan.total_steps and first == 0:  # the budget ended with the previous epoch
+                self._save(epoch, 0, epoch_gen)
+                return
+            if not self._epoch(epoch, first, epoch_gen):
+                return
+        self._save(epochs, 0, self.gen.get_state())
+
+    def _epoch(self, epoch: int, first: int, epoch_gen: torch.Tensor) -> bool:
+        """Steps ``first..`` of ``epoch``; ``False`` when the step budget ended it early."""
+        plan, cfg = self.plan, self.plan.config
+        if first == 0:
+            self.total, self.count = 0.0, 0
+            for c, _ in plan.cbs:
+                c.on_epoch_begin(self.info, epoch)
+        batches = _batches(plan.mode, plan.n, cfg.batch_size, cfg.order, self.gen)
+        if cfg.drop_last:
+            batches = batches[:plan.steps_per_epoch]
+        for step in range(first, len(batches)):
+            if self.done >= plan.total_steps:
+                # the step budget ends this epoch: keep its position (a longer budget resumes here), report it partial
+                self._save(epoch, step, epoch_gen)
+                self.losses.append(self.total / max(self.count, 1))
+                return False
+            idx = batches[step]
+            self.done += 1
+            self.bar.update(1)
+            if len(idx) > 0:
+                self._step_end(epoch, step, len(idx), self._step(epoch, step, idx), epoch_gen)
+        self.losses.append(self.total / max(self.count, 1))
+        self.bar.set_postfix(loss=f"{self.losses[-1]:.4f}", **_status(plan.cbs))
+        for c, _ in plan.cbs:
+            c.on_epoch_end(self.info, epoch, {"loss": self.losses[-1]})
+        return True
+
+    def _step_end(self, epoch: int, step: int, b: int, loss: torch.Tensor, epoch_gen: torch.Tensor) -> None:
+        """After a step of ``b`` samples: the epoch's loss, the callbacks' ``on_step_end``, progress, checkpoint."""
+        plan, cfg = self.plan, self.plan.config
+        self.total += float(loss.detach()) * b
+        self.count += b
+        for c, _ in plan.cbs:
+            c.on_step_end(self.info, epoch, step, {"loss": float(loss.detach())})
+        if self.progress and self.done % 10 == 0:
+            self.bar.set_postfix(_status(plan.cbs), refresh=False)
+        if cfg.checkpoint is not None and self.done % cfg.checkpoint_every == 0 and self.done < plan.total_steps:
+            self._save(epoch, step + 1, epoch_gen)
+
+    def _step(self, epoch: int, step: int, idx: torch.Tensor) -> torch.Tensor:
+        """One training step on the samples ``idx``; returns the label owner's task loss (``nan`` where none ran)."""
+        plan = self.plan
+        x = self.inputs[idx].to(plan.device, non_blocking=True)
+        y = self.labels[idx].to(plan.device, non_blocking=True)
+        for o in self.opts.values():
+            if o is not None:
+                o.zero_grad(set_to_none=True)
+        ctx = StepContext(epoch, step, idx)
+        for d in plan.defenses:
+            y = d.labels(y, ctx)
+        z = sent = None
+        if self.front is not None:  # client front -> server
+            x, z, sent = self._front_forward(x, ctx)
+        loss, out, z_server, event = self._server_step(x, y, sent, ctx)
+        if self.top is not None and out is not None:  # server -> label-owning head, and the head's gradient back
+            loss = self._head_step(out, y, dataclasses.replace(ctx, labels=y))
+        withheld = False
+        if self.front is not None:  # server -> client front: the returned gradient, and the client's update
+            g_front = self._returned_gradient(sent, None if plan.replaced else z_server.grad, event, ctx)
+            withheld = self._front_backward(x, z, g_front, ctx)
+        for p, o in self.opts.items():
+            if o is None or (withheld and p == "front"):
+                continue
+            if not plan.replaced or p == "front" or (p == "head" and out is not None):
+                o.step()
+        return loss
+
+    def _event(self, ctx: StepContext, cut: str, sent, grad, weights=None) -> CutEvent:
+        """This step's event at ``cut`` (see :func:`_event`)."""
+        return _event(ctx.epoch, ctx.step, cut, ctx.indices, sent, grad, len(ctx.indices), self.plan.needed,
+                      weights=weights)
+
+    def _front_forward(self, x: torch.Tensor, ctx: StepContext):
+        """The client's ``inputs`` hooks, the front's forward and the ``smashed`` hooks: ``(x, z, sent)``."""
+        for d in self.plan.defenses:
+            x = d.inputs(x, ctx)
+        with self.plan.autocast:
+            z = self.front(x)
+        sent = z.detach().float()
+        for d in self.plan.defenses:
+            sent = d.smashed(sent, ctx)
+        return x, z, sent
+
+    def _server_step(self, x, y, sent, ctx: StepContext):
+        """The honest middle's forward (and, with no head, the task loss and backward), or a replacing callback's
+        output for the head: ``(loss, out, z_server, event)`` (``loss`` ``None`` until the head computes it)."""
+        plan = self.plan
+        if plan.replaced:
+            loss, out, event = torch.tensor(float("nan")), None, None
+            if self.top is not None and self.front is not None:  # what the replacing server sends on to the head
+                attacker, its_view = plan.answering
+                event = self._event(ctx, "front", sent, None)
+                out = attacker.server_output(event.restricted(its_view))
+            return loss, out, None, event
+        z_server = sent.requires_grad_(True) if self.front is not None else x
+        with plan.autocast:
+            out = self.middle(z_server)
+        loss = None
+        if self.top is None:
+            with plan.autocast:
+                loss = plan.loss_fn(out.float(), y)
+            loss.backward()
+        return loss, out, z_server, None
+
+    def _head_step(self, out: torch.Tensor, y: torch.Tensor, owner_ctx: StepContext) -> torch.Tensor:
+        """The label owner's head: task loss, its ``head_gradient`` hooks, the head-cut event, the middle's backward."""
+        plan = self.plan
+        h = out.detach().float().requires_grad_(True)
+        with plan.autocast:
+            loss = plan.loss_fn(self.top(h).float(), y)
+        loss.backward()
+        g_head = h.grad
+        for d in plan.defenses:
+            g_head = d.head_gradient(g_head, owner_ctx)
+        if plan.cbs:
+            weights = None
+            if "head.weight_gradients" in plan.needed:
+                weights = {k: read_only(p.grad) for k, p in self.top.named_parameters() if p.grad is not None}
+            _dispatch(plan.cbs, self._event(owner_ctx, "head", h.detach(), g_head, weights))
+        if not plan.replaced:  # (a replacing server learns from the head-cut event, on its own)
+            out.backward(g_head.to(out.dtype))
+        return loss
+
+    def _returned_gradient(self, sent, g_front, event: Optional[CutEvent], ctx: StepContext) -> torch.Tensor:
+        """The gradient returned to the front (honest, or the answering callback's choice) and the front-cut event.
+
+        Raises:
+            ValueError: a replacing callback returned no gradient, or one of the wrong shape.
+        """
+        plan = self.plan
+        if event is None and plan.cbs:  # (a replacing server's event is the same: no gradient crossed)
+            event = self._event(ctx, "front", sent, g_front)
+        if plan.answering is not None:
+            attacker, its_view = plan.answering
+            chosen = attacker.server_gradient(event.restricted(its_view))
+            if chosen is None and plan.replaced:
+                raise ValueError(f"{type(attacker).__name__} replaces the server's step but returned no gradient")
+            if chosen is not None:
+                if tuple(chosen.shape) != tuple(sent.shape):
+                    raise ValueError(f"{type(attacker).__name__} returned a gradient of shape {tuple(chosen.shape)} "
+                                     f"for smashed data of shape {tuple(sent.shape)}")
+                g_front = chosen.detach().to(device=sent.device, dtype=sent.dtype)
+                if "front.gradient" in plan.needed:  # what crossed the cut: the attacker's choice
+                    event = dataclasses.replace(event, gradient=read_only(g_front))
+        if plan.cbs:
+            _dispatch(plan.cbs, event)
+        return g_front
+
+    def _front_backward(self, x, z, g_front, ctx: StepContext) -> bool:
+        """The client's ``front_gradient`` hooks, ``front_loss`` terms and backward; ``True`` when it withholds its
+        update this step."""
+        for d in self.plan.defenses:
+            g_front = d.front_gradient(g_front, ctx)
+            if g_front is None:  # the client applies nothing this step (e.g. SplitGuard's fake batches)
+                return True
+        extra, alone = [], []
+        for d in self.plan.defenses:
+            term = d.front_loss(x, z, ctx)
+            if term is not None:
+                (alone if d.separate_step else extra).append(term)
+        opt = self.opts["front"]
+        if alone and opt is not None:  # their own step first, from the same forward pass
+            torch.autograd.backward(alone, retain_graph=True)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        if extra:
+            torch.autograd.backward([z, *extra], [g_front.to(z.dtype), *[torch.ones_like(t) for t in extra]])
+        else:
+            z.backward(g_front.to(z.dtype))
+        return False
+
+
 def train_split(
-    topology: Union[Topology, nn.Module, None],
+    topology: Topology,
     inputs: torch.Tensor,
     labels: torch.Tensor,
-    *legacy,
-    head: Optional[nn.Module] = None,
-    epochs: int = 10,
-    batch_size: int = 64,
-    lr: float = 1e-3,
-    loss_fn: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None,
-    optimizers: Union[OptimizerFactory, Mapping[str, OptimizerFactory], None] = None,
-    sampling: Optional[str] = None,
-    shuffle: bool = True,
-    order: Optional[torch.Tensor] = None,
+    config: Optional[TrainConfig] = None,
+    *,
     callbacks: Sequence[Union[SplitCallback, Callable[[CutEvent], None]]] = (),
-    observers: Sequence[Callable[[CutEvent], None]] = (),
-    server_gradient: Optional[Callable[[CutEvent], torch.Tensor]] = None,
     defenses: Sequence[Defense] = (),
     share_head_weight_gradients: bool = False,
-    drop_last: bool = False,
-    max_steps: Optional[int] = None,
-    precision: str = "fp32",
-    checkpoint: Union[str, "os.PathLike[str]", None] = None,
-    checkpoint_every: int = 500,
     device: torch.device | str = "cpu",
-    seed: int = 0,
     progress: bool = False,
+    **settings,
 ) -> List[float]:
-    """Trains a split model as in the UnSplit reference (Erdogan et al., WPES'22): Adam(1e-3, amsgrad) per part,
-    batch 64, 10 epochs, cross-entropy at the label owner.
+    """Trains a split model as in the UnSplit reference (Erdogan et al., WPES'22): by default (:class:`TrainConfig`)
+    Adam(1e-3, amsgrad) per part, batch 64, 10 epochs, cross-entropy at the label owner.
 
     Per step: the label owner's ``labels`` hooks; the client's ``inputs`` hooks, front forward, ``smashed`` hooks;
     the server's middle (and the label owner's head, whose gradient passes its ``head_gradient`` hooks; a head-cut
@@ -287,289 +700,35 @@ def train_split(
     client's ``front_gradient`` hooks and ``front_loss``; every part's optimiser steps.
 
     Args:
-        topology: the parts (:class:`~unsplit.protocol.Topology`). The signature before topologies,
-            ``train_split(client, server, inputs, labels, head=None, ...)``, still works.
+        topology: the parts (:class:`~unsplit.protocol.Topology`): ``Topology(front, middle)``,
+            ``Topology(front, middle, head)`` or ``Topology(None, middle, head)``.
         inputs: ``(N, C, H, W)`` training inputs, e.g. images in [0, 1] (kept on their device; batches move).
         labels: ``(N,)`` integer labels.
-        epochs: passes over the data; batch_size: samples per step (expected samples with Poisson sampling).
-        lr: learning rate of the default optimiser (``adam(lr)``) of every part.
-        loss_fn: the label owner's task loss ``loss_fn(logits, labels)`` (default: mean cross-entropy).
-        optimizers: one factory ``params -> Optimizer`` for every part, or a mapping from part name (``"front"``,
-            ``"middle"``, ``"head"``) to a factory (parts not named get ``adam(lr)``).
-        sampling: ``"shuffle"`` (seeded by ``seed``), ``"sequential"`` or ``"poisson"`` (see :data:`SAMPLINGS`);
-            default: what a defense needs (DP-SGD: Poisson), else ``"shuffle"`` (``"sequential"`` if not
-            ``shuffle``). A Poisson step that samples nobody (probability about e^-batch_size) is skipped.
-        order: an explicit sample order for every epoch (e.g. to send some samples first).
-        callbacks: :class:`~unsplit.protocol.SplitCallback` objects (a plain callable is an observer of every event).
-        observers: plain callables receiving every training :class:`CutEvent` (kept for older callers).
-        server_gradient: ``fn(event) -> gradient`` returned to the client front instead of the honest one (kept for
-            older callers; a callback's ``server_gradient`` is the general form).
+        config: the training settings (``None``: :class:`TrainConfig`'s defaults).
+        callbacks: :class:`~unsplit.protocol.SplitCallback` objects (a plain callable is an observer of every
+            training event).
         defenses: applied in order at their hooks; one that cannot act in the topology is an error.
         share_head_weight_gradients: weight sharing: the head's parameter gradients become observable
             (``"head.weight_gradients"``; UnSplit's reference label inference uses them).
-        drop_last: skip each epoch's last batch when it is smaller than ``batch_size`` (as ``tf.data``'s
-            ``drop_remainder``).
-        max_steps: a total step budget: training stops after this many steps, mid-epoch if need be (``None``: all
-            ``epochs``). A GAN-style attack counts iterations, not epochs.
-        precision: ``"fp32"`` or ``"bf16"`` (every part's forward under ``torch.autocast``; what crosses a cut is
-            sent in float32).
-        checkpoint: a file holding the whole training state (parts, optimisers, sampler, RNG, the callbacks' and
-            defenses' ``state_dict()``), written atomically every ``checkpoint_every`` steps and at the end. If it
-            exists, training resumes from it (the run's settings must match; ``epochs`` and ``max_steps`` may grow),
-            so a long run can span several sittings.
-        device: where to compute; seed: seeds the batch sampling; progress: a tqdm bar (with the callbacks'
-            ``status()``).
+        device: where to compute.
+        progress: a tqdm bar (with the callbacks' ``status()``).
+        **settings: :class:`TrainConfig` fields replacing those of ``config`` (``epochs=1, batch_size=8, seed=3``).
 
     Returns:
         The mean task loss of each epoch (``nan`` where a callback replaced the server's step; the last entry
         covers a partial epoch when ``max_steps`` ends one).
 
     Raises:
-        ValueError: bad sizes, a defense or an observation the topology cannot have, several gradient overrides,
-            a returned gradient of the wrong shape.
+        TypeError: ``topology`` is not a Topology (the call form ``train_split(client, server, inputs, labels,
+            head=...)`` was removed), ``config`` is not a TrainConfig, or a keyword names no setting (``observers=``
+            and ``server_gradient=`` were removed: pass callbacks).
+        ValueError: bad settings (see :class:`TrainConfig`), inputs and labels of different lengths, a defense or an
+            observation the topology cannot have, several gradient overrides, a returned gradient of the wrong
+            shape, a checkpoint of another run.
     """
-    from tqdm.auto import tqdm
-
-    topology, inputs, labels = _legacy_topology(topology, inputs, labels, legacy, head)
-    if epochs < 0 or batch_size < 1:
-        raise ValueError("epochs must be >= 0 and batch_size >= 1")
-    if max_steps is not None and max_steps < 0:
-        raise ValueError(f"max_steps must be >= 0, got {max_steps}")
-    if checkpoint_every < 1:
-        raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if inputs.shape[0] != labels.shape[0]:
-        raise ValueError(f"inputs ({inputs.shape[0]}) and labels ({labels.shape[0]}) differ in length")
-    defenses = list(defenses)
-    for d in defenses:
-        topology.check_defense(d)
-    if checkpoint is not None:
-        stuck = [d.name for d in defenses if not d.resumable]
-        if stuck:
-            raise ValueError(f"a checkpointed training cannot resume defense(s) {', '.join(stuck)}")
-    cbs = _callbacks(topology, callbacks, observers, server_gradient, weight_sharing=share_head_weight_gradients)
-    answering = next(((c, seen) for c, seen in cbs if c.answers), None)
-    replaced = answering is not None and answering[0].replaces_server_step
-    needed = frozenset().union(*(seen for _, seen in cbs))
-    mode = _sampling(sampling, shuffle, order, defenses)
-    if drop_last and mode == "poisson":
-        raise ValueError("drop_last does not apply to Poisson sampling")
-    loss_fn = loss_fn or F.cross_entropy
-    device = torch.device(device)
-    n = inputs.shape[0]
-    per_epoch = len(order) if order is not None else n
-    steps_per_epoch = per_epoch // batch_size if drop_last else math.ceil(per_epoch / batch_size)
-    total_steps = epochs * steps_per_epoch if max_steps is None else min(max_steps, epochs * steps_per_epoch)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-
-    parts = topology.parts
-    if callable(optimizers) or optimizers is None:
-        factories = {p: optimizers or adam(lr) for p in parts}
-    else:
-        unknown = set(optimizers) - set(parts)
-        if unknown:
-            raise ValueError(f"optimizers for parts this {topology.kind} split lacks: {sorted(unknown)} (parts: "
-                             f"{', '.join(parts)})")
-        factories = {p: optimizers.get(p, adam(lr)) for p in parts}
-    for m in parts.values():
-        m.to(device).train()
-    opts: Dict[str, Optional[torch.optim.Optimizer]] = {}
-    for p, m in parts.items():
-        params = [q for q in m.parameters() if q.requires_grad]
-        opts[p] = factories[p](params) if params else None
-    front, middle, top = topology.front, topology.middle, topology.head
-    gen = torch.Generator().manual_seed(seed)
-    settings = {"kind": topology.kind, "parts": sorted(parts), "n": n, "batch_size": batch_size, "sampling": mode,
-                "seed": seed, "drop_last": drop_last, "callbacks": [type(c).__name__ for c, _ in cbs],
-                "defenses": [d.name for d in defenses]}
-    state = _load_checkpoint(checkpoint, settings)
-    epoch0, step0, done = (state["epoch"], state["step"], state["done"]) if state else (0, 0, 0)
-    losses: List[float] = list(state["losses"]) if state else []
-    total, count = (state["total"], state["count"]) if state else (0.0, 0)
-    if state:
-        for p, m in parts.items():
-            m.load_state_dict(state["parts"][p])
-            if opts[p] is not None:
-                opts[p].load_state_dict(state["optimizers"][p])
-        gen.set_state(state["generator"])
-        torch.set_rng_state(state["rng"])
-    run = RunInfo("train", topology.kind, topology.cuts, n, batch_size, epochs, steps_per_epoch, mode, device,
-                  max_steps, done)
-
-    def save(epoch: int, step: int, epoch_gen: torch.Tensor) -> None:
-        if checkpoint is None:
-            return
-        atomic_save({"version": 1, "settings": settings, "epoch": epoch, "step": step, "done": done,
-                     "losses": losses, "total": total, "count": count, "generator": epoch_gen,
-                     "rng": torch.get_rng_state(),
-                     "parts": {p: m.state_dict() for p, m in parts.items()},
-                     "optimizers": {p: o.state_dict() for p, o in opts.items() if o is not None},
-                     "callbacks": [c.state_dict() for c, _ in cbs],
-                     "defenses": [d.state_dict() for d in defenses]}, checkpoint)
-
-    bar = tqdm(total=total_steps, initial=min(done, total_steps), desc="split training", unit="batch",
-               disable=not progress, leave=False)
-    try:
-        if front is not None:
-            for d in defenses:
-                front, opts["front"] = d.prepare_front(front, opts["front"], run)
-        if top is not None:
-            for d in defenses:
-                top, opts["head"] = d.prepare_head(top, opts["head"], run)
-        for c, _ in cbs:
-            c.on_train_begin(run)
-        if state:
-            for (c, _), cs in zip(cbs, state["callbacks"]):
-                c.load_state_dict(cs)
-            for d, ds in zip(defenses, state["defenses"]):
-                d.load_state_dict(ds)
-        for epoch in range(epoch0, epochs):
-            epoch_gen = gen.get_state()  # the epoch's batches are redrawn from here when a run resumes mid-epoch
-            first = step0 if epoch == epoch0 else 0
-            if done >= total_steps and first == 0:  # the budget ended with the previous epoch
-                save(epoch, 0, epoch_gen)
-                break
-            if first == 0:
-                total, count = 0.0, 0
-                for c, _ in cbs:
-                    c.on_epoch_begin(run, epoch)
-            batches = _batches(mode, n, batch_size, order, gen)
-            if drop_last:
-                batches = batches[:steps_per_epoch]
-            for step in range(first, len(batches)):
-                if done >= total_steps:
-                    break
-                idx = batches[step]
-                done += 1
-                bar.update(1)
-                b = len(idx)
-                if b == 0:
-                    continue
-                x = inputs[idx].to(device, non_blocking=True)
-                y = labels[idx].to(device, non_blocking=True)
-                for o in opts.values():
-                    if o is not None:
-                        o.zero_grad(set_to_none=True)
-                ctx = StepContext(epoch, step, idx)
-                for d in defenses:
-                    y = d.labels(y, ctx)
-                owner_ctx = dataclasses.replace(ctx, labels=y)
-
-                if front is not None:  # client front -> server
-                    for d in defenses:
-                        x = d.inputs(x, ctx)
-                    with autocast:
-                        z = front(x)
-                    sent = z.detach().float()
-                    for d in defenses:
-                        sent = d.smashed(sent, ctx)
-                g_front, out, event, withheld = None, None, None, False
-                if replaced:
-                    loss = torch.tensor(float("nan"))
-                    if top is not None and front is not None:  # what the replacing server sends on to the head
-                        attacker, its_view = answering
-                        event = _event(epoch, step, "front", idx, sent, None, b, needed)
-                        out = attacker.server_output(event.restricted(its_view))
-                else:
-                    z_server = sent.requires_grad_(True) if front is not None else x
-                    with autocast:
-                        out = middle(z_server)
-                    if top is None:
-                        with autocast:
-                            loss = loss_fn(out.float(), y)
-                        loss.backward()
-                if top is not None and out is not None:  # server -> label-owning head, and the head's gradient back
-                    h = out.detach().float().requires_grad_(True)
-                    with autocast:
-                        loss = loss_fn(top(h).float(), y)
-                    loss.backward()
-                    g_head = h.grad
-                    for d in defenses:
-                        g_head = d.head_gradient(g_head, owner_ctx)
-                    if cbs:
-                        weights = None
-                        if "head.weight_gradients" in needed:
-                            weights = {k: read_only(p.grad) for k, p in top.named_parameters()
-                                       if p.grad is not None}
-                        _dispatch(cbs, _event(epoch, step, "head", idx, h.detach(), g_head, b, needed,
-                                              weights=weights))
-                    if not replaced:  # (a replacing server learns from the head-cut event, on its own)
-                        out.backward(g_head.to(out.dtype))
-                if not replaced and front is not None:
-                    g_front = z_server.grad
-
-                if front is not None:
-                    if event is None and cbs:  # (a replacing server's event is the same: no gradient crossed)
-                        event = _event(epoch, step, "front", idx, sent, g_front, b, needed)
-                    if answering is not None:
-                        attacker, its_view = answering
-                        chosen = attacker.server_gradient(event.restricted(its_view))
-                        if chosen is None and replaced:
-                            raise ValueError(f"{type(attacker).__name__} replaces the server's step but returned "
-                                             "no gradient")
-                        if chosen is not None:
-                            if tuple(chosen.shape) != tuple(sent.shape):
-                                raise ValueError(f"{type(attacker).__name__} returned a gradient of shape "
-                                                 f"{tuple(chosen.shape)} for smashed data of shape "
-                                                 f"{tuple(sent.shape)}")
-                            g_front = chosen.detach().to(device=sent.device, dtype=sent.dtype)
-                            if "front.gradient" in needed:  # what crossed the cut: the attacker's choice
-                                event = dataclasses.replace(event, gradient=read_only(g_front))
-                    if cbs:
-                        _dispatch(cbs, event)
-                    for d in defenses:
-                        g_front = d.front_gradient(g_front, ctx)
-                        if g_front is None:  # the client applies nothing this step (e.g. SplitGuard's fake batches)
-                            withheld = True
-                            break
-                    if not withheld:
-                        extra, alone = [], []
-                        for d in defenses:
-                            term = d.front_loss(x, z, ctx)
-                            if term is not None:
-                                (alone if d.separate_step else extra).append(term)
-                        if alone and opts["front"] is not None:  # their own step first, from the same forward pass
-                            torch.autograd.backward(alone, retain_graph=True)
-                            opts["front"].step()
-                            opts["front"].zero_grad(set_to_none=True)
-                        if extra:
-                            torch.autograd.backward([z, *extra],
-                                                    [g_front.to(z.dtype), *[torch.ones_like(t) for t in extra]])
-                        else:
-                            z.backward(g_front.to(z.dtype))
-                for p, o in opts.items():
-                    if o is None or (withheld and p == "front"):
-                        continue
-                    if not replaced or p == "front" or (p == "head" and out is not None):
-                        o.step()
-                total += float(loss.detach()) * b
-                count += b
-                for c, _ in cbs:
-                    c.on_step_end(run, epoch, step, {"loss": float(loss.detach())})
-                if progress and done % 10 == 0:
-                    bar.set_postfix(_status(cbs), refresh=False)
-                if checkpoint is not None and done % checkpoint_every == 0 and done < total_steps:
-                    save(epoch, step + 1, epoch_gen)
-            else:  # the epoch ran to its end
-                losses.append(total / max(count, 1))
-                bar.set_postfix(loss=f"{losses[-1]:.4f}", **_status(cbs))
-                for c, _ in cbs:
-                    c.on_epoch_end(run, epoch, {"loss": losses[-1]})
-                continue
-            # the step budget ended this epoch: keep its position (a longer budget resumes here), report it partial
-            save(epoch, step, epoch_gen)
-            losses.append(total / max(count, 1))
-            break
-        else:
-            save(epochs, 0, gen.get_state())
-        for c, _ in cbs:
-            c.on_train_end(run)
-    finally:
-        bar.close()
-        for d in defenses:
-            d.release()
-    return losses
+    config = _train_config(topology, config, settings)
+    plan = _Plan.make(topology, inputs, labels, config, callbacks, defenses, share_head_weight_gradients, device)
+    return _Training(plan, inputs, labels, progress).train()
 
 
 def _status(cbs) -> Dict[str, str]:
