@@ -31,6 +31,7 @@ from unsplit.data import default_data_dir, load_dataset
 from unsplit.defenses import RandomizedResponse
 from unsplit.grid import Cell, ResultStore, add_grid_arguments, run_benchmark
 from unsplit.models import CifarNet, split
+from unsplit.protocol import Topology
 from unsplit.training import evaluate, train_split
 from unsplit.util import atomic_write_text
 
@@ -113,7 +114,7 @@ def run_cell(c: dict, *, data_dir, progress: bool) -> dict:
     depth, eps = c["depth"], c["epsilon"]
     defenses = [] if eps is None else [RandomizedResponse(eps, num_classes=10)]
     start = time.perf_counter()
-    train_split(split(model, depth)[0], split(model, depth)[1], x, y, epochs=c["epochs"], batch_size=64, lr=c["lr"],
+    train_split(Topology(*split(model, depth)), x, y, epochs=c["epochs"], batch_size=64, lr=c["lr"],
                 defenses=defenses, progress=progress)
     seconds = time.perf_counter() - start
     return {"cell": c["cell"], "epsilon": eps, "lr": c["lr"], "variant": c["variant"], "epochs": c["epochs"],
