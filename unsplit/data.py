@@ -20,7 +20,8 @@ from typing import Optional, Tuple, Union
 import numpy as np
 import torch
 
-__all__ = ["DATASETS", "DataUnavailable", "load_dataset", "default_data_dir", "first_of_each_class"]
+__all__ = ["DATASETS", "DataUnavailable", "load_dataset", "load_image_folder", "default_data_dir",
+           "first_of_each_class"]
 
 DATASETS = ("mnist", "f_mnist", "cifar")
 _TV_NAMES = {"mnist": "MNIST", "f_mnist": "FashionMNIST", "cifar": "CIFAR10"}
@@ -86,7 +87,9 @@ def _unpack(tar_path: Path, dest: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _load_image_folder(folder: Path) -> Tuple[torch.Tensor, torch.Tensor]:
+def load_image_folder(folder: Path) -> Tuple[torch.Tensor, torch.Tensor]:
+    """An ImageFolder tree ``folder/<class>/*`` as ``(images, labels)``: ``uint8`` ``(N, C, H, W)`` and ``int64``
+    ``(N,)``, classes numbered in sorted folder-name order (decoded once, then cached as one ``.pt`` file)."""
     from PIL import Image
 
     classes = sorted(d.name for d in folder.iterdir() if d.is_dir())
@@ -142,7 +145,7 @@ def load_dataset(
     if dataset == "cifar":
         folder = _find_image_folder(root, train)
         if folder is not None:
-            x, y = _load_image_folder(folder)
+            x, y = load_image_folder(folder)
             order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
             x, y = x[order], y[order]
         else:

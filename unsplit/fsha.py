@@ -576,7 +576,7 @@ def fsha_data(dataset: str, *, data_dir=None, download: bool = True, private_lim
     """
     from pathlib import Path
 
-    from .data import DATASETS, _load_image_folder, load_dataset
+    from .data import DATASETS, load_dataset, load_image_folder
 
     if dataset in DATASETS:
         xs, ys = load_dataset(dataset, data_dir=data_dir, train=True, download=download, limit=private_limit)
@@ -586,8 +586,8 @@ def fsha_data(dataset: str, *, data_dir=None, download: bool = True, private_lim
         if not (root / "train").is_dir() or not (root / "test").is_dir():
             raise ValueError(f"{dataset!r} is neither one of {', '.join(DATASETS)} nor a directory with train/ and "
                              "test/ ImageFolder trees")
-        xs, ys = _load_image_folder(root / "train")
-        xp, yp = _load_image_folder(root / "test")
+        xs, ys = load_image_folder(root / "train")
+        xp, yp = load_image_folder(root / "test")
         xs, ys, xp, yp = xs[:private_limit], ys[:private_limit], xp[:public_limit], yp[:public_limit]
         xs, xp = xs.float() / 255, xp.float() / 255
     return fsha_images(xs), ys, fsha_images(xp), yp
