@@ -15,13 +15,16 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import time
 from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .base import Attack, Labels
 from .models import fresh_copy
+from .training import adam
 from .util import l2_prior, minmax_normalise, total_variation
 
 __all__ = [
@@ -31,6 +34,8 @@ __all__ = [
     "candidate_gradients",
     "label_inference",
     "LabelInferenceAttack",
+    "UnSplitLabels",
+    "UnSplitLabelsConfig",
     "GRADIENT_KINDS",
     "last_weight_name",
 ]
@@ -68,10 +73,6 @@ class InversionResult:
     history: Dict[str, List[float]]
     settings: Dict[str, object]
     raw_reconstructions: Optional[torch.Tensor] = None
-
-
-def _optimizer(params, lr: float) -> torch.optim.Optimizer:
-    return torch.optim.Adam(params, lr=lr, amsgrad=True)
 
 
 def model_inversion_stealing(
@@ -170,8 +171,8 @@ def model_inversion_stealing(
     clone = clone.to(device).train()
     params = [p for p in clone.parameters()]
     x = torch.full((n, *input_shape), float(init_value), device=device, requires_grad=True)
-    input_opt = _optimizer([x], cfg["input_lr"])
-    model_opt = _optimizer(params, cfg["model_lr"]) if params else None
+    input_opt = adam(cfg["input_lr"])([x])
+    model_opt = adam(cfg["model_lr"])(params) if params else None
     lam_tv, lam_l2, kind, do_clamp = cfg["lambda_tv"], cfg["lambda_l2"], cfg["tv_kind"], cfg["clamp"]
 
     with torch.no_grad():
@@ -534,7 +535,7 @@ class LabelInferenceAttack:
         self.match_steps = match_steps
         self.anchor_steps = anchor_steps
         self.clone = fresh_copy(head_architecture, seed=seed).to(device)
-        self.optimizer = _optimizer(self.clone.parameters(), lr)
+        self.optimizer = adam(lr)(self.clone.parameters())
 
     def _match(self, z, g, labels, steps: int, batch_size: int) -> None:
         """Fits the clone so that its gradient for ``labels`` reproduces the observed gradients ``g``."""
@@ -587,3 +588,156 @@ class LabelInferenceAttack:
         else:
             self._match(z, g, train_labels, self.match_steps, b)
         return train_labels
+
+
+@dataclasses.dataclass
+class UnSplitLabelsConfig:
+    """Settings of UnSplit's label inference (Erdogan et al., WPES'22, §4.3), as run by :class:`UnSplitLabels`.
+
+    Attributes:
+        gradient: what the server compares (see :data:`GRADIENT_KINDS`): ``"cut"``, the gradient the label owner
+            returns at the cut (what the paper's protocol sends), or ``"weight"``, the gradient of the owner's last
+            weight matrix (the reference code's variant; needs weight sharing and batch size 1).
+        lr: the head clone's Adam (amsgrad) learning rate (reference: 1e-3).
+        match_steps: gradient-matching steps of the clone per batch (``cut`` only).
+        anchor_steps: gradient-matching steps on the samples whose label is known, before the other labels of their
+            batch are inferred (``cut`` only).
+    """
+
+    gradient: str = "cut"
+    lr: float = 1e-3
+    match_steps: int = 1
+    anchor_steps: int = 300
+
+    def __post_init__(self):
+        if self.gradient not in GRADIENT_KINDS:
+            raise ValueError(f"unknown gradient kind {self.gradient!r}: choose one of {', '.join(GRADIENT_KINDS)}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
+        for name in ("match_steps", "anchor_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+
+    @classmethod
+    def paper(cls) -> "UnSplitLabelsConfig":
+        """The paper's protocol: the server compares the cut gradients the label owner returns (the default)."""
+        return cls()
+
+    @classmethod
+    def reference(cls) -> "UnSplitLabelsConfig":
+        """The reference code's variant: last-weight gradients (weight sharing), clone trained on its own guesses."""
+        return cls(gradient="weight")
+
+
+class UnSplitLabels(Attack):
+    """UnSplit's label inference (Erdogan et al., WPES'22, §4.3) as the server of a split training.
+
+    The label owner keeps only the output layer (``Topology(None, middle, head)``, or any split with a head); the
+    server observes what it sends to the head and what comes back, and for each batch picks the labels whose
+    gradients on its clone of the head (a re-initialised copy of the architecture) match what it observed, then
+    updates the clone (:class:`LabelInferenceAttack`). Cut gradients name the classes only up to a renaming; the
+    samples whose labels the server knows (``known``, e.g. one per class) name them. Until every known sample has
+    been observed the server keeps what it saw and infers nothing; then it fits its clone to the known samples,
+    replays what it kept and goes on online (a known sample never drawn: the kept batches are inferred when the
+    training ends). A later epoch's guess replaces an earlier one.
+
+    Args:
+        head: the label owner's head architecture (a module whose structure is copied and re-initialised, or a
+            factory); with ``gradient="weight"`` the server compares its last weight matrix's gradient.
+        num_classes: K (default: the output size of the head's last weight matrix).
+        known: ``{dataset index: label}`` the server knows beforehand (left out of :meth:`Labels.score`).
+        config: an :class:`UnSplitLabelsConfig` (default: the paper's); device, seed: where the clone computes and
+            what seeds its initialisation; **overrides: config fields, e.g. ``anchor_steps=100``.
+
+    With ``gradient="weight"`` train with ``share_head_weight_gradients=True`` and ``batch_size=1``.
+    """
+
+    name = "unsplit_labels"
+    Config = UnSplitLabelsConfig
+
+    def __init__(self, head: Architecture, num_classes: Optional[int] = None, known: Optional[Dict[int, int]] = None,
+                 config: Optional[UnSplitLabelsConfig] = None, *, device: Union[str, torch.device] = "cpu",
+                 seed: int = 0, **overrides):
+        super().__init__(config, device=device, seed=seed, **overrides)
+        c = self.config
+        if isinstance(head, nn.Module):
+            template = head
+        else:
+            with torch.random.fork_rng(devices=[]):  # (looking at the architecture draws no random numbers)
+                template = head()
+        weight_name = last_weight_name(template)
+        if num_classes is None:
+            num_classes = int(dict(template.named_parameters())[weight_name].shape[0])
+        known = {int(i): int(label) for i, label in dict(known or {}).items()}
+        bad = {i: label for i, label in known.items() if i < 0 or not 0 <= label < num_classes}
+        if bad:
+            raise ValueError(f"known labels must map dataset indices >= 0 to classes 0..{num_classes - 1}, got {bad}")
+        attack = LabelInferenceAttack(head, num_classes=num_classes, gradient=c.gradient, lr=c.lr,
+                                      match_steps=c.match_steps, anchor_steps=c.anchor_steps, device=self.device,
+                                      seed=seed)
+        self._setup(attack, known, weight_name if c.gradient == "weight" else None)
+
+    def _setup(self, attack: LabelInferenceAttack, known: Dict[int, int], weight_name: Optional[str],
+               n: int = 0) -> None:
+        self.attack, self.known, self.weight_name = attack, known, weight_name
+        self.num_classes = attack.num_classes
+        observed = "head.gradient" if weight_name is None else "head.weight_gradients"
+        self.observes = frozenset({"head.smashed", observed})
+        self.predicted = torch.full((n,), -1, dtype=torch.int64)
+        self.seconds = 0.0  # spent inferring
+        self.waiting_for = set(known)  # known samples not yet observed
+        self.kept: list = []
+
+    def _grow(self, n: int) -> None:
+        if n > len(self.predicted):
+            self.predicted = torch.cat([self.predicted, torch.full((n - len(self.predicted),), -1, dtype=torch.int64)])
+
+    def on_train_begin(self, run) -> None:
+        self._grow(run.n_samples)
+
+    def on_cut(self, event) -> None:
+        if event.cut != "head" or event.phase != "train":
+            return
+        observed = event.gradient if self.weight_name is None else event.head_weight_gradients[self.weight_name]
+        batch = (event.indices, event.smashed, observed, event.batch_size)
+        if not self.waiting_for:  # (what was kept has been replayed when the last known sample arrived)
+            self._infer(*batch)
+            return
+        self.kept.append(batch)
+        self.waiting_for.difference_update(event.indices.tolist())
+        if not self.waiting_for:
+            self._replay()
+
+    def on_train_end(self, run) -> None:
+        self._replay()  # a known sample never drawn: infer what was kept anyway
+
+    def _replay(self) -> None:
+        kept, self.kept = self.kept, []
+        if not kept:
+            return
+        if self.weight_name is None:  # name the classes first, on every known sample kept, as one batch
+            rows = [(b, [r for r, i in enumerate(b[0].tolist()) if i in self.known]) for b in kept]
+            rows = [(b, r) for b, r in rows if r]
+            if rows:
+                n = sum(len(r) for _, r in rows)
+                # a cut gradient is that of the batch-mean loss: rescale each row to a batch of all n known samples
+                z = torch.cat([b[1][r] for b, r in rows])
+                g = torch.cat([b[2][r] * (b[3] / n) for b, r in rows])
+                idx = torch.cat([b[0][r] for b, r in rows])
+                self._infer(idx, z, g, n)
+        for b in kept:
+            self._infer(*b)
+
+    def _infer(self, indices, smashed, observed, batch_size) -> None:
+        start = time.perf_counter()
+        known = torch.tensor([self.known.get(i, -1) for i in indices.tolist()], device=self.device)
+        pred = self.attack.step(smashed, observed, batch_size=batch_size, known=known)
+        self.seconds += time.perf_counter() - start
+        self._grow(int(indices.max()) + 1)
+        self.predicted[indices] = pred.cpu()  # a later epoch's guess replaces an earlier one
+
+    def result(self) -> Labels:
+        """The inferred label of every sample of the training set (``-1``: never observed or not yet inferred)."""
+        return Labels(predicted=self.predicted.clone(), indices=torch.arange(len(self.predicted)),
+                      num_classes=self.num_classes, known=tuple(sorted(self.known)))

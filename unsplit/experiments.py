@@ -17,11 +17,19 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Unio
 import torch
 from torch import nn
 
-from .attacks import GRADIENT_KINDS, InversionResult, LabelInferenceAttack, last_weight_name, model_inversion_stealing
+from .attacks import (
+    GRADIENT_KINDS,
+    InversionResult,
+    LabelInferenceAttack,
+    UnSplitLabels,
+    UnSplitLabelsConfig,
+    model_inversion_stealing,
+)
+from .base import Attack
 from .cache import CheckpointMismatch, load_or_train
 from .metrics import best_renaming_accuracy, reconstruction_metrics
 from .models import MODELS, fresh_copy
-from .protocol import CutEvent, SplitCallback, Topology
+from .protocol import Topology
 from .training import Defense, draws_own_batches, evaluate, partial_checkpoint, train_split
 
 __all__ = ["inversion_experiment", "label_experiment", "TrainingCase", "CheckpointMismatch", "train_or_load",
@@ -141,66 +149,14 @@ def inversion_experiment(
 _INVERSION_RESERVED = ("client_architecture", "smashed", "input_shape", "device", "seed", "progress", "on_iteration")
 
 
-class _LabelInferenceServer(SplitCallback):
-    """The server running UnSplit's online label inference: it observes the head cut (its own output and what the
-    label owner returns) and knows the labels of a few anchor samples by index.
-
-    Cut gradients name the classes only through the anchors, so until every anchor has been observed the server keeps
-    what it observed and infers nothing; then it fits its clone to every kept anchor at once, replays the kept
-    batches and goes on online. With an anchors-first order the first batch holds them all and nothing waits; under a
-    sampling the server does not choose (DP-SGD's Poisson batches) the wait avoids guessing under an unnamed clone. An
-    anchor never drawn leaves its class unnamed: the kept batches are then inferred at the end of training.
-    """
+class _LabelInferenceServer(UnSplitLabels):
+    """Deprecated: :class:`unsplit.attacks.UnSplitLabels` built from a ready :class:`LabelInferenceAttack` (kept only
+    until its last caller moves to ``UnSplitLabels``)."""
 
     def __init__(self, attack: LabelInferenceAttack, known: Dict[int, int], n: int, *, weight_name: Optional[str],
                  device: torch.device):
-        self.attack, self.known, self.weight_name, self.device = attack, known, weight_name, device
-        observed = "head.gradient" if weight_name is None else "head.weight_gradients"
-        self.observes = frozenset({"head.smashed", observed})
-        self.predicted = torch.full((n,), -1, dtype=torch.int64)
-        self.seconds = 0.0
-        self.waiting_for = set(known)  # anchors not yet observed
-        self.kept: list = []
-
-    def on_cut(self, event: CutEvent) -> None:
-        if event.cut != "head" or event.phase != "train":
-            return
-        observed = event.gradient if self.weight_name is None else event.head_weight_gradients[self.weight_name]
-        batch = (event.indices, event.smashed, observed, event.batch_size)
-        if not self.waiting_for:  # (what was kept has been replayed when the last anchor arrived)
-            self._infer(*batch)
-            return
-        self.kept.append(batch)
-        self.waiting_for.difference_update(event.indices.tolist())
-        if not self.waiting_for:
-            self._replay()
-
-    def on_train_end(self, run) -> None:
-        self._replay()  # an anchor never drawn: infer what was kept anyway
-
-    def _replay(self) -> None:
-        kept, self.kept = self.kept, []
-        if not kept:
-            return
-        if self.weight_name is None:  # name the classes first, on every anchor kept, as one batch
-            rows = [(b, [r for r, i in enumerate(b[0].tolist()) if i in self.known]) for b in kept]
-            rows = [(b, r) for b, r in rows if r]
-            if rows:
-                n = sum(len(r) for _, r in rows)
-                # a cut gradient is that of the batch-mean loss: rescale each row to a batch of all n anchors
-                z = torch.cat([b[1][r] for b, r in rows])
-                g = torch.cat([b[2][r] * (b[3] / n) for b, r in rows])
-                idx = torch.cat([b[0][r] for b, r in rows])
-                self._infer(idx, z, g, n)
-        for b in kept:
-            self._infer(*b)
-
-    def _infer(self, indices, smashed, observed, batch_size) -> None:
-        start = time.perf_counter()
-        known = torch.tensor([self.known.get(i, -1) for i in indices.tolist()], device=self.device)
-        pred = self.attack.step(smashed, observed, batch_size=batch_size, known=known)
-        self.seconds += time.perf_counter() - start
-        self.predicted[indices] = pred.cpu()  # a later epoch's guess replaces an earlier one
+        Attack.__init__(self, UnSplitLabelsConfig(gradient=attack.gradient), device=device)
+        self._setup(attack, known, weight_name, n)
 
 
 def label_experiment(
@@ -263,11 +219,8 @@ def label_experiment(
     topology = Topology.split(model, head_start=len(model) - 1)
     for d in defenses:
         topology.check_defense(d)
-    server = _LabelInferenceServer(
-        LabelInferenceAttack(topology.head, num_classes=num_classes, gradient=gradient, device=device, seed=seed + 1,
-                             **options),
-        known_labels, len(y), weight_name=last_weight_name(topology.head) if gradient == "weight" else None,
-        device=device)
+    server = UnSplitLabels(topology.head, num_classes, known_labels, UnSplitLabelsConfig(gradient=gradient, **options),
+                           device=device, seed=seed + 1)
 
     start = time.perf_counter()
     train_split(topology, x, y, epochs=epochs, batch_size=batch_size, order=order, callbacks=[server],
