@@ -53,17 +53,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import sys
-import time
 from pathlib import Path
-from typing import Callable, Optional
 
-import torch
-
-from unsplit import metrics
-from unsplit.cli import make_parser, run_main, train_mean_image
-from unsplit.data import default_data_dir, first_of_each_class, load_dataset
+from unsplit.cli import make_parser, run_main
+from unsplit.data import default_data_dir
 from unsplit.defenses import DEFENSES, parse_defense
-from unsplit.experiments import TrainingCase, inversion_experiment, label_experiment, train_or_load
 from unsplit.grid import (
     Cell,
     ResultStore,
@@ -73,240 +67,17 @@ from unsplit.grid import (
     pm,
     run_benchmark,
 )
-from unsplit.models import MODELS, build_model, split
-from unsplit.protocol import Topology
-from unsplit.util import atomic_save_figure, atomic_write_text, resolve_device
-
-#: one stated strength per defense (the rows)
-ROWS = ("none", "gaussian:0.5", "laplace:0.5", "nopeek:2", "dpsgd:1", "dpsgd_head:1", "label_dp:1", "topk:0.1",
-        "topk_batch:0.1", "maxnorm", "marvell:2")
-#: strength sweeps (``--sweep NAME``)
-SWEEPS = {"gaussian": (0.1, 0.5, 2), "laplace": (0.1, 0.5, 2), "nopeek": (0.5, 2, 8), "dpsgd": (0.5, 1, 2),
-          "dpsgd_head": (0.5, 1, 2), "label_dp": (0.5, 1, 2, 4), "topk": (0.5, 0.1, 0.01),
-          "topk_batch": (0.5, 0.1, 0.01)}
-
-
-@dataclasses.dataclass(frozen=True)
-class Column:
-    """One column of the matrix: ``metric`` of an attack's cell; ``higher``: a higher value = a stronger attack;
-    ``baseline``: the cell's key holding the trivial attacker's value."""
-
-    name: str
-    metric: str
-    higher: bool
-    baseline: str
-
-
-@dataclasses.dataclass(frozen=True)
-class AttackSpec:
-    """An attack as data: its columns, the topology its threat model needs, and the function measuring it."""
-
-    columns: tuple
-    topology: Callable  # (model, config) -> Topology
-    run: Callable  # (config, defense, *, data_dir, cache_dir, device, progress) -> metrics dict
-    paper: str
-    datasets: tuple = ("mnist", "f_mnist", "cifar")
-
-
-def _unsplit(c, defense, *, data_dir, cache_dir, device, progress) -> dict:
-    dataset, spec, seed, depth = c["dataset"], c["defense"], c["seed"], c["depth"]
-    x_test, y_test = load_dataset(dataset, data_dir=data_dir, train=False)
-    idx = first_of_each_class(y_test)
-    # a defense acting only on a returned head gradient trains as the undefended model (as defense_tradeoff.py)
-    train_spec = "none" if defense.acts_on <= {"head_gradient"} else spec
-    case = TrainingCase(dataset, epochs=c["epochs"], seed=seed, defenses=(train_spec,), split_depth=depth,
-                        train_limit=c["train_limit"], batch_norm=c.get("batch_norm", False))
-    model, info = train_or_load(case, data_dir=data_dir, cache_dir=cache_dir, test=(x_test, y_test), device=device,
-                                progress=progress)
-    attack = {"main_iters": c["main_iters"], "input_iters": c["input_iters"], "model_iters": c["model_iters"]}
-    report, _ = inversion_experiment(model, depth, x_test, y_test, idx,
-                                     mean_image=train_mean_image(dataset, x_test, data_dir=data_dir), attack=attack,
-                                     device=device, seed=seed, defenses=[defense], progress=progress)
-    keys = ("correlation_mean", "mean_image_correlation_mean", "mse_mean", "mse_minmax_mean", "ssim_mean",
-            "mean_image_mse_mean", "mean_image_mse_minmax_mean", "stolen_accuracy", "baseline_stolen_accuracy")
-    return {"task_accuracy": info["test_accuracy"], "dp_epsilon": info.get("dp_epsilon"),
-            **{k: report[k] for k in keys}}
-
-
-def _unsplit_labels(c, defense, *, data_dir, cache_dir, device, progress) -> dict:
-    x_test, y_test = load_dataset(c["dataset"], data_dir=data_dir, train=False)
-    seed = c["seed"]
-    pick = torch.randperm(len(y_test), generator=torch.Generator().manual_seed(seed))[: c["label_count"]]
-    torch.manual_seed(seed)
-    res = label_experiment(build_model(c["dataset"], batch_norm=c.get("batch_norm", False)), x_test[pick],
-                           y_test[pick], gradient="cut", device=device, seed=seed, defenses=[defense])
-    return {"label_accuracy": res["accuracy"], "chance_accuracy": res["chance_accuracy"],
-            "label_accuracy_best_renaming": res["accuracy_best_renaming"], "label_coverage": res["coverage"],
-            "task_accuracy": None, "label_scored": res["scored"]}
-
-
-def _similarity(c, defense, *, data_dir, cache_dir, device, progress) -> dict:
-    from unsplit import similarity
-
-    name = _similarity_model_name(c["dataset"])
-    x, y = load_dataset(c["dataset"], data_dir=data_dir, train=True, download=False, limit=c["sim_train_limit"])
-    xt, yt = load_dataset(c["dataset"], data_dir=data_dir, train=False, download=False, limit=2000)
-    x, xt = similarity.model_inputs(name, x), similarity.model_inputs(name, xt)
-    torch.manual_seed(c["seed"])
-    model = similarity.build_model(name, num_classes=10, in_channels=x.shape[1])
-    run = similarity.run_similarity(model, x, y, cut=c["cut"], x_test=xt, y_test=yt, num_classes=10,
-                                    epochs=c["sim_epochs"], optimizers=lambda p: torch.optim.SGD(p, lr=c["sim_lr"]),
-                                    defenses=[defense], device=device, seed=c["seed"], progress=progress)
-    m = run.metrics
-    return {"gradient_kmeans": m["gradient_kmeans"], "smashed_knn": m["smashed_knn"],
-            "random_guess": m["random_guess"], "task_accuracy": m["task_accuracy"]}
-
-
-def _fsha_probe(xs: torch.Tensor, xp: torch.Tensor):
-    """The 2,000 private images FSHA is scored on (a fixed draw) and the trivial attacker's MSE on them: X_pub's mean
-    image for every private input ([-1, 1] space, as the attack's score)."""
-    probe = xs[torch.randperm(len(xs), generator=torch.Generator().manual_seed(1234))[:2000]]
-    return probe, float(((probe - xp.mean(0, keepdim=True)) ** 2).mean())
-
-
-def _fsha(c, defense, *, data_dir, cache_dir, device, progress) -> dict:
-    from unsplit.fsha import fsha_data, reconstruction_error, run_fsha
-
-    xs, ys, xp, _ = fsha_data(c["dataset"], data_dir=data_dir, download=False)
-    checkpoint = Path(cache_dir) / "fsha_matrix" / (
-        f"{c['dataset']}_{c['defense'].replace(':', '-')}_i{c['fsha_iters']}_s{c['seed']}.pt")
-    run = run_fsha(xs, xp, labels=ys, level=4, iterations=c["fsha_iters"], precision="bf16", defenses=[defense],
-                   checkpoint=checkpoint, checkpoint_every=250, device=device, seed=c["seed"], progress=progress)
-    probe, mean_image = _fsha_probe(xs, xp)
-    final = reconstruction_error(run.topology.front, run.server, probe, device=device)
-    return {"fsha_mse": final["mse"], "fsha_mse_01": final["mse_01"], "mean_image_mse": mean_image,
-            "task_accuracy": None, "iterations": len(run.monitor.errors)}
-
-
-def _fsha_detection(c, defense, *, data_dir, cache_dir, device, progress) -> dict:
-    from unsplit.detection import run_detection
-    from unsplit.fsha import fsha_data
-
-    xs, ys, xp, yp = fsha_data(c["dataset"], data_dir=data_dir, download=False)
-    probe, mean_image = _fsha_probe(xs, xp)
-    out = run_detection(xs, ys, xp, server="fsha+dummy", steps=c["detection_steps"], defenses=[defense],
-                        probe=probe, x_test=xp[:2000], y_test=yp[:2000], device=device, seed=c["seed"],
-                        progress=progress)
-    return {"fsha_mse_at_alarm": out["fsha_mse_at_alarm"], "fsha_mse": out["fsha_mse"], "alarm_step": out["alarm_step"],
-            "detected": float(out["alarm_step"] is not None), "mean_image_mse": mean_image,
-            "task_accuracy": out["client_test_accuracy"], "steps": out["steps"]}
-
-
-def _sladv(c, defense, *, data_dir, cache_dir, device, progress) -> dict:
-    from unsplit import sladv
-    from unsplit.training import evaluate, run_split
-
-    x_train, y_train = load_dataset("cifar", data_dir=data_dir, train=True, download=False)
-    x_test, y_test = load_dataset("cifar", data_dir=data_dir, train=False, download=False)
-    n, seed = c["client_size"], c["seed"]
-    specs = () if c["defense"] == "none" else (c["defense"],)
-    model, _ = sladv.train_or_load_victim("cifarnet", x_train[:n], y_train[:n], epochs=c["sladv_epochs"],
-                                          defenses=specs, device=device, seed=seed, progress=progress,
-                                          checkpoint=Path(cache_dir) / "sladv_matrix" / (
-                                              f"cifarnet_e{c['sladv_epochs']}_n{n}_{c['defense'].replace(':', '-')}"
-                                              f"_s{seed}.pt"))
-    topology = sladv.victim_topology(model, 1)
-    whole = topology.as_model().eval()
-    stats = sladv.ServerStatistics(phase="inference")  # what the server sees, the defense in force
-    run_split(topology, x_train[: min(n, 5000)], callbacks=[stats], defenses=[defense], device=device)
-    x_eval, y_eval = x_test[: c["eval_count"]], y_test[: c["eval_count"]]
-    x_adv, _, _ = sladv.sladv_attack(topology.middle, stats, x_train[:0], x_eval, objective="stealing",
-                                     steal_iters=c["steal_iters"], eps=8 / 255, device=device, seed=seed,
-                                     progress=progress)
-    noise = sladv.random_sign_noise(x_eval, eps=8 / 255, seed=seed)
-    return {"sladv_success": metrics.adversarial_metrics(whole, x_eval, x_adv, y_eval, device=device)["success_rate"],
-            "noise_success": metrics.adversarial_metrics(whole, x_eval, noise, y_eval, device=device)["success_rate"],
-            "task_accuracy": evaluate(whole, x_test, y_test, device=device)}
-
-
-def _fsha_u_shaped(model, c):
-    from unsplit.detection import label_private_topology
-
-    return label_private_topology()
-
-
-def _u_shaped(model, c):
-    from unsplit import sladv
-
-    return sladv.victim_topology(sladv.build_victim("cifarnet"), 1)
-
-
-def _fsha_client(model, c):
-    from unsplit.models import FunnelNet
-
-    front, server = split(FunnelNet(), FunnelNet.level_depths[4])
-    return Topology(front, server)
-
-
-def _vanilla(model, c):
-    return Topology.split(model, front_depth=c["depth"])
-
-
-def _server_inputs(model, c):
-    return Topology.split(model, head_start=len(model) - 1)
-
-
-def _similarity_model_name(dataset: str) -> str:
-    return "mnistnet" if dataset != "cifar" else "cifarnet_bn"
-
-
-def _passive_bottom(model, c):
-    from unsplit import similarity
-
-    bottom, top = split(similarity.build_model(_similarity_model_name(c["dataset"])), c["cut"])
-    return Topology(None, bottom, top)
-
-
-ATTACKS = {
-    "unsplit": AttackSpec((Column("UnSplit inversion (pixel corr.)", "correlation_mean", True,
-                                  "mean_image_correlation_mean"),
-                           Column("UnSplit stealing (stolen acc)", "stolen_accuracy", True,
-                                  "baseline_stolen_accuracy")),
-                          _vanilla, _unsplit, "Erdogan et al., WPES'22"),
-    "unsplit_labels": AttackSpec((Column("UnSplit labels (acc)", "label_accuracy", True, "chance_accuracy"),),
-                                 _server_inputs, _unsplit_labels, "Erdogan et al., WPES'22"),
-    "similarity": AttackSpec((Column("similarity, gradients (acc)", "gradient_kmeans", True, "random_guess"),
-                              Column("similarity, smashed (acc)", "smashed_knn", True, "random_guess")),
-                             _passive_bottom, _similarity, "Liu et al., TIFS 2024"),
-    "fsha": AttackSpec((Column("FSHA reconstruction (MSE, [-1,1])", "fsha_mse", False, "mean_image_mse"),),
-                       _fsha_client, _fsha, "Pasquini et al., CCS'21"),
-    "fsha_detection": AttackSpec((Column("FSHA under SplitGuard (MSE when caught)", "fsha_mse_at_alarm", False,
-                                         "mean_image_mse"),),
-                                 _fsha_u_shaped, _fsha_detection, "Pasquini et al., CCS'21; Erdogan et al., WPES'22"),
-    "sladv": AttackSpec((Column("SLADV (success, eps 8/255)", "sladv_success", True, "noise_success"),),
-                        _u_shaped, _sladv, "Fan et al., ECAI'23", datasets=("cifar",)),
-}
-
-
-def applicability(c: dict) -> Optional[str]:
-    """Why ``c``'s defense cannot act in its attack's setting, or ``None`` if it can."""
-    spec = ATTACKS[c["attack"]]
-    if c["dataset"] not in spec.datasets:
-        return f"{c['attack']} is measured on {', '.join(spec.datasets)} only (its victims are those networks)"
-    try:
-        defense = parse_defense(c["defense"], num_classes=MODELS[c["dataset"]].num_classes)
-    except ValueError as exc:
-        return str(exc)
-    model = build_model(c["dataset"], batch_norm=c.get("batch_norm", False))
-    try:
-        ATTACKS[c["attack"]].topology(model, c).check_defense(defense)
-    except ValueError as exc:
-        return str(exc)
-    return None
-
-
-def run_cell(c: dict, *, data_dir, cache_dir, device, progress: bool) -> dict:
-    """One (attack, defense, seed): the attack's metrics and the defended model's task accuracy, or why the
-    defense does not apply."""
-    out = {"dataset": c["dataset"], "attack": c["attack"], "defense": c["defense"], "seed": c["seed"]}
-    reason = applicability(c)
-    if reason is not None:
-        return {**out, "applicable": False, "reason": reason}
-    defense = parse_defense(c["defense"], num_classes=MODELS[c["dataset"]].num_classes)
-    start = time.perf_counter()
-    metrics = ATTACKS[c["attack"]].run(c, defense, data_dir=data_dir, cache_dir=Path(cache_dir),
-                                       device=resolve_device(device), progress=progress)
-    return {**out, "applicable": True, **metrics, "seconds": time.perf_counter() - start}
+from unsplit.matrix import (  # noqa: F401 (applicability, run_cell: the cells of this command line)
+    ATTACKS,
+    ROWS,
+    SWEEPS,
+    MatrixSettings,
+    applicability,
+    protection,
+    run_cell,
+    tag,
+)
+from unsplit.util import atomic_save_figure, atomic_write_text
 
 
 def parse_args(argv=None):
@@ -381,27 +152,13 @@ def parse_args(argv=None):
     return args
 
 
+def settings_of(args) -> MatrixSettings:
+    """The cells' settings the command line chose."""
+    return MatrixSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(MatrixSettings)})
+
+
 def _config(args, attack: str, spec: str, seed: int) -> dict:
-    c = {"dataset": args.dataset, "attack": attack, "defense": spec, "seed": seed}
-    bn = {"batch_norm": True} if args.batch_norm else {}  # absent otherwise: stored configs keep matching
-    if attack == "unsplit":
-        c.update(depth=args.depth, epochs=args.epochs, train_limit=args.train_limit, main_iters=args.main_iters,
-                 input_iters=args.input_iters, model_iters=args.model_iters, **bn)
-    elif attack == "unsplit_labels":
-        c.update(label_count=args.label_count, **bn)
-    elif attack == "fsha":
-        c.update(fsha_iters=args.fsha_iters)
-    elif attack == "fsha_detection":
-        c.update(detection_steps=args.detection_steps)
-    elif attack == "sladv":
-        c.update(client_size=args.sladv_client_size, sladv_epochs=args.sladv_epochs, eval_count=args.sladv_eval,
-                 steal_iters=args.steal_iters)
-    else:
-        c.update(cut=args.cut, sim_epochs=args.sim_epochs, sim_lr=args.sim_lr, sim_train_limit=args.sim_train_limit)
-    return c
-
-
-_IDENTITY = ("dataset", "attack", "defense", "seed", "batch_norm")
+    return settings_of(args).cell_config(args.dataset, attack, spec, seed)
 
 
 @functools.lru_cache(maxsize=None)
@@ -409,49 +166,19 @@ def _defaults(dataset: str, batch_norm: bool):
     return parse_args(["--dataset", dataset] + (["--batch-norm"] if batch_norm else []))
 
 
-def _settings(args, attack: str) -> dict:
-    """The attack's settings that differ from the dataset's defaults (``{"depth": 3}`` for ``--depth 3``):
-    they go into the cell and report names, so runs at other settings sit beside the default ones."""
-    mine = _config(args, attack, "none", 0)
-    theirs = _config(_defaults(args.dataset, args.batch_norm), attack, "none", 0)
-    return {k: v for k, v in mine.items() if k not in _IDENTITY and v != theirs[k]}
-
-
-def _tag(settings: dict) -> str:
-    return "".join(f"-{k.replace('_', '')}{format(v, 'g') if isinstance(v, float) else v}"
-                   for k, v in settings.items())
-
-
 def _stem(args) -> str:
     settings = {}
     for attack in args.attack_list:
-        settings.update(_settings(args, attack))
+        settings.update(settings_of(args).changed(args.dataset, attack))
     return (f"matrix_{args.dataset}" + ("-bn" if args.batch_norm else "")
-            + (f"_sweep-{args.sweep}" if args.sweep else "") + (f"_{_tag(settings)[1:]}" if settings else ""))
+            + (f"_sweep-{args.sweep}" if args.sweep else "") + (f"_{tag(settings)[1:]}" if settings else ""))
 
 
 def grid_cells(args) -> list:
-    variant = {a: ("-bn" if "batch_norm" in _config(args, a, "none", 0) else "") + _tag(_settings(args, a))
-               for a in args.attack_list}
-    cells = []
-    for seed in args.seeds:
-        for attack in args.attack_list:
-            for spec in args.rows:
-                cells.append(Cell(f"cells/{args.dataset}/{attack}{variant[attack]}_{spec.replace(':', '-')}_s{seed}",
-                                  _config(args, attack, spec, seed), group=f"{attack}-s{seed}"))
-    return cells
-
-
-def protection(value: Optional[float], undefended: Optional[float], trivial: Optional[float], higher: bool):
-    """How far a defense moves the attack's success from its undefended value towards the trivial baseline:
-    0 = not at all, 1 = all the way (clipped to [0, 1]; ``None`` if a value is missing)."""
-    if value is None or undefended is None or trivial is None:
-        return None
-    span = (undefended - trivial) if higher else (trivial - undefended)
-    if span <= 1e-12:
-        return None
-    moved = (undefended - value) if higher else (value - undefended)
-    return max(0.0, min(1.0, moved / span))
+    settings = settings_of(args)
+    return [Cell(settings.cell_name(args.dataset, attack, spec, seed), _config(args, attack, spec, seed),
+                 group=f"{attack}-s{seed}")
+            for seed in args.seeds for attack in args.attack_list for spec in args.rows]
 
 
 def report_command(args) -> str:
