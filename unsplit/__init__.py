@@ -1,13 +1,62 @@
 """unsplit: faithful, fast reproductions of attacks on split learning and the defenses they were tested against.
 
-Modules:
-    unsplit.attacks   UnSplit model inversion + model stealing, label inference (Erdogan et al., WPES'22)
-    unsplit.models    splittable reference networks and ``split(model, depth)``
-    unsplit.protocol  the protocol as data: Topology (front / middle / head), CutEvent, SplitCallback, Defense hooks
-    unsplit.training  train_split / run_split: split learning with observable cuts, callbacks and defenses
-    unsplit.defenses  the defenses (noise, NoPeek, DP-SGD, label DP, top-k, max-norm, Marvell)
-    unsplit.experiments  attack cells with metrics, training cases and the trained-model cache
-    unsplit.data      MNIST / Fashion-MNIST / CIFAR-10 as tensors, online or from offline copies
-    unsplit.util      regularisers, image metrics, atomic result files
+Every attack is one class of the same pattern (:mod:`unsplit.base`): build it from what the attacker knows, drop it
+into :func:`train_split` / :func:`run_split` on your own :class:`Topology` as a callback, call ``result()``::
+
+    from unsplit import Topology, UnSplit, train_split
+
+    topology = Topology.split(my_model, front_depth=2)
+    attack = UnSplit(my_model[:3], input_shape=(1, 28, 28))
+    train_split(topology, x, y, epochs=1, callbacks=[attack])
+    print(attack.result().score(x[attack.result().indices]))
+
+Layout (see ``docs/architecture.md``):
+
+* the protocol: :mod:`unsplit.protocol` (Topology, SplitCallback, CutEvent, Defense hooks),
+  :mod:`unsplit.training` (``train_split``, ``run_split``);
+* the attack pattern and its results: :mod:`unsplit.base`; metric code: :mod:`unsplit.metrics`;
+* the attacks, one module per paper: :mod:`unsplit.attacks` (UnSplit, Erdogan et al. WPES'22),
+  :mod:`unsplit.similarity` (Liu et al. TIFS 2024), :mod:`unsplit.fsha` (Pasquini et al. CCS'21),
+  :mod:`unsplit.sladv` (Fan et al. ECAI'23);
+* the defenses: :mod:`unsplit.defenses`, and the detector SplitGuard in :mod:`unsplit.detection`;
+* experiments and tools: :mod:`unsplit.experiments` (UnSplit's runners), :mod:`unsplit.matrix` (the attack x
+  defense matrix as a call), :mod:`unsplit.grid` (resumable cells), :mod:`unsplit.models` (the model registry),
+  :mod:`unsplit.cache` (the trained-model cache), :mod:`unsplit.data`, :mod:`unsplit.util`;
+* the command line: :mod:`unsplit.cli` (shared options) and :mod:`unsplit.demos` (``unsplit-inversion``,
+  ``unsplit-labels``, ``unsplit-fsha``, ``unsplit-sladv``).
+
+The names below are importable from ``unsplit`` itself; modules load when first used.
 """
+from __future__ import annotations
+
+import importlib
+
 __version__ = "0.2.0"
+
+_EXPORTS = {
+    "protocol": ("Topology", "SplitCallback", "CutEvent", "Defense"),
+    "training": ("train_split", "run_split", "TrainConfig", "evaluate"),
+    "base": ("Attack", "Reconstructions", "Labels", "AdversarialExamples", "Detection", "Report"),
+    "attacks": ("UnSplit", "UnSplitConfig", "UnSplitLabels", "UnSplitLabelsConfig"),
+    "experiments": ("run_unsplit", "run_unsplit_labels"),
+    "similarity": ("SimilarityLabels", "SimilarityConfig", "run_similarity"),
+    "fsha": ("FSHA", "FSHAConfig", "run_fsha"),
+    "sladv": ("SLADV", "SLADVConfig", "run_sladv"),
+    "detection": ("SplitGuard", "run_splitguard"),
+    "matrix": ("defense_row", "MatrixSettings"),
+    "models": ("build_model",),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'unsplit' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
