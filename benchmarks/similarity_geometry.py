@@ -24,14 +24,14 @@ import torch.nn.functional as F
 from unsplit import metrics, similarity
 from unsplit.cli import make_parser, run_main
 from unsplit.data import default_data_dir, load_dataset
-from unsplit.models import split
+from unsplit.models import build_model, split
 from unsplit.util import atomic_write_text
 
 
 def parse_args(argv=None):
     p = make_parser(__doc__)
     p.add_argument("--dataset", choices=("mnist", "f_mnist", "cifar"), default="f_mnist")
-    p.add_argument("--model", choices=similarity.MODEL_NAMES, default="simplenet")
+    p.add_argument("--model", choices=similarity.SIMILARITY_MODELS, default="simplenet")
     p.add_argument("--cuts", default="layer4,layer14,layer33,layer46,layer50",
                    help="named cuts of the model or split depths")
     p.add_argument("--samples", type=int, default=512)
@@ -74,7 +74,7 @@ def main(argv=None) -> int:
     rows = []
     for mode in ("train", "eval"):
         torch.manual_seed(args.seed)
-        model = similarity.build_model(args.model, num_classes=10, in_channels=x.shape[1])
+        model = build_model(args.model, num_classes=10, in_channels=x.shape[1])
         model.train(mode == "train")
         for name, depth in args.cut_list:
             g = F.normalize(cut_gradients(model, depth, x, y, batch_size=args.batch_size), dim=1)

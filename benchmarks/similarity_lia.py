@@ -41,7 +41,8 @@ from unsplit.grid import (
     pm,
     run_benchmark,
 )
-from unsplit.similarity import MODEL_NAMES, build_model, cut_names, model_inputs, run_similarity
+from unsplit.models import build_model
+from unsplit.similarity import SIMILARITY_MODELS, cut_names, model_inputs, run_similarity
 from unsplit.util import atomic_save_figure, atomic_write_text, resolve_device
 
 DEFAULT_MODEL = {"mnist": "mnistnet", "f_mnist": "mnistnet", "cifar": "cifarnet"}
@@ -56,7 +57,7 @@ ATTACKS = ("gradient_knn", "gradient_kmeans", "gradient_last_knn", "gradient_las
 def parse_args(argv=None):
     p = make_parser(__doc__)
     p.add_argument("--dataset", choices=("mnist", "f_mnist", "cifar"), default="f_mnist")
-    p.add_argument("--model", choices=MODEL_NAMES, default=None, help="default: mnistnet / cifarnet")
+    p.add_argument("--model", choices=SIMILARITY_MODELS, default=None, help="default: mnistnet / cifarnet")
     p.add_argument("--cuts", default=None, help="comma-separated split depths or the model's cut names")
     p.add_argument("--defenses", default="none", help="comma-separated specs (see the module docstring)")
     p.add_argument("--binary", action="store_true", help="binary task: label = class >= 5 (for Marvell, AUCs)")

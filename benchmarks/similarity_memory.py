@@ -88,7 +88,7 @@ def memory(args) -> list:
     for reducer in ("pca", "random"):
         rec = sim.CutRecorder(observe="gradient", cut="front", reducer=reducer, dims=args.dims, max_dims=args.dims,
                               seed=args.seed)
-        rec._recording = True  # fed directly below, without a training loop
+        rec.on_epoch_begin(None, 0)  # records epoch 0, fed directly below without a training loop
         tracemalloc.start()
         start = time.perf_counter()
         for step, first in enumerate(range(0, args.memory_samples, args.batch_size)):

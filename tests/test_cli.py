@@ -178,3 +178,14 @@ def test_fsha_demo_end_to_end_resumes_and_refuses_bad_input(tiny_mnist, tmp_path
     m = json.loads((prop / "metrics.json").read_text())
     assert m["attribute"] == "ge5" and 0 <= m["accuracy_after_training"] <= 1 and 0.5 <= m["majority_baseline"] <= 1
     assert (prop / "curve.png").exists() and not (prop / "reconstructions.png").exists()
+
+
+def test_label_inference_console_entry_point_runs_the_same_demo(tmp_path):
+    from unsplit.demos import labels
+
+    script = Path(sys.executable).parent / "unsplit-labels"
+    if not script.exists():
+        pytest.skip("unsplit-labels is not installed (pip install -e .)")
+    r = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 0 and "--attack" in r.stdout and "similarity-kmeans" in r.stdout
+    assert labels.main.__module__ == "unsplit.demos.labels"

@@ -145,8 +145,8 @@ def test_norm_and_direction_baselines_on_an_imbalanced_binary_task():
     idx, g = rec.observations()
     truth = y.numpy()[idx]
     ref = int(np.flatnonzero(truth == 1)[0])
-    assert sim.auc(sim.direction_scores(g, ref), truth) > 0.95
-    assert sim.auc(sim.norm_scores(g), truth) > 0.8
+    assert metrics.auc(sim.direction_scores(g, ref), truth) > 0.95
+    assert metrics.auc(sim.norm_scores(g), truth) > 0.8
 
 
 def test_bad_input_is_a_clear_error():
@@ -170,7 +170,7 @@ def test_run_similarity_end_to_end_with_every_attack_and_baseline(classes):
     run = sim.run_similarity(model, x[:480], y[:480], cut=1, x_test=x[480:], y_test=y[480:], epochs=3,
                              batch_size=32, optimizers=sgd, unsplit_baseline=True)
     m = run.metrics
-    assert run.topology.kind == "server_inputs" and m["gradient_dims"] == m["smashed_dims"] == 32
+    assert run.artefacts["topology"].kind == "server_inputs" and m["gradient_dims"] == m["smashed_dims"] == 32
     chance = 1 / classes
     for key in ("gradient_knn", "gradient_kmeans", "gradient_last_knn", "gradient_last_kmeans", "smashed_knn",
                 "smashed_kmeans", "inference_knn", "inference_kmeans", "completion_train", "completion_inference",
@@ -181,6 +181,7 @@ def test_run_similarity_end_to_end_with_every_attack_and_baseline(classes):
     if classes == 2:
         assert m["direction_auc"] > 0.9 and 0 <= m["norm_auc"] <= 1
     assert m["recorded_bytes"]["gradient"] == 480 * 32 * 4
+    assert run.baselines["random_guess"] == m["random_guess"] and run.to_json()["config"]["cut"] == 1
 
 
 def test_model_completion_learns_from_one_known_label_per_class_and_not_from_noise():
@@ -206,3 +207,67 @@ def test_run_similarity_under_dp_sgd_on_the_top_model_with_poisson_sampling():
     m = run.metrics
     assert 0 < m["dp_epsilon"] < float("inf")
     assert m["gradient_kmeans"] > 0.9  # the paper's claim: DP-SGD on the top model leaves the returned gradient exact
+
+
+# ------------------------------------------------------------------------------------- the attack as one callback
+def test_similarity_labels_on_a_users_own_sequential_beats_the_random_guess():
+    x, y = _problem(n=400, informative=False, seed=9)  # only the returned gradients carry the labels
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, C))
+    known_pos, _ = sim.choose_known(y, seed=0)
+    known = {int(i): int(y[i]) for i in known_pos}
+    scores = {}
+    for method in sim.METHODS:
+        attack = sim.SimilarityLabels(known, num_classes=C, cut="head", method=method, seed=0)
+        assert attack.observes == frozenset({"head.gradient"})
+        train_split(Topology.split(model, head_start=2), x, y, epochs=1, batch_size=32, callbacks=[attack])
+        result = attack.result()
+        assert torch.equal(result.indices, torch.arange(len(x))) and result.known == tuple(sorted(known))
+        scores[method] = result.score(y[result.indices])
+    for score in scores.values():
+        assert score["accuracy"] > 0.9 and score["baseline_accuracy"] == 1 / C, scores
+    # offline: the same attack on vectors recorded elsewhere, in any row order
+    rec = attack.recorder
+    idx, v = rec.observations()
+    perm = np.random.default_rng(0).permutation(len(idx))
+    offline = attack.infer(v[perm], idx[perm])
+    assert np.array_equal(offline.predicted.numpy(), attack.result().predicted.numpy()[perm])
+
+
+def test_similarity_labels_is_the_attack_functions_and_records_smashed_data_at_inference():
+    x, y = _problem(n=300, informative=True, seed=10)
+    t = _topology()
+    train_split(t, x, y, epochs=2, batch_size=32)
+    pos, lab = sim.choose_known(y, seed=1)
+    attack = sim.SimilarityLabels(dict(zip(pos.tolist(), lab.tolist())), C, sim.SimilarityConfig.official_smashed(),
+                                  seed=3)
+    run_split(t, x, callbacks=[attack])
+    idx, v = attack.recorder.observations()
+    expected = sim.kmeans_attack(v, pos, lab, num_classes=C, seed=3)
+    assert np.array_equal(attack.result().predicted.numpy(), expected)
+    assert attack.settings()["observe"] == "smashed" and attack.result().score(y)["accuracy"] > 0.9
+
+
+def test_similarity_labels_bad_settings_are_clear_errors():
+    for bad in ({"method": "svm"}, {"observe": "weights"}, {"cut": "middle"}, {"reducer": "umap"},
+                {"observe": "gradient", "phase": "inference"}, {"dims": 0}, {"epoch": 1.5},
+                {"kmeans_init": "random"}, {"fit_samples": 8, "dims": 16}):
+        with pytest.raises(ValueError):
+            sim.SimilarityLabels({0: 0}, num_classes=2, **bad)
+    with pytest.raises(ValueError, match="known"):
+        sim.SimilarityLabels({}, num_classes=2)
+    with pytest.raises(ValueError, match="classes 0..1"):
+        sim.SimilarityLabels({0: 5}, num_classes=2)
+    with pytest.raises(TypeError, match="no setting"):
+        sim.SimilarityLabels({0: 0}, num_classes=2, colour="red")
+    with pytest.raises(ValueError, match="none of the known"):
+        sim.SimilarityLabels({99: 0, 98: 1}, num_classes=2).infer(np.random.rand(5, 3))
+    with pytest.raises(ValueError, match="indices"):
+        sim.SimilarityLabels({0: 0, 1: 1}, num_classes=2).infer(np.random.rand(5, 3), [0, 1])
+    with pytest.raises(ValueError, match="needs the cut"):
+        sim.run_similarity(nn.Sequential(nn.Linear(2, 2)), torch.zeros(4, 2), torch.zeros(4).long())
+    with pytest.raises(ValueError, match="epochs"):
+        sim.SimilarityExperiment(cut=1, epochs=0)
+    with pytest.raises(ValueError, match="threshold"):
+        sim.model_completion(np.zeros((4, 2)), [0], [0], num_classes=2, threshold=2.0)
+    assert sim.SimilarityConfig.official_gradient().kmeans_init == "k-means++"
