@@ -4,9 +4,12 @@ on Split Learning", CCS'21, arXiv:2012.02670).
 Threat model: a **malicious** server in vanilla split learning. It never runs the task: each step it returns to the
 client front f the gradient of an adversarial loss that drives f's outputs into the feature space of its own pilot
 encoder f̃, trained with a decoder f̃⁻¹ on public same-domain data X_pub. Once f lives there, every private input is
-reconstructed as f̃⁻¹(f(x)). :class:`FSHAServer` is that server as a :class:`~unsplit.protocol.SplitCallback`: it
-observes only the smashed data (``front.smashed``), replaces the server's step, and keeps the pilot, decoder and
-critic as its own state. It never reads the client's weights, the private inputs or any label.
+reconstructed as f̃⁻¹(f(x)). :class:`FSHA` is that server as an :class:`~unsplit.base.Attack`: it observes only the
+smashed data (``front.smashed``), replaces the server's step, keeps the pilot, decoder and critic as its own state,
+and records the smashed data it receives (:meth:`FSHA.result` decodes them). It never reads the client's weights, the
+private inputs or any label. Its settings are an :class:`FSHAConfig`; its networks, speed knobs
+(:class:`FSHASpeed`), detection evasion (:class:`DummyServer`) and property inference (:class:`PropertyInference`)
+are separate arguments. :func:`run_fsha` runs the official notebooks' setting end to end.
 
 Networks per split level (the paper's appendix): the client f is :class:`unsplit.models.FunnelNet` cut at
 ``FunnelNet.level_depths[level]``; :func:`pilot` (swish, the paper's default; ``variant="linear"`` = the official
@@ -21,18 +24,22 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Dict, Optional
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .base import Attack, Reconstructions, Report, configure
 from .models import ResBlock, keras_init
 from .protocol import CutEvent, SplitCallback, Topology
 
 __all__ = ["LEVELS", "OFFICIAL_NOTEBOOK", "SMASHED_SHAPES", "fsha_images", "pilot", "decoder", "critic",
-           "gradient_penalty", "FSHAServer", "ReconstructionMonitor", "PropertyMonitor", "reconstruction_error",
-           "FSHARun", "run_fsha"]
+           "gradient_penalty", "FSHA", "FSHAConfig", "FSHANetworks", "FSHASpeed", "DummyServer", "PropertyInference",
+           "FSHAServer", "ReconstructionMonitor", "PropertyMonitor", "reconstruction_error", "FSHARunConfig",
+           "FSHAReport", "FSHARun", "run_fsha", "fsha_data"]
 
 LEVELS = (1, 2, 3, 4)
 #: the client's output shape per split level
@@ -154,118 +161,242 @@ def gradient_penalty(d: nn.Module, real: torch.Tensor, fake: torch.Tensor, *, fo
     return (norm - 1).pow(2).mean()
 
 
-class FSHAServer(SplitCallback):
-    """The FSHA server (Pasquini et al., CCS'21, Algorithm 1; one critic step per client step).
+def _check_finite(name: str, value: float) -> None:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
+@dataclasses.dataclass
+class FSHAConfig:
+    """The FSHA attacker's settings; the defaults are the paper's (appendix table; the official notebooks').
+
+    Attributes:
+        level: split level 1-4: decides the shapes of the paper's pilot, decoder and critic (:data:`SMASHED_SHAPES`).
+        pilot_variant: ``"paper"`` (swish pilot, ReLU decoder) or ``"linear"`` (the official repository's HEAD).
+        loss: ``"wgan"`` (WGAN-GP, the paper's) or ``"gan"`` (vanilla GAN).
+        gp_weight: the gradient-penalty weight (500). gp_form: ``"per_channel"`` (the official code, bug F4) or
+            ``"flat"`` (standard); see :func:`gradient_penalty`.
+        lr_tilde: Adam's learning rate for the pilot and decoder (1e-5); lr_critic: for the critic (1e-4).
+        adam_eps: Adam's epsilon (Keras's 1e-7, as the official code).
+        scale: α₂, the factor on the hijacking loss (1; 50 against NoPeek in the official notebook).
+        batch_size: public samples per step (``None``: as many as the client's batch).
+        targets: how many samples :meth:`FSHA.result` reconstructs: the last ``targets`` distinct samples whose smashed
+            data the server received (each with the latest it received), ordered by dataset index.
+    """
+
+    level: int = 4
+    pilot_variant: str = "paper"
+    loss: str = "wgan"
+    gp_weight: float = 500.0
+    gp_form: str = "per_channel"
+    lr_tilde: float = 1e-5
+    lr_critic: float = 1e-4
+    adam_eps: float = 1e-7
+    scale: float = 1.0
+    batch_size: Optional[int] = None
+    targets: int = 64
+
+    def __post_init__(self):
+        _check_level(self.level)
+        if self.pilot_variant not in PILOTS:
+            raise ValueError(f"pilot_variant must be one of {PILOTS}, got {self.pilot_variant!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.gp_form not in GP_FORMS:
+            raise ValueError(f"gp_form must be one of {GP_FORMS}, got {self.gp_form!r}")
+        for name in ("gp_weight", "lr_tilde", "lr_critic", "scale"):
+            _check_finite(name, getattr(self, name))
+        if not (math.isfinite(self.adam_eps) and self.adam_eps > 0):
+            raise ValueError(f"adam_eps must be a finite number > 0, got {self.adam_eps!r}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1 or None (the client's), got {self.batch_size!r}")
+        if self.targets < 1:
+            raise ValueError(f"targets must be >= 1, got {self.targets!r}")
+
+    @classmethod
+    def at_level(cls, level: int, **overrides: Any) -> "FSHAConfig":
+        """The paper's settings at split level ``level`` (1-4)."""
+        return cls(level=level, **overrides)
+
+    @classmethod
+    def official_head(cls, **overrides: Any) -> "FSHAConfig":
+        """The official repository's HEAD (commit 4d933ec): linear pilot and decoder, otherwise the paper's."""
+        return cls(pilot_variant="linear", **overrides)
+
+    @classmethod
+    def official_notebook(cls, variant: str = "plain", **overrides: Any) -> "FSHAConfig":
+        """The official notebooks' attacker (MNIST, level 4; their curves are :data:`OFFICIAL_NOTEBOOK`):
+        ``"plain"``, ``"mangled"`` (the same attacker, X_pub without one class) or ``"nopeek"`` (α₂ = 50)."""
+        if variant not in ("plain", "mangled", "nopeek"):
+            raise ValueError(f"official notebook variant must be plain, mangled or nopeek, got {variant!r}")
+        return cls(level=4, scale=50.0 if variant == "nopeek" else 1.0, **overrides)
+
+
+@dataclasses.dataclass
+class FSHANetworks:
+    """The attacker's three networks: pilot f̃ (images -> smashed shape), decoder f̃⁻¹ (smashed shape -> images in
+    [-1, 1]; ``None`` for the paper's classifier-only property inference) and critic D (smashed shape -> one score).
+    Pass them to :class:`FSHA` as ``networks=`` (or one by one as ``pilot=``, ``decoder=``, ``critic=``)."""
+
+    pilot: nn.Module
+    decoder: Optional[nn.Module]
+    critic: nn.Module
+
+    @classmethod
+    def level(cls, level: int = 4, *, variant: str = "paper", channels: int = 3) -> "FSHANetworks":
+        """The paper's networks for split level ``level`` (fresh weights from torch's global generator)."""
+        return cls(pilot(level, variant=variant), decoder(level, variant=variant, channels=channels), critic(level))
+
+
+@dataclasses.dataclass
+class FSHASpeed:
+    """How the attacker computes (the same attack; results equal up to floating-point rounding).
+
+    Attributes:
+        precision: ``"fp32"`` or ``"bf16"`` (autocast of the attacker's networks; about 1.8x faster on CPUs with
+            AVX-512 BF16 or AMX, and on GPUs).
+        channels_last: keep the attacker's networks and features in channels-last memory format.
+        fused: one critic pass over private and public features for every loss and, with WGAN, one backward pass for
+            the critic's update and the returned gradient, and torch's fused Adam; ``False``: a plain transcription.
+    """
+
+    precision: str = "fp32"
+    channels_last: bool = False
+    fused: bool = True
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+
+
+@dataclasses.dataclass
+class DummyServer:
+    """Detection evasion in the label-private (U-shaped) setting (paper, section 4.2): a network s̃ the server runs on
+    the smashed data and sends on to the client's head, trained (Adam, ``lr``, amsgrad) on the gradient the head
+    returns, so the client's own loss falls as in an honest training; ``lr=0`` sends an untrained s̃ (no evasion)."""
+
+    network: nn.Module
+    lr: float = 1e-3
+
+    def __post_init__(self):
+        _check_finite("lr_dummy", self.lr)
+
+
+@dataclasses.dataclass
+class PropertyInference:
+    """Property inference (paper, section 3.4): a classifier C_att (one dense layer) trained by cross-entropy on the
+    pilot's features of X_pub with ``public_attributes``; :meth:`FSHA.infer_property` reads the private attribute
+    from the smashed data.
+
+    Attributes:
+        public_attributes: ``(M,)`` integer attributes of X_pub (e.g. the class, or "digit >= 5").
+        objective: ``"classifier"`` (the paper and the official code: the pilot trained only through C_att) or
+            ``"autoencoder"`` (ours: the pilot trained as the reconstruction attack's autoencoder, C_att on its
+            detached features, so the attack also reconstructs).
+        classifier: replaces the one dense layer.
+    """
+
+    public_attributes: torch.Tensor
+    objective: str = "classifier"
+    classifier: Optional[nn.Module] = None
+
+    def __post_init__(self):
+        if self.objective not in PROPERTY_OBJECTIVES:
+            raise ValueError(f"property_objective must be one of {PROPERTY_OBJECTIVES}, got {self.objective!r}")
+
+
+class FSHA(Attack):
+    """FSHA, the feature-space hijacking attack (Pasquini et al., CCS'21, Algorithm 1; one critic step per client
+    step): the whole malicious server of a vanilla split.
 
     Each training step it gets the client's smashed data z = f(x_priv) (and nothing else), draws a batch of its own
     public data, and (from one set of network weights, as the official code's single tape): updates the pilot and
     decoder on ``MSE(f̃⁻¹(f̃(x_pub)), x_pub)``, updates the critic on ``mean D(f̃(x_pub)) - mean D(z) + w_gp GP`` (WGAN)
     or ``½[BCE(1, D(f̃(x_pub))) + BCE(0, D(z))]`` (GAN), and returns to the client ``∂(scale · L_f)/∂z`` with
-    ``L_f = mean D(z)`` (WGAN) or ``BCE(1, D(z))`` (GAN).
+    ``L_f = mean D(z)`` (WGAN) or ``BCE(1, D(z))`` (GAN). It records the smashed data it receives;
+    :meth:`result` decodes them, :meth:`reconstruct` decodes any.
 
     Args:
-        public: ``(N, 3, 32, 32)`` the attacker's public data X_pub in [-1, 1] (:func:`fsha_images`).
-        level: split level 1-4 (decides the networks' shapes).
-        pilot_variant: ``"paper"`` (swish pilot, ReLU decoder) or ``"linear"`` (official HEAD).
-        loss: ``"wgan"`` (WGAN-GP, default) or ``"gan"``.
-        gp_weight: gradient-penalty weight (paper: 500).
-        gp_form: ``"per_channel"`` (official code) or ``"flat"`` (standard); see :func:`gradient_penalty`.
-        lr_tilde: Adam learning rate of pilot + decoder (paper: 1e-5); lr_critic: of the critic (paper: 1e-4).
-        adam_eps: Adam's epsilon (Keras's default 1e-7, as the official code).
-        scale: α₂, the factor on the hijacking loss (1; 50 against NoPeek in the official notebook).
-        batch_size: public samples per step (default: the client's batch size).
-        precision: ``"fp32"`` or ``"bf16"`` (autocast of the attacker's networks; about 1.8x faster on CPUs with
-            AVX-512 BF16 or AMX, and on GPUs).
-        channels_last: keep the attacker's networks and features in channels-last memory format.
-        fused: one critic pass over private and public features for every loss and, with WGAN, one backward pass
-            for the critic's update and the returned gradient (the same values), and torch's fused Adam (the same
-            update, one kernel); ``False`` = a plain transcription (one critic pass per loss, a separate backward for
-            the returned gradient, Adam's loop over tensors).
-        pilot_net, decoder_net, critic_net: the attacker's own networks instead of the paper's for ``level`` (the
-            pilot's output must have the smashed data's shape; the decoder maps it back to images in [-1, 1]).
-        dummy_server: the paper's detection evasion in the label-private (U-shaped) setting: a network s̃ the server
-            runs on the smashed data and sends on to the client's head, trained (Adam, ``lr_dummy``, amsgrad) on the
-            gradient the head returns, so the client's own task loss falls as in an honest training while f still
-            gets only the critic's gradient. ``lr_dummy=0`` sends an untrained network's output (no evasion).
-        public_attributes: property inference (paper, section 3.4): ``(M,)`` integer attributes of X_pub (e.g. the
-            class, or "digit >= 5"); a classifier C_att (one dense layer) is trained on the pilot's
-            features by cross-entropy, and :meth:`infer_property` reads the private
-            attribute from the smashed data. ``property_objective``: ``"classifier"`` (the paper and the official
-            code: the pilot trained only through C_att) or ``"autoencoder"`` (ours: the pilot trained as the
-            reconstruction attack's autoencoder, C_att on its detached features; the feature space stays
-            information-preserving, so the hijacked f lands on the right classes; on a tiny problem the
-            classifier-only pilot's classes came out permuted, see the README). ``classifier_net``
-            replaces the one dense layer.
+        public: ``(N, C, H, W)`` the attacker's unlabeled public data X_pub in [-1, 1]; with the paper's networks
+            ``(N, 3, 32, 32)`` (:func:`fsha_images`).
+        config: :class:`FSHAConfig` (default: the paper's settings); ``**overrides`` change its fields.
+        networks: :class:`FSHANetworks`; or pilot, decoder, critic one by one (default: the paper's for
+            ``config.level``). Your own front's smashed data need a pilot with their shape.
+        speed: :class:`FSHASpeed`; evasion: :class:`DummyServer` (U-shaped splits); property_inference:
+            :class:`PropertyInference`.
         device: where the attacker's networks live; seed: their initialisation and the public batches.
     """
 
+    name = "fsha"
+    Config = FSHAConfig
     observes = frozenset({"front.smashed"})
     replaces_server_step = True
 
-    def __init__(self, public: torch.Tensor, *, level: int = 4, pilot_variant: str = "paper", loss: str = "wgan",
-                 gp_weight: float = 500.0, gp_form: str = "per_channel", lr_tilde: float = 1e-5,
-                 lr_critic: float = 1e-4, adam_eps: float = 1e-7, scale: float = 1.0,
-                 batch_size: Optional[int] = None, precision: str = "fp32", channels_last: bool = False,
-                 fused: bool = True, pilot_net: Optional[nn.Module] = None, decoder_net: Optional[nn.Module] = None,
-                 critic_net: Optional[nn.Module] = None, dummy_server: Optional[nn.Module] = None,
-                 lr_dummy: float = 1e-3, public_attributes: Optional[torch.Tensor] = None,
-                 property_objective: str = "classifier", classifier_net: Optional[nn.Module] = None,
-                 device: torch.device | str = "cpu", seed: int = 0):
-        _check_level(level)
-        if loss not in LOSSES:
-            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-        if gp_form not in GP_FORMS:
-            raise ValueError(f"gp_form must be one of {GP_FORMS}, got {gp_form!r}")
-        for name, value in (("gp_weight", gp_weight), ("lr_tilde", lr_tilde), ("lr_critic", lr_critic),
-                            ("scale", scale), ("lr_dummy", lr_dummy)):
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-        if public.dim() != 4 or (pilot_net is None and tuple(public.shape[1:]) != (3, 32, 32)):
-            raise ValueError(f"public data must be (N, 3, 32, 32) in [-1, 1] (see fsha_images), got "
-                             f"{tuple(public.shape)}")
-        if property_objective not in PROPERTY_OBJECTIVES:
-            raise ValueError(f"property_objective must be one of {PROPERTY_OBJECTIVES}, got {property_objective!r}")
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-        self.precision, self.channels_last, self.fused = precision, bool(channels_last), bool(fused)
-        self.level, self.loss, self.gp_weight, self.gp_form, self.scale = level, loss, gp_weight, gp_form, scale
-        self.device = torch.device(device)
-        self.public = public
-        if public_attributes is not None and (public_attributes.dim() != 1 or len(public_attributes) != len(public)):
-            raise ValueError(f"public_attributes must be one integer per public sample ({len(public)}), got shape "
-                             f"{tuple(public_attributes.shape)}")
-        self.public_attributes = public_attributes.long() if public_attributes is not None else None
-        self.batch_size = batch_size
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            self.pilot = (pilot_net or pilot(level, variant=pilot_variant)).to(self.device)
-            self.classifier = None
-            self.decoder = None
-            if public_attributes is None or property_objective == "autoencoder":
-                self.decoder = (decoder_net or decoder(level, variant=pilot_variant)).to(self.device)
-            if public_attributes is not None:  # property inference: C_att, one dense layer on the pilot's features
-                classes = int(public_attributes.max()) + 1
-                self.classifier = (classifier_net or keras_init(nn.Sequential(
-                    nn.Flatten(), nn.Linear(math.prod(SMASHED_SHAPES[level]), classes)))).to(self.device)
-            self.critic = (critic_net or critic(level)).to(self.device)
-        if self.channels_last:
-            for net in (self.pilot, self.decoder, self.critic, self.classifier):
-                if net is None:
-                    continue
-                net.to(memory_format=torch.channels_last)
-        self.dummy = dummy_server.to(self.device) if dummy_server is not None else None
-        self.opt_dummy = (torch.optim.Adam(self.dummy.parameters(), lr=lr_dummy, amsgrad=True)
+    def __init__(self, public: torch.Tensor, config: Optional[FSHAConfig] = None, *,
+                 networks: Optional[FSHANetworks] = None, pilot: Optional[nn.Module] = None,
+                 decoder: Optional[nn.Module] = None, critic: Optional[nn.Module] = None,
+                 speed: Optional[FSHASpeed] = None, evasion: Optional[DummyServer] = None,
+                 property_inference: Optional[PropertyInference] = None, device: Union[str, torch.device] = "cpu",
+                 seed: int = 0, **overrides: Any):
+        super().__init__(config, device=device, seed=seed, **overrides)
+        if networks is not None:
+            if any(net is not None for net in (pilot, decoder, critic)):
+                raise ValueError("pass networks= or pilot=/decoder=/critic=, not both")
+            pilot, decoder, critic = networks.pilot, networks.decoder, networks.critic
+        self.speed = speed if speed is not None else FSHASpeed()
+        self.evasion, self.property_inference = evasion, property_inference
+        self.public = _check_public(public, property_inference, own_pilot=pilot is not None)
+        prop = property_inference
+        self.public_attributes = prop.public_attributes.long() if prop is not None else None
+        self._build_networks(pilot, decoder, critic)
+        self.dummy = evasion.network.to(self.device) if evasion is not None else None
+        self.opt_dummy = (torch.optim.Adam(self.dummy.parameters(), lr=evasion.lr, amsgrad=True)
                           if self.dummy is not None else None)
         self._dummy_out: Optional[torch.Tensor] = None
         if self.dummy is not None:
             self.observes = frozenset({"front.smashed", "head.gradient"})
         self.generator = torch.Generator().manual_seed(seed + 1)
-        fused = _fused_adam(self.device) if self.fused else None  # one kernel per step: the same update rule
+        fused = _fused_adam(self.device) if self.speed.fused else None  # one kernel per step: the same update rule
         self.opt_tilde = torch.optim.Adam([p for net in (self.pilot, self.decoder, self.classifier) if net is not None
-                                           for p in net.parameters()], lr=lr_tilde, eps=adam_eps, fused=fused)
-        self.opt_critic = torch.optim.Adam(self.critic.parameters(), lr=lr_critic, eps=adam_eps, fused=fused)
+                                           for p in net.parameters()], lr=self.config.lr_tilde,
+                                          eps=self.config.adam_eps, fused=fused)
+        self.opt_critic = torch.optim.Adam(self.critic.parameters(), lr=self.config.lr_critic,
+                                           eps=self.config.adam_eps, fused=fused)
         self._order = torch.empty(0, dtype=torch.int64)
         self.history: Dict[str, list] = {"pilot_loss": [], "critic_loss": [], "hijack_loss": []}
+        self._received: "OrderedDict[int, torch.Tensor]" = OrderedDict()
+
+    def _build_networks(self, pilot_net, decoder_net, critic_net) -> None:
+        """The pilot, decoder (unless the paper's property inference), C_att (with property inference) and critic,
+        in this order from the seed (the paper's for ``config.level`` where not given)."""
+        level, variant, prop = self.config.level, self.config.pilot_variant, self.property_inference
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            self.pilot = (pilot_net or pilot(level, variant=variant)).to(self.device)
+            self.classifier = None
+            self.decoder = None
+            if prop is None or prop.objective == "autoencoder":
+                self.decoder = (decoder_net or decoder(level, variant=variant)).to(self.device)
+            if prop is not None:  # property inference: C_att, one dense layer on the pilot's features
+                classes = int(prop.public_attributes.max()) + 1
+                features = (math.prod(SMASHED_SHAPES[level]) if pilot_net is None or prop.classifier is not None
+                            else _feature_count(self.pilot, self.public[:1].to(self.device)))
+                self.classifier = (prop.classifier or keras_init(nn.Sequential(
+                    nn.Flatten(), nn.Linear(features, classes)))).to(self.device)
+            self.critic = (critic_net or critic(level)).to(self.device)
+        if self.speed.channels_last:
+            for net in (self.pilot, self.decoder, self.critic, self.classifier):
+                if net is not None:
+                    net.to(memory_format=torch.channels_last)
+
+    # compatibility: the settings as attributes, as the server had them
+    level = property(lambda self: self.config.level)
+    loss = property(lambda self: self.config.loss)
+    scale = property(lambda self: self.config.scale)
+    batch_size = property(lambda self: self.config.batch_size)
+    precision = property(lambda self: self.speed.precision)
+    channels_last = property(lambda self: self.speed.channels_last)
+    fused = property(lambda self: self.speed.fused)
 
     def _public_batch(self, b: int):
         """The next ``b`` public samples (and their attributes in property mode): reshuffled passes over X_pub, no
@@ -278,14 +409,15 @@ class FSHAServer(SplitCallback):
         return self.public[idx].to(self.device), attrs
 
     def _autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.speed.precision == "bf16")
 
     def _to_format(self, t: torch.Tensor) -> torch.Tensor:
-        return t.contiguous(memory_format=torch.channels_last) if self.channels_last else t
+        return t.contiguous(memory_format=torch.channels_last) if self.speed.channels_last else t
 
-    def server_gradient(self, event: CutEvent) -> torch.Tensor:
-        z = self._to_format(event.smashed.as_subclass(torch.Tensor).to(self.device)).detach().requires_grad_(True)
-        x_pub, a_pub = self._public_batch(self.batch_size or z.shape[0])
+    def _losses(self, z: torch.Tensor):
+        """The step's three losses from one set of weights: ``(pilot_loss, critic_loss, hijack)``."""
+        cfg = self.config
+        x_pub, a_pub = self._public_batch(cfg.batch_size or z.shape[0])
         x_pub = self._to_format(x_pub)
         with self._autocast():
             z_pub = self.pilot(x_pub)
@@ -295,31 +427,37 @@ class FSHAServer(SplitCallback):
             if a_pub is not None:  # property inference: the classifier C_att on the pilot's features
                 feats = z_pub if self.decoder is None else z_pub.detach()  # "autoencoder": C_att does not shape f~
                 pilot_loss = pilot_loss + F.cross_entropy(self.classifier(feats).float(), a_pub)
-            if self.fused:  # one critic pass over private and public features serves every loss
+            if self.speed.fused:  # one critic pass over private and public features serves every loss
                 scores = self.critic(torch.cat([z, z_pub.detach()])).float()
                 s_priv, s_pub = scores[: len(z)], scores[len(z):]
             else:  # a plain transcription: one critic pass per loss term
                 s_priv, s_pub = self.critic(z).float(), self.critic(z_pub.detach()).float()
-            if self.loss == "wgan":
+            if cfg.loss == "wgan":
                 hijack = s_priv.mean()
                 critic_loss = s_pub.mean() - s_priv.mean()
-                if self.gp_weight:
-                    critic_loss = critic_loss + self.gp_weight * gradient_penalty(
-                        self.critic, z_pub, z, form=self.gp_form, generator=self.generator)
+                if cfg.gp_weight:
+                    critic_loss = critic_loss + cfg.gp_weight * gradient_penalty(
+                        self.critic, z_pub, z, form=cfg.gp_form, generator=self.generator)
             else:
                 hijack = F.binary_cross_entropy_with_logits(s_priv, torch.ones_like(s_priv))
                 critic_loss = 0.5 * (F.binary_cross_entropy_with_logits(s_pub, torch.ones_like(s_pub))
                                      + F.binary_cross_entropy_with_logits(s_priv, torch.zeros_like(s_priv)))
+        return pilot_loss, critic_loss, hijack
+
+    def server_gradient(self, event: CutEvent) -> torch.Tensor:
+        """One step of the attack: the attacker's updates, and the gradient it returns to the client."""
+        z = self._to_format(event.smashed.as_subclass(torch.Tensor).to(self.device)).detach().requires_grad_(True)
+        pilot_loss, critic_loss, hijack = self._losses(z)
         # the gradient sent to the client comes from the critic before its update (the official single tape)
         params = [p for group in self.opt_tilde.param_groups for p in group["params"]] + list(self.critic.parameters())
         self.opt_tilde.zero_grad(set_to_none=True)
         self.opt_critic.zero_grad(set_to_none=True)
-        if self.fused and self.loss == "wgan":
+        if self.speed.fused and self.config.loss == "wgan":
             # d(critic_loss)/dz = -d(hijack)/dz (the penalty sees z detached): one backward gives both
             torch.autograd.backward([pilot_loss, critic_loss], inputs=[*params, z])
-            grad = -self.scale * z.grad
+            grad = -self.config.scale * z.grad
         else:
-            (grad,) = torch.autograd.grad(self.scale * hijack, z, retain_graph=True)
+            (grad,) = torch.autograd.grad(self.config.scale * hijack, z, retain_graph=True)
             torch.autograd.backward([pilot_loss, critic_loss], inputs=params)
         self.opt_tilde.step()
         self.opt_critic.step()
@@ -335,6 +473,12 @@ class FSHAServer(SplitCallback):
         return self._dummy_out.detach()
 
     def on_cut(self, event: CutEvent) -> None:
+        if event.cut == "front" and event.smashed is not None:  # what the attack decodes in result()
+            for i, z in zip(event.indices.tolist(), event.smashed.as_subclass(torch.Tensor).detach()):
+                self._received[i] = z.clone()
+                self._received.move_to_end(i)
+            while len(self._received) > self.config.targets:
+                self._received.popitem(last=False)
         if event.cut == "head" and event.gradient is not None and self._dummy_out is not None:
             self.opt_dummy.zero_grad(set_to_none=True)
             self._dummy_out.backward(event.gradient.as_subclass(torch.Tensor).to(self._dummy_out))
@@ -343,13 +487,15 @@ class FSHAServer(SplitCallback):
             self._dummy_out = None
 
     def state_dict(self) -> dict:
-        """Everything needed to resume the attack: networks, optimisers, the public-batch stream, the history."""
+        """Everything needed to resume the attack: networks, optimisers, the public-batch stream, the history, the
+        smashed data received."""
         extra = {name: getattr(self, name).state_dict() for name in ("decoder", "classifier", "dummy", "opt_dummy")
                  if getattr(self, name) is not None}
         return {**extra, "pilot": self.pilot.state_dict(),
                 "critic": self.critic.state_dict(), "opt_tilde": self.opt_tilde.state_dict(),
                 "opt_critic": self.opt_critic.state_dict(), "generator": self.generator.get_state(),
-                "order": self._order.clone(), "history": {k: list(v) for k, v in self.history.items()}}
+                "order": self._order.clone(), "history": {k: list(v) for k, v in self.history.items()},
+                "received": list(self._received.items())}
 
     def load_state_dict(self, state: dict) -> None:
         for name in ("pilot", "decoder", "classifier", "critic", "opt_tilde", "opt_critic", "dummy", "opt_dummy"):
@@ -358,6 +504,7 @@ class FSHAServer(SplitCallback):
         self.generator.set_state(state["generator"])
         self._order = state["order"].clone()
         self.history = {("pilot_loss" if k == "ae_loss" else k): list(v) for k, v in state["history"].items()}
+        self._received = OrderedDict(state.get("received", []))
 
     @torch.no_grad()
     def infer_property(self, smashed: torch.Tensor) -> torch.Tensor:
@@ -376,12 +523,86 @@ class FSHAServer(SplitCallback):
 
     @torch.no_grad()
     def reconstruct(self, smashed: torch.Tensor) -> torch.Tensor:
-        """The attack's output f̃⁻¹(z) for smashed data ``z`` ``(N, *SMASHED_SHAPES[level])`` the server observed:
-        ``(N, 3, 32, 32)`` images in [-1, 1] (float32)."""
+        """The attack's output f̃⁻¹(z) for smashed data ``z`` the server observed (``(N, *SMASHED_SHAPES[level])``
+        with the paper's networks): images in [-1, 1] (float32; ``(N, 3, 32, 32)`` with the paper's networks)."""
         if self.decoder is None:
             raise ValueError("this server infers a property with the paper's classifier-only pilot, it has no decoder: "
                              "use infer_property (or property_objective='autoencoder')")
         return self._head(self.decoder, smashed)
+
+    def result(self) -> Reconstructions:
+        """The last ``config.targets`` samples the server received, decoded: images in [0, 1]
+        (``(f̃⁻¹(z) + 1) / 2``), ordered by dataset index, with the attack's loss history."""
+        if not self._received:
+            raise ValueError("FSHA has received no smashed data yet: pass it in train_split's callbacks first")
+        indices = sorted(self._received)
+        smashed = torch.stack([self._received[i] for i in indices])
+        images = (self.reconstruct(smashed).cpu() + 1) / 2
+        return Reconstructions(images, torch.tensor(indices, dtype=torch.int64),
+                               history={k: list(v) for k, v in self.history.items()})
+
+
+def _check_public(public: torch.Tensor, prop: Optional[PropertyInference], *, own_pilot: bool) -> torch.Tensor:
+    if not isinstance(public, torch.Tensor) or public.dim() != 4 or (
+            not own_pilot and tuple(public.shape[1:]) != (3, 32, 32)):
+        shape = tuple(public.shape) if isinstance(public, torch.Tensor) else type(public).__name__
+        raise ValueError(f"public data must be (N, 3, 32, 32) in [-1, 1] (see fsha_images), got {shape}")
+    attrs = prop.public_attributes if prop is not None else None
+    if attrs is not None and (attrs.dim() != 1 or len(attrs) != len(public)):
+        raise ValueError(f"public_attributes must be one integer per public sample ({len(public)}), got shape "
+                         f"{tuple(attrs.shape)}")
+    return public
+
+
+@torch.no_grad()
+def _feature_count(net: nn.Module, x: torch.Tensor) -> int:
+    """The number of features ``net`` makes of one input (run in eval mode: no statistics change)."""
+    was = net.training
+    net.eval()
+    try:
+        return int(net(x).flatten(1).shape[1])
+    finally:
+        net.train(was)
+
+
+#: the old keyword arguments of :class:`FSHAServer` and where they went
+_LEGACY = {"pilot_net": "pilot", "decoder_net": "decoder", "critic_net": "critic"}
+_SPEED = ("precision", "channels_last", "fused")
+
+
+def _legacy_options(options: Dict[str, Any]) -> Dict[str, Any]:
+    """The old :class:`FSHAServer` keyword arguments (``pilot_net``, ``precision``, ``dummy_server``,
+    ``public_attributes``, ...) as :class:`FSHA`'s (``pilot``, ``speed``, ``evasion``, ``property_inference``, and
+    config overrides); anything else passes through."""
+    options = dict(options)
+    out = {_LEGACY.get(k, k): options.pop(k) for k in list(options) if k in _LEGACY}
+    speed = {k: options.pop(k) for k in _SPEED if k in options}
+    if speed:
+        out["speed"] = FSHASpeed(**speed)
+    lr_dummy = options.pop("lr_dummy", 1e-3)
+    _check_finite("lr_dummy", lr_dummy)
+    dummy = options.pop("dummy_server", None)
+    if dummy is not None:
+        out["evasion"] = DummyServer(dummy, lr_dummy)
+    attrs = options.pop("public_attributes", None)
+    objective = options.pop("property_objective", "classifier")
+    classifier = options.pop("classifier_net", None)
+    if attrs is not None:
+        out["property_inference"] = PropertyInference(attrs, objective, classifier)
+    elif objective not in PROPERTY_OBJECTIVES:
+        raise ValueError(f"property_objective must be one of {PROPERTY_OBJECTIVES}, got {objective!r}")
+    return {**out, **options}
+
+
+class FSHAServer(FSHA):
+    """:class:`FSHA` under its earlier name, taking the earlier keyword arguments too: ``pilot_net``,
+    ``decoder_net``, ``critic_net`` (now ``pilot``, ``decoder``, ``critic``), ``precision``, ``channels_last``,
+    ``fused`` (now :class:`FSHASpeed`), ``dummy_server``, ``lr_dummy`` (now :class:`DummyServer`),
+    ``public_attributes``, ``property_objective``, ``classifier_net`` (now :class:`PropertyInference`), and the
+    :class:`FSHAConfig` fields."""
+
+    def __init__(self, public: torch.Tensor, config: Optional[FSHAConfig] = None, **options: Any):
+        super().__init__(public, config, **_legacy_options(options))
 
 
 class ReconstructionMonitor(SplitCallback):
@@ -401,7 +622,7 @@ class ReconstructionMonitor(SplitCallback):
 
     observes = frozenset({"front.smashed"})
 
-    def __init__(self, server: "FSHAServer", private: torch.Tensor, *, window: int = 500, snapshots_at=(),
+    def __init__(self, server: "FSHA", private: torch.Tensor, *, window: int = 500, snapshots_at=(),
                  snapshot_count: int = 8):
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
@@ -443,7 +664,7 @@ class PropertyMonitor(SplitCallback):
 
     observes = frozenset({"front.smashed"})
 
-    def __init__(self, server: "FSHAServer", private_attributes: torch.Tensor, *, window: int = 500):
+    def __init__(self, server: "FSHA", private_attributes: torch.Tensor, *, window: int = 500):
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
         self.server, self.attributes, self.window = server, private_attributes, window
@@ -470,7 +691,7 @@ class PropertyMonitor(SplitCallback):
 
 
 @torch.no_grad()
-def reconstruction_error(front: nn.Module, server: "FSHAServer", private: torch.Tensor, *,
+def reconstruction_error(front: nn.Module, server: "FSHA", private: torch.Tensor, *,
                          labels: Optional[torch.Tensor] = None, batch_size: int = 500,
                          device: torch.device | str = "cpu") -> Dict[str, object]:
     """Metric code: the attack on inputs the client sends after training (its front in eval mode, BatchNorm with
@@ -498,67 +719,152 @@ def reconstruction_error(front: nn.Module, server: "FSHAServer", private: torch.
 
 
 @dataclasses.dataclass
-class FSHARun:
-    """What :func:`run_fsha` returns: the client's parts, the attacker, the metric monitor, the client's losses."""
+class FSHARunConfig:
+    """The settings of :func:`run_fsha`: split learning as the official notebooks run it.
 
-    topology: Topology
-    server: FSHAServer
-    monitor: Optional[ReconstructionMonitor]
-    losses: list
-    property_monitor: Optional["PropertyMonitor"] = None
+    Attributes:
+        attack: the attacker's :class:`FSHAConfig` (its ``level`` also decides where the client's FunnelNet is cut).
+        iterations: training steps (10,000); batch_size: the client's batch (64); lr_client: the client front's Adam
+            learning rate (1e-5, eps 1e-7).
+        precision: ``"fp32"`` or ``"bf16"`` for the client (and the attacker, unless ``speed`` says otherwise).
+        speed: the attacker's :class:`FSHASpeed` (default: ``FSHASpeed(precision)``).
+        window: the monitor's running-mean window (500); snapshots_at: iterations whose first inputs and
+            reconstructions the monitor keeps (see :class:`ReconstructionMonitor`).
+        checkpoint, checkpoint_every: resume a long run (see :func:`unsplit.training.train_split`).
+        progress: a progress bar.
+    """
+
+    attack: FSHAConfig = dataclasses.field(default_factory=FSHAConfig)
+    iterations: int = 10_000
+    batch_size: int = 64
+    lr_client: float = 1e-5
+    precision: str = "fp32"
+    speed: Optional[FSHASpeed] = None
+    window: int = 500
+    snapshots_at: Sequence[int] = ()
+    checkpoint: Optional[Union[str, Path]] = None
+    checkpoint_every: int = 500
+    progress: bool = False
+
+    def __post_init__(self):
+        if self.iterations < 1 or self.batch_size < 1 or self.checkpoint_every < 1:
+            raise ValueError(f"iterations, batch_size and checkpoint_every must be >= 1, got {self.iterations}, "
+                             f"{self.batch_size}, {self.checkpoint_every}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        _check_finite("lr_client", self.lr_client)
+        if self.window < 1:
+            raise ValueError(f"window must be >= 1, got {self.window}")
 
 
-def run_fsha(private: torch.Tensor, public: torch.Tensor, *, labels: Optional[torch.Tensor] = None,
-             private_attributes: Optional[torch.Tensor] = None, level: int = 4,
-             iterations: int = 10_000, batch_size: int = 64, lr_client: float = 1e-5,
-             server_options: Optional[Dict[str, object]] = None, defenses=(), callbacks=(),
-             precision: str = "fp32", window: int = 500, snapshots_at=(), checkpoint=None, checkpoint_every: int = 500,
-             device: torch.device | str = "cpu", seed: int = 0, progress: bool = False) -> FSHARun:
-    """Split learning of a client against the FSHA server (Pasquini et al., CCS'21), as the official notebooks run
-    it: the client's FunnelNet front f at ``level``, Adam(``lr_client``, eps 1e-7), batches of ``batch_size`` drawn
-    from reshuffled passes over the private data (the short last batch of a pass dropped), ``iterations`` steps.
+class FSHAReport(Report):
+    """What :func:`run_fsha` returns: a :class:`~unsplit.base.Report` whose artefacts are also attributes (the
+    client's parts, the attacker, the metric monitors, the client's losses), as the runner's earlier result had."""
+
+    topology = property(lambda self: self.artefacts["topology"])
+    server = property(lambda self: self.artefacts["attack"])
+    monitor = property(lambda self: self.artefacts["monitor"])
+    losses = property(lambda self: self.artefacts["losses"])
+    property_monitor = property(lambda self: self.artefacts["property_monitor"])
+
+
+#: the runner's earlier result type (now a :class:`FSHAReport`, with the same attributes)
+FSHARun = FSHAReport
+
+
+def _run_settings(config: Optional[FSHARunConfig], settings: Dict[str, Any]):
+    """``config`` with ``settings`` (its fields, and the earlier ``level=`` and ``server_options=``) applied, and the
+    attack's own keyword arguments that ``server_options`` held (networks, evasion, property inference)."""
+    settings = dict(settings)
+    level, options = settings.pop("level", None), dict(settings.pop("server_options", None) or {})
+    config = configure(FSHARunConfig, config, settings)
+    fields = {f.name for f in dataclasses.fields(FSHAConfig)}
+    attack = {k: options.pop(k) for k in list(options) if k in fields}
+    if level is not None:
+        attack["level"] = level
+    if attack:
+        config = dataclasses.replace(config, attack=dataclasses.replace(config.attack, **attack))
+    speed = {k: options.pop(k) for k in _SPEED if k in options}
+    if speed:
+        speed.setdefault("precision", config.precision)
+        config = dataclasses.replace(config, speed=FSHASpeed(**speed))
+    return config, _legacy_options(options)
+
+
+def run_fsha(private: torch.Tensor, public: torch.Tensor, config: Optional[FSHARunConfig] = None, *,
+             labels: Optional[torch.Tensor] = None, private_attributes: Optional[torch.Tensor] = None,
+             property_inference: Optional[PropertyInference] = None, defenses=(), callbacks=(),
+             device: torch.device | str = "cpu", seed: int = 0, **settings: Any) -> FSHAReport:
+    """Split learning of a client against :class:`FSHA` (Pasquini et al., CCS'21), as the official notebooks run
+    it: the client's FunnelNet front f at ``config.attack.level``, Adam(``lr_client``, eps 1e-7), batches drawn from
+    reshuffled passes over the private data (the short last batch of a pass dropped), ``iterations`` steps.
 
     Args:
         private: ``(N, 3, 32, 32)`` X_priv in [-1, 1] (:func:`fsha_images`); labels: its labels (the client's; the
             malicious server never reads them; only needed by defenses that use them).
         public: ``(M, 3, 32, 32)`` the attacker's X_pub in [-1, 1].
-        server_options: keyword arguments of :class:`FSHAServer` (paper defaults otherwise; ``public_attributes``
-            for property inference).
-        private_attributes: with property inference, the private attributes (metric code:
-            :class:`PropertyMonitor`).
+        config: :class:`FSHARunConfig` (default: the notebooks'); ``**settings`` change its fields (and, as before,
+            ``level=`` the attack's level, ``server_options=`` a dict of :class:`FSHAServer` keyword arguments).
+        private_attributes, property_inference: property inference: the private attributes (metric code:
+            :class:`PropertyMonitor`) and the attacker's :class:`PropertyInference`.
         defenses: the client's defenses (e.g. ``NoPeek(1e4)``); callbacks: more observers (e.g. a detector).
-        precision: ``"fp32"`` or ``"bf16"`` for the client and the attacker.
-        window: the monitor's running-mean window; snapshots_at: iterations whose first inputs and reconstructions
-            the monitor keeps (see :class:`ReconstructionMonitor`); checkpoint / checkpoint_every: resume a long run
-            (see :func:`unsplit.training.train_split`).
-        device, seed: where to compute; seeds f's initialisation, the batch order and the attacker.
+        device, seed: where to compute; seeds f's initialisation, the batch order and (``seed + 1``) the attacker.
+
+    Returns:
+        An :class:`FSHAReport`: metrics ``running_mse`` (the notebooks' running mean, [-1, 1]), ``running_mse_01``,
+        ``iterations`` and the scores of :meth:`FSHA.result` (the last samples received, [0, 1]); baselines: the
+        mean public image's scores; artefacts ``topology``, ``attack``, ``monitor``, ``losses``,
+        ``property_monitor``, ``reconstructions``.
     """
     from .models import FunnelNet, split
     from .training import draws_own_batches, train_split
 
-    options = dict(server_options or {})
-    options.setdefault("precision", precision)
+    config, parts = _run_settings(config, settings)
+    if property_inference is not None:
+        parts["property_inference"] = property_inference
+    speed = config.speed if config.speed is not None else FSHASpeed(precision=config.precision)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        front, middle = split(FunnelNet(), FunnelNet.level_depths[_check_level(level)])
+        front, middle = split(FunnelNet(), FunnelNet.level_depths[config.attack.level])
     topology = Topology(front, middle)
-    server = FSHAServer(public, level=level, device=device, seed=seed + 1, **options)
-    monitor = (ReconstructionMonitor(server, private, window=window, snapshots_at=snapshots_at)
-               if server.decoder is not None else None)
-    prop = (PropertyMonitor(server, private_attributes, window=window)
-            if server.classifier is not None and private_attributes is not None else None)
+    attack = FSHA(public, config.attack, speed=speed, device=device, seed=seed + 1, **parts)
+    monitor = (ReconstructionMonitor(attack, private, window=config.window, snapshots_at=config.snapshots_at)
+               if attack.decoder is not None else None)
+    prop = (PropertyMonitor(attack, private_attributes, window=config.window)
+            if attack.classifier is not None and private_attributes is not None else None)
     monitors = [m for m in (monitor, prop) if m is not None]
     y = labels if labels is not None else torch.zeros(len(private), dtype=torch.int64)
-    epochs = math.ceil(iterations / max(1, len(private) // batch_size))
+    epochs = math.ceil(config.iterations / max(1, len(private) // config.batch_size))
     drop_last = not draws_own_batches(defenses)  # full batches (tf.data), unless a defense draws its own
-    losses = train_split(topology, private, y, epochs=epochs, batch_size=batch_size, max_steps=iterations,
-                         drop_last=drop_last, optimizers={"front": lambda p: torch.optim.Adam(
-                             p, lr=lr_client, eps=1e-7,
-                             fused=_fused_adam(device) if options.get("fused", True) else None)},
-                         callbacks=[server, *monitors, *callbacks], defenses=defenses, precision=precision,
-                         checkpoint=checkpoint, checkpoint_every=checkpoint_every, device=device, seed=seed,
-                         progress=progress)
-    return FSHARun(topology, server, monitor, losses, prop)
+    fused = _fused_adam(device) if speed.fused else None
+    optimizers = {"front": lambda p: torch.optim.Adam(p, lr=config.lr_client, eps=1e-7, fused=fused)}
+    losses = train_split(topology, private, y, epochs=epochs, batch_size=config.batch_size,
+                         max_steps=config.iterations, drop_last=drop_last, optimizers=optimizers,
+                         callbacks=[attack, *monitors, *callbacks], defenses=defenses, precision=config.precision,
+                         checkpoint=config.checkpoint, checkpoint_every=config.checkpoint_every, device=device,
+                         seed=seed, progress=config.progress)
+    artefacts = {"topology": topology, "attack": attack, "monitor": monitor, "losses": losses,
+                 "property_monitor": prop, "reconstructions": None}
+    return _fsha_report(config, attack, artefacts, private, public)
+
+
+def _fsha_report(config: FSHARunConfig, attack: FSHA, artefacts: Dict[str, Any], private: torch.Tensor,
+                 public: torch.Tensor) -> FSHAReport:
+    """Metric code: the run's scores (ground truth enters here) beside the mean public image's."""
+    monitor, prop = artefacts["monitor"], artefacts["property_monitor"]
+    metrics: Dict[str, Any] = {"iterations": len(attack.history["hijack_loss"])}
+    baselines: Dict[str, Any] = {}
+    if monitor is not None:
+        metrics.update(running_mse=monitor.running(), running_mse_01=monitor.running() / 4)
+    if attack.decoder is not None and attack._received:
+        rec = artefacts["reconstructions"] = attack.result()
+        score = rec.score((private[rec.indices].float() + 1) / 2, reference=(public.float() + 1) / 2)
+        metrics.update({k: v for k, v in score.items() if not k.startswith("baseline_")})
+        baselines.update({k[len("baseline_"):]: v for k, v in score.items() if k.startswith("baseline_")})
+    if prop is not None:
+        metrics["running_accuracy"] = prop.running()
+    run = {k: v for k, v in dataclasses.asdict(config).items() if k != "attack"}
+    return FSHAReport("fsha", metrics, baselines, artefacts, {**attack.settings(), "run": run})
 
 
 def fsha_data(dataset: str, *, data_dir=None, download: bool = True, private_limit: Optional[int] = None,
@@ -574,8 +880,6 @@ def fsha_data(dataset: str, *, data_dir=None, download: bool = True, private_lim
     Returns:
         ``(x_private, y_private, x_public, y_public)``; labels are for metric code and the label-based variants.
     """
-    from pathlib import Path
-
     from .data import DATASETS, load_dataset, load_image_folder
 
     if dataset in DATASETS:
