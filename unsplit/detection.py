@@ -14,16 +14,20 @@ fake-batch probability 0.1, the first 20 batches regular, squashing ``sigmoid(5 
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
+from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
+from .base import Detection, Report, configure
 from .protocol import Defense, SplitCallback, StepContext
 
-__all__ = ["SplitGuard", "splitguard_score", "DETECTION_SERVERS", "label_private_topology", "run_detection"]
+__all__ = ["SplitGuard", "splitguard_score", "DETECTION_SERVERS", "label_private_topology", "SplitGuardRunConfig",
+           "run_splitguard", "run_detection"]
 
 
 def _angle(u: torch.Tensor, v: torch.Tensor) -> float:
@@ -143,6 +147,12 @@ class SplitGuard(Defense):
             (self._r1 if self._rng.random() < 0.5 else self._r2).add(v)
         return g
 
+    def result(self) -> Detection:
+        """The detector's verdict so far, as the attacks report theirs: a :class:`~unsplit.base.Detection` with the
+        step of the first fake batch scored below ``threshold`` (``None``: no alarm) and the score of every fake
+        batch scored."""
+        return Detection(self.alarm_step(), [s for _, s in self.scores])
+
     def alarm_step(self, threshold: Optional[float] = None) -> Optional[int]:
         """The training step of the first fake batch whose score fell below ``threshold`` (default: the
         constructor's), or ``None``."""
@@ -161,7 +171,7 @@ class SplitGuard(Defense):
         self.scores, self.fake_steps = list(state["scores"]), list(state["fake_steps"])
 
 
-#: the servers :func:`run_detection` can put against SplitGuard
+#: the servers :func:`run_splitguard` can put against SplitGuard
 DETECTION_SERVERS = ("honest", "fsha", "fsha+dummy")
 
 
@@ -184,7 +194,7 @@ def _server_part() -> nn.Module:
 
 
 def label_private_topology():
-    """The U-shaped split of :func:`run_detection` (fresh weights from torch's generator): FunnelNet's front at
+    """The U-shaped split of :func:`run_splitguard` (fresh weights from torch's generator): FunnelNet's front at
     split level 4 (``(N, 3, 32, 32)`` in [-1, 1] -> ``(N, 256, 4, 4)``), the server's Flatten -> Linear(4096, 256)
     -> ReLU, the client's head Linear(256, 10)."""
     from .models import FunnelNet, split
@@ -194,76 +204,137 @@ def label_private_topology():
     return Topology(front, _server_part(), nn.Linear(256, 10))
 
 
-def run_detection(x_private: torch.Tensor, y_private: torch.Tensor, x_public: torch.Tensor, *,
-                  server: str = "fsha+dummy", steps: Optional[int] = None, batch_size: int = 64,
-                  threshold: float = 0.5, precision: str = "bf16", defenses: Sequence[Defense] = (),
-                  probe: Optional[torch.Tensor] = None, x_test: Optional[torch.Tensor] = None,
-                  y_test: Optional[torch.Tensor] = None, checkpoint=None, device: Union[str, torch.device] = "cpu",
-                  seed: int = 0, progress: bool = False) -> Dict[str, object]:
+@dataclasses.dataclass
+class SplitGuardRunConfig:
+    """The settings of :func:`run_splitguard`.
+
+    Attributes:
+        server: one of :data:`DETECTION_SERVERS`: ``"honest"``, ``"fsha"`` or ``"fsha+dummy"`` (FSHA with the
+            paper's detection evasion).
+        steps: training steps (``None`` or 0: one epoch; more run further epochs). batch_size: 64.
+        threshold: SplitGuard's alarm threshold (0.5). precision: ``"fp32"`` or ``"bf16"``.
+        checkpoint, checkpoint_every: resume a long run (see :func:`unsplit.training.train_split`). progress: a bar.
+    """
+
+    server: str = "fsha+dummy"
+    steps: Optional[int] = None
+    batch_size: int = 64
+    threshold: float = 0.5
+    precision: str = "bf16"
+    checkpoint: Optional[Union[str, Path]] = None
+    checkpoint_every: int = 250
+    progress: bool = False
+
+    def __post_init__(self):
+        if self.server not in DETECTION_SERVERS:
+            raise ValueError(f"server must be one of {', '.join(DETECTION_SERVERS)}, got {self.server!r}")
+        if self.steps is not None and self.steps < 0 or self.batch_size < 1 or self.checkpoint_every < 1:
+            raise ValueError(f"steps must be >= 0 (0 or None: one epoch), batch_size and checkpoint_every >= 1, got "
+                             f"{self.steps}, {self.batch_size}, {self.checkpoint_every}")
+        if not 0 <= self.threshold <= 1:
+            raise ValueError(f"threshold must lie in [0, 1], got {self.threshold!r}")
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be fp32 or bf16, got {self.precision!r}")
+
+
+def _client_accuracy(topology, answer: nn.Module, x_test: torch.Tensor, y_test: torch.Tensor, device) -> float:
+    """Metric code: the client's task through what the server answers (its middle, or FSHA's s̃)."""
+    topology.front.eval()
+    with torch.no_grad():
+        correct = sum(int((topology.head(answer(topology.front(x_test[i:i + 500].to(device)))).argmax(1).cpu()
+                           == y_test[i:i + 500]).sum()) for i in range(0, len(x_test), 500))
+    return correct / len(x_test)
+
+
+def run_splitguard(x_private: torch.Tensor, y_private: torch.Tensor, x_public: torch.Tensor,
+                   config: Optional[SplitGuardRunConfig] = None, *, defenses: Sequence[Defense] = (),
+                   probe: Optional[torch.Tensor] = None, x_test: Optional[torch.Tensor] = None,
+                   y_test: Optional[torch.Tensor] = None, device: Union[str, torch.device] = "cpu", seed: int = 0,
+                   **settings) -> Report:
     """SplitGuard (Erdoğan et al., WPES'22) on the client against an honest server, FSHA (Pasquini et al., CCS'21)
     or FSHA with the paper's detection evasion (a dummy server network s̃ trained on the head's gradient), in the
-    label-private U-shaped setting: the client holds FunnelNet's front (split level 4) and its head (Linear 256 ->
-    10) with the labels; the server's part is Flatten -> Linear(4096, 256) -> ReLU. Client: front Adam(1e-5, eps
-    1e-7) as FSHA's client, head Adam(1e-3, amsgrad); the honest server Adam(1e-3, amsgrad).
+    label-private U-shaped setting (:func:`label_private_topology`). Client: front Adam(1e-5, eps 1e-7) as FSHA's
+    client, head Adam(1e-3, amsgrad); the honest server Adam(1e-3, amsgrad).
 
     Args:
         x_private, y_private: the client's ``(N, 3, 32, 32)`` images in [-1, 1] and labels
             (:func:`unsplit.fsha.fsha_data`); x_public: the attacker's own images, same form.
-        server: one of :data:`DETECTION_SERVERS`. steps: training steps (default: one epoch; more run further
-            epochs). batch_size: 64.
-        threshold: SplitGuard's alarm threshold (0.5). precision: ``"fp32"`` or ``"bf16"``.
+        config: :class:`SplitGuardRunConfig`; ``**settings`` change its fields.
         defenses: the client's other defenses, in force beside SplitGuard.
         probe: private images to score the attack on (``fsha_mse`` at the end and ``fsha_mse_at_alarm``), or
             ``None``. x_test, y_test: the client's test images, to score its task through the server's answers.
-        checkpoint: resume a long run (see :func:`unsplit.training.train_split`). device, seed, progress: as usual.
+        device, seed, progress: as usual.
 
     Returns:
-        ``{"scores", "fake_steps", "alarm_step", "client_losses", "steps", "seconds_per_step"}`` plus
-        ``fsha_mse`` / ``fsha_mse_at_alarm`` (with ``probe`` and an FSHA server) and ``client_test_accuracy``
-        (with ``x_test``).
+        A :class:`~unsplit.base.Report`: metrics ``alarm_step``, ``detected``, ``correct`` (the verdict, see
+        :meth:`~unsplit.base.Detection.score`), ``steps``, ``seconds_per_step``, and with ``probe`` and an FSHA
+        server ``fsha_mse`` / ``fsha_mse_at_alarm``, with ``x_test`` ``client_test_accuracy``; baselines: a detector
+        that never alarms, the mean public image's ``fsha_mse``; artefacts ``detection`` (the guard's
+        :class:`~unsplit.base.Detection`), ``guard``, ``attacker``, ``topology``, ``scores``, ``fake_steps``,
+        ``client_losses``.
     """
     from .fsha import FSHAServer, reconstruction_error
     from .training import StepLosses, StepTimer, adam, draws_own_batches, train_split
 
-    if server not in DETECTION_SERVERS:
-        raise ValueError(f"server must be one of {', '.join(DETECTION_SERVERS)}, got {server!r}")
-    steps = steps or len(x_private) // batch_size
-
+    config = configure(SplitGuardRunConfig, config, settings)
+    steps = config.steps or len(x_private) // config.batch_size
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         topology = label_private_topology()
         dummy = _server_part()
-    front, middle, head = topology.front, topology.middle, topology.head
-    guard, client, timer = SplitGuard(threshold=threshold, seed=seed), StepLosses(), StepTimer()
+    guard, client, timer = SplitGuard(threshold=config.threshold, seed=seed), StepLosses(), StepTimer()
     callbacks: List[SplitCallback] = [client, timer]
     attacker = None
-    if server != "honest":
-        attacker = FSHAServer(x_public, level=4, precision=precision, dummy_server=dummy,
-                              lr_dummy=1e-3 if server == "fsha+dummy" else 0.0, device=device, seed=seed + 1)
+    if config.server != "honest":
+        attacker = FSHAServer(x_public, level=4, precision=config.precision, dummy_server=dummy,
+                              lr_dummy=1e-3 if config.server == "fsha+dummy" else 0.0, device=device, seed=seed + 1)
         callbacks.insert(0, attacker)
     snapshot = None
     if attacker is not None and probe is not None:
-        snapshot = _AlarmSnapshot(guard, lambda: reconstruction_error(front, attacker, probe, device=device)["mse"])
+        snapshot = _AlarmSnapshot(guard, lambda: reconstruction_error(topology.front, attacker, probe,
+                                                                      device=device)["mse"])
         callbacks.append(snapshot)
-    epochs = max(1, math.ceil(steps / max(1, len(x_private) // batch_size)))  # as many epochs as the steps need
+    epochs = max(1, math.ceil(steps / max(1, len(x_private) // config.batch_size)))  # as many as the steps need
     # full batches as the official tf.data pipeline, unless a defense draws its own (DP-SGD's Poisson batches)
-    train_split(topology, x_private, y_private, epochs=epochs, batch_size=batch_size, max_steps=steps,
+    train_split(topology, x_private, y_private, epochs=epochs, batch_size=config.batch_size, max_steps=steps,
                 drop_last=not draws_own_batches(defenses),
                 optimizers={"front": lambda p: torch.optim.Adam(p, lr=1e-5, eps=1e-7), "middle": adam(1e-3),
                             "head": adam(1e-3)},
-                callbacks=callbacks, defenses=[*defenses, guard], precision=precision, checkpoint=checkpoint,
-                checkpoint_every=250, device=device, seed=seed, progress=progress)
-    out: Dict[str, object] = {"scores": guard.scores, "fake_steps": guard.fake_steps, "alarm_step": guard.alarm_step(),
-                              "client_losses": client.losses, "steps": len(client.losses),
-                              "seconds_per_step": timer.seconds / max(timer.steps, 1)}
+                callbacks=callbacks, defenses=[*defenses, guard], precision=config.precision,
+                checkpoint=config.checkpoint, checkpoint_every=config.checkpoint_every, device=device, seed=seed,
+                progress=config.progress)
+    detection = guard.result()
+    verdict = detection.score(attacked=config.server != "honest")
+    metrics: Dict[str, object] = {"alarm_step": detection.alarm_step, "detected": verdict["detected"],
+                                  "correct": verdict["correct"], "steps": len(client.losses),
+                                  "seconds_per_step": timer.seconds / max(timer.steps, 1)}
+    baselines: Dict[str, object] = {"correct": verdict["baseline_correct"]}
     if snapshot is not None:
-        out["fsha_mse"] = reconstruction_error(front, attacker, probe, device=device)["mse"]
-        out["fsha_mse_at_alarm"] = snapshot.mse if snapshot.mse is not None else out["fsha_mse"]
-    if x_test is not None:  # metric code: the client's task through what the server answers (middle, or s̃)
-        answer = attacker.dummy if attacker is not None else middle
-        front.eval()
-        with torch.no_grad():
-            correct = sum(int((head(answer(front(x_test[i:i + 500].to(device)))).argmax(1).cpu()
-                               == y_test[i:i + 500]).sum()) for i in range(0, len(x_test), 500))
-        out["client_test_accuracy"] = correct / len(x_test)
+        metrics["fsha_mse"] = reconstruction_error(topology.front, attacker, probe, device=device)["mse"]
+        metrics["fsha_mse_at_alarm"] = snapshot.mse if snapshot.mse is not None else metrics["fsha_mse"]
+        baselines["fsha_mse"] = float((x_public.float().mean(0) - probe.float()).pow(2).mean())
+    if x_test is not None:
+        answer = attacker.dummy if attacker is not None else topology.middle
+        metrics["client_test_accuracy"] = _client_accuracy(topology, answer, x_test, y_test, device)
+    artefacts = {"detection": detection, "guard": guard, "attacker": attacker, "topology": topology,
+                 "scores": guard.scores, "fake_steps": guard.fake_steps, "client_losses": client.losses}
+    return Report("splitguard", metrics, baselines, artefacts,
+                  {**dataclasses.asdict(config), "guard": guard.config(), "seed": seed, "device": str(device)})
+
+
+def run_detection(x_private: torch.Tensor, y_private: torch.Tensor, x_public: torch.Tensor, *,
+                  defenses: Sequence[Defense] = (), probe: Optional[torch.Tensor] = None,
+                  x_test: Optional[torch.Tensor] = None, y_test: Optional[torch.Tensor] = None,
+                  device: Union[str, torch.device] = "cpu", seed: int = 0, **settings) -> Dict[str, object]:
+    """:func:`run_splitguard` returning, as before, a dict: ``{"scores", "fake_steps", "alarm_step",
+    "client_losses", "steps", "seconds_per_step"}`` plus ``fsha_mse`` / ``fsha_mse_at_alarm`` (with ``probe`` and an
+    FSHA server) and ``client_test_accuracy`` (with ``x_test``). ``**settings``: :class:`SplitGuardRunConfig`'s
+    fields (``server``, ``steps``, ``batch_size``, ``threshold``, ``precision``, ``checkpoint``, ``progress``)."""
+    report = run_splitguard(x_private, y_private, x_public, defenses=defenses, probe=probe, x_test=x_test,
+                            y_test=y_test, device=device, seed=seed, **settings)
+    m, a = report.metrics, report.artefacts
+    out: Dict[str, object] = {"scores": a["scores"], "fake_steps": a["fake_steps"], "alarm_step": m["alarm_step"],
+                              "client_losses": a["client_losses"], "steps": m["steps"],
+                              "seconds_per_step": m["seconds_per_step"]}
+    out.update({k: m[k] for k in ("fsha_mse", "fsha_mse_at_alarm", "client_test_accuracy") if k in m})
     return out
