@@ -41,12 +41,12 @@ def test_inversion_reconstructs_far_below_the_start_image_and_the_black_image():
 
 
 def test_scale_normalisation_undoes_the_scale_and_sign_the_clone_absorbs():
-    from unsplit.attacks import _normalise
+    from unsplit.attacks import _normalize
 
     t = _targets(3)
     for factor in (0.07, 1.0, -0.2):
-        assert torch.allclose(_normalise(factor * t, "scale"), _normalise(t, "scale"), atol=1e-6)
-    assert torch.allclose(_normalise(0.1 * t, "scale"), t / t.flatten(1).quantile(0.99, dim=1).view(-1, 1, 1, 1))
+        assert torch.allclose(_normalize(factor * t, "scale"), _normalize(t, "scale"), atol=1e-6)
+    assert torch.allclose(_normalize(0.1 * t, "scale"), t / t.flatten(1).quantile(0.99, dim=1).view(-1, 1, 1, 1))
 
 
 def test_paper_preset_on_mnistnet_reduces_the_feature_error_and_keeps_targets_untouched():

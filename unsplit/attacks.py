@@ -3,12 +3,14 @@ Inference Attacks Against Split Learning", WPES'22, arXiv:2108.09033).
 
 Threat model: an honest-but-curious server that knows the client's architecture but none of its weights and no data.
 
-* :func:`model_inversion_stealing` consumes only the smashed data ``z`` the server receives and the client's
-  architecture; it returns the reconstructed inputs and a stolen copy of the client part.
-* :func:`label_inference` / :class:`LabelInferenceAttack` consume the server's own smashed data and the gradient the
-  label-owning client returns (UnSplit's setting: the client keeps only the output layer).
+* :class:`UnSplit` (settings: :class:`UnSplitConfig`) observes the smashed data ``z`` the server receives during
+  training or inference and, knowing the client front's architecture, reconstructs the inputs and steals a copy of
+  the front; :func:`model_inversion_stealing` is the same attack on smashed data recorded elsewhere.
+* :class:`UnSplitLabels` (settings: :class:`UnSplitLabelsConfig`) observes the server's own smashed data and the
+  gradient the label-owning client returns (UnSplit's setting: the client keeps only the output layer) and infers the
+  labels; :class:`LabelInferenceAttack` and :func:`label_inference` are its per-batch steps.
 
-Ground truth never enters these functions; metrics live in :mod:`unsplit.util` and the demos.
+Ground truth never enters these classes; the results' ``score`` methods and :mod:`unsplit.metrics` measure them.
 """
 from __future__ import annotations
 
@@ -16,20 +18,23 @@ import contextlib
 import dataclasses
 import math
 import time
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Attack, Labels
+from .base import Attack, Labels, Reconstructions, configure
 from .models import fresh_copy
 from .training import adam
 from .util import l2_prior, minmax_normalise, total_variation
 
 __all__ = [
+    "UnSplit",
+    "UnSplitConfig",
     "InversionResult",
     "INVERSION_PRESETS",
+    "NORMALIZATIONS",
     "model_inversion_stealing",
     "candidate_gradients",
     "label_inference",
@@ -42,14 +47,95 @@ __all__ = [
 
 Architecture = Union[nn.Module, Callable[[], nn.Module]]
 
-#: Named settings of :func:`model_inversion_stealing`. ``paper`` is the reference code's protocol; ``contrast`` is
-#: this library's variant that reconstructs at full contrast under the same threat model (see README, "Why the
-#: paper setting reconstructs dim images").
+@dataclasses.dataclass
+class UnSplitConfig:
+    """Settings of UnSplit's model inversion and model stealing (Erdogan et al., WPES'22, Alg. 1), as run by
+    :class:`UnSplit` and :func:`model_inversion_stealing`. The defaults are the paper's and its reference code's.
+
+    Attributes:
+        main_iters: outer coordinate-descent iterations (paper: 1000).
+        input_iters: Adam steps on the input estimate per outer iteration (paper: 100).
+        model_iters: Adam steps on the clone's weights per outer iteration (paper: 100).
+        lambda_tv: weight of the total-variation prior (paper: 0.1).
+        lambda_l2: weight of ``mean(x̃**2)`` (reference code: 1).
+        input_lr, model_lr: Adam (amsgrad) learning rates of the input estimate and of the clone (paper: 1e-3).
+        tv_kind: ``"l2"`` (reference, squared differences) or ``"l1"``.
+        clamp: project x̃ onto [0, 1] after every step (the reference does not).
+        normalize: the pixel-range prior, applied to the final estimate: ``"scale"`` divides each image by its
+            99th percentile (after choosing its polarity) and clamps to [0, 1]; ``"minmax"`` maps each image's
+            [min, max] to [0, 1] (what the reference's CIFAR metric does); ``None`` returns x̃ as optimised
+            (reference). The clone absorbs any rescaling of its input in its first layer, so z fixes x only up to
+            scale, and the λ_2 term shrinks x̃ towards black: the paper setting finds the right shapes at a small
+            fraction of full intensity.
+        init_value: constant value of the initial x̃ (paper: 0.5).
+        log_every: record the history every this many outer iterations.
+        targets: how many samples :class:`UnSplit` keeps the smashed data of while it observes (the first this
+            many dataset indices it sees, each with its most recent smashed data); the default, 10, is the number
+            of images the paper shows per setting (one per class) and the demo attacks.
+    """
+
+    main_iters: int = 1000
+    input_iters: int = 100
+    model_iters: int = 100
+    lambda_tv: float = 0.1
+    lambda_l2: float = 1.0
+    input_lr: float = 1e-3
+    model_lr: float = 1e-3
+    tv_kind: str = "l2"
+    clamp: bool = False
+    normalize: Optional[str] = None
+    init_value: float = 0.5
+    log_every: int = 10
+    targets: int = 10
+
+    def __post_init__(self):
+        for name in ("main_iters", "input_iters", "model_iters"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+        if self.normalize not in NORMALIZATIONS:
+            raise ValueError(f"unknown normalize {self.normalize!r}: choose None, 'scale' or 'minmax'")
+        for name in ("lambda_tv", "lambda_l2", "input_lr", "model_lr"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if self.tv_kind not in ("l1", "l2"):
+            raise ValueError(f"unknown tv_kind {self.tv_kind!r}: choose 'l1' or 'l2'")
+        if not (isinstance(self.init_value, (int, float)) and math.isfinite(self.init_value)):
+            raise ValueError(f"init_value must be finite, got {self.init_value!r}")
+        if not isinstance(self.log_every, int) or self.log_every < 1:
+            raise ValueError("log_every must be >= 1")
+        if isinstance(self.targets, bool) or not isinstance(self.targets, int) or self.targets < 1:
+            raise ValueError(f"targets must be a positive integer, got {self.targets!r}")
+
+    @classmethod
+    def paper(cls, **overrides: Any) -> "UnSplitConfig":
+        """The paper's and reference code's protocol (the defaults)."""
+        return cls(**overrides)
+
+    @classmethod
+    def contrast(cls, **overrides: Any) -> "UnSplitConfig":
+        """This library's variant under the same threat model: a stronger TV prior (λ_TV = 1) and ``"scale"``
+        normalisation, so reconstructions come out at full contrast (docs: "Why the paper setting reconstructs dim
+        images")."""
+        return cls(**{"lambda_tv": 1.0, "normalize": "scale", **overrides})
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> "UnSplitConfig":
+        """The preset called ``name`` (``"paper"`` or ``"contrast"``, see :data:`INVERSION_PRESETS`)."""
+        if name not in INVERSION_PRESETS:
+            raise ValueError(f"unknown preset {name!r}: choose one of {', '.join(INVERSION_PRESETS)}")
+        return getattr(cls, name)(**overrides)
+
+
+#: the values of :attr:`UnSplitConfig.normalize`
+NORMALIZATIONS = (None, "scale", "minmax")
+_PRESET_FIELDS = ("lambda_tv", "lambda_l2", "input_lr", "model_lr", "tv_kind", "clamp", "normalize")
+#: Named settings of the inversion (:meth:`UnSplitConfig.paper`, :meth:`UnSplitConfig.contrast`), the fields where
+#: they differ from each other shown: ``paper`` is the reference code's protocol; ``contrast`` is this library's
+#: variant that reconstructs at full contrast under the same threat model.
 INVERSION_PRESETS: Dict[str, Dict[str, object]] = {
-    "paper": dict(lambda_tv=0.1, lambda_l2=1.0, input_lr=1e-3, model_lr=1e-3, tv_kind="l2", clamp=False,
-                  normalise=None),
-    "contrast": dict(lambda_tv=1.0, lambda_l2=1.0, input_lr=1e-3, model_lr=1e-3, tv_kind="l2", clamp=False,
-                     normalise="scale"),
+    name: {f: getattr(getattr(UnSplitConfig, name)(), f) for f in _PRESET_FIELDS} for name in ("paper", "contrast")
 }
 
 
@@ -58,14 +144,14 @@ class InversionResult:
     """Output of :func:`model_inversion_stealing`.
 
     Attributes:
-        reconstructions: ``(N, *input_shape)`` input estimates x̃ (after ``normalise``, if any; the paper preset
+        reconstructions: ``(N, *input_shape)`` input estimates x̃ (after ``normalize``, if any; the paper preset
             returns x̃ as optimised, not clamped).
         clone: the stolen client part (a freshly initialised copy of the architecture fitted to ``z``); put the real
             server on top of it to use it as a model.
         history: per logged outer iteration: ``iteration``, ``input_objective`` (last x-step objective) and
             ``feature_mse`` (last model-step MSE between clone(x̃) and z).
-        settings: the hyper-parameters the attack ran with.
-        raw_reconstructions: x̃ before ``normalise`` (the same tensor as ``reconstructions`` without it).
+        settings: the hyper-parameters the attack ran with (the preset's name, the config, the seed).
+        raw_reconstructions: x̃ before ``normalize`` (the same tensor as ``reconstructions`` without it).
     """
 
     reconstructions: torch.Tensor
@@ -80,26 +166,17 @@ def model_inversion_stealing(
     smashed: torch.Tensor,
     *,
     input_shape: Sequence[int],
-    main_iters: int = 1000,
-    input_iters: int = 100,
-    model_iters: int = 100,
-    lambda_tv: Optional[float] = None,
-    lambda_l2: Optional[float] = None,
-    input_lr: Optional[float] = None,
-    model_lr: Optional[float] = None,
-    tv_kind: Optional[str] = None,
-    clamp: Optional[bool] = None,
-    normalise: Optional[str] = None,
+    config: Optional[UnSplitConfig] = None,
     preset: str = "paper",
-    init_value: float = 0.5,
     clone: Optional[nn.Module] = None,
     device: Union[str, torch.device, None] = None,
     seed: Optional[int] = 0,
-    log_every: int = 10,
     progress: bool = False,
     on_iteration: Optional[Callable[[int, torch.Tensor], None]] = None,
+    **settings: Any,
 ) -> InversionResult:
-    """UnSplit model inversion and model stealing by coordinate descent (WPES'22, Alg. 1; reference defaults).
+    """UnSplit model inversion and model stealing by coordinate descent (WPES'22, Alg. 1; reference defaults) on
+    smashed data already recorded (the offline form of :class:`UnSplit`).
 
     Starting from a constant ``init_value`` image x̃ and a freshly initialised clone f̃ of the client architecture,
     repeats ``main_iters`` times: ``input_iters`` Adam steps on x̃ minimising
@@ -112,100 +189,212 @@ def model_inversion_stealing(
             and every weight re-initialised) or a factory returning a fresh module.
         smashed: ``(N, ...)`` smashed data z observed by the server; detached inside.
         input_shape: shape of one private input, e.g. ``(1, 28, 28)``.
-        main_iters: outer iterations (paper: 1000).
-        input_iters: x̃ steps per outer iteration (paper: 100).
-        model_iters: clone steps per outer iteration (paper: 100).
-        lambda_tv: weight of the TV prior (paper: 0.1).
-        lambda_l2: weight of ``mean(x̃**2)`` (reference code: 1).
-        input_lr: Adam (amsgrad) learning rate for x̃ (paper: 1e-3).
-        model_lr: Adam (amsgrad) learning rate for the clone (paper: 1e-3).
-        tv_kind: ``"l2"`` (reference, squared differences) or ``"l1"``.
-        clamp: project x̃ onto [0, 1] after every step (the reference does not).
-        normalise: the pixel-range prior, applied to the final estimate: ``"scale"`` divides each image by its
-            99th percentile and clamps to [0, 1]; ``"minmax"`` maps each image's [min, max] to [0, 1] (what the
-            reference's CIFAR metric does); ``None`` returns x̃ as optimised (reference). The clone absorbs any
-            rescaling of its input in its first layer, so z fixes x only up to scale, and the λ_2 term shrinks x̃
-            towards black: the paper setting finds the right shapes at a small fraction of full intensity.
-        preset: ``"paper"`` or ``"contrast"`` (see :data:`INVERSION_PRESETS`); explicit arguments override it.
-        init_value: constant value of the initial x̃ (paper: 0.5).
+        config: the settings (:class:`UnSplitConfig`); default: the preset ``preset``.
+        preset: ``"paper"`` or ``"contrast"`` (see :data:`INVERSION_PRESETS`), used when ``config`` is ``None``.
         clone: continue from this clone instead of a fresh one (e.g. to attack a second batch with a stolen model).
         device: where to run; defaults to the device of ``smashed``.
         seed: seeds the clone's initialisation (``None``: torch's global generator).
-        log_every: record the history every this many outer iterations.
         progress: show a tqdm bar over outer iterations.
         on_iteration: called as ``on_iteration(t, x̃)`` after every outer iteration ``t`` (1-based) with the current
-            estimate (detached, before ``normalise``), e.g. to measure quality against cost.
+            estimate (detached, before ``normalize``), e.g. to measure quality against cost.
+        **settings: :class:`UnSplitConfig` fields replacing the config's (``main_iters=100, lambda_tv=1.0``);
+            ``None`` keeps the config's value.
 
     Returns:
         An :class:`InversionResult` with reconstructions ``(N, *input_shape)``, the stolen clone and the history.
+
+    Raises:
+        ValueError: an unknown preset, a bad setting, or smashed data the architecture cannot produce from inputs
+            of ``input_shape``. TypeError: a setting that is no :class:`UnSplitConfig` field.
     """
-    if preset not in INVERSION_PRESETS:
-        raise ValueError(f"unknown preset {preset!r}: choose one of {', '.join(INVERSION_PRESETS)}")
-    cfg = dict(INVERSION_PRESETS[preset])
-    for key, value in dict(
-        lambda_tv=lambda_tv, lambda_l2=lambda_l2, input_lr=input_lr, model_lr=model_lr, tv_kind=tv_kind, clamp=clamp,
-        normalise=normalise,
-    ).items():
-        if value is not None:
-            cfg[key] = value
-    for name, value in (("main_iters", main_iters), ("input_iters", input_iters), ("model_iters", model_iters)):
-        if not isinstance(value, int) or value < 0:
-            raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
-    if cfg["normalise"] not in (None, "scale", "minmax"):
-        raise ValueError(f"unknown normalise {cfg['normalise']!r}: choose None, 'scale' or 'minmax'")
-    for key in ("lambda_tv", "lambda_l2", "input_lr", "model_lr"):
-        if not (isinstance(cfg[key], (int, float)) and math.isfinite(cfg[key]) and cfg[key] >= 0):
-            raise ValueError(f"{key} must be a finite number >= 0, got {cfg[key]!r}")
-    if not math.isfinite(init_value):
-        raise ValueError(f"init_value must be finite, got {init_value!r}")
+    base = UnSplitConfig.preset(preset) if config is None else config
+    cfg = configure(UnSplitConfig, base, {k: v for k, v in settings.items() if v is not None})
     if not torch.is_tensor(smashed) or smashed.dim() < 2:
         raise ValueError("smashed must be a tensor of shape (N, ...) with N >= 1 targets")
-    if log_every < 1:
-        raise ValueError("log_every must be >= 1")
-
     device = torch.device(device) if device is not None else smashed.device
-    target = smashed.detach().to(device)
-    n = target.shape[0]
-    if clone is None:
-        clone = fresh_copy(client_architecture, seed=seed)
-    clone = clone.to(device).train()
-    params = [p for p in clone.parameters()]
-    x = torch.full((n, *input_shape), float(init_value), device=device, requires_grad=True)
-    input_opt = adam(cfg["input_lr"])([x])
-    model_opt = adam(cfg["model_lr"])(params) if params else None
-    lam_tv, lam_l2, kind, do_clamp = cfg["lambda_tv"], cfg["lambda_l2"], cfg["tv_kind"], cfg["clamp"]
-
-    with torch.no_grad():
-        probe = clone(x)
-    if probe.shape != target.shape:
-        raise ValueError(
-            f"the clone maps inputs of shape {tuple(input_shape)} to {tuple(probe.shape[1:])}, "
-            f"but the smashed data have shape {tuple(target.shape[1:])}: wrong architecture, depth or input_shape"
-        )
-
-    history: Dict[str, List[float]] = {"iteration": [], "input_objective": [], "feature_mse": []}
-    use_mkldnn = _fastest_cpu_conv(clone, x, target) if device.type == "cpu" else True
+    state = _Descent.start(client_architecture, smashed.detach().to(device), tuple(input_shape), cfg,
+                           clone=clone, seed=seed)
+    use_mkldnn = _fastest_cpu_conv(state.clone, state.x, state.target) if device.type == "cpu" else True
     with _mkldnn(use_mkldnn):
-        _coordinate_descent(
-            clone, params, x, target, input_opt, model_opt, history,
-            main_iters=main_iters, input_iters=input_iters, model_iters=model_iters, lam_tv=lam_tv, lam_l2=lam_l2,
-            kind=kind, do_clamp=do_clamp, log_every=log_every, progress=progress, on_iteration=on_iteration,
-        )
-    _recalibrate_batchnorm(clone, x.detach())
-    clone.eval()
-    settings = dict(
-        preset=preset,
-        main_iters=main_iters,
-        input_iters=input_iters,
-        model_iters=model_iters,
-        init_value=init_value,
-        seed=seed,
-        **cfg,
-    )
-    raw = x.detach()
-    rec = _normalise(raw, cfg["normalise"]) if cfg["normalise"] else raw
-    return InversionResult(reconstructions=rec, clone=clone, history=history, settings=settings,
+        state.run(progress=progress, on_iteration=on_iteration)
+    raw, stolen = state.finish()
+    rec = _normalize(raw, cfg.normalize) if cfg.normalize else raw
+    run_settings = dict(preset=preset, main_iters=cfg.main_iters, input_iters=cfg.input_iters,
+                        model_iters=cfg.model_iters, init_value=cfg.init_value, seed=seed,
+                        **{f: getattr(cfg, f) for f in _PRESET_FIELDS})
+    return InversionResult(reconstructions=rec, clone=stolen, history=state.history, settings=run_settings,
                            raw_reconstructions=raw)
+
+
+@dataclasses.dataclass
+class _Descent:
+    """The state of one coordinate descent (Alg. 1): the clone, the input estimate x̃, their optimisers."""
+
+    clone: nn.Module
+    params: List[nn.Parameter]
+    x: torch.Tensor
+    target: torch.Tensor
+    config: UnSplitConfig
+    input_opt: torch.optim.Optimizer
+    model_opt: Optional[torch.optim.Optimizer]
+    history: Dict[str, List[float]]
+
+    @classmethod
+    def start(cls, architecture: Architecture, target: torch.Tensor, input_shape: tuple, cfg: UnSplitConfig, *,
+              clone: Optional[nn.Module], seed: Optional[int]) -> "_Descent":
+        """A fresh clone (or ``clone``, continued) and the constant initial x̃; checks that the shapes agree."""
+        device = target.device
+        if clone is None:
+            clone = fresh_copy(architecture, seed=seed)
+        clone = clone.to(device).train()
+        params = [p for p in clone.parameters()]
+        x = torch.full((target.shape[0], *input_shape), float(cfg.init_value), device=device, requires_grad=True)
+        input_opt = adam(cfg.input_lr)([x])
+        model_opt = adam(cfg.model_lr)(params) if params else None
+        with torch.no_grad():
+            probe = clone(x)
+        if probe.shape != target.shape:
+            raise ValueError(
+                f"the clone maps inputs of shape {tuple(input_shape)} to {tuple(probe.shape[1:])}, "
+                f"but the smashed data have shape {tuple(target.shape[1:])}: wrong architecture, depth or input_shape"
+            )
+        history: Dict[str, List[float]] = {"iteration": [], "input_objective": [], "feature_mse": []}
+        return cls(clone, params, x, target, cfg, input_opt, model_opt, history)
+
+    def input_step(self) -> torch.Tensor:
+        """``input_iters`` Adam steps on x̃ (the clone's weights are constants: backward computes only the input
+        gradient); returns the last objective."""
+        cfg, x = self.config, self.x
+        loss = torch.zeros((), device=x.device)
+        for p in self.params:
+            p.requires_grad_(False)
+        for _ in range(cfg.input_iters):
+            self.input_opt.zero_grad(set_to_none=True)
+            loss = F.mse_loss(self.clone(x), self.target)
+            if cfg.lambda_tv:
+                loss = loss + cfg.lambda_tv * total_variation(x, kind=cfg.tv_kind)
+            if cfg.lambda_l2:
+                loss = loss + cfg.lambda_l2 * l2_prior(x)
+            loss.backward()
+            self.input_opt.step()
+            if cfg.clamp:
+                with torch.no_grad():
+                    x.clamp_(0, 1)
+        for p in self.params:
+            p.requires_grad_(True)
+        return loss
+
+    def model_step(self) -> Optional[torch.Tensor]:
+        """``model_iters`` Adam steps on the clone's weights (x̃ is a constant); returns the last feature MSE, or
+        ``None`` when no step ran."""
+        if self.model_opt is None or not self.config.model_iters:
+            return None
+        x_fixed = self.x.detach()
+        loss = None
+        for _ in range(self.config.model_iters):
+            self.model_opt.zero_grad(set_to_none=True)
+            loss = F.mse_loss(self.clone(x_fixed), self.target)
+            loss.backward()
+            self.model_opt.step()
+        return loss
+
+    def run(self, *, progress: bool = False,
+            on_iteration: Optional[Callable[[int, torch.Tensor], None]] = None) -> None:
+        """``main_iters`` outer iterations, logging every ``log_every``-th (and the last)."""
+        from tqdm.auto import tqdm
+
+        main_iters, log_every = self.config.main_iters, self.config.log_every
+        bar = tqdm(range(main_iters), desc="inversion", unit="it", disable=not progress, leave=False)
+        x_loss = m_loss = torch.zeros((), device=self.x.device)
+        for it in bar:
+            x_loss = self.input_step()
+            m_step = self.model_step()
+            m_loss = m_loss if m_step is None else m_step
+            if it % log_every == 0 or it == main_iters - 1:
+                self.history["iteration"].append(it + 1)
+                self.history["input_objective"].append(float(x_loss.detach()))
+                self.history["feature_mse"].append(float(m_loss.detach()))
+                bar.set_postfix(feature_mse=f"{self.history['feature_mse'][-1]:.3g}")
+            if on_iteration is not None:
+                on_iteration(it + 1, self.x.detach())
+        bar.close()
+
+    def finish(self) -> Tuple[torch.Tensor, nn.Module]:
+        """x̃ (detached) and the stolen clone in eval mode, its BatchNorm statistics recomputed on x̃."""
+        raw = self.x.detach()
+        _recalibrate_batchnorm(self.clone, raw)
+        return raw, self.clone.eval()
+
+
+class UnSplit(Attack):
+    """UnSplit's model inversion and model stealing (Erdogan et al., WPES'22, Alg. 1) by an honest-but-curious
+    server that knows the client front's architecture but none of its weights and no data.
+
+    While the split model trains (:func:`~unsplit.training.train_split`) or serves
+    (:func:`~unsplit.training.run_split`), the server keeps the smashed data of up to ``config.targets`` samples
+    (the first that many dataset indices it observes, each with its most recent smashed data). :meth:`result` then
+    inverts them: starting from a constant image and a freshly initialised clone of the front, it alternates Adam
+    steps on the input estimate (feature MSE + TV and L2 priors) and on the clone's weights (feature MSE), and
+    returns the reconstructions with the stolen front. :meth:`invert` does the same on smashed data recorded
+    elsewhere (the offline attack, :func:`model_inversion_stealing`).
+
+    Args:
+        front: the client front's architecture: a module (only its structure is used: it is deep-copied and every
+            weight re-initialised) or a factory returning a fresh module.
+        input_shape: the shape of one private input, e.g. ``(1, 28, 28)``.
+        config: an :class:`UnSplitConfig` (default: the paper's, :meth:`UnSplitConfig.paper`).
+        device: where the attack computes; seed: seeds the clone's initialisation.
+        **overrides: config fields, e.g. ``main_iters=100, targets=4``.
+    """
+
+    name = "unsplit"
+    Config = UnSplitConfig
+    observes = frozenset({"front.smashed"})
+
+    def __init__(self, front: Architecture, input_shape: Sequence[int], config: Optional[UnSplitConfig] = None, *,
+                 device: Union[str, torch.device] = "cpu", seed: int = 0, **overrides: Any):
+        super().__init__(config, device=device, seed=seed, **overrides)
+        self.front = front
+        self.input_shape = tuple(int(s) for s in input_shape)
+        if not self.input_shape or min(self.input_shape) < 1:
+            raise ValueError(f"input_shape must be the positive shape of one input, got {tuple(input_shape)}")
+        self.recorded: Dict[int, torch.Tensor] = {}  # dataset index -> the latest smashed data observed
+
+    def on_cut(self, event) -> None:
+        if event.cut != "front" or event.smashed is None:
+            return
+        for row, index in enumerate(event.indices.tolist()):
+            if index in self.recorded or len(self.recorded) < self.config.targets:
+                self.recorded[index] = event.smashed[row].detach().clone().as_subclass(torch.Tensor).cpu()
+
+    def result(self, *, progress: bool = False) -> Reconstructions:
+        """Inverts what was recorded: reconstructions of the recorded samples (by increasing dataset index, in
+        :attr:`Reconstructions.indices`) and the stolen front (:attr:`Reconstructions.clone`).
+
+        Raises:
+            RuntimeError: nothing was recorded (the attack never observed the front cut).
+        """
+        if not self.recorded:
+            raise RuntimeError("UnSplit recorded nothing: pass it in callbacks= of train_split or run_split on a "
+                               "topology with a client front")
+        indices = sorted(self.recorded)
+        smashed = torch.stack([self.recorded[i] for i in indices])
+        out = self.invert(smashed, progress=progress)
+        out.indices = torch.tensor(indices, dtype=torch.int64)
+        return out
+
+    def invert(self, smashed: torch.Tensor, *, clone: Optional[nn.Module] = None, progress: bool = False,
+               on_iteration: Optional[Callable[[int, torch.Tensor], None]] = None) -> Reconstructions:
+        """The offline attack: inverts smashed data ``(N, ...)`` recorded elsewhere (rows of the result are its rows).
+
+        Args:
+            smashed: what the server observed. clone: continue from this stolen front instead of a fresh one.
+            progress: a tqdm bar; on_iteration: called as ``on_iteration(t, x̃)`` after every outer iteration.
+        """
+        res = model_inversion_stealing(self.front, smashed, input_shape=self.input_shape, config=self.config,
+                                       clone=clone, device=self.device, seed=self.seed, progress=progress,
+                                       on_iteration=on_iteration)
+        return Reconstructions(images=res.reconstructions, indices=None, clone=res.clone, history=res.history)
 
 
 def _recalibrate_batchnorm(clone: nn.Module, x: torch.Tensor) -> None:
@@ -229,7 +418,7 @@ def _recalibrate_batchnorm(clone: nn.Module, x: torch.Tensor) -> None:
     clone.train(was)
 
 
-def _normalise(x: torch.Tensor, how: str) -> torch.Tensor:
+def _normalize(x: torch.Tensor, how: str) -> torch.Tensor:
     """Per-image range normalisation of an input estimate ``(N, ...)``: ``scale`` divides by the 99th percentile and
     clamps to [0, 1] (fixes the scale, keeps black black); ``minmax`` maps [min, max] to [0, 1]."""
     flat = x.flatten(1)
@@ -242,7 +431,7 @@ def _normalise(x: torch.Tensor, how: str) -> torch.Tensor:
         peak = torch.where(flip, -q[0], q[1]).clamp_min(1e-12).unsqueeze(1)
         sign = torch.where(flip, -1.0, 1.0).to(x.dtype).unsqueeze(1)
         return (flat * sign / peak).clamp(0, 1).view_as(x)
-    raise ValueError(f"unknown normalise {how!r}: choose None, 'scale' or 'minmax'")
+    raise ValueError(f"unknown normalize {how!r}: choose None, 'scale' or 'minmax'")
 
 
 @contextlib.contextmanager
@@ -279,50 +468,6 @@ def _fastest_cpu_conv(clone: nn.Module, x: torch.Tensor, target: torch.Tensor, s
                 loss.backward()
         times[flag] = time.perf_counter() - start
     return times[True] < times[False]
-
-
-def _coordinate_descent(
-    clone, params, x, target, input_opt, model_opt, history, *, main_iters, input_iters, model_iters, lam_tv, lam_l2,
-    kind, do_clamp, log_every, progress, on_iteration,
-) -> None:
-    from tqdm.auto import tqdm
-
-    bar = tqdm(range(main_iters), desc="inversion", unit="it", disable=not progress, leave=False)
-    x_loss = m_loss = torch.zeros((), device=x.device)
-    for it in bar:
-        # x-step: the clone's weights are constants here, so backward computes only the input gradient.
-        for p in params:
-            p.requires_grad_(False)
-        for _ in range(input_iters):
-            input_opt.zero_grad(set_to_none=True)
-            x_loss = F.mse_loss(clone(x), target)
-            if lam_tv:
-                x_loss = x_loss + lam_tv * total_variation(x, kind=kind)
-            if lam_l2:
-                x_loss = x_loss + lam_l2 * l2_prior(x)
-            x_loss.backward()
-            input_opt.step()
-            if do_clamp:
-                with torch.no_grad():
-                    x.clamp_(0, 1)
-        for p in params:
-            p.requires_grad_(True)
-        # model-step: x̃ is a constant here.
-        if model_opt is not None and model_iters:
-            x_fixed = x.detach()
-            for _ in range(model_iters):
-                model_opt.zero_grad(set_to_none=True)
-                m_loss = F.mse_loss(clone(x_fixed), target)
-                m_loss.backward()
-                model_opt.step()
-        if it % log_every == 0 or it == main_iters - 1:
-            history["iteration"].append(it + 1)
-            history["input_objective"].append(float(x_loss.detach()))
-            history["feature_mse"].append(float(m_loss.detach()))
-            bar.set_postfix(feature_mse=f"{history['feature_mse'][-1]:.3g}")
-        if on_iteration is not None:
-            on_iteration(it + 1, x.detach())
-    bar.close()
 
 
 # --------------------------------------------------------------------------------------------------------------------

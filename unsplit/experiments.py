@@ -1,4 +1,7 @@
-"""UnSplit experiments as functions: one inversion cell, one label-inference run, with metrics and baselines.
+"""UnSplit experiments as functions: one inversion cell (:func:`run_unsplit`), one label-inference run
+(:func:`run_unsplit_labels`), each returning a :class:`~unsplit.base.Report` with metrics and baselines
+(:func:`inversion_experiment` and :func:`label_experiment`: the same as plain dicts); and the trained-model cache of
+the demos (:class:`TrainingCase`, :func:`train_or_load`).
 
 The demos and the reproduction harness call these, so a number in ``metrics.json`` and one in the harness report
 come from the same code. The attack sees only what the server observes; the private targets, the real client and the
@@ -19,41 +22,155 @@ from torch import nn
 
 from .attacks import (
     GRADIENT_KINDS,
+    INVERSION_PRESETS,
     InversionResult,
-    LabelInferenceAttack,
+    UnSplitConfig,
     UnSplitLabels,
     UnSplitLabelsConfig,
     model_inversion_stealing,
 )
-from .base import Attack
+from .base import Reconstructions, Report
 from .cache import CheckpointMismatch, load_or_train
 from .metrics import best_renaming_accuracy, reconstruction_metrics
 from .models import MODELS, fresh_copy
 from .protocol import Topology
 from .training import Defense, draws_own_batches, evaluate, partial_checkpoint, train_split
 
-__all__ = ["inversion_experiment", "label_experiment", "TrainingCase", "CheckpointMismatch", "train_or_load",
+__all__ = ["run_unsplit", "run_unsplit_labels", "inversion_experiment", "label_experiment", "TrainingCase",
+           "CheckpointMismatch", "train_or_load",
            "attack_options"]
 
 
-def attack_options(attack: Callable, config: Optional[Mapping[str, Any]], *, reserved: Sequence[str]) -> Dict[str, Any]:
-    """Checks an attack config (keyword arguments of ``attack``) and returns it as a dict.
+def attack_options(attack: Any, config: Optional[Mapping[str, Any]], *, reserved: Sequence[str] = (),
+                   extra: Sequence[str] = ()) -> Dict[str, Any]:
+    """Checks an attack config dict against the fields of a config dataclass (or the keywords of a function) and
+    returns it as a dict.
+
+    Args:
+        attack: a config dataclass (e.g. :class:`~unsplit.attacks.UnSplitConfig`) or a function.
+        config: the options to check; reserved: names the experiment sets itself; extra: names it also takes.
 
     Raises:
         ValueError: a key that ``attack`` does not take, or one the experiment sets itself (``reserved``).
     """
     config = dict(config or {})
-    params = inspect.signature(attack).parameters
-    taken = set(params) - set(reserved)
+    if dataclasses.is_dataclass(attack):
+        taken = {f.name for f in dataclasses.fields(attack)}
+    else:
+        params = inspect.signature(attack).parameters
+        taken = {k for k, p in params.items() if p.kind == p.KEYWORD_ONLY}
+    taken = (taken | set(extra)) - set(reserved)
     bad = sorted(set(config) - taken)
     if bad:
         raise ValueError(f"{attack.__name__} takes no option(s) {', '.join(bad)} here: choose from "
-                         f"{', '.join(sorted(k for k in taken if params[k].kind == params[k].KEYWORD_ONLY))}")
+                         f"{', '.join(sorted(taken))}")
     return config
 
 
 def _mean(values: Sequence[float]) -> float:
     return float(sum(values) / len(values))
+
+
+def _preset_name(config: UnSplitConfig) -> str:
+    """The preset whose distinguishing settings ``config`` has (``"custom"``: none)."""
+    for name, fields in INVERSION_PRESETS.items():
+        if all(getattr(config, k) == v for k, v in fields.items()):
+            return name
+    return "custom"
+
+
+def run_unsplit(
+    model: nn.Sequential,
+    split_depth: int,
+    x_test: torch.Tensor,
+    y_test: torch.Tensor,
+    target_indices: torch.Tensor,
+    config: Optional[UnSplitConfig] = None,
+    *,
+    mean_image: torch.Tensor,
+    defenses: Sequence[Defense] = (),
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    progress: bool = False,
+    on_iteration: Optional[Callable[[int, torch.Tensor], None]] = None,
+) -> Report:
+    """UnSplit inversion + stealing (Erdogan et al., WPES'22) on a trained model at one split depth, measured.
+
+    The client sends the smashed data of the private images ``x_test[target_indices]`` (through the defenses that
+    act on it); the server, knowing the front's architecture, inverts them (:func:`model_inversion_stealing`, the
+    offline form of :class:`~unsplit.attacks.UnSplit`). Ground truth enters only the metric code.
+
+    Args:
+        model: the trained split model (``nn.Sequential``); split_depth: index of the client's last layer.
+        x_test: ``(N, C, H, W)`` test images in [0, 1]; y_test: their labels; target_indices: the private images.
+        config: the attack's settings (default: :meth:`UnSplitConfig.paper`).
+        mean_image: ``(1, C, H, W)`` per-pixel mean of the training images (a trivial baseline).
+        defenses: split-learning defenses in force; those acting on the smashed data change what the server sees.
+        device: where to compute; seed: the attack's (and a noise defense's) seed; progress: tqdm bar.
+        on_iteration: ``on_iteration(outer_iteration, x̃)`` after every outer iteration.
+
+    Returns:
+        A :class:`~unsplit.base.Report`: ``metrics`` holds per-image and mean MSE (raw, min-max), PSNR, SSIM, pixel
+        correlation, the grey / black / mean-image baselines, the stolen client's accuracy under the real server, an
+        untrained client's, attack seconds, history and settings (what :func:`inversion_experiment` returns);
+        ``baselines`` the trivial baselines under the attack's keys; ``artefacts`` the
+        :class:`~unsplit.attacks.InversionResult` (``"result"``) and the :class:`~unsplit.base.Reconstructions`.
+    """
+    config = UnSplitConfig() if config is None else config
+    device = torch.device(device)
+    model = model.to(device).eval()
+    targets = x_test[target_indices].to(device)
+    topology = Topology.split(model, front_depth=split_depth)
+    smashed = _observed_smashed(topology.front, targets, defenses, device, seed)
+    start = time.perf_counter()
+    result = model_inversion_stealing(topology.front, smashed, input_shape=tuple(targets.shape[1:]), config=config,
+                                      preset=_preset_name(config), device=device, seed=seed, progress=progress,
+                                      on_iteration=on_iteration)
+    seconds = time.perf_counter() - start
+    metrics: Dict[str, object] = {"split_depth": split_depth, "preset": result.settings["preset"],
+                                  "images": target_indices.tolist(), "labels": y_test[target_indices].tolist(),
+                                  **_reconstruction_cell(result.reconstructions, targets, mean_image.to(device))}
+    metrics["stolen_accuracy"] = evaluate(nn.Sequential(result.clone, topology.middle), x_test, y_test, device=device)
+    untrained = fresh_copy(topology.front, seed=seed + 1).to(device)
+    metrics["baseline_stolen_accuracy"] = evaluate(nn.Sequential(untrained, topology.middle), x_test, y_test,
+                                                   device=device)
+    metrics.update(attack_seconds=seconds, seconds_per_image=seconds / len(target_indices), history=result.history,
+                   attack_settings=result.settings)
+    baselines = {"mse_mean": metrics["mean_image_mse_mean"], "mse_minmax_mean": metrics["mean_image_mse_minmax_mean"],
+                 "correlation_mean": metrics["mean_image_correlation_mean"],
+                 "stolen_accuracy": metrics["baseline_stolen_accuracy"]}
+    found = Reconstructions(result.reconstructions, torch.as_tensor(target_indices), result.clone, result.history)
+    return Report("unsplit", metrics, baselines, {"result": result, "reconstructions": found},
+                  {"split_depth": split_depth, **result.settings})
+
+
+def _observed_smashed(front: nn.Module, targets: torch.Tensor, defenses: Sequence[Defense], device: torch.device,
+                      seed: int) -> torch.Tensor:
+    """What the server observes of the targets: the front's output after the defenses acting on it."""
+    with torch.no_grad(), torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        torch.manual_seed(seed)  # a noise defense's draw depends on the seed only, not on what ran before
+        smashed = front(targets)
+        for d in defenses:
+            if "smashed" in d.acts_on:
+                smashed = d.smashed(smashed)  # all the server observes, besides the client's architecture
+    return smashed
+
+
+def _reconstruction_cell(reconstructions: torch.Tensor, targets: torch.Tensor,
+                         mean_image: torch.Tensor) -> Dict[str, object]:
+    """Metric code: per-image and mean reconstruction scores and the grey / black / mean-image baselines."""
+    metrics = reconstruction_metrics(reconstructions, targets)
+    grey = reconstruction_metrics(torch.full_like(targets, 0.5), targets)["mse"]
+    black = reconstruction_metrics(torch.zeros_like(targets), targets)["mse"]
+    mean_img = reconstruction_metrics(mean_image.expand_as(targets), targets)
+    cell: Dict[str, object] = {}
+    for key in ("mse", "mse_minmax", "psnr", "ssim", "correlation"):
+        cell[key] = metrics[key]
+        cell[f"{key}_mean"] = _mean(metrics[key])
+    cell.update(baseline_mse_mean=_mean(grey), black_mse_mean=_mean(black),
+                mean_image_mse_mean=_mean(mean_img["mse"]), mean_image_mse_minmax_mean=_mean(mean_img["mse_minmax"]),
+                mean_image_correlation_mean=_mean(mean_img["correlation"]))
+    return cell
 
 
 def inversion_experiment(
@@ -71,165 +188,42 @@ def inversion_experiment(
     on_iteration: Optional[Callable[[int, torch.Tensor], None]] = None,
     defenses: Sequence[Defense] = (),
 ) -> tuple[Dict[str, object], InversionResult]:
-    """Runs UnSplit inversion + stealing on a trained model at one split depth and measures it.
+    """:func:`run_unsplit` with its settings as a dict: ``(report.metrics, report.artefacts["result"])``.
 
     Args:
-        model: the trained split model (``nn.Sequential``).
-        split_depth: index of the client's last layer.
-        x_test: ``(N, C, H, W)`` test images in [0, 1]; ``y_test``: their labels.
-        target_indices: indices of the private images the client sends.
-        mean_image: ``(1, C, H, W)`` per-pixel mean of the training images (a trivial baseline).
-        attack: keyword arguments of :func:`model_inversion_stealing` (any of them but the ones this function sets:
-            the architecture, smashed data, input shape, device, seed, progress and ``on_iteration``), e.g.
-            ``{"preset": "paper", "main_iters": 100}``; default: the paper's settings.
-        device: where to compute; seed: the attack's seed; progress: tqdm bar.
-        on_iteration: forwarded to the attack (``(outer_iteration, x̃)`` after every outer iteration).
-        defenses: split-learning defenses in force; those acting on the smashed data change what the server sees.
+        attack: :class:`~unsplit.attacks.UnSplitConfig` fields and ``"preset"`` (``"paper"`` or ``"contrast"``),
+            e.g. ``{"preset": "paper", "main_iters": 100}`` (a ``None`` value keeps the preset's); default: the
+            paper's settings.
+        The others: as in :func:`run_unsplit`.
 
     Returns:
-        ``(report, result)``: per-image and mean MSE (raw, min-max), PSNR, SSIM, pixel correlation, the grey /
-        black / mean-image baselines, the stolen client's accuracy under the real server, an untrained client's,
-        and attack seconds.
+        ``(report, result)``: the metrics (see :func:`run_unsplit`) and the :class:`InversionResult`.
     """
-    options = attack_options(model_inversion_stealing, attack, reserved=_INVERSION_RESERVED)
-    device = torch.device(device)
-    model = model.to(device).eval()
-    targets = x_test[target_indices].to(device)
-    topology = Topology.split(model, front_depth=split_depth)
-    client, server = topology.front, topology.middle
-    with torch.no_grad(), torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
-        torch.manual_seed(seed)  # a noise defense's draw depends on the seed only, not on what ran before
-        smashed = client(targets)
-        for d in defenses:
-            if "smashed" in d.acts_on:
-                smashed = d.smashed(smashed)  # all the server observes, besides the client's architecture
-
-    start = time.perf_counter()
-    result = model_inversion_stealing(client, smashed, input_shape=tuple(targets.shape[1:]), device=device,
-                                      seed=seed, progress=progress, on_iteration=on_iteration, **options)
-    attack_seconds = time.perf_counter() - start
-
-    metrics = reconstruction_metrics(result.reconstructions, targets)
-    grey = reconstruction_metrics(torch.full_like(targets, 0.5), targets)["mse"]
-    black = reconstruction_metrics(torch.zeros_like(targets), targets)["mse"]
-    mean_img = reconstruction_metrics(mean_image.to(device).expand_as(targets), targets)
-    stolen_acc = evaluate(nn.Sequential(result.clone, server), x_test, y_test, device=device)
-    untrained = fresh_copy(client, seed=seed + 1).to(device)
-    baseline_stolen_acc = evaluate(nn.Sequential(untrained, server), x_test, y_test, device=device)
-    report: Dict[str, object] = {
-        "split_depth": split_depth,
-        "preset": result.settings["preset"],
-        "images": target_indices.tolist(),
-        "labels": y_test[target_indices].tolist(),
-        "mse": metrics["mse"],
-        "mse_mean": _mean(metrics["mse"]),
-        "mse_minmax": metrics["mse_minmax"],
-        "mse_minmax_mean": _mean(metrics["mse_minmax"]),
-        "psnr": metrics["psnr"],
-        "psnr_mean": _mean(metrics["psnr"]),
-        "ssim": metrics["ssim"],
-        "ssim_mean": _mean(metrics["ssim"]),
-        "correlation": metrics["correlation"],
-        "correlation_mean": _mean(metrics["correlation"]),
-        "baseline_mse_mean": _mean(grey),
-        "black_mse_mean": _mean(black),
-        "mean_image_mse_mean": _mean(mean_img["mse"]),
-        "mean_image_mse_minmax_mean": _mean(mean_img["mse_minmax"]),
-        "mean_image_correlation_mean": _mean(mean_img["correlation"]),
-        "stolen_accuracy": stolen_acc,
-        "baseline_stolen_accuracy": baseline_stolen_acc,
-        "attack_seconds": attack_seconds,
-        "seconds_per_image": attack_seconds / len(target_indices),
-        "history": result.history,
-        "attack_settings": result.settings,
-    }
-    return report, result
+    options = attack_options(UnSplitConfig, attack, extra=("preset",))
+    preset = options.pop("preset", "paper")
+    config = UnSplitConfig.preset(preset, **{k: v for k, v in options.items() if v is not None})
+    report = run_unsplit(model, split_depth, x_test, y_test, target_indices, config, mean_image=mean_image,
+                         defenses=defenses, device=device, seed=seed, progress=progress, on_iteration=on_iteration)
+    result = report.artefacts["result"]
+    result.settings["preset"] = report.metrics["preset"] = preset
+    return report.metrics, result
 
 
-_INVERSION_RESERVED = ("client_architecture", "smashed", "input_shape", "device", "seed", "progress", "on_iteration")
-
-
-class _LabelInferenceServer(UnSplitLabels):
-    """Deprecated: :class:`unsplit.attacks.UnSplitLabels` built from a ready :class:`LabelInferenceAttack` (kept only
-    until its last caller moves to ``UnSplitLabels``)."""
-
-    def __init__(self, attack: LabelInferenceAttack, known: Dict[int, int], n: int, *, weight_name: Optional[str],
-                 device: torch.device):
-        Attack.__init__(self, UnSplitLabelsConfig(gradient=attack.gradient), device=device)
-        self._setup(attack, known, weight_name, n)
-
-
-def label_experiment(
-    model: nn.Sequential,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    gradient: str = "cut",
-    batch_size: Optional[int] = None,
-    known_per_class: Optional[int] = None,
-    epochs: int = 1,
-    num_classes: int = 10,
-    attack: Optional[Mapping[str, Any]] = None,
-    device: torch.device | str = "cpu",
-    seed: int = 0,
-    progress: bool = False,
-    defenses: Sequence[Defense] = (),
-) -> Dict[str, object]:
-    """UnSplit label inference during split training of an untrained model (Erdogan et al., WPES'22; the reference
-    protocol).
-
-    The label owner keeps only ``model``'s last layer; the server holds the inputs and runs the rest on ``x`` (in the
-    given order, after the anchors) and attacks every batch. ``known_per_class`` samples per class are known to the
-    attacker and sent first (default: 1 with ``cut``, 0 with ``weight``); they are excluded from the score.
-
-    Args:
-        model: the untrained ``nn.Sequential``; x: ``(N, ...)`` inputs in [0, 1]; y: ``(N,)`` labels (metric only).
-        attack: keyword arguments of :class:`LabelInferenceAttack` besides ``num_classes``, ``gradient``, ``device``
-            and ``seed`` (e.g. ``{"anchor_steps": 300}``).
-        defenses: in force during the training; one that cannot act in this topology (no client front: noise,
-            NoPeek, DP-SGD) raises ``ValueError``. One that draws its own batches (DP-SGD on the head: Poisson
-            sampling) replaces the anchors-first order: the anchors name the classes when they are drawn, and a
-            sample never drawn is never observed, so it is not scored (``coverage`` = the scored fraction).
-
-    Returns:
-        ``accuracy``, ``accuracy_best_renaming`` (under the best one-to-one renaming of the predicted classes),
-        per-class accuracy, confusion matrix, chance and majority-class baselines, ``coverage``, attack throughput.
-
-    Raises:
-        ValueError: an unknown gradient kind, or no sample left to score (every sample is a known anchor).
-    """
-    if gradient not in GRADIENT_KINDS:
-        raise ValueError(f"unknown gradient kind {gradient!r}: choose one of {', '.join(GRADIENT_KINDS)}")
-    options = attack_options(LabelInferenceAttack, attack,
-                             reserved=("head_architecture", "num_classes", "gradient", "device", "seed"))
-    batch_size = batch_size or (64 if gradient == "cut" else 1)
-    known_per_class = (1 if gradient == "cut" else 0) if known_per_class is None else known_per_class
-    device = torch.device(device)
+def _anchors(y: torch.Tensor, num_classes: int, known_per_class: int) -> Tuple[list, list]:
+    """The first ``known_per_class`` samples of each class (their labels are the attacker's side knowledge) and the
+    others (the samples scored)."""
     anchor_pos = [int(i) for c in range(num_classes) for i in (y == c).nonzero().flatten()[:known_per_class]]
     anchor_set = set(anchor_pos)
     rest = [i for i in range(len(y)) if i not in anchor_set]
     if not rest:
         raise ValueError(f"nothing left to score: all {len(y)} samples are known anchors ({known_per_class} known "
                          "per class); lower the known samples per class or infer more samples")
-    # a defense that owns the batch sampling (DP-SGD's Poisson draws) decides the batches; the anchors then name the
-    # classes whenever they are drawn, and a sample never drawn is never observed (``coverage`` < 1)
-    order = None if draws_own_batches(defenses) else torch.tensor(anchor_pos + rest, dtype=torch.int64)
-    known_labels = {i: int(y[i]) for i in anchor_pos}  # the attacker's side knowledge
+    return anchor_pos, rest
 
-    topology = Topology.split(model, head_start=len(model) - 1)
-    for d in defenses:
-        topology.check_defense(d)
-    server = UnSplitLabels(topology.head, num_classes, known_labels, UnSplitLabelsConfig(gradient=gradient, **options),
-                           device=device, seed=seed + 1)
 
-    start = time.perf_counter()
-    train_split(topology, x, y, epochs=epochs, batch_size=batch_size, order=order, callbacks=[server],
-                share_head_weight_gradients=gradient == "weight", device=device, seed=seed, progress=progress,
-                defenses=list(defenses))
-    total_seconds = time.perf_counter() - start
-    predicted, attack_seconds = server.predicted, server.seconds
-
-    # metrics: ground truth enters only here; anchors are not scored, nor samples the server never observed
+def _label_cell(predicted: torch.Tensor, y: torch.Tensor, rest: list, num_classes: int) -> Dict[str, object]:
+    """Metric code: accuracy (plain, per class, under the best renaming), confusion matrix and baselines over the
+    samples scored (the non-anchors the server observed)."""
     rest_t = torch.tensor(rest, dtype=torch.int64)
     scored = rest_t[predicted[rest_t] >= 0]
     hits = predicted[scored] == y[scored]
@@ -241,28 +235,105 @@ def label_experiment(
     confusion.index_put_((y[scored], predicted[scored].clamp_min(0)), torch.ones(len(scored), dtype=torch.int64),
                          accumulate=True)
     counts = torch.bincount(y[scored], minlength=num_classes)
-    best_renaming = best_renaming_accuracy(confusion)
+    return {"accuracy": float(hits.float().mean()) if len(scored) else float("nan"), "scored": len(scored),
+            "coverage": len(scored) / len(rest), "per_class_accuracy": per_class, "confusion": confusion.tolist(),
+            "accuracy_best_renaming": best_renaming_accuracy(confusion), "chance_accuracy": 1.0 / num_classes,
+            "majority_class_accuracy": float(counts.max()) / max(len(scored), 1)}
+
+
+def run_unsplit_labels(
+    model: nn.Sequential,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    config: Optional[UnSplitLabelsConfig] = None,
+    *,
+    batch_size: Optional[int] = None,
+    known_per_class: Optional[int] = None,
+    epochs: int = 1,
+    num_classes: int = 10,
+    defenses: Sequence[Defense] = (),
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    progress: bool = False,
+) -> Report:
+    """UnSplit label inference (Erdogan et al., WPES'22) during split training of an untrained model, measured (the
+    reference protocol, with :class:`~unsplit.attacks.UnSplitLabels` as the server).
+
+    The label owner keeps only ``model``'s last layer; the server holds the inputs and runs the rest on ``x`` (in the
+    given order, after the anchors) and attacks every batch. ``known_per_class`` samples per class are known to the
+    attacker and sent first (default: 1 with cut gradients, 0 with weight gradients); they are not scored.
+
+    Args:
+        model: the untrained ``nn.Sequential``; x: ``(N, ...)`` inputs in [0, 1]; y: ``(N,)`` labels (metric only).
+        config: the attack's settings (default: :meth:`UnSplitLabelsConfig.paper`, cut gradients).
+        batch_size: of the training (default: 64 with cut gradients, 1 with weight gradients, as the reference).
+        epochs, num_classes: of the training; device, seed, progress: where, seeded how, with a tqdm bar.
+        defenses: in force during the training; one that cannot act in this topology (no client front: noise,
+            NoPeek, DP-SGD) raises ``ValueError``. One that draws its own batches (DP-SGD on the head: Poisson
+            sampling) replaces the anchors-first order: the anchors name the classes when they are drawn, and a
+            sample never drawn is never observed, so it is not scored (``coverage`` = the scored fraction).
+
+    Returns:
+        A :class:`~unsplit.base.Report`: ``metrics`` holds ``accuracy``, ``accuracy_best_renaming``, per-class
+        accuracy, confusion matrix, chance and majority-class baselines, ``coverage``, attack throughput (what
+        :func:`label_experiment` returns); ``artefacts["labels"]`` the :class:`~unsplit.base.Labels`.
+
+    Raises:
+        ValueError: no sample left to score (every sample is a known anchor), a defense that cannot act here.
+    """
+    config = UnSplitLabelsConfig() if config is None else config
+    cut = config.gradient == "cut"
+    batch_size = batch_size or (64 if cut else 1)
+    known_per_class = (1 if cut else 0) if known_per_class is None else known_per_class
+    device = torch.device(device)
+    anchor_pos, rest = _anchors(y, num_classes, known_per_class)
+    # a defense that owns the batch sampling (DP-SGD's Poisson draws) decides the batches; the anchors then name the
+    # classes whenever they are drawn, and a sample never drawn is never observed (``coverage`` < 1)
+    order = None if draws_own_batches(defenses) else torch.tensor(anchor_pos + rest, dtype=torch.int64)
+    topology = Topology.split(model, head_start=len(model) - 1)
+    for d in defenses:
+        topology.check_defense(d)
+    server = UnSplitLabels(topology.head, num_classes, {i: int(y[i]) for i in anchor_pos}, config, device=device,
+                           seed=seed + 1)
+    start = time.perf_counter()
+    train_split(topology, x, y, epochs=epochs, batch_size=batch_size, order=order, callbacks=[server],
+                share_head_weight_gradients=not cut, device=device, seed=seed, progress=progress,
+                defenses=list(defenses))
+    total_seconds = time.perf_counter() - start
+    labels = server.result()
+    cell = _label_cell(labels.predicted, y, rest, num_classes)  # ground truth enters only here
     processed = len(y) * epochs
-    return {
-        "gradient": gradient,
-        "gradient_observed": GRADIENT_KINDS[gradient],
-        "accuracy": float(hits.float().mean()) if len(scored) else float("nan"),
-        "count": len(y),
-        "scored": len(scored),
-        "coverage": len(scored) / len(rest),
-        "known_per_class": known_per_class,
-        "batch_size": batch_size,
-        "epochs": epochs,
-        "per_class_accuracy": per_class,
-        "confusion": confusion.tolist(),
-        "accuracy_best_renaming": best_renaming,
-        "chance_accuracy": 1.0 / num_classes,
-        "majority_class_accuracy": float(counts.max()) / max(len(scored), 1),
-        "samples_per_second": processed / max(attack_seconds, 1e-9),
-        "attack_seconds": attack_seconds,
-        "total_seconds": total_seconds,
-        "end_to_end_samples_per_second": processed / max(total_seconds, 1e-9),
-    }
+    metrics = {"gradient": config.gradient, "gradient_observed": GRADIENT_KINDS[config.gradient],
+               "accuracy": cell["accuracy"], "count": len(y), "scored": cell["scored"], "coverage": cell["coverage"],
+               "known_per_class": known_per_class, "batch_size": batch_size, "epochs": epochs,
+               **{k: cell[k] for k in ("per_class_accuracy", "confusion", "accuracy_best_renaming", "chance_accuracy",
+                                       "majority_class_accuracy")},
+               "samples_per_second": processed / max(server.seconds, 1e-9), "attack_seconds": server.seconds,
+               "total_seconds": total_seconds, "end_to_end_samples_per_second": processed / max(total_seconds, 1e-9)}
+    baselines = {"accuracy": cell["chance_accuracy"], "majority_class_accuracy": cell["majority_class_accuracy"]}
+    return Report("unsplit_labels", metrics, baselines, {"labels": labels, "attack": server},
+                  {**server.settings(), "batch_size": batch_size, "known_per_class": known_per_class, "epochs": epochs})
+
+
+def label_experiment(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, *, gradient: str = "cut",
+                     attack: Optional[Mapping[str, Any]] = None, **options: Any) -> Dict[str, object]:
+    """:func:`run_unsplit_labels` with its settings as a dict: ``report.metrics``.
+
+    Args:
+        gradient: ``"cut"`` or ``"weight"`` (see :data:`~unsplit.attacks.GRADIENT_KINDS`).
+        attack: :class:`~unsplit.attacks.UnSplitLabelsConfig` fields besides ``gradient`` (e.g.
+            ``{"anchor_steps": 300}``).
+        **options: the keyword arguments of :func:`run_unsplit_labels` (``batch_size``, ``known_per_class``,
+            ``epochs``, ``num_classes``, ``device``, ``seed``, ``progress``, ``defenses``).
+
+    Raises:
+        ValueError: an unknown gradient kind or attack option, or no sample left to score.
+    """
+    if gradient not in GRADIENT_KINDS:
+        raise ValueError(f"unknown gradient kind {gradient!r}: choose one of {', '.join(GRADIENT_KINDS)}")
+    config = UnSplitLabelsConfig(gradient=gradient, **attack_options(UnSplitLabelsConfig, attack,
+                                                                     reserved=("gradient",)))
+    return run_unsplit_labels(model, x, y, config, **options).metrics
 
 
 @dataclasses.dataclass(frozen=True)
