@@ -26,13 +26,18 @@ def _tiny_victim():
 
 @pytest.fixture(scope="module")
 def trained():
+    """The victim trained with two servers watching: ``ServerStatistics`` alone, and the ``SLADV`` attack (a fast
+    distribution-matching setting on the first 100 test images)."""
     x, y = _problem(1500, 0)
+    test = _problem(300, 1)
     topology, stats = _tiny_victim(), sladv.ServerStatistics()
-    train_split(topology, x[:1000], y[:1000], epochs=5, batch_size=64, callbacks=[stats])
-    return topology, stats, x[1000:], _problem(300, 1)
+    attack = sladv.SLADV(topology.middle, x[1000:], targets=test[0][:100], objective="distribution", shadow_steps=20,
+                         steps=5)
+    train_split(topology, x[:1000], y[:1000], epochs=5, batch_size=64, callbacks=[stats, attack])
+    return topology, stats, x[1000:], test, attack
 
 
-@pytest.mark.parametrize("name", sladv.MODEL_NAMES)
+@pytest.mark.parametrize("name", sladv.VICTIMS)
 def test_every_split_point_and_both_shadow_fronts_fit_the_smashed_shape(name):
     model = sladv.build_victim(name).eval()
     x = torch.rand(2, 3, 32, 32)
@@ -51,29 +56,32 @@ def test_every_split_point_and_both_shadow_fronts_fit_the_smashed_shape(name):
 
 
 def test_the_attack_flips_far_more_predictions_than_same_budget_noise(trained):
-    topology, stats, x_attacker, (x, y) = trained
+    topology, stats, x_attacker, (x, y), _ = trained
     assert evaluate(topology, x, y) > 0.9
     out = sladv.run_sladv(topology, stats, x_attacker, x, y, objective="distribution", shadow_steps=200, steps=10,
                           baselines=("noise",))
-    assert out["noise"]["accuracy"] > 0.9  # random signs of the same size do nothing
-    assert out["sladv"]["accuracy"] < out["noise"]["accuracy"] - 0.3, out
-    assert out["sladv"]["misclassification_rate"] == pytest.approx(1 - out["sladv"]["accuracy"])
-    x_adv = out["x_adv"]
+    assert out.attack == "sladv" and out.config["objective"] == "distribution" and out.config["baselines"] == ["noise"]
+    assert out.baselines["noise"]["accuracy"] > 0.9  # random signs of the same size do nothing
+    assert out.metrics["accuracy"] < out.baselines["noise"]["accuracy"] - 0.3, out.to_json()
+    assert out.metrics["misclassification_rate"] == pytest.approx(1 - out.metrics["accuracy"])
+    assert set(out.artefacts) >= {"x_adv", "shadow", "shadow_fit", "result", "seconds"}
+    x_adv = out.artefacts["x_adv"]
     assert (x_adv - x).abs().max() <= 8 / 255 + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
 
 
 def test_white_box_pgd_is_the_upper_bound(trained):
-    topology, stats, x_attacker, (x, y) = trained
+    topology, stats, x_attacker, (x, y), _ = trained
     out = sladv.run_sladv(topology, stats, x_attacker, x, y, objective="distribution", shadow_steps=200, steps=10,
                           baselines=("whitebox",))
-    assert out["whitebox"]["accuracy"] < 0.2 and out["whitebox"]["accuracy"] <= out["sladv"]["accuracy"]
-    assert out["whitebox"]["linf"] <= 8 / 255 + 1e-6
+    whitebox = out.baselines["whitebox"]
+    assert whitebox["accuracy"] < 0.2 and whitebox["accuracy"] <= out.metrics["accuracy"]
+    assert whitebox["linf"] <= 8 / 255 + 1e-6
 
 
 def test_pgd_gives_the_same_examples_as_torchattacks(trained):
     """The standard the library's PGD is held to: torchattacks.PGD's examples, bit for bit, under the same seed."""
     torchattacks = pytest.importorskip("torchattacks")
-    topology, _, _, (x, y) = trained
+    topology, _, _, (x, y), _ = trained
     whole = topology.as_model().eval()
     ours = sladv.pgd(whole, x, y, eps=8 / 255, alpha=2 / 255, steps=10, batch_size=64, seed=3)
     attack = torchattacks.PGD(whole, eps=8 / 255, alpha=2 / 255, steps=10, random_start=True)
@@ -83,8 +91,44 @@ def test_pgd_gives_the_same_examples_as_torchattacks(trained):
     assert not torch.equal(ours, sladv.pgd(whole, x, y, steps=10, batch_size=64, seed=4))  # the seed matters
 
 
+def test_the_sladv_class_flips_more_predictions_than_same_budget_noise(trained):
+    """The attack pattern: SLADV as a callback of train_split, scored by its result beside the trivial baseline."""
+    topology, stats, _, (_, y), attack = trained
+    assert torch.equal(attack.statistics.smashed_samples, stats.smashed_samples)  # it records what the server sees
+    result = attack.result()
+    scores = result.score(topology.as_model(), y[:100])
+    assert scores["clean_accuracy"] > 0.9
+    assert scores["success_rate"] > scores["baseline_success_rate"] + 0.2, scores
+    assert (result.examples - result.inputs).abs().max() <= 8 / 255 + 1e-6 and attack.shadow is not None
+
+
+@pytest.mark.parametrize("bad", [{"shadow": "deep"}, {"objective": "critic"}, {"loss": "l1"}, {"eps": float("nan")},
+                                 {"alpha": 0.0}, {"steps": -1}, {"steal_count": 0}, {"phase": "test"}])
+def test_a_bad_config_is_refused(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        sladv.SLADVConfig(**bad)
+    with pytest.raises(ValueError):
+        sladv.SLADV(nn.Identity(), torch.rand(2, 3, 8, 8), **bad)
+    with pytest.raises(ValueError, match="front_architecture"):
+        sladv.SLADV(nn.Identity(), torch.rand(2, 3, 8, 8), shadow="known")
+    with pytest.raises(TypeError, match="no setting"):
+        sladv.SLADV(nn.Identity(), torch.rand(2, 3, 8, 8), epsilon=0.1)
+    assert sladv.SLADVConfig.distribution_matching(steps=3).objective == "distribution"
+
+
+def test_build_victim_is_the_model_registrys_network():
+    from unsplit.models import build_model
+
+    for victim, network in sladv.VICTIMS.items():
+        torch.manual_seed(0)
+        ours = sladv.build_victim(victim).state_dict()
+        torch.manual_seed(0)
+        registry = build_model(network).state_dict()
+        assert ours.keys() == registry.keys() and all(torch.equal(ours[k], registry[k]) for k in ours)
+
+
 def test_the_attacker_never_touches_the_clients_front_head_or_labels(trained):
-    topology, stats, x_attacker, (x, _) = trained
+    topology, stats, x_attacker, (x, _), _ = trained
     reference, _, _ = sladv.sladv_attack(topology.middle, stats, x_attacker, x[:50], objective="distribution",
                                          shadow_steps=20, steps=3)
     poisoned = _tiny_victim()
@@ -102,7 +146,7 @@ def test_the_attacker_never_touches_the_clients_front_head_or_labels(trained):
 
 
 def test_the_known_shadow_takes_only_the_fronts_architecture(trained):
-    topology, stats, x_attacker, (x, _) = trained
+    topology, stats, x_attacker, (x, _), _ = trained
     poisoned = _tiny_victim()
     with torch.no_grad():
         for t in list(poisoned.front.parameters()) + list(poisoned.front.buffers()):
@@ -120,7 +164,7 @@ def test_the_known_shadow_takes_only_the_fronts_architecture(trained):
 
 
 def test_stealing_fits_the_shadow_to_the_smashed_data_the_server_received(trained):
-    topology, stats, _, (x, _) = trained
+    topology, stats, _, (x, _), _ = trained
     assert stats.smashed_samples.shape == (256, *stats.smashed_shape)
     torch.manual_seed(0)
     shape = sladv.shadow_front("single", stats.smashed_shape, input_size=16, nonnegative=True, bias=True)
