@@ -45,7 +45,7 @@ def _ints(text: str):
 
 def parse_args(argv=None):
     p = make_parser(__doc__)
-    p.add_argument("--model", choices=sladv.MODEL_NAMES, default="cifarnet")
+    p.add_argument("--model", choices=tuple(sladv.VICTIMS), default="cifarnet")
     p.add_argument("--epochs", type=int, default=3, help="victim's split-learning epochs")
     p.add_argument("--client-size", type=int, default=40_000)
     p.add_argument("--splits", default="1,2,3,4")
@@ -205,13 +205,13 @@ def run_cell(c: dict, *, data_dir, device, progress: bool) -> dict:
                         if c["shadow"] == "known" else None)
         _, idx, seen = sladv.attacker_split(y_train, source=c["source"], size=c["size"],
                                             client_size=c["client_size"], seed=seed)
-        x_adv, _, fit = sladv.sladv_attack(topology.middle, _STATE["stats", c["split"]], x_train[idx], x_eval,
-                                           shadow=c["shadow"], objective=c["objective"],
-                                           shadow_steps=c["shadow_steps"], steal_count=c.get("steal_count", 64),
-                                           steal_iters=c.get("steal_iters", 200), eps=c["eps"] / 255,
-                                           alpha=2 / 255, steps=c["steps"], device=device, seed=seed,
-                                           front_architecture=architecture, progress=progress)
-        m = metrics.adversarial_metrics(whole, x_eval, x_adv, y_eval, device=device)
+        config = sladv.SLADVConfig(shadow=c["shadow"], objective=c["objective"], shadow_steps=c["shadow_steps"],
+                                   steal_count=c.get("steal_count", 64), steal_iters=c.get("steal_iters", 200),
+                                   eps=c["eps"] / 255, alpha=2 / 255, steps=c["steps"], progress=progress)
+        attack = sladv.SLADV(topology.middle, x_train[idx], config, targets=x_eval, front_architecture=architecture,
+                             statistics=_STATE["stats", c["split"]], device=device, seed=seed)
+        x_adv = attack.result().examples
+        m, fit = metrics.adversarial_metrics(whole, x_eval, x_adv, y_eval, device=device), attack.shadow_fit
         keys = {k: c[k] for k in FACTORS}
         if c["objective"] == "stealing":
             keys["steal_count"] = c.get("steal_count", 64)

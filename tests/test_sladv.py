@@ -230,12 +230,8 @@ def test_the_demo_end_to_end_and_its_handling_of_bad_input(tmp_path, capsys):
     assert m["split"] == 1 and m["shadow_size"] == 30 and m["eval_count"] == 10
     again = run("sladv_demo.py", "cifar", *common, cwd=tmp_path)  # never clobbers earlier results
     assert again.returncode == 2 and "already holds results" in again.stderr
-    import importlib.util
-    from pathlib import Path
+    from unsplit.demos import sladv as demo
 
-    spec = importlib.util.spec_from_file_location("sladv_demo", Path(__file__).parents[1] / "sladv_demo.py")
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
     for bad, message in ((["--split", "5"], "--split"), (["--shadow-data", tmp_path / "nowhere"], "--shadow-data"),
                          (["--baselines", "fgsm"], "unknown --baselines"), (["--eps", "nan"], "eps")):
         with pytest.raises(SystemExit) as exit_info:  # argparse's exit, in process: one line, code 2
