@@ -3,10 +3,12 @@ import math
 
 import pytest
 import torch
-from test_fsha import _crosses, _encoder, _tiny_server
+from test_fsha import _crosses, _encoder, _tiny_server, one_thread  # noqa: F401  (a fixture)
 from torch import nn
 
-from unsplit.detection import SplitGuard, splitguard_score
+from unsplit.base import Report
+from unsplit.detection import SplitGuard, SplitGuardRunConfig, run_detection, run_splitguard, splitguard_score
+from unsplit.fsha import DummyServer
 from unsplit.protocol import Topology
 from unsplit.training import StepLosses, train_split
 
@@ -43,6 +45,11 @@ def test_splitguard_separates_an_honest_server_from_fsha():
     honest, fsha = results["honest"], results["fsha"]
     assert min(s for _, s in honest.scores) > 0.9 and honest.alarm_step() is None
     assert sum(s for _, s in fsha.scores) / len(fsha.scores) < 0.7 and fsha.alarm_step() is not None
+    # as a detector: its result, scored by metric code, beats the detector that never alarms on the hijacked run
+    assert honest.result().score(attacked=False)["correct"] and not honest.result().detected
+    verdict = fsha.result().score(attacked=True)
+    assert verdict["correct"] and not verdict["baseline_correct"] and verdict["alarm_step"] == fsha.alarm_step()
+    assert list(fsha.result().scores) == [s for _, s in fsha.scores]
 
 
 def test_a_fake_batch_is_never_learned_from():
@@ -81,8 +88,8 @@ def test_detection_evasion_makes_the_clients_loss_fall_but_splitguard_still_sees
         callbacks = [client]
         if who != "honest":
             torch.manual_seed(1)
-            callbacks.append(_tiny_server(_crosses(512, 1), dummy_server=middle(),
-                                          lr_dummy=2e-3 if who == "fsha+dummy" else 0.0))
+            callbacks.append(_tiny_server(_crosses(512, 1), evasion=DummyServer(
+                middle(), lr=2e-3 if who == "fsha+dummy" else 0.0)))
         train_split(t, x, y, epochs=4, batch_size=32, callbacks=callbacks, defenses=[guard],
                     optimizers=lambda p: torch.optim.Adam(p, lr=2e-3))
         first, last = sum(client.losses[:5]) / 5, sum(client.losses[-10:]) / 10
@@ -109,3 +116,29 @@ def test_the_alarm_snapshot_measures_once_at_the_first_alarm():
         guard.alarm = 3 if step >= 3 else None
         snap.on_step_end(None, 0, step, {})
     assert snap.step == 3 and snap.mse == 1.0 and calls == [0]
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_run_splitguard_reports_and_run_detection_keeps_its_dict():
+    g = torch.Generator().manual_seed(0)
+    x, xp = torch.rand(8, 3, 32, 32, generator=g) * 2 - 1, torch.rand(8, 3, 32, 32, generator=g) * 2 - 1
+    y = torch.arange(8) % 10
+    report = run_splitguard(x, y, xp, SplitGuardRunConfig(server="fsha", steps=2, batch_size=4, precision="fp32"),
+                            probe=x[:2], x_test=x[:4], y_test=y[:4], seed=1)
+    assert isinstance(report, Report) and report.attack == "splitguard"
+    assert report.metrics["steps"] == 2 and report.metrics["detected"] is False and report.baselines["correct"] is False
+    assert report.artefacts["detection"].alarm_step is None and 0 < report.metrics["fsha_mse"] < 4
+    old = run_detection(x, y, xp, server="fsha", steps=2, batch_size=4, precision="fp32", probe=x[:2], x_test=x[:4],
+                        y_test=y[:4], seed=1)
+    assert set(old) == {"scores", "fake_steps", "alarm_step", "client_losses", "steps", "seconds_per_step",
+                        "fsha_mse", "fsha_mse_at_alarm", "client_test_accuracy"}
+    assert old["client_losses"] == report.artefacts["client_losses"] and old["fsha_mse"] == report.metrics["fsha_mse"]
+
+
+def test_bad_detection_settings_raise():
+    for bad in ({"server": "evil"}, {"threshold": 2.0}, {"precision": "fp8"}, {"batch_size": 0}):
+        with pytest.raises(ValueError):
+            SplitGuardRunConfig(**bad)
+    with pytest.raises(ValueError, match="server"):
+        run_detection(torch.zeros(4, 3, 32, 32), torch.zeros(4, dtype=torch.long), torch.zeros(4, 3, 32, 32),
+                      server="evil")
