@@ -116,3 +116,23 @@ def test_label_inference_under_dp_sgd_on_the_head_follows_its_poisson_batches():
     assert res["accuracy_best_renaming"] >= 0.8 and res["accuracy"] > 5 * res["chance_accuracy"]
     plain = label_experiment(MnistNet(), x, y, batch_size=32, seed=0)
     assert plain["coverage"] == 1.0 and plain["scored"] == 182 and plain["accuracy"] >= 0.95
+
+
+def test_the_runners_return_a_report_with_what_the_wrappers_return():
+    from unsplit.attacks import UnSplitConfig, UnSplitLabelsConfig
+    from unsplit.experiments import attack_options, run_unsplit, run_unsplit_labels
+
+    torch.manual_seed(0)
+    model = MnistNet().eval()
+    x, y = torch.rand(20, 1, 28, 28), torch.arange(20) % 10
+    config = UnSplitConfig.contrast(main_iters=1, input_iters=2, model_iters=2)
+    report = run_unsplit(model, 3, x, y, torch.arange(2), config, mean_image=x.mean(0, keepdim=True))
+    assert report.attack == "unsplit" and report.metrics["preset"] == "contrast"
+    assert report.baselines["stolen_accuracy"] == report.metrics["baseline_stolen_accuracy"]
+    assert report.artefacts["reconstructions"].indices.tolist() == [0, 1]
+    assert report.to_json()["config"]["normalize"] == "scale"
+    labels = run_unsplit_labels(MnistNet(), x, y, UnSplitLabelsConfig(anchor_steps=5), batch_size=10)
+    assert labels.attack == "unsplit_labels" and labels.metrics["scored"] == 10
+    assert labels.artefacts["labels"].score(y)["coverage"] == labels.metrics["coverage"]
+    with pytest.raises(ValueError, match="takes no option"):
+        attack_options(UnSplitConfig, {"normalise": "scale"})

@@ -121,3 +121,64 @@ def test_a_stolen_batchnorm_clone_computes_in_eval_mode_what_it_fitted():
         train_fit = float(nn.functional.mse_loss(res.clone.train()(res.raw_reconstructions), z))
     # running statistics recomputed from the final estimates: eval mode is the function fitted (batch statistics)
     assert eval_fit == pytest.approx(train_fit, rel=0.05, abs=1e-6)
+
+
+def _small_problem():
+    import torch.nn.functional as F
+
+    images, labels = synthetic_digits(48, seed=3)
+    x = F.avg_pool2d(torch.from_numpy(images).float().div(255).unsqueeze(1), 2)  # 14 x 14 digits
+    return x, torch.from_numpy(labels).long()
+
+
+def test_unsplit_on_a_users_own_model_beats_the_mean_image_through_the_public_api():
+    from unsplit.attacks import UnSplit, UnSplitConfig
+    from unsplit.protocol import Topology
+    from unsplit.training import run_split, train_split
+
+    x, y = _small_problem()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 12 * 12, 10))
+    topology = Topology.split(model, front_depth=1)
+    attack = UnSplit(topology.front, (1, 14, 14), UnSplitConfig.contrast(), targets=4, main_iters=10,
+                     input_iters=15, model_iters=15, input_lr=0.03, model_lr=0.03)
+    train_split(topology, x, y, epochs=1, batch_size=16, callbacks=[attack], seed=0)
+    first = sorted(attack.recorded)
+    run_split(topology, x, callbacks=[attack])  # the same samples, now under the trained front: the latest is kept
+    assert sorted(attack.recorded) == first and len(first) == 4
+    result = attack.result()
+    assert result.indices.tolist() == first and result.images.shape == (4, 1, 14, 14)
+    score = result.score(x[result.indices], reference=x)
+    assert score["mse"] < 0.6 * score["baseline_mse"] and score["correlation"] > score["baseline_correlation"] + 0.3
+    stolen = nn.Sequential(result.clone, topology.middle)  # the stolen front under the real server
+    assert stolen(x).shape == (48, 10)
+
+
+def test_unsplit_invert_is_the_offline_attack_of_model_inversion_stealing():
+    from unsplit.attacks import UnSplit
+
+    client = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU())
+    z = client(torch.rand(2, 1, 6, 6))
+    online = UnSplit(client, (1, 6, 6), main_iters=2, input_iters=3, model_iters=3, seed=4).invert(z)
+    offline = model_inversion_stealing(client, z, input_shape=(1, 6, 6), main_iters=2, input_iters=3,
+                                       model_iters=3, seed=4)
+    assert online.indices is None and torch.allclose(online.images, offline.reconstructions)
+    with pytest.raises(RuntimeError, match="recorded nothing"):
+        UnSplit(client, (1, 6, 6)).result()
+
+
+def test_bad_unsplit_settings_are_value_errors():
+    from unsplit.attacks import UnSplit, UnSplitConfig
+
+    for bad in (dict(main_iters=-1), dict(input_iters=1.5), dict(lambda_tv=-0.1), dict(input_lr=float("nan")),
+                dict(normalize="percentile"), dict(tv_kind="l3"), dict(init_value=float("inf")), dict(log_every=0),
+                dict(targets=0)):
+        with pytest.raises(ValueError):
+            UnSplitConfig(**bad)
+    with pytest.raises(ValueError, match="normalize"):
+        UnSplit(nn.Conv2d(1, 2, 3), (1, 6, 6), normalize="percentile")
+    with pytest.raises(ValueError, match="unknown preset"):
+        UnSplitConfig.preset("fast")
+    with pytest.raises(TypeError, match="no setting"):
+        UnSplit(nn.Conv2d(1, 2, 3), (1, 6, 6), normalise="scale")
+    assert UnSplitConfig.paper() == UnSplitConfig() and UnSplitConfig.contrast().normalize == "scale"

@@ -144,3 +144,49 @@ def test_best_renaming_accuracy_matches_a_brute_force_search():
     # a perfect but renamed attack: 0 plain accuracy, 1 under the best renaming
     renamed = torch.eye(3, dtype=torch.int64)[[1, 2, 0]] * 7
     assert int(renamed.diagonal().sum()) == 0 and best_renaming_accuracy(renamed) == 1.0
+
+
+def test_unsplit_labels_on_a_users_own_model_beats_chance_through_the_public_api():
+    from unsplit.attacks import UnSplitLabels
+
+    torch.manual_seed(0)
+    x, y = _synthetic_task(200)
+    model = nn.Sequential(nn.Linear(20, 16), nn.ReLU(), nn.Linear(16, 4))
+    topology = Topology.split(model, head_start=2)  # the label owner keeps only the output layer
+    known = {int((y == c).nonzero()[0]): c for c in range(4)}  # one sample per class whose label the server knows
+    attack = UnSplitLabels(topology.head, known=known, anchor_steps=100)  # num_classes: the head's outputs
+    train_split(topology, x, y, epochs=1, batch_size=16, callbacks=[attack], seed=0)
+    result = attack.result()
+    score = result.score(y[result.indices])
+    assert result.num_classes == 4 and result.known == tuple(sorted(known)) and len(result.predicted) == 200
+    assert score["coverage"] == 1.0 and score["accuracy"] >= 0.9 > 3 * score["baseline_accuracy"]
+    assert attack.settings()["attack"] == "unsplit_labels" and attack.settings()["gradient"] == "cut"
+
+
+def test_unsplit_labels_reference_variant_reads_weight_gradients_at_batch_size_one():
+    from unsplit.attacks import UnSplitLabels, UnSplitLabelsConfig
+
+    torch.manual_seed(0)
+    x, y = _synthetic_task(40)
+    topology = Topology(None, nn.Sequential(nn.Linear(20, 16), nn.ReLU()), nn.Linear(16, 4))
+    attack = UnSplitLabels(topology.head, 4, config=UnSplitLabelsConfig.reference())
+    assert attack.observes == {"head.smashed", "head.weight_gradients"}
+    with pytest.raises(ValueError, match="weight sharing"):
+        train_split(topology, x, y, epochs=1, batch_size=1, callbacks=[attack])
+    train_split(topology, x, y, epochs=1, batch_size=1, callbacks=[attack], share_head_weight_gradients=True)
+    assert attack.result().score(y)["accuracy"] == 1.0
+
+
+def test_bad_unsplit_labels_settings_are_value_errors():
+    from unsplit.attacks import UnSplitLabels, UnSplitLabelsConfig
+
+    for bad in (dict(gradient="bias"), dict(lr=0.0), dict(lr=float("nan")), dict(match_steps=-1),
+                dict(anchor_steps=1.5)):
+        with pytest.raises(ValueError):
+            UnSplitLabelsConfig(**bad)
+    with pytest.raises(ValueError, match="cut, weight"):
+        UnSplitLabels(nn.Linear(3, 2), gradient="bias")
+    with pytest.raises(ValueError, match="known labels"):
+        UnSplitLabels(nn.Linear(3, 2), known={0: 5})
+    with pytest.raises(TypeError, match="no setting"):
+        UnSplitLabels(nn.Linear(3, 2), steps=3)
