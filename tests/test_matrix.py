@@ -127,3 +127,34 @@ def test_dp_sgd_is_na_where_the_part_it_privatises_holds_batchnorm():
     assert {c.name for c in m.grid_cells(bn)}.isdisjoint(c.name for c in m.grid_cells(args) if "unsplit" in c.name)
     with pytest.raises(SystemExit):
         m.parse_args(["--dataset", "mnist", "--batch-norm"])
+
+
+def test_a_users_own_defense_gets_its_row_from_one_call(tiny_mnist, tmp_path):
+    import torch
+
+    from unsplit.matrix import MatrixSettings, defense_row
+    from unsplit.protocol import Defense
+
+    class ShuffleGradients(Defense):
+        """A defense of this test only: the label owner returns each row's gradient to another sample."""
+
+        name = "shuffle_gradients"
+        acts_on = frozenset({"head_gradient"})
+
+        def head_gradient(self, g, ctx=None):
+            return g[torch.randperm(len(g), generator=torch.Generator().manual_seed(ctx.step if ctx else 0))]
+
+    settings = MatrixSettings(label_count=40, sim_epochs=1, sim_train_limit=300, cut=7)
+    row = defense_row(ShuffleGradients(), "mnist", attacks=["unsplit_labels", "similarity", "sladv"],
+                      settings=settings, data_dir=tiny_mnist, out=tmp_path / "out")
+    cols = {c["column"]: c for c in row.columns}
+    assert set(cols) == {"UnSplit labels (acc)", "similarity, gradients (acc)", "similarity, smashed (acc)",
+                         "SLADV (success, eps 8/255)"}
+    assert not cols["SLADV (success, eps 8/255)"]["applicable"]  # measured on CIFAR-10 only: n/a with the reason
+    grad = cols["similarity, gradients (acc)"]
+    assert grad["applicable"] and grad["undefended"] > 0.9  # the built-in undefended cell beside the row
+    assert grad["value"] < grad["undefended"] and grad["protection"] > 0.5  # shuffled gradients hide the labels
+    assert grad["baseline"] < 0.3 and 0 <= grad["task_accuracy"] <= 1
+    assert (tmp_path / "out" / f"row_mnist_{row.defense}.md").read_text().count("| ") >= 4
+    undefended = {p.name for p in (tmp_path / "out" / "cells" / "mnist").glob("*_none_s0.json")}
+    assert "similarity-cut7-simepochs1-simtrainlimit300_none_s0.json" in undefended  # the built-in rows' cells

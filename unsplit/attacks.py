@@ -793,7 +793,7 @@ class UnSplitLabels(Attack):
         num_classes: K (default: the output size of the head's last weight matrix).
         known: ``{dataset index: label}`` the server knows beforehand (left out of :meth:`Labels.score`).
         config: an :class:`UnSplitLabelsConfig` (default: the paper's); device, seed: where the clone computes and
-            what seeds its initialisation; **overrides: config fields, e.g. ``anchor_steps=100``.
+            what seeds its initialisation; ``**overrides``: config fields, e.g. ``anchor_steps=100``.
 
     With ``gradient="weight"`` train with ``share_head_weight_gradients=True`` and ``batch_size=1``.
     """

@@ -875,7 +875,7 @@ def fsha_data(dataset: str, *, data_dir=None, download: bool = True, private_lim
     Args:
         dataset: ``mnist``, ``f_mnist``, ``cifar``, or a directory holding an ImageFolder tree per split
             (``train/<class>/*`` and ``test/<class>/*``: Omniglot, CelebA, AT&T faces, ...).
-        data_dir: dataset root; download: let torchvision fetch what is missing; *_limit: keep the first N.
+        data_dir: dataset root; download: let torchvision fetch what is missing; ``*_limit``: keep the first N.
 
     Returns:
         ``(x_private, y_private, x_public, y_public)``; labels are for metric code and the label-based variants.

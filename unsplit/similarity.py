@@ -603,7 +603,7 @@ class SimilarityLabels(Attack):
         num_classes: K (the paper assumes it known).
         config: a :class:`SimilarityConfig` (default: the paper's); device: unused (the attacks run on the CPU,
             sklearn), kept for the common attack shape; seed: seeds k-means and the recorder's reducer;
-            **overrides: config fields, e.g. ``observe="smashed"``.
+            ``**overrides``: config fields, e.g. ``observe="smashed"``.
 
     Example::
 

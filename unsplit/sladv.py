@@ -536,7 +536,7 @@ class SLADV(Attack):
             ``shadow="known"``.
         statistics: a :class:`ServerStatistics` the server recorded already (e.g. in an earlier inference pass);
             default: a fresh one this attack fills as a callback (``config.phase``, ``epoch``, ``max_*``).
-        device, seed, **overrides: as :class:`~unsplit.base.Attack`.
+        device, seed, ``**overrides``: as :class:`~unsplit.base.Attack`.
 
     After :meth:`result`, ``shadow`` is the fitted shadow front and ``shadow_fit`` the numbers of its fit.
     """
@@ -712,7 +712,7 @@ def run_sladv(topology: Topology, stats: ServerStatistics, x_attacker: torch.Ten
         stats: the server's recording of the client's smashed data (:class:`ServerStatistics`).
         x_attacker: ``(N, 3, 32, 32)`` the attacker's unlabeled images in [0, 1].
         x_eval, y_eval: natural images to attack and their labels (labels: metric code only).
-        config, **overrides: :class:`SLADVConfig` and fields of it to change (``shadow``, ``steal_iters``, ...).
+        config, ``**overrides``: :class:`SLADVConfig` and fields of it to change (``shadow``, ``steal_iters``, ...).
         baselines: any of :data:`BASELINES` (see :func:`baseline_metrics`); ``"transfer"`` needs ``surrogate``.
         device, seed: where it runs; seeds the shadow, its batches and the random starts.
 
