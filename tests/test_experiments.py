@@ -57,6 +57,24 @@ def test_training_case_rejects_bad_cases():
     assert TrainingCase("mnist", defenses=("none",)).defenses == ()
 
 
+def test_a_users_own_defense_instance_is_a_training_case_keyed_by_its_parameters(tiny_mnist, tmp_path):
+    from unsplit.defenses import GaussianNoise, defense_label
+
+    class Blur(GaussianNoise):  # a user's own defense: a built-in one with another name
+        name = "blur"
+
+    mine = TrainingCase("mnist", epochs=1, train_limit=60, defenses=(Blur(sigma=0.5),), split_depth=2)
+    assert mine.key()["defenses"] == [Blur(sigma=0.5).config()] and mine.key()["defenses"][0]["name"] == "blur"
+    assert defense_label(Blur(sigma=0.5)) in mine.name
+    assert mine.name != TrainingCase("mnist", epochs=1, train_limit=60, defenses=(Blur(sigma=1.0),),
+                                     split_depth=2).name
+    defense = mine.defenses[0]
+    model, info = train_or_load(mine, data_dir=tiny_mnist, cache_dir=tmp_path)
+    assert not info["from_checkpoint"] and mine.defenses[0] is defense  # training used a copy
+    _, again = train_or_load(mine, data_dir=tiny_mnist, cache_dir=tmp_path)
+    assert again["from_checkpoint"]
+
+
 def test_the_batch_norm_cifar_network_is_its_own_case():
     plain, bn = TrainingCase("cifar", epochs=1), TrainingCase("cifar", epochs=1, batch_norm=True)
     assert "batch_norm" not in plain.key() and bn.key()["batch_norm"] is True  # earlier checkpoints keep their keys

@@ -12,8 +12,11 @@
 """
 from __future__ import annotations
 
+import copy
+import hashlib
+import json
 import math
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -37,6 +40,8 @@ __all__ = [
     "DEFENSES",
     "parse_defense",
     "parse_defenses",
+    "defense_label",
+    "defense_tag",
 ]
 
 
@@ -528,6 +533,20 @@ def parse_defense(spec: str, *, num_classes: int = 10) -> Defense:
     return DEFENSES[name](**kwargs)
 
 
-def parse_defenses(specs: Sequence[str], *, num_classes: int = 10) -> list:
-    """:func:`parse_defense` for each spec, leaving out ``none`` (the no-op)."""
-    return [parse_defense(s, num_classes=num_classes) for s in specs if s.strip() and s.strip() != "none"]
+def parse_defenses(specs: Sequence[Union[str, Defense]], *, num_classes: int = 10) -> list:
+    """:func:`parse_defense` for each spec, leaving out ``none`` (the no-op); a :class:`Defense` instance (a user's
+    own) is deep-copied, so every training starts from its initial state."""
+    return [copy.deepcopy(s) if isinstance(s, Defense) else parse_defense(s, num_classes=num_classes)
+            for s in specs if isinstance(s, Defense) or (s.strip() and s.strip() != "none")]
+
+
+def defense_label(defense: Defense) -> str:
+    """A readable, unique label for a defense instance: its name and a digest of its parameters
+    (``mydefense-1a2b3c4d``)."""
+    digest = hashlib.sha256(json.dumps(defense.config(), sort_keys=True, default=repr).encode()).hexdigest()[:8]
+    return f"{defense.name}-{digest}"
+
+
+def defense_tag(defense: Union[str, Defense]) -> str:
+    """A file-name part for a spec (``label_dp:1`` → ``label_dp-1``) or an instance (:func:`defense_label`)."""
+    return defense.strip().replace(":", "-") if isinstance(defense, str) else defense_label(defense)

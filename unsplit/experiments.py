@@ -31,10 +31,11 @@ from .attacks import (
 )
 from .base import Reconstructions, Report
 from .cache import CheckpointMismatch, load_or_train
+from .defenses import defense_tag
 from .metrics import best_renaming_accuracy, reconstruction_metrics
 from .models import MODELS, fresh_copy
-from .protocol import Topology
-from .training import Defense, draws_own_batches, evaluate, partial_checkpoint, train_split
+from .protocol import Defense, Topology
+from .training import draws_own_batches, evaluate, partial_checkpoint, train_split
 
 __all__ = ["run_unsplit", "run_unsplit_labels", "inversion_experiment", "label_experiment", "TrainingCase",
            "CheckpointMismatch", "train_or_load",
@@ -343,8 +344,9 @@ class TrainingCase:
     Attributes:
         dataset: ``mnist``, ``f_mnist`` or ``cifar`` (the model is that dataset's reference network).
         epochs: split-learning epochs; seed: seeds the initialisation and the batch sampling.
-        defenses: defense specs in force during training (``NAME[:STRENGTH]``, see
-            :func:`unsplit.defenses.parse_defense`); the key holds each one's full parameters.
+        defenses: defenses in force during training: specs (``NAME[:STRENGTH]``, see
+            :func:`unsplit.defenses.parse_defense`) or :class:`~unsplit.protocol.Defense` instances (a user's own;
+            each training gets a deep copy); the key holds each one's full parameters.
         split_depth: the client front's last layer. Without a defense it does not change training (the joint
             gradient is the same at every cut), so it is left out of the key and one model serves every depth.
         train_limit: train on the first N training images only (``None``: all).
@@ -355,7 +357,7 @@ class TrainingCase:
     dataset: str
     epochs: int = 10
     seed: int = 0
-    defenses: Tuple[str, ...] = ()
+    defenses: Tuple[Union[str, Defense], ...] = ()
     split_depth: Optional[int] = None
     train_limit: Optional[int] = None
     batch_size: int = 64
@@ -366,7 +368,8 @@ class TrainingCase:
         if self.dataset not in MODELS:
             raise ValueError(f"unknown dataset {self.dataset!r}: choose one of {', '.join(MODELS)}")
         self.build_model()  # batch_norm on a network without the variant fails here
-        specs = tuple(s.strip() for s in self.defenses if s.strip() and s.strip() != "none")
+        specs = tuple(s if isinstance(s, Defense) else s.strip() for s in self.defenses
+                      if isinstance(s, Defense) or s.strip() not in ("", "none"))
         object.__setattr__(self, "defenses", specs)
         if specs and self.split_depth is None:
             raise ValueError("training with a defense needs the split depth it is trained at")
@@ -406,7 +409,7 @@ class TrainingCase:
         if self.train_limit:
             parts.append(f"n{self.train_limit}")
         if self.defenses:
-            parts += [f"d{self.split_depth}", *(s.replace(":", "-") for s in self.defenses)]
+            parts += [f"d{self.split_depth}", *(defense_tag(s) for s in self.defenses)]
         return "_".join(parts + [digest])
 
 
@@ -472,7 +475,7 @@ def _train_case(case: TrainingCase, path: Path, *, data_dir, download: bool, dev
     model = case.build_model()
     defenses = case.build_defenses()
     say(f"training the split model: {case.epochs} epochs on {len(y_train)} images"
-        + (f" with {', '.join(case.defenses)}" if case.defenses else "") + " ...")
+        + (f" with {', '.join(map(defense_tag, case.defenses))}" if case.defenses else "") + " ...")
     start = time.perf_counter()
     topology = Topology.split(model, front_depth=case.split_depth or 0)
     partial = partial_checkpoint(path, defenses)  # an interrupted training resumes where it stopped

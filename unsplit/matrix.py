@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
-import json
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
@@ -37,7 +35,7 @@ import torch
 from . import metrics
 from .cli import train_mean_image
 from .data import first_of_each_class, load_dataset
-from .defenses import parse_defense
+from .defenses import defense_label, parse_defense
 from .experiments import TrainingCase, inversion_experiment, label_experiment, train_or_load
 from .grid import Cell, ResultStore, fold_seeds, run_grid
 from .models import MODELS, build_model, split
@@ -78,13 +76,25 @@ class AttackSpec:
     datasets: tuple = ("mnist", "f_mnist", "cifar")
 
 
+def _trained_with(c: dict, defense: Defense) -> tuple:
+    """What the cell's victim trains under: a built-in row's spec (its cached models keep their names), a user's
+    own defense as the instance (keyed by its parameters)."""
+    if c["defense"] == "none":
+        return ()
+    try:
+        parse_defense(c["defense"], num_classes=MODELS[c["dataset"]].num_classes)
+    except ValueError:
+        return (defense,)
+    return (c["defense"],)
+
+
 def _unsplit(c, defense, *, data_dir, cache_dir, device, progress) -> dict:
-    dataset, spec, seed, depth = c["dataset"], c["defense"], c["seed"], c["depth"]
+    dataset, seed, depth = c["dataset"], c["seed"], c["depth"]
     x_test, y_test = load_dataset(dataset, data_dir=data_dir, train=False)
     idx = first_of_each_class(y_test)
     # a defense acting only on a returned head gradient trains as the undefended model (as defense_tradeoff.py)
-    train_spec = "none" if defense.acts_on <= {"head_gradient"} else spec
-    case = TrainingCase(dataset, epochs=c["epochs"], seed=seed, defenses=(train_spec,), split_depth=depth,
+    trained = () if defense.acts_on <= {"head_gradient"} else _trained_with(c, defense)
+    case = TrainingCase(dataset, epochs=c["epochs"], seed=seed, defenses=trained, split_depth=depth,
                         train_limit=c["train_limit"], batch_norm=c.get("batch_norm", False))
     model, info = train_or_load(case, data_dir=data_dir, cache_dir=cache_dir, test=(x_test, y_test), device=device,
                                 progress=progress)
@@ -169,9 +179,9 @@ def _sladv(c, defense, *, data_dir, cache_dir, device, progress) -> dict:
     x_train, y_train = load_dataset("cifar", data_dir=data_dir, train=True, download=False)
     x_test, y_test = load_dataset("cifar", data_dir=data_dir, train=False, download=False)
     n, seed = c["client_size"], c["seed"]
-    specs = () if c["defense"] == "none" else (c["defense"],)
     model, _ = sladv.train_or_load_victim("cifarnet", x_train[:n], y_train[:n], epochs=c["sladv_epochs"],
-                                          defenses=specs, device=device, seed=seed, progress=progress,
+                                          defenses=_trained_with(c, defense), device=device, seed=seed,
+                                          progress=progress,
                                           checkpoint=Path(cache_dir) / "sladv_matrix" / (
                                               f"cifarnet_e{c['sladv_epochs']}_n{n}_{c['defense'].replace(':', '-')}"
                                               f"_s{seed}.pt"))
@@ -369,12 +379,6 @@ def tag(settings: Mapping[str, Any]) -> str:
     """``{"depth": 3, "sim_lr": 0.2}`` -> ``"-depth3-simlr0.2"``."""
     return "".join(f"-{k.replace('_', '')}{format(v, 'g') if isinstance(v, float) else v}"
                    for k, v in settings.items())
-
-
-def defense_label(defense: Defense) -> str:
-    """A row label for a defense instance: its name and a digest of its parameters (``mydefense-1a2b3c4d``)."""
-    digest = hashlib.sha256(json.dumps(defense.config(), sort_keys=True, default=repr).encode()).hexdigest()[:8]
-    return f"{defense.name}-{digest}"
 
 
 @dataclasses.dataclass

@@ -36,9 +36,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import AdversarialExamples, Attack, Report, configure
+from .defenses import defense_tag
 from .metrics import adversarial_metrics
 from .models import BasicBlock, CifarResNet18, build_model, fresh_copy
-from .protocol import CutEvent, RunInfo, SplitCallback, Topology
+from .protocol import CutEvent, Defense, RunInfo, SplitCallback, Topology
 
 __all__ = [
     "VICTIMS",
@@ -615,13 +616,14 @@ def sladv_attack(middle: nn.Module, stats: ServerStatistics, x_attacker: torch.T
 
 
 def train_or_load_victim(name: str, x_client: torch.Tensor, y_client: torch.Tensor, *, epochs: int = 3,
-                         defenses: Sequence[str] = (), checkpoint=None, retrain: bool = False,
+                         defenses: Sequence[Union[str, Defense]] = (), checkpoint=None, retrain: bool = False,
                          device: Union[str, torch.device] = "cpu", seed: int = 0, progress: bool = False, log=None):
     """The victim (:func:`build_victim`) trained with U-shaped split learning on the client's images (Adam 1e-3
     amsgrad, batch 128, cross-entropy at the client's head), or loaded from ``checkpoint`` if that holds the same
     training (a checkpoint of another one raises ``ValueError``). Without a defense the training does not depend
     on the split point, so one victim serves all four; ``defenses`` (specs of :func:`unsplit.defenses.parse_defense`,
-    e.g. ``("label_dp:1",)``) train it with those defenses in force at split point 1 (part of the checkpoint's key).
+    e.g. ``("label_dp:1",)``, or :class:`~unsplit.protocol.Defense` instances) train it with those defenses in force
+    at split point 1 (part of the checkpoint's key).
 
     Returns:
         ``(model, info)`` with ``info = {"from_checkpoint", "checkpoint", "train_seconds"}``.
@@ -630,12 +632,12 @@ def train_or_load_victim(name: str, x_client: torch.Tensor, y_client: torch.Tens
 
     from .cache import load_or_train
 
-    specs = [d for d in defenses if d.strip() and d.strip() != "none"]
+    specs = [d for d in defenses if isinstance(d, Defense) or d.strip() not in ("", "none")]
     key = {"model": name, "epochs": epochs, "client_size": len(x_client), "seed": seed, "optimizer": "adam-amsgrad",
            "lr": 1e-3, "batch_size": 128}
     if specs:  # undefended victims keep their earlier key and file name
-        key["defenses"] = specs
-    tag = "".join(f"_{d.replace(':', '-')}" for d in specs)
+        key["defenses"] = [d.config() if isinstance(d, Defense) else d for d in specs]
+    tag = "".join(f"_{defense_tag(d)}" for d in specs)
     path = Path(checkpoint) if checkpoint is not None else Path("checkpoints/sladv") / (
         f"{name}_e{epochs}_n{len(x_client)}{tag}_s{seed}.pt")
 
