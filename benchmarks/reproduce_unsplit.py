@@ -38,7 +38,7 @@ from unsplit.grid import (
 )
 from unsplit.metrics import reconstruction_metrics
 from unsplit.models import MODELS, build_model
-from unsplit.util import atomic_write_text, minmax_normalise, resolve_device
+from unsplit.util import atomic_write_text, minmax_normalize, resolve_device
 
 #: (main_iters, input_iters, model_iters). ``fast`` was chosen from the quality-vs-cost curves (README).
 SCHEDULES = {"paper": (1000, 100, 100), "fast": (100, 100, 100)}
@@ -221,7 +221,7 @@ def run(args):
 
 def _reconstruction_figure(out: Path, tensors: list, fname: str, norm) -> str:
     """Rows = originals then one row per depth, columns = targets; ``norm`` rescales each reconstruction for display
-    (``minmax_normalise``: as the reference code shows CIFAR reconstructions), ``None`` shows raw values."""
+    (``minmax_normalize``: as the reference code shows CIFAR reconstructions), ``None`` shows raw values."""
     import matplotlib.pyplot as plt
 
     n = tensors[0][1]["targets"].shape[0]
@@ -320,7 +320,7 @@ def build_report(args) -> Path:
                     tensors.append((c["split_depth"], torch.load(p)))
             if not tensors:
                 continue
-            for suffix, norm in (("", None), ("_minmax", minmax_normalise)):
+            for suffix, norm in (("", None), ("_minmax", minmax_normalize)):
                 figures.append(_reconstruction_figure(out, tensors, f"reconstructions_{dataset}_{schedule}{suffix}.png",
                                                       norm))
     if curves:

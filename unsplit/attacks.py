@@ -27,7 +27,7 @@ from torch import nn
 from .base import Attack, Labels, Reconstructions, configure
 from .models import fresh_copy
 from .training import adam
-from .util import l2_prior, minmax_normalise, total_variation
+from .util import l2_prior, minmax_normalize, total_variation
 
 __all__ = [
     "UnSplit",
@@ -423,7 +423,7 @@ def _normalize(x: torch.Tensor, how: str) -> torch.Tensor:
     clamps to [0, 1] (fixes the scale, keeps black black); ``minmax`` maps [min, max] to [0, 1]."""
     flat = x.flatten(1)
     if how == "minmax":
-        return minmax_normalise(x)
+        return minmax_normalize(x)
     if how == "scale":
         # the clone absorbs a sign flip too: keep the polarity whose 99th-percentile magnitude is larger
         q = torch.quantile(flat, torch.tensor([0.01, 0.99], device=x.device, dtype=x.dtype), dim=1)  # (2, N)

@@ -178,7 +178,7 @@ class ResultStore:
     def write(self, cell: Cell, result: Union[dict, CellResult], *, seconds: float,
               env: Optional[Mapping] = None) -> Path:
         """Stores a finished cell: artefacts first, the JSON last."""
-        from .util import _atomic_write, atomic_save, atomic_write_json  # torch: imported by the driver only
+        from .util import atomic_save, atomic_write_bytes, atomic_write_json  # torch: imported by the driver only
         if isinstance(result, CellResult):
             metrics, artefacts = result.metrics, result.artefacts
         else:
@@ -191,7 +191,7 @@ class ResultStore:
         for suffix, obj in artefacts.items():
             target = base.with_name(base.name[: -len(".json")] + suffix)
             if isinstance(obj, (bytes, bytearray)):
-                _atomic_write(target, lambda fh, data=bytes(obj): fh.write(data))
+                atomic_write_bytes(target, bytes(obj))
             else:
                 atomic_save(obj, target)
         record = {**metrics, _META: self._meta(cell, "ok", seconds, env)}

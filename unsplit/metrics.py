@@ -11,7 +11,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
-from .util import minmax_normalise
+from .util import minmax_normalize
 
 __all__ = [
     "reconstruction_metrics",
@@ -57,7 +57,7 @@ def reconstruction_metrics(reconstructions: torch.Tensor, targets: torch.Tensor)
     rec = reconstructions.detach().float().cpu()
     tgt = targets.detach().float().cpu()
     mse = (rec - tgt).pow(2).flatten(1).mean(1)
-    mse_mm = (minmax_normalise(rec) - tgt).pow(2).flatten(1).mean(1)
+    mse_mm = (minmax_normalize(rec) - tgt).pow(2).flatten(1).mean(1)
     clamped = rec.clamp(0, 1)
     mse_c = (clamped - tgt).pow(2).flatten(1).mean(1)
     psnr = 10 * torch.log10(1.0 / mse_c.clamp_min(1e-10))

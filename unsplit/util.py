@@ -14,9 +14,10 @@ import torch
 __all__ = [
     "total_variation",
     "l2_prior",
-    "minmax_normalise",
+    "minmax_normalize",
     "resolve_device",
     "seed_everything",
+    "atomic_write_bytes",
     "atomic_write_json",
     "atomic_save",
     "atomic_write_text",
@@ -57,7 +58,7 @@ def l2_prior(x: torch.Tensor) -> torch.Tensor:
     return x.pow(2).mean()
 
 
-def minmax_normalise(x: torch.Tensor) -> torch.Tensor:
+def minmax_normalize(x: torch.Tensor) -> torch.Tensor:
     """Rescales each image of ``(N, ...)`` to span [0, 1] (constant images map to 0), as the reference does for
     CIFAR."""
     flat = x.flatten(1)
@@ -127,12 +128,17 @@ def _atomic_write(path: Path, write) -> Path:
 def atomic_write_json(path: Union[str, Path], data: Any) -> Path:
     """Writes ``data`` as indented JSON to ``path`` via a temporary file and ``os.replace`` (never half-written)."""
     payload = (json.dumps(data, indent=2, sort_keys=False) + "\n").encode()
-    return _atomic_write(Path(path), lambda fh: fh.write(payload))
+    return atomic_write_bytes(path, payload)
+
+
+def atomic_write_bytes(path: Union[str, Path], data: bytes) -> Path:
+    """Writes ``data`` to ``path`` atomically."""
+    return _atomic_write(Path(path), lambda fh: fh.write(data))
 
 
 def atomic_write_text(path: Union[str, Path], text: str) -> Path:
     """Writes ``text`` (UTF-8) to ``path`` atomically."""
-    return _atomic_write(Path(path), lambda fh: fh.write(text.encode()))
+    return atomic_write_bytes(path, text.encode())
 
 
 def atomic_save(obj: Any, path: Union[str, Path]) -> Path:
