@@ -1,103 +1,155 @@
 #!/usr/bin/env python
-"""Seconds per FSHA iteration (Pasquini et al., CCS'21): this implementation's options side by side in one run, against
-a plain transcription and the official TensorFlow code's 1.31 s/iteration measured on this project's 2-core CPU.
+"""Seconds per FSHA iteration (Pasquini et al., CCS'21): the official TensorFlow code and this library side by side in
+one run, and what each of the library's speed settings buys.
 
 One iteration = the client's forward and backward through f plus the server's step (pilot + decoder, critic with the
-gradient penalty, the hijacking gradient) and the monitor's reconstruction of the batch, as in the official loop.
-The official setting: MNIST-shaped inputs (3x32x32), split level 4, batch 64. Random data: the speed does not depend
-on it. Each row runs ``--repeats`` blocks (rows interleaved, against drifts of the machine's speed); a block is a
-fresh run, ``--warmup`` untimed iterations, then ``--iters`` timed ones; the median block is reported:
+gradient penalty, the hijacking gradient) and the reconstruction of the batch, as in the official loop. The setting:
+MNIST-shaped inputs (3x32x32), split level 4, batch 64, random data (the speed does not depend on it). Every row is
+timed the same way: whole runs of ``n1`` and of ``n2`` iterations, the slope ``(T(n2) - T(n1)) / (n2 - n1)`` (so
+start-up and graph tracing cancel), after an untimed warm-up run. Rows are interleaved over ``--repeats`` rounds,
+against drifts of the machine's speed; the table gives each round's ratio to the official code of that round.
 
-    plain        one critic pass per loss, a separate backward for the returned gradient, fp32
-    fused        one critic pass over private + public features, one backward for the critic and the gradient
-    fused+bf16   the attacker's networks under bf16 autocast (client fp32)
-    all bf16     the client's f under bf16 autocast as well
+    official     pasquini-dario/SplitNN_FSHA's FSHA class with its notebook's hyper-parameters, run by
+                 --official-python (TensorFlow, with TF_USE_LEGACY_KERAS=1 and tf_keras for TF >= 2.16) from a
+                 checkout given by --official-repo
+    demo default unsplit-fsha's settings (python fsha_demo.py mnist --level 4)
+    plain        a plain transcription: one critic pass per loss, a separate backward for the returned gradient,
+                 double backward for the gradient penalty, fp32
+    + fused      one critic pass and one backward for the critic's update and the returned gradient
+    + explicit penalty   the penalty's critic gradient as an explicit transposed chain (no double backward)
+    + bf16       client and attacker under bf16 autocast
     + channels-last
 
-    python benchmarks/fsha_speed.py   # prints a markdown table, writes benchmarks/results/fsha_speed.json
+    python benchmarks/fsha_speed.py --official-repo PATH/TO/SplitNN_FSHA --official-python PATH/TO/tf/bin/python
 """
 from __future__ import annotations
 
-import statistics
+import json
+import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
 
 from unsplit.cli import make_parser, run_main
-from unsplit.fsha import LEVELS, run_fsha
-from unsplit.training import StepTimer
+from unsplit.demos.fsha import parse_args as demo_args
+from unsplit.demos.fsha import run_config
+from unsplit.fsha import FSHASpeed, run_fsha
 from unsplit.util import atomic_write_json, resolve_device
 
-OFFICIAL_SECONDS = 1.31
 ROWS = {
-    "plain": dict(server={"fused": False}, precision="fp32"),
-    "fused": dict(server={}, precision="fp32"),
-    "fused+bf16 attacker": dict(server={"precision": "bf16"}, precision="fp32"),
-    "all bf16": dict(server={"precision": "bf16"}, precision="bf16"),
-    "all bf16 + channels-last": dict(server={"precision": "bf16", "channels_last": True}, precision="bf16"),
+    "demo default": None,
+    "plain": dict(speed=FSHASpeed(fused=False, explicit_penalty=False), precision="fp32"),
+    "+ fused": dict(speed=FSHASpeed(explicit_penalty=False), precision="fp32"),
+    "+ explicit penalty": dict(speed=FSHASpeed(), precision="fp32"),
+    "+ bf16": dict(speed=FSHASpeed(precision="bf16"), precision="bf16"),
+    "+ channels-last": dict(speed=FSHASpeed(precision="bf16", channels_last=True), precision="bf16"),
 }
+OFFICIAL_DRIVER = Path(__file__).resolve().parent / "official" / "fsha_official_timing.py"
 
 
 def parse_args(argv=None):
     p = make_parser(__doc__)
-    p.add_argument("--level", type=int, choices=LEVELS, default=4)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--iters", type=int, default=12, help="timed iterations per block")
-    p.add_argument("--repeats", type=int, default=3, help="timed blocks per row (the median is reported)")
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--official-repo", type=Path, default=os.environ.get("UNSPLIT_FSHA_OFFICIAL"),
+                   help="a checkout of pasquini-dario/SplitNN_FSHA ($UNSPLIT_FSHA_OFFICIAL)")
+    p.add_argument("--official-python", default=os.environ.get("UNSPLIT_TF_PYTHON"),
+                   help="a Python with TensorFlow ($UNSPLIT_TF_PYTHON)")
+    p.add_argument("--no-official", action="store_true", help="time this library's rows only")
+    p.add_argument("--iters", default="20,60", help="n1,n2: the two run lengths of the slope")
+    p.add_argument("--repeats", type=int, default=2, help="rounds (rows interleaved)")
     p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated: {','.join(ROWS)}")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="cpu")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/fsha_speed.json"))
     args = p.parse_args(argv)
     args.rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     unknown = [r for r in args.rows if r not in ROWS]
     if unknown:
         p.error(f"unknown row(s) {', '.join(unknown)}: choose from {', '.join(ROWS)}")
-    if min(args.iters, args.repeats, args.batch_size) < 1 or args.warmup < 0:
-        p.error("--iters, --repeats and --batch-size must be >= 1, --warmup >= 0")
+    try:
+        args.n1, args.n2 = (int(n) for n in args.iters.split(","))
+    except ValueError:
+        p.error(f"--iters takes two counts n1,n2, got {args.iters!r}")
+    if not 1 <= args.n1 < args.n2 or args.repeats < 1:
+        p.error("--iters needs 1 <= n1 < n2 and --repeats >= 1")
+    if not args.no_official:
+        if args.official_repo is None or not (Path(args.official_repo) / "FSHA.py").is_file():
+            p.error("--official-repo must be a checkout of pasquini-dario/SplitNN_FSHA (with FSHA.py), or pass "
+                    "--no-official")
+        if not args.official_python:
+            p.error("--official-python must name a Python with TensorFlow, or pass --no-official")
     return args
 
 
-def block_seconds(row: dict, args, device, data) -> float:
-    """Mean step time of one block: a fresh run of ``warmup + iters`` steps, the first ``warmup`` untimed."""
-    private, public = data
-    timer = StepTimer()
-    run_fsha(private, public, level=args.level, iterations=args.warmup + args.iters + 1,
-             batch_size=args.batch_size, server_options=row["server"], precision=row["precision"],
-             callbacks=[timer], device=device, seed=0)
-    times = timer.times[args.warmup:]
-    return sum(times) / len(times)
+def official_seconds(args) -> float:
+    """The official code's slope, from one process that runs ``fsha(n1)`` and ``fsha(n2)`` after warming up."""
+    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    cmd = [args.official_python, str(OFFICIAL_DRIVER), "--repo", str(args.official_repo), "--level", "4",
+           "--batch-size", "64", "--iters", f"{args.n1},{args.n2}"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"the official code failed: {(done.stderr or done.stdout).strip().splitlines()[-1:]}")
+    seconds = json.loads(lines[-1])["seconds"]
+    return (seconds[str(args.n2)] - seconds[str(args.n1)]) / (args.n2 - args.n1)
+
+
+def _config(name: str, n: int):
+    """The row's FSHARunConfig for a run of ``n`` iterations."""
+    config = run_config(demo_args(["mnist", "--level", "4", "--quiet"]))
+    config.iterations, config.snapshots_at = n, []
+    if ROWS[name] is not None:
+        config.speed, config.precision = ROWS[name]["speed"], ROWS[name]["precision"]
+    return config
+
+
+def our_seconds(name: str, data, device) -> float:
+    private, public, n1, n2 = data
+    run_fsha(private, public, _config(name, 3), device=device, seed=0)  # warm-up: the kernels' first calls
+    took = {}
+    for n in (n1, n2):
+        t = time.perf_counter()
+        run_fsha(private, public, _config(name, n), device=device, seed=0)
+        took[n] = time.perf_counter() - t
+    return (took[n2] - took[n1]) / (n2 - n1)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     device = resolve_device(args.device)
     g = torch.Generator().manual_seed(0)
-    n = args.batch_size * (args.warmup + args.iters + 2)
-    data = (torch.rand(n, 3, 32, 32, generator=g) * 2 - 1,
-            torch.rand(4 * args.batch_size, 3, 32, 32, generator=g) * 2 - 1)
-    blocks = {name: [] for name in args.rows}
-    for r in range(args.repeats):  # rows interleaved, so that a drift of the machine's speed hits all of them
-        for name in args.rows:
-            blocks[name].append(block_seconds(ROWS[name], args, device, data))
-            print(f"repeat {r + 1}: {name}: {blocks[name][-1]:.3f} s/it", file=sys.stderr, flush=True)
-    results = {name: statistics.median(b) for name, b in blocks.items()}
-    base = results.get("plain")
-    lines = [f"FSHA, level {args.level}, batch {args.batch_size}, {device}, {torch.get_num_threads()} threads "
-             f"(median of {args.repeats} x {args.iters} iterations)", "",
-             "| setting | s / iteration | speed-up vs plain | vs official TF (1.31 s/it) |", "|---|---|---|---|"]
-    for name, s in results.items():
-        lines.append(f"| {name} | {s:.3f} | {base / s:.2f}x |" if base else f"| {name} | {s:.3f} | — |")
-        lines[-1] += f" {OFFICIAL_SECONDS / s:.2f}x |"
-    print("\n".join(lines))
+    data = (torch.rand(64 * (args.n2 + 2), 3, 32, 32, generator=g) * 2 - 1,
+            torch.rand(256, 3, 32, 32, generator=g) * 2 - 1, args.n1, args.n2)
+    names = ([] if args.no_official else ["official"]) + args.rows
+    rounds = []
+    for r in range(args.repeats):
+        seconds = {}
+        for name in names:
+            seconds[name] = official_seconds(args) if name == "official" else our_seconds(name, data, device)
+            print(f"round {r + 1}: {name}: {seconds[name]:.3f} s/it", file=sys.stderr, flush=True)
+        rounds.append(seconds)
+    print("\n".join(table(rounds, args)))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out, {"level": args.level, "batch_size": args.batch_size, "device": str(device),
-                                 "threads": torch.get_num_threads(), "iters": args.iters, "repeats": args.repeats,
-                                 "seconds_per_iteration": results, "blocks": blocks,
-                                 "official_seconds": OFFICIAL_SECONDS,
-                                 "torch": torch.__version__})
+    atomic_write_json(args.out, {"level": 4, "batch_size": 64, "iters": [args.n1, args.n2], "device": str(device),
+                                 "threads": torch.get_num_threads(), "torch": torch.__version__,
+                                 "rounds": rounds})
     return 0
+
+
+def table(rounds: list, args) -> list:
+    """A markdown table: each row's seconds per iteration and its ratio to the official code, round by round."""
+    head = " | ".join(f"round {i + 1}: s/it (× official)" for i in range(len(rounds)))
+    lines = [f"FSHA, MNIST shape, level 4, batch 64, {torch.get_num_threads()} threads, slope between "
+             f"{args.n1} and {args.n2} iterations", "", f"| setting | {head} |",
+             "|---|" + "---|" * len(rounds)]
+    for name in rounds[0]:
+        cells = []
+        for seconds in rounds:
+            ratio = f" ({seconds['official'] / seconds[name]:.2f}×)" if "official" in seconds else ""
+            cells.append(f"{seconds[name]:.3f}{ratio}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
 
 
 if __name__ == "__main__":

@@ -93,6 +93,19 @@ def test_fsha_on_a_new_network(one_thread):
     assert score["mse"] < 0.5 * score["baseline_mse"]
 
 
+def test_fsha_builds_its_networks_for_a_new_front(one_thread):
+    private, public = quadrants(512)[0] * 2 - 1, quadrants(512, seed=1)[0] * 2 - 1
+    topology = Topology.split(novel_net(), front_depth=2)
+    networks = unsplit.FSHANetworks.for_front(topology.front, input_shape=(1, 16, 16), critic_blocks=1)
+    assert networks.pilot(public[:2]).shape == topology.front(private[:2]).shape  # fitted to the smashed shape
+    attack = unsplit.FSHA(public, networks=networks, lr_tilde=2e-3, lr_critic=2e-3, gp_weight=10, targets=32)
+    train_split(topology, private, torch.zeros(512, dtype=torch.long), epochs=20, batch_size=32, callbacks=[attack],
+                optimizers={"front": lambda p: torch.optim.Adam(p, lr=2e-3)}, seed=0)
+    result = attack.result()
+    score = result.score((private[result.indices] + 1) / 2, reference=(public + 1) / 2)
+    assert score["mse"] < 0.5 * score["baseline_mse"]
+
+
 def test_unsplit_inverts_and_steals_a_new_front(one_thread):
     x, y = quadrants(128)
     model = novel_net()

@@ -33,11 +33,18 @@ def test_fidelity_benchmark_cells_resume_and_report(tiny_mnist, tmp_path):
 
 @pytest.mark.slow  # benchmark plumbing end to end; the attacks' effectiveness is asserted in the unit tests
 def test_speed_and_detection_benchmarks_run(tiny_mnist, tmp_path):
-    r = run("fsha_speed.py", "--iters", "1", "--repeats", "1", "--warmup", "0", "--batch-size", "4",
-            "--rows", "plain,all bf16", "--out", tmp_path / "speed.json", cwd=tmp_path)
+    official = tmp_path / "fake-tf-python"  # stands in for the official code: fsha(1) 1 s, fsha(2) 3 s -> 2 s/it
+    official.write_text('#!/bin/sh\necho \'{"seconds": {"1": 1.0, "2": 3.0}}\'\n')
+    official.chmod(0o755)
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "repo" / "FSHA.py").write_text("")
+    r = run("fsha_speed.py", "--iters", "1,2", "--repeats", "1", "--rows", "plain,+ bf16", "--official-repo",
+            tmp_path / "repo", "--official-python", official, "--out", tmp_path / "speed.json", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     speed = json.loads((tmp_path / "speed.json").read_text())
-    assert set(speed["seconds_per_iteration"]) == {"plain", "all bf16"} and "| plain |" in r.stdout
+    (round1,) = speed["rounds"]
+    assert set(round1) == {"official", "plain", "+ bf16"} and round1["official"] == 2.0
+    assert f"| plain | {round1['plain']:.3f} ({2.0 / round1['plain']:.2f}×)" in r.stdout
     r = run("fsha_detection.py", "--data-dir", tiny_mnist, "--steps", "3", "--batch-size", "8", "--out",
             tmp_path / "det", "--checkpoints", tmp_path / "detck", "--quiet", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
@@ -48,7 +55,8 @@ def test_speed_and_detection_benchmarks_run(tiny_mnist, tmp_path):
 @pytest.mark.parametrize("script,args", [
     ("fsha_vs_official.py", ["--cells", "mnist-l9"]),
     ("fsha_vs_official.py", ["--iters", "0"]),
-    ("fsha_speed.py", ["--rows", "turbo"]),
+    ("fsha_speed.py", ["--rows", "turbo", "--no-official"]),
+    ("fsha_speed.py", ["--official-repo", "nowhere"]),
     ("fsha_detection.py", ["--threshold", "2"]),
 ])
 def test_bad_input_is_one_line_and_exit_2(script, args, tmp_path):

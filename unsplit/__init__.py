@@ -40,7 +40,7 @@ _EXPORTS = {
     "attacks": ("UnSplit", "UnSplitConfig", "UnSplitLabels", "UnSplitLabelsConfig"),
     "experiments": ("run_unsplit", "run_unsplit_labels"),
     "similarity": ("SimilarityLabels", "SimilarityConfig", "run_similarity"),
-    "fsha": ("FSHA", "FSHAConfig", "run_fsha"),
+    "fsha": ("FSHA", "FSHAConfig", "FSHANetworks", "run_fsha"),
     "sladv": ("SLADV", "SLADVConfig", "run_sladv"),
     "detection": ("SplitGuard", "run_splitguard"),
     "matrix": ("defense_row", "MatrixSettings"),

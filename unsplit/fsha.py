@@ -38,6 +38,7 @@ from .models import ResBlock, keras_init
 from .protocol import CutEvent, SplitCallback, Topology
 
 __all__ = ["LEVELS", "OFFICIAL_NOTEBOOK", "SMASHED_SHAPES", "fsha_images", "pilot", "decoder", "critic",
+           "fit_pilot", "fit_decoder", "fit_critic",
            "gradient_penalty", "FSHA", "FSHAConfig", "FSHANetworks", "FSHASpeed", "DummyServer", "PropertyInference",
            "FSHAServer", "ReconstructionMonitor", "PropertyMonitor", "reconstruction_error", "FSHARunConfig",
            "FSHAReport", "FSHARun", "run_fsha", "fsha_data"]
@@ -132,6 +133,71 @@ def critic(level: int = 4) -> nn.Sequential:
     layers = [nn.Conv2d(c, 256, 3, 1, padding=1)] + [ResBlock(256, 256) for _ in range(6)]
     layers += [nn.Conv2d(256, 256, 3, 2, padding=1), nn.Flatten(),
                nn.Linear(256 * math.ceil(h / 2) * math.ceil(w / 2), 1)]
+    return keras_init(nn.Sequential(*layers))
+
+
+def _halvings(size: int, target: int) -> int:
+    """How many stride-2 steps bring ``size`` closest to ``target`` (at least 0)."""
+    return max(0, round(math.log2(size / target))) if target < size else 0
+
+
+def fit_pilot(input_shape: Sequence[int], smashed_shape: Sequence[int]) -> nn.Sequential:
+    """A pilot f̃ for any front, from the shapes alone (the paper's pilot pattern): for image-like smashed data
+    ``(c, h, w)``, one stride-2 3x3 convolution + swish per halving from the input's height to ``h`` (widths 64, 128,
+    256, then 256), a resize where strides cannot land on ``(h, w)`` exactly, and a 3x3 convolution to ``c``
+    channels; for flat smashed data ``(d,)``, Flatten -> Linear(512) -> swish -> Linear(d)."""
+    c_in, h_in, w_in = input_shape
+    if len(smashed_shape) == 1:
+        return keras_init(nn.Sequential(nn.Flatten(), nn.Linear(c_in * h_in * w_in, 512), nn.SiLU(),
+                                        nn.Linear(512, smashed_shape[0])))
+    c, h, w = smashed_shape
+    layers, width = [], c_in
+    for i in range(_halvings(h_in, h)):
+        layers += [nn.Conv2d(width, min(256, 64 * 2 ** i), 3, 2, padding=1), nn.SiLU()]
+        width = min(256, 64 * 2 ** i)
+    if not layers:
+        layers, width = [nn.Conv2d(c_in, 64, 3, 1, padding=1), nn.SiLU()], 64
+    strided = sum(1 for m in layers if isinstance(m, nn.Conv2d) and m.stride == (2, 2))
+    if (math.ceil(h_in / 2 ** strided), math.ceil(w_in / 2 ** strided)) != (h, w):
+        layers.append(nn.Upsample(size=(h, w), mode="bilinear"))
+    layers.append(nn.Conv2d(width, c, 3, 1, padding=1))
+    return keras_init(nn.Sequential(*layers))
+
+
+def fit_decoder(input_shape: Sequence[int], smashed_shape: Sequence[int]) -> nn.Sequential:
+    """A decoder f̃⁻¹ mirroring :func:`fit_pilot`: one stride-2 transposed 3x3 convolution + ReLU per doubling from
+    ``h`` to the input's height (widths 256 ... 64), a resize where needed, then a 3x3 convolution to the input's
+    channels and tanh (images in [-1, 1]); for flat smashed data, Linear(512) -> ReLU -> Linear -> tanh, reshaped."""
+    c_in, h_in, w_in = input_shape
+    if len(smashed_shape) == 1:
+        return keras_init(nn.Sequential(nn.Linear(smashed_shape[0], 512), nn.ReLU(),
+                                        nn.Linear(512, c_in * h_in * w_in), nn.Tanh(),
+                                        nn.Unflatten(1, (c_in, h_in, w_in))))
+    c, h, w = smashed_shape
+    steps = _halvings(h_in, h)
+    layers, width = [], c
+    for i in reversed(range(steps)):
+        out = min(256, 64 * 2 ** i)
+        layers += [nn.ConvTranspose2d(width, out, 3, 2, padding=1, output_padding=1), nn.ReLU()]
+        width = out
+    if (h * 2 ** steps, w * 2 ** steps) != (h_in, w_in):
+        layers.append(nn.Upsample(size=(h_in, w_in), mode="bilinear"))
+    layers += [nn.Conv2d(width, c_in, 3, 1, padding=1), nn.Tanh()]
+    return keras_init(nn.Sequential(*layers))
+
+
+def fit_critic(smashed_shape: Sequence[int], *, blocks: int = 6) -> nn.Sequential:
+    """A critic D for smashed data of any shape, the paper's pattern at a width that suits it: for ``(c, h, w)``,
+    Conv(k, 3x3) -> ``blocks`` residual blocks (k) -> Conv(k, 3x3, stride 2) -> Flatten -> Dense(1) with
+    k = ``min(256, max(64, 2c))`` (the paper's critic has k = 256); for flat ``(d,)``, Linear(512) -> LeakyReLU(0.2)
+    -> Linear(512) -> LeakyReLU(0.2) -> Linear(1). Piecewise linear, so the gradient penalty takes the fast path."""
+    if len(smashed_shape) == 1:
+        return keras_init(nn.Sequential(nn.Linear(smashed_shape[0], 512), nn.LeakyReLU(0.2), nn.Linear(512, 512),
+                                        nn.LeakyReLU(0.2), nn.Linear(512, 1)))
+    c, h, w = smashed_shape
+    k = min(256, max(64, 2 * c))
+    layers = [nn.Conv2d(c, k, 3, 1, padding=1)] + [ResBlock(k, k) for _ in range(blocks)]
+    layers += [nn.Conv2d(k, k, 3, 2, padding=1), nn.Flatten(), nn.Linear(k * math.ceil(h / 2) * math.ceil(w / 2), 1)]
     return keras_init(nn.Sequential(*layers))
 
 
@@ -249,6 +315,31 @@ class FSHANetworks:
         """The paper's networks for split level ``level`` (fresh weights from torch's global generator)."""
         return cls(pilot(level, variant=variant), decoder(level, variant=variant, channels=channels), critic(level))
 
+    @classmethod
+    def fit(cls, input_shape: Sequence[int], smashed_shape: Sequence[int], *,
+            critic_blocks: int = 6) -> "FSHANetworks":
+        """Networks for any front, from the shape of the inputs (``(C, H, W)``, X_pub's) and of the smashed data
+        the server receives (``(c, h, w)`` or ``(d,)``): :func:`fit_pilot`, :func:`fit_decoder`, :func:`fit_critic`
+        (with ``critic_blocks`` residual blocks; the paper's critic has 6).
+        """
+        input_shape, smashed_shape = tuple(input_shape), tuple(smashed_shape)
+        if len(input_shape) != 3 or len(smashed_shape) not in (1, 3) or min(input_shape + smashed_shape) < 1:
+            raise ValueError(f"expected an input shape (C, H, W) and a smashed shape (c, h, w) or (d,), got "
+                             f"{input_shape} and {smashed_shape}")
+        return cls(fit_pilot(input_shape, smashed_shape), fit_decoder(input_shape, smashed_shape),
+                   fit_critic(smashed_shape, blocks=critic_blocks))
+
+    @classmethod
+    def for_front(cls, front: nn.Module, input_shape: Sequence[int], **fit: Any) -> "FSHANetworks":
+        """:meth:`fit` (``**fit``: its options) for ``front``'s smashed shape, found by one forward pass of a zero
+        input (eval mode)."""
+        was = front.training
+        front.eval()
+        with torch.no_grad():
+            smashed = front(torch.zeros(1, *input_shape, device=next(front.parameters()).device))
+        front.train(was)
+        return cls.fit(input_shape, smashed.shape[1:], **fit)
+
 
 @dataclasses.dataclass
 class FSHASpeed:
@@ -259,13 +350,15 @@ class FSHASpeed:
             AVX-512 BF16 or AMX, and on GPUs).
         channels_last: keep the attacker's networks and features in channels-last memory format.
         fused: one critic pass over private and public features for every loss and, with WGAN, one backward pass for
-            the critic's update and the returned gradient, the gradient penalty's ``∇D`` as an explicit transposed
-            chain (:mod:`unsplit.input_gradient`) and torch's fused Adam; ``False``: a plain transcription.
+            the critic's update and the returned gradient, and torch's fused Adam; ``False``: a plain transcription.
+        explicit_penalty: the gradient penalty's ``∇D`` as the critic's explicit transposed chain
+            (:mod:`unsplit.input_gradient`: the same gradient without double backward); ``False``: double backward.
     """
 
     precision: str = "fp32"
     channels_last: bool = False
     fused: bool = True
+    explicit_penalty: bool = True
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
@@ -440,7 +533,8 @@ class FSHA(Attack):
                 critic_loss = s_pub.mean() - s_priv.mean()
                 if cfg.gp_weight:
                     critic_loss = critic_loss + cfg.gp_weight * gradient_penalty(
-                        self.critic, z_pub, z, form=cfg.gp_form, generator=self.generator, explicit=self.speed.fused)
+                        self.critic, z_pub, z, form=cfg.gp_form, generator=self.generator,
+                        explicit=self.speed.explicit_penalty)
             else:
                 hijack = F.binary_cross_entropy_with_logits(s_priv, torch.ones_like(s_priv))
                 critic_loss = 0.5 * (F.binary_cross_entropy_with_logits(s_pub, torch.ones_like(s_pub))
@@ -570,7 +664,7 @@ def _feature_count(net: nn.Module, x: torch.Tensor) -> int:
 
 #: the old keyword arguments of :class:`FSHAServer` and where they went
 _LEGACY = {"pilot_net": "pilot", "decoder_net": "decoder", "critic_net": "critic"}
-_SPEED = ("precision", "channels_last", "fused")
+_SPEED = ("precision", "channels_last", "fused", "explicit_penalty")
 
 
 def _legacy_options(options: Dict[str, Any]) -> Dict[str, Any]:

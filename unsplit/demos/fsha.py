@@ -18,6 +18,7 @@ from __future__ import annotations
 import platform
 import sys
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -36,7 +37,7 @@ from ..fsha import (
 )
 from ..util import atomic_write_json, running_mean, save_image_grid, seed_everything, unique_dir
 
-__all__ = ["main", "cli", "parse_args", "VARIANTS", "ATTRIBUTES"]
+__all__ = ["main", "cli", "parse_args", "run_config", "VARIANTS", "ATTRIBUTES"]
 
 VARIANTS = ("plain", "nopeek", "mangled", "property")
 #: attributes for the property variant, from the class label
@@ -131,16 +132,21 @@ def _curve(path: Path, errors: list, window: int, official: dict, title: str, yl
     tmp.replace(path)
 
 
+def run_config(args, checkpoint: Optional[Path] = None) -> FSHARunConfig:
+    """The run the demo's options ask for (``args`` from :func:`parse_args`): its :class:`FSHARunConfig`."""
+    attack = FSHAConfig(level=args.level, pilot_variant=args.pilot,
+                        scale=args.alpha2 if args.variant == "nopeek" else 1.0)
+    return FSHARunConfig(attack=attack, iterations=args.iters, batch_size=args.batch_size, precision=args.precision,
+                         snapshots_at=sorted({0, args.iters // 10, args.iters // 3, args.iters - 1}),
+                         checkpoint=checkpoint, checkpoint_every=250, progress=not args.quiet)
+
+
 def _run(args, xs, ys, xp, yp, out: Path, device):
     """The attack: split learning against FSHA with the variant's settings; ``(report, private attributes)``."""
     checkpoint = out / "checkpoint.pt"
     if checkpoint.exists():
         log(args, f"resuming from {checkpoint}")
-    attack = FSHAConfig(level=args.level, pilot_variant=args.pilot,
-                        scale=args.alpha2 if args.variant == "nopeek" else 1.0)
-    config = FSHARunConfig(attack=attack, iterations=args.iters, batch_size=args.batch_size, precision=args.precision,
-                           snapshots_at=sorted({0, args.iters // 10, args.iters // 3, args.iters - 1}),
-                           checkpoint=checkpoint, checkpoint_every=250, progress=not args.quiet)
+    config = run_config(args, checkpoint)
     private_attributes, prop = None, None
     if args.variant == "property":
         attribute = ATTRIBUTES[args.attribute]
