@@ -82,8 +82,9 @@ def parse_args(argv=None):
     return args
 
 
-def official_seconds(args) -> float:
-    """The official code's slope, from one process that runs ``fsha(n1)`` and ``fsha(n2)`` after warming up."""
+def official_seconds(args, calls: list) -> float:
+    """The official code's slope, from one process that runs ``fsha(n1)`` and ``fsha(n2)`` after warming up (the
+    two calls' seconds are appended to ``calls``: the official code's time per iteration varies from call to call)."""
     env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
     cmd = [args.official_python, str(OFFICIAL_DRIVER), "--repo", str(args.official_repo), "--level", "4",
            "--batch-size", "64", "--iters", f"{args.n1},{args.n2}"]
@@ -92,6 +93,7 @@ def official_seconds(args) -> float:
     if done.returncode != 0 or not lines:
         raise RuntimeError(f"the official code failed: {(done.stderr or done.stdout).strip().splitlines()[-1:]}")
     seconds = json.loads(lines[-1])["seconds"]
+    calls.append(seconds)
     return (seconds[str(args.n2)] - seconds[str(args.n1)]) / (args.n2 - args.n1)
 
 
@@ -122,18 +124,18 @@ def main(argv=None) -> int:
     data = (torch.rand(64 * (args.n2 + 2), 3, 32, 32, generator=g) * 2 - 1,
             torch.rand(256, 3, 32, 32, generator=g) * 2 - 1, args.n1, args.n2)
     names = ([] if args.no_official else ["official"]) + args.rows
-    rounds = []
+    rounds, calls = [], []
     for r in range(args.repeats):
         seconds = {}
         for name in names:
-            seconds[name] = official_seconds(args) if name == "official" else our_seconds(name, data, device)
+            seconds[name] = official_seconds(args, calls) if name == "official" else our_seconds(name, data, device)
             print(f"round {r + 1}: {name}: {seconds[name]:.3f} s/it", file=sys.stderr, flush=True)
         rounds.append(seconds)
     print("\n".join(table(rounds, args)))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out, {"level": 4, "batch_size": 64, "iters": [args.n1, args.n2], "device": str(device),
                                  "threads": torch.get_num_threads(), "torch": torch.__version__,
-                                 "rounds": rounds})
+                                 "rounds": rounds, "official_calls": calls})
     return 0
 
 
