@@ -138,7 +138,12 @@ def critic(level: int = 4) -> nn.Sequential:
 
 def _halvings(size: int, target: int) -> int:
     """How many stride-2 steps bring ``size`` closest to ``target`` (at least 0)."""
-    return max(0, round(math.log2(size / target))) if target < size else 0
+    return round(math.log2(size / target)) if target < size else 0
+
+
+def _width(step: int) -> int:
+    """The fitted pilot's and decoder's channels after ``step`` halvings: 64, 128, 256, then 256."""
+    return min(256, 64 * 2 ** step)
 
 
 def fit_pilot(input_shape: Sequence[int], smashed_shape: Sequence[int]) -> nn.Sequential:
@@ -151,14 +156,14 @@ def fit_pilot(input_shape: Sequence[int], smashed_shape: Sequence[int]) -> nn.Se
         return keras_init(nn.Sequential(nn.Flatten(), nn.Linear(c_in * h_in * w_in, 512), nn.SiLU(),
                                         nn.Linear(512, smashed_shape[0])))
     c, h, w = smashed_shape
+    steps = _halvings(h_in, h)
     layers, width = [], c_in
-    for i in range(_halvings(h_in, h)):
-        layers += [nn.Conv2d(width, min(256, 64 * 2 ** i), 3, 2, padding=1), nn.SiLU()]
-        width = min(256, 64 * 2 ** i)
-    if not layers:
+    for i in range(steps):
+        layers += [nn.Conv2d(width, _width(i), 3, 2, padding=1), nn.SiLU()]
+        width = _width(i)
+    if not steps:
         layers, width = [nn.Conv2d(c_in, 64, 3, 1, padding=1), nn.SiLU()], 64
-    strided = sum(1 for m in layers if isinstance(m, nn.Conv2d) and m.stride == (2, 2))
-    if (math.ceil(h_in / 2 ** strided), math.ceil(w_in / 2 ** strided)) != (h, w):
+    if (math.ceil(h_in / 2 ** steps), math.ceil(w_in / 2 ** steps)) != (h, w):
         layers.append(nn.Upsample(size=(h, w), mode="bilinear"))
     layers.append(nn.Conv2d(width, c, 3, 1, padding=1))
     return keras_init(nn.Sequential(*layers))
@@ -177,9 +182,8 @@ def fit_decoder(input_shape: Sequence[int], smashed_shape: Sequence[int]) -> nn.
     steps = _halvings(h_in, h)
     layers, width = [], c
     for i in reversed(range(steps)):
-        out = min(256, 64 * 2 ** i)
-        layers += [nn.ConvTranspose2d(width, out, 3, 2, padding=1, output_padding=1), nn.ReLU()]
-        width = out
+        layers += [nn.ConvTranspose2d(width, _width(i), 3, 2, padding=1, output_padding=1), nn.ReLU()]
+        width = _width(i)
     if (h * 2 ** steps, w * 2 ** steps) != (h_in, w_in):
         layers.append(nn.Upsample(size=(h_in, w_in), mode="bilinear"))
     layers += [nn.Conv2d(width, c_in, 3, 1, padding=1), nn.Tanh()]

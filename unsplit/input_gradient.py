@@ -14,7 +14,7 @@ training mode with dropout, batch statistics, ...) falls back to autograd's doub
 """
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Tuple
+from typing import List, Tuple
 
 import torch
 import torch.nn as nn
@@ -83,14 +83,12 @@ def _transpose(tape: Tape, g: torch.Tensor) -> torch.Tensor:
     return g
 
 
-def input_gradient(net: nn.Module, x: torch.Tensor, *, explicit: bool = True,
-                   fallback: Optional[Callable] = None) -> torch.Tensor:
+def input_gradient(net: nn.Module, x: torch.Tensor, *, explicit: bool = True) -> torch.Tensor:
     """``∂ sum(net(x)) / ∂x`` with a graph to ``net``'s parameters (so a loss on it trains ``net``).
 
     Args:
         net: the network (e.g. a critic); x: its input, detached (e.g. ``(B, C, H, W)`` interpolated features).
-        explicit: the transposed chain where ``net`` has one; ``False``: always autograd's double backward.
-        fallback: ``(net, x) -> gradient`` for networks without a transposed form (default: autograd's double
+        explicit: the transposed chain where ``net`` has one (otherwise, and with ``False``: autograd's double
             backward).
 
     Returns:
@@ -98,7 +96,7 @@ def input_gradient(net: nn.Module, x: torch.Tensor, *, explicit: bool = True,
     """
     x = x.detach()
     if not (explicit and supports_transpose(net)):
-        return (fallback or _double_backward)(net, x)
+        return _double_backward(net, x)
     tape: Tape = []
     with torch.no_grad():
         out = _record(net, x, tape)
