@@ -16,7 +16,8 @@ Layout (see ``docs/architecture.md``):
   :mod:`unsplit.training` (``train_split``, ``run_split``);
 * the attack pattern and its results: :mod:`unsplit.base`; metric code: :mod:`unsplit.metrics`;
 * the attacks, one module per paper: :mod:`unsplit.attacks` (UnSplit, Erdogan et al. WPES'22),
-  :mod:`unsplit.similarity` (Liu et al. TIFS 2024), :mod:`unsplit.fsha` (Pasquini et al. CCS'21),
+  :mod:`unsplit.similarity` (Liu et al. TIFS 2024), :mod:`unsplit.fsha` (Pasquini et al. CCS'21; its
+  malicious client: :mod:`unsplit.fsha_client`),
   :mod:`unsplit.sladv` (Fan et al. ECAI'23);
 * the defenses: :mod:`unsplit.defenses`, and the detector SplitGuard in :mod:`unsplit.detection`;
 * experiments and tools: :mod:`unsplit.experiments` (UnSplit's runners), :mod:`unsplit.matrix` (the attack x
@@ -34,13 +35,15 @@ import importlib
 __version__ = "0.2.0"
 
 _EXPORTS = {
-    "protocol": ("Topology", "SplitCallback", "CutEvent", "Defense"),
+    "protocol": ("Topology", "SplitCallback", "CutEvent", "Defense", "Client"),
     "training": ("train_split", "run_split", "TrainConfig", "evaluate"),
-    "base": ("Attack", "Reconstructions", "Labels", "AdversarialExamples", "Detection", "Report"),
+    "base": ("Attack", "Reconstructions", "Labels", "AdversarialExamples", "Detection", "GeneratedSamples",
+             "Report"),
     "attacks": ("UnSplit", "UnSplitConfig", "UnSplitLabels", "UnSplitLabelsConfig"),
     "experiments": ("run_unsplit", "run_unsplit_labels"),
     "similarity": ("SimilarityLabels", "SimilarityConfig", "run_similarity"),
     "fsha": ("FSHA", "FSHAConfig", "FSHANetworks", "run_fsha"),
+    "fsha_client": ("GANClient", "GANClientConfig", "run_gan_client"),
     "sladv": ("SLADV", "SLADVConfig", "run_sladv"),
     "detection": ("SplitGuard", "run_splitguard"),
     "matrix": ("defense_row", "MatrixSettings"),

@@ -11,7 +11,8 @@ config dataclass holding the paper's defaults. A user drops it into :func:`~unsp
     print(result.score(x[result.indices]))                              # ground truth enters only here
 
 One result class per kind of outcome: :class:`Reconstructions` (UnSplit inversion, FSHA), :class:`Labels`
-(UnSplit and similarity label inference), :class:`AdversarialExamples` (SLADV), :class:`Detection` (SplitGuard).
+(UnSplit and similarity label inference), :class:`AdversarialExamples` (SLADV), :class:`GeneratedSamples` (FSHA's
+malicious client), :class:`Detection` (SplitGuard).
 Each holds only what the attacker (or detector) computed; its ``score`` method is metric code (:mod:`unsplit.metrics`)
 that takes the ground truth and reports the attack beside its trivial baseline.
 
@@ -28,7 +29,8 @@ from torch import nn
 from . import metrics
 from .protocol import SplitCallback
 
-__all__ = ["Attack", "configure", "Reconstructions", "Labels", "AdversarialExamples", "Detection", "Report"]
+__all__ = ["Attack", "configure", "Reconstructions", "Labels", "AdversarialExamples", "Detection", "GeneratedSamples",
+           "Report"]
 
 C = TypeVar("C")
 
@@ -219,6 +221,36 @@ class Detection:
         beside the trivial baseline of a detector that never alarms."""
         return {"detected": self.detected, "correct": self.detected == bool(attacked), "alarm_step": self.alarm_step,
                 "baseline_correct": not attacked}
+
+
+@dataclasses.dataclass
+class GeneratedSamples:
+    """Samples of a class the attacker never had, from a generator it trained (FSHA's malicious client).
+
+    Attributes:
+        images: ``(N, C, H, W)`` the samples (the range of the inputs the generator imitates).
+        target: the class they should show.
+        history: per-turn numbers of the attack's own objective; snapshots: iteration -> samples of a fixed noise.
+    """
+
+    images: torch.Tensor
+    target: int
+    history: Mapping[str, Sequence[float]] = dataclasses.field(default_factory=dict)
+    snapshots: Mapping[int, torch.Tensor] = dataclasses.field(default_factory=dict)
+
+    def score(self, classifier: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *,
+              device: Union[str, torch.device] = "cpu", seed: int = 0) -> Dict[str, float]:
+        """Metric code (:func:`unsplit.metrics.class_sample_metrics`): the rate at which ``classifier`` (trained on
+        the real data, never the attacked model) labels the samples as the target, and their mean squared distance
+        to the target class's mean image of ``inputs`` beside the other classes' means; beside chance and uniform
+        noise in the inputs' range."""
+        got = metrics.class_sample_metrics(classifier, self.images, self.target, inputs, labels, device=device)
+        lo, hi = float(inputs.min()), float(inputs.max())
+        noise = torch.rand(self.images.shape, generator=torch.Generator().manual_seed(seed)) * (hi - lo) + lo
+        base = metrics.class_sample_metrics(classifier, noise, self.target, inputs, labels, device=device)
+        return {**got, "baseline_chance": 1.0 / int(labels.max() + 1),
+                "baseline_noise_target_rate": base["target_rate"],
+                "baseline_noise_nearest_mean_rate": base["nearest_mean_rate"]}
 
 
 @dataclasses.dataclass

@@ -24,6 +24,8 @@ __all__ = [
     "random_guess",
     "predict",
     "adversarial_metrics",
+    "train_classifier",
+    "class_sample_metrics",
 ]
 
 ArrayLike = Union[np.ndarray, torch.Tensor, Sequence]
@@ -176,3 +178,44 @@ def adversarial_metrics(model: nn.Module, x_clean: torch.Tensor, x_adv: torch.Te
             "misclassification_rate": float(1 - adv.float().mean()),
             "success_rate": float((~adv[clean]).float().mean()) if clean.any() else float("nan"),
             "linf": float((x_adv - x_clean).abs().max())}
+
+
+# ------------------------------------------------------------------------------------------- generated class samples
+def train_classifier(inputs: torch.Tensor, labels: torch.Tensor, *, epochs: int = 2, batch_size: int = 128,
+                     lr: float = 1e-3, device: Union[str, torch.device] = "cpu", seed: int = 0) -> nn.Module:
+    """An independent classifier for metric code: a small CNN (two 3x3 conv + max-pool blocks of 32 and 64
+    channels, a 128-unit layer) trained with Adam on ``inputs`` ``(N, C, H, W)`` and ``labels`` ``0..K-1``; returned
+    in eval mode."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        c, h, w = inputs.shape[1:]
+        net = nn.Sequential(nn.Conv2d(c, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                            nn.Linear(64 * (h // 4) * (w // 4), 128), nn.ReLU(),
+                            nn.Linear(128, int(labels.max()) + 1)).to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    for _ in range(epochs):
+        for idx in torch.randperm(len(inputs), generator=gen).split(batch_size):
+            opt.zero_grad(set_to_none=True)
+            nn.functional.cross_entropy(net(inputs[idx].to(device)), labels[idx].to(device)).backward()
+            opt.step()
+    return net.eval()
+
+
+@torch.no_grad()
+def class_sample_metrics(classifier: nn.Module, samples: torch.Tensor, target: int, inputs: torch.Tensor,
+                         labels: torch.Tensor, *, device: Union[str, torch.device] = "cpu") -> Dict[str, float]:
+    """Metric code for samples meant to show class ``target``: ``target_rate`` (the fraction ``classifier`` labels
+    ``target``), ``distance_to_target_mean`` (mean squared distance per pixel to the target class's mean image of
+    ``inputs``), ``distance_to_other_means`` (the same, averaged over the other classes' means) and
+    ``nearest_mean_rate`` (the fraction whose nearest class mean is the target's)."""
+    classes = int(labels.max()) + 1
+    means = torch.stack([inputs[labels == k].float().mean(0) for k in range(classes)]).flatten(1)
+    dist = torch.cdist(samples.flatten(1).float(), means).pow(2) / means.shape[1]
+    others = [k for k in range(classes) if k != target]
+    pred = predict(classifier, samples, device=device)
+    return {"target_rate": float((pred == target).float().mean()),
+            "distance_to_target_mean": float(dist[:, target].mean()),
+            "distance_to_other_means": float(dist[:, others].mean()),
+            "nearest_mean_rate": float((dist.argmin(1) == target).float().mean())}

@@ -50,6 +50,8 @@ __all__ = [
     "StepContext",
     "SplitCallback",
     "Defense",
+    "Client",
+    "CLIENT_PARTS",
 ]
 
 PARTS = ("front", "middle", "head")
@@ -311,6 +313,8 @@ class StepContext:
         labels: ``(B,)`` the labels the label owner trains on this step (after the ``labels`` hooks), given to the
             label owner's ``head_gradient`` hook; ``None`` for the other hooks.
         phase: ``"train"`` or ``"inference"``.
+        client: the position in the client schedule of the client whose turn this is (``0`` with one client); a
+            turn on a client's own batch (not the training data) has ``indices`` all ``-1``.
     """
 
     epoch: int
@@ -318,6 +322,7 @@ class StepContext:
     indices: torch.Tensor
     labels: Optional[torch.Tensor] = None
     phase: str = "train"
+    client: int = 0
 
 
 class SplitCallback:
@@ -483,3 +488,61 @@ class Defense:
             value = getattr(self, p.name, None)
             params[p.name] = value.tolist() if isinstance(value, torch.Tensor) else value
         return {"name": self.name, **params}
+
+
+#: the parts the clients share and update in turn (the server's middle always trains)
+CLIENT_PARTS = ("front", "head")
+
+
+class Client:
+    """A client of multi-client split learning: the clients share the front (and the head) and take turns, one
+    batch each through the whole split (sequential split learning with weight sharing, as FSHA's official
+    client-side attack; Pasquini et al., CCS'21). Pass them as ``train_split(..., clients=[...])``: each round runs
+    the list in order.
+
+    This base class is the honest client: its turn trains on the next batch of the training data, runs every
+    defense and updates the shared front and head. A subclass changes what it needs (a malicious client, e.g.
+    :class:`unsplit.fsha_client.GANClient`):
+
+    * ``batch(ctx)``: ``(x, y)``, its own inputs and labels for this turn, or ``None`` to take the next batch of
+      the training data (a turn that takes one is a step of the run; one that brings its own is not);
+    * ``runs_defenses``: whether the run's defenses act on its turns (a malicious client runs its own code);
+    * ``head_gradient(g, ctx)``: the gradient it returns to the server at the head cut (after the defenses);
+    * ``front_gradient(g, ctx)``: the gradient it backpropagates through the front (after the defenses); the
+      backward reaches ``x`` when its own batch requires a gradient (e.g. a generator's output);
+    * ``updates(ctx)``: the shared parts it updates this turn (a subset of :data:`CLIENT_PARTS`);
+    * ``after_step(ctx, loss)``: after the turn's optimiser steps, with the turn's task loss (e.g. to step a
+      private network);
+    * ``begin(run)``, ``state_dict()`` / ``load_state_dict(state)`` (what a checkpointed run restores).
+    """
+
+    runs_defenses: bool = True
+
+    def begin(self, run: RunInfo) -> None:
+        """Called once before training (and again when a checkpointed run resumes)."""
+
+    def batch(self, ctx: StepContext):
+        """This turn's ``(inputs, labels)``, or ``None``: the next batch of the training data."""
+        return None
+
+    def head_gradient(self, g: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        """The gradient returned to the server at the head cut."""
+        return g
+
+    def front_gradient(self, g: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        """The gradient backpropagated through the front."""
+        return g
+
+    def updates(self, ctx: StepContext) -> FrozenSet[str]:
+        """The shared client parts this turn updates."""
+        return frozenset(CLIENT_PARTS)
+
+    def after_step(self, ctx: StepContext, loss: torch.Tensor) -> None:
+        """After the turn's optimiser steps."""
+
+    def state_dict(self) -> Dict[str, object]:
+        """State a resumed training must restore (none by default)."""
+        return {}
+
+    def load_state_dict(self, state: Dict[str, object]) -> None:
+        """Restores :meth:`state_dict`'s output."""

@@ -37,6 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .protocol import (
+    CLIENT_PARTS,
+    Client,
     CutEvent,
     Defense,
     RunInfo,
@@ -48,6 +50,7 @@ from .protocol import (
 from .util import atomic_save
 
 __all__ = [
+    "Client",
     "CutEvent",
     "Defense",
     "RunInfo",
@@ -180,8 +183,8 @@ def _train_config(topology, config: Optional[TrainConfig], settings: Mapping[str
     if unknown:
         removed = "".join(f"; {k}= was removed: {_REMOVED[k]}" for k in unknown if k in _REMOVED)
         raise TypeError(f"train_split got unexpected keyword argument(s) {', '.join(unknown)}{removed} (valid: "
-                        "callbacks, defenses, share_head_weight_gradients, device, progress and the TrainConfig "
-                        f"fields {', '.join(fields)})")
+                        "callbacks, defenses, clients, share_head_weight_gradients, device, progress and the "
+                        f"TrainConfig fields {', '.join(fields)})")
     if config is None:
         return TrainConfig(**settings)
     return dataclasses.replace(config, **settings) if settings else config
@@ -331,6 +334,7 @@ class _Plan:
     config: TrainConfig
     defenses: List[Defense]
     cbs: List[Tuple[SplitCallback, frozenset]]
+    clients: List[Client]  # the turn order of a round (one honest client by default)
     answering: Optional[Tuple[SplitCallback, frozenset]]  # the callback choosing the returned gradient, its view
     replaced: bool  # that callback replaces the server's step (the honest middle does not run)
     needed: frozenset  # what some callback observes
@@ -344,7 +348,7 @@ class _Plan:
 
     @classmethod
     def make(cls, topology: Topology, inputs: torch.Tensor, labels: torch.Tensor, config: TrainConfig, callbacks,
-             defenses: Sequence[Defense], weight_sharing: bool, device) -> "_Plan":
+             defenses: Sequence[Defense], weight_sharing: bool, device, clients: Sequence[Client] = ()) -> "_Plan":
         """Checks the data, the defenses and the callbacks against the topology and the settings.
 
         Raises:
@@ -360,6 +364,9 @@ class _Plan:
             if stuck:
                 raise ValueError(f"a checkpointed training cannot resume defense(s) {', '.join(stuck)}")
         cbs = _callbacks(topology, callbacks, weight_sharing=weight_sharing)
+        clients = list(clients)
+        if any(not isinstance(c, Client) for c in clients):
+            raise TypeError("clients must be unsplit.protocol.Client objects")
         answering = next(((c, seen) for c, seen in cbs if c.answers), None)
         mode = _sampling(config.sampling, config.shuffle, config.order, defenses)
         if config.drop_last and mode == "poisson":
@@ -370,7 +377,7 @@ class _Plan:
         per_step = config.batch_size
         steps_per_epoch = per_epoch // per_step if config.drop_last else math.ceil(per_epoch / per_step)
         budget = config.epochs * steps_per_epoch
-        return cls(topology, config, defenses, cbs, answering,
+        return cls(topology, config, defenses, cbs, clients or [Client()], answering,
                    replaced=answering is not None and answering[0].replaces_server_step,
                    needed=frozenset().union(*(seen for _, seen in cbs)), mode=mode,
                    loss_fn=config.loss_fn or F.cross_entropy, device=device, n=n, steps_per_epoch=steps_per_epoch,
@@ -382,7 +389,12 @@ class _Plan:
         cfg = self.config
         return {"kind": self.topology.kind, "parts": sorted(self.topology.parts), "n": self.n,
                 "batch_size": cfg.batch_size, "sampling": self.mode, "seed": cfg.seed, "drop_last": cfg.drop_last,
-                "callbacks": [type(c).__name__ for c, _ in self.cbs], "defenses": [d.name for d in self.defenses]}
+                "callbacks": [type(c).__name__ for c, _ in self.cbs], "defenses": [d.name for d in self.defenses],
+                **({"clients": names} if (names := [type(c).__name__ for c in self.clients]) != ["Client"] else {})}
+
+    def distinct_clients(self) -> List[Client]:
+        """Each client object once, in order of first turn (whose states a checkpoint stores)."""
+        return list({id(c): c for c in self.clients}.values())
 
 
 def _optimizers(topology: Topology, config: TrainConfig,
@@ -414,8 +426,8 @@ def _optimizers(topology: Topology, config: TrainConfig,
 class _Training:
     """One :func:`train_split` run in progress: the parts and their optimisers, the sampler, where the run stands
     (restored from a checkpoint), and the phases that advance it: :meth:`train` runs :meth:`_begin`, then
-    :meth:`_epoch` after epoch, each :meth:`_step` after step (client front, server, head, returned gradient,
-    client backward, optimiser steps)."""
+    :meth:`_epoch` after epoch, each step the clients' :meth:`_turns` up to the one that takes the step's batch, each
+    turn a :meth:`_step` (client front, server, head, returned gradient, client backward, optimiser steps)."""
 
     def __init__(self, plan: _Plan, inputs: torch.Tensor, labels: torch.Tensor, progress: bool):
         cfg = plan.config
@@ -435,6 +447,8 @@ class _Training:
         """Where the run stands: the start, or the checkpoint's position, parts, optimisers, sampler and RNG."""
         state = self.state
         self.epoch0, self.step0, self.done = (state["epoch"], state["step"], state["done"]) if state else (0, 0, 0)
+        self.turn = state.get("turn", 0) if state else 0  # the schedule position of the next client turn
+        self.acting: Sequence[Defense] = self.plan.defenses  # the defenses acting on this turn
         self.losses: List[float] = list(state["losses"]) if state else []
         self.total, self.count = (state["total"], state["count"]) if state else (0.0, 0)
         if state:
@@ -444,6 +458,8 @@ class _Training:
                     self.opts[p].load_state_dict(state["optimizers"][p])
             self.gen.set_state(state["generator"])
             torch.set_rng_state(state["rng"])
+            for c, cs in zip(self.plan.distinct_clients(), state.get("clients", ())):
+                c.load_state_dict(cs)
 
     def _save(self, epoch: int, step: int, epoch_gen: torch.Tensor) -> None:
         """Writes the checkpoint (if the run has one): the run resumes at ``epoch``, ``step``, sampling from
@@ -455,7 +471,8 @@ class _Training:
                      "rng": torch.get_rng_state(),
                      "parts": {p: m.state_dict() for p, m in self.parts.items()},
                      "optimizers": {p: o.state_dict() for p, o in self.opts.items() if o is not None},
-                     "callbacks": [c.state_dict() for c, _ in self.plan.cbs],
+                     "callbacks": [c.state_dict() for c, _ in self.plan.cbs], "turn": self.turn,
+                     "clients": [c.state_dict() for c in self.plan.distinct_clients()],
                      "defenses": [d.state_dict() for d in self.plan.defenses]}, self.plan.config.checkpoint)
 
     def train(self) -> List[float]:
@@ -487,6 +504,8 @@ class _Training:
                 self.top, self.opts["head"] = d.prepare_head(self.top, self.opts["head"], self.info)
         for c, _ in plan.cbs:
             c.on_train_begin(self.info)
+        for c in plan.distinct_clients():
+            c.begin(self.info)
         if self.state:
             for (c, _), cs in zip(plan.cbs, self.state["callbacks"]):
                 c.load_state_dict(cs)
@@ -526,7 +545,7 @@ class _Training:
             self.done += 1
             self.bar.update(1)
             if len(idx) > 0:
-                self._step_end(epoch, step, len(idx), self._step(epoch, step, idx), epoch_gen)
+                self._step_end(epoch, step, len(idx), self._turns(epoch, step, idx), epoch_gen)
         self.losses.append(self.total / max(self.count, 1))
         self.bar.set_postfix(loss=f"{self.losses[-1]:.4f}", **_status(plan.cbs))
         for c, _ in plan.cbs:
@@ -545,32 +564,53 @@ class _Training:
         if cfg.checkpoint is not None and self.done % cfg.checkpoint_every == 0 and self.done < plan.total_steps:
             self._save(epoch, step + 1, epoch_gen)
 
-    def _step(self, epoch: int, step: int, idx: torch.Tensor) -> torch.Tensor:
-        """One training step on the samples ``idx``; returns the label owner's task loss (``nan`` where none ran)."""
+    def _turns(self, epoch: int, step: int, idx: torch.Tensor) -> torch.Tensor:
+        """The clients' turns, in schedule order, up to the one that trains on the samples ``idx``; returns that
+        turn's task loss.
+
+        Raises:
+            ValueError: a whole round of clients passed without one taking the training data.
+        """
+        clients = self.plan.clients
+        for _ in range(len(clients) + 1):
+            j, client = self.turn, clients[self.turn]
+            self.turn = (j + 1) % len(clients)
+            ctx = StepContext(epoch, step, idx[:0], client=j)
+            own = client.batch(ctx)
+            if own is None:
+                return self._step(self.inputs[idx], self.labels[idx], dataclasses.replace(ctx, indices=idx), client)
+            x, y = own
+            self._step(x, y, dataclasses.replace(ctx, indices=torch.full((len(x),), -1, dtype=torch.long)), client)
+        raise ValueError("no client of the schedule takes the training data (every Client.batch returned a batch)")
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor, ctx: StepContext, client: Client) -> torch.Tensor:
+        """One client's turn on ``x, y``; returns the label owner's task loss (``nan`` where none ran)."""
         plan = self.plan
-        x = self.inputs[idx].to(plan.device, non_blocking=True)
-        y = self.labels[idx].to(plan.device, non_blocking=True)
+        x = x.to(plan.device, non_blocking=True)
+        y = y.to(plan.device, non_blocking=True)
         for o in self.opts.values():
             if o is not None:
                 o.zero_grad(set_to_none=True)
-        ctx = StepContext(epoch, step, idx)
-        for d in plan.defenses:
+        self.acting = plan.defenses if client.runs_defenses else ()
+        for d in self.acting:
             y = d.labels(y, ctx)
         z = sent = None
         if self.front is not None:  # client front -> server
             x, z, sent = self._front_forward(x, ctx)
         loss, out, z_server, event = self._server_step(x, y, sent, ctx)
         if self.top is not None and out is not None:  # server -> label-owning head, and the head's gradient back
-            loss = self._head_step(out, y, dataclasses.replace(ctx, labels=y))
+            loss = self._head_step(out, y, dataclasses.replace(ctx, labels=y), client)
         withheld = False
         if self.front is not None:  # server -> client front: the returned gradient, and the client's update
             g_front = self._returned_gradient(sent, None if plan.replaced else z_server.grad, event, ctx)
-            withheld = self._front_backward(x, z, g_front, ctx)
+            withheld = self._front_backward(x, z, g_front, ctx, client)
+        updates = client.updates(ctx)
         for p, o in self.opts.items():
-            if o is None or (withheld and p == "front"):
+            if o is None or (withheld and p == "front") or (p in CLIENT_PARTS and p not in updates):
                 continue
             if not plan.replaced or p == "front" or (p == "head" and out is not None):
                 o.step()
+        client.after_step(ctx, loss)
         return loss
 
     def _event(self, ctx: StepContext, cut: str, sent, grad, weights=None) -> CutEvent:
@@ -580,12 +620,12 @@ class _Training:
 
     def _front_forward(self, x: torch.Tensor, ctx: StepContext):
         """The client's ``inputs`` hooks, the front's forward and the ``smashed`` hooks: ``(x, z, sent)``."""
-        for d in self.plan.defenses:
+        for d in self.acting:
             x = d.inputs(x, ctx)
         with self.plan.autocast:
             z = self.front(x)
         sent = z.detach().float()
-        for d in self.plan.defenses:
+        for d in self.acting:
             sent = d.smashed(sent, ctx)
         return x, z, sent
 
@@ -610,16 +650,18 @@ class _Training:
             loss.backward()
         return loss, out, z_server, None
 
-    def _head_step(self, out: torch.Tensor, y: torch.Tensor, owner_ctx: StepContext) -> torch.Tensor:
-        """The label owner's head: task loss, its ``head_gradient`` hooks, the head-cut event, the middle's backward."""
+    def _head_step(self, out: torch.Tensor, y: torch.Tensor, owner_ctx: StepContext, client: Client) -> torch.Tensor:
+        """The label owner's head: task loss, its ``head_gradient`` hooks (the defenses', then the client's), the
+        head-cut event, the middle's backward."""
         plan = self.plan
         h = out.detach().float().requires_grad_(True)
         with plan.autocast:
             loss = plan.loss_fn(self.top(h).float(), y)
         loss.backward()
         g_head = h.grad
-        for d in plan.defenses:
+        for d in self.acting:
             g_head = d.head_gradient(g_head, owner_ctx)
+        g_head = client.head_gradient(g_head, owner_ctx)
         if plan.cbs:
             weights = None
             if "head.weight_gradients" in plan.needed:
@@ -654,15 +696,16 @@ class _Training:
             _dispatch(plan.cbs, event)
         return g_front
 
-    def _front_backward(self, x, z, g_front, ctx: StepContext) -> bool:
-        """The client's ``front_gradient`` hooks, ``front_loss`` terms and backward; ``True`` when it withholds its
-        update this step."""
-        for d in self.plan.defenses:
+    def _front_backward(self, x, z, g_front, ctx: StepContext, client: Client) -> bool:
+        """The client's ``front_gradient`` hooks (the defenses', then the client's), ``front_loss`` terms and
+        backward; ``True`` when it withholds its update this step."""
+        for d in self.acting:
             g_front = d.front_gradient(g_front, ctx)
             if g_front is None:  # the client applies nothing this step (e.g. SplitGuard's fake batches)
                 return True
+        g_front = client.front_gradient(g_front, ctx)
         extra, alone = [], []
-        for d in self.plan.defenses:
+        for d in self.acting:
             term = d.front_loss(x, z, ctx)
             if term is not None:
                 (alone if d.separate_step else extra).append(term)
@@ -686,6 +729,7 @@ def train_split(
     *,
     callbacks: Sequence[Union[SplitCallback, Callable[[CutEvent], None]]] = (),
     defenses: Sequence[Defense] = (),
+    clients: Sequence[Client] = (),
     share_head_weight_gradients: bool = False,
     device: torch.device | str = "cpu",
     progress: bool = False,
@@ -708,6 +752,9 @@ def train_split(
         callbacks: :class:`~unsplit.protocol.SplitCallback` objects (a plain callable is an observer of every
             training event).
         defenses: applied in order at their hooks; one that cannot act in the topology is an error.
+        clients: several clients sharing the front (and head) in turns (:class:`~unsplit.protocol.Client`; a list
+            may name one object several times): each round runs them in order, a turn that takes the training data
+            is one step (so ``max_steps`` counts those turns); default: one honest client.
         share_head_weight_gradients: weight sharing: the head's parameter gradients become observable
             (``"head.weight_gradients"``; UnSplit's reference label inference uses them).
         device: where to compute.
@@ -727,7 +774,8 @@ def train_split(
             shape, a checkpoint of another run.
     """
     config = _train_config(topology, config, settings)
-    plan = _Plan.make(topology, inputs, labels, config, callbacks, defenses, share_head_weight_gradients, device)
+    plan = _Plan.make(topology, inputs, labels, config, callbacks, defenses, share_head_weight_gradients, device,
+                      clients)
     return _Training(plan, inputs, labels, progress).train()
 
 
