@@ -15,7 +15,7 @@ and alternates two kinds of turns (as the official ``ClientSideAttack`` code):
 The honest clients train on their data. The attacker observes only its own turns: what it sends and the gradients
 that come back to it. :meth:`GANClient.result` returns the generator's samples; their score (metric code) is the
 rate at which an independent classifier, trained on the real data, labels them as the target class, and their
-distance to each class's mean image.
+distance to each class's mean image::
 
     from unsplit import Client, GANClient, train_split
     from unsplit.fsha_client import client_split, keras_adam
