@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+#: the top-level scripts and the demo modules they call
+DEMO_MODULES = {"model_inversion_demo.py": "inversion", "label_inference_demo.py": "labels", "fsha_demo.py": "fsha",
+                "sladv_demo.py": "sladv"}
 
 
 def run(script, *args, cwd=None, env_extra=None):
@@ -115,11 +118,28 @@ def test_label_inference_demo_similarity_attacks_end_to_end(tiny_mnist, tmp_path
         ("sladv_demo.py", ["cifar", "--client-size", "50000"], "must leave CIFAR-10 training images"),
     ],
 )
-def test_usage_errors_exit_2_in_one_line(script, args, message, tmp_path):
-    r = run(script, *args, cwd=tmp_path)
-    assert r.returncode == 2
-    assert message in r.stderr and "Traceback" not in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1
+def test_usage_errors_exit_2_in_one_line(script, args, message, tmp_path, monkeypatch, capsys):
+    """In-process (the shims' subprocess path is covered by the end-to-end tests and the one below)."""
+    import importlib
+
+    from unsplit.cli import run_main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("UNSPLIT_CACHE", str(tmp_path / ".cache"))
+    module = importlib.import_module(f"unsplit.demos.{DEMO_MODULES[script]}")
+    try:
+        code = run_main(module.main, args)
+    except SystemExit as exc:  # argparse's usage errors
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_usage_error_through_the_top_level_script_is_one_line(tmp_path):
+    r = run("label_inference_demo.py", "mnist", "--gradient", "bias", cwd=tmp_path)
+    assert r.returncode == 2 and "invalid choice" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
 def test_label_inference_with_nothing_left_to_score_is_an_error(tiny_mnist, tmp_path):

@@ -15,8 +15,8 @@ from .defenses import parse_defenses
 from .experiments import TrainingCase, train_or_load
 from .util import resolve_device, unique_dir
 
-__all__ = ["UsageError", "add_common_arguments", "run_main", "trained_model", "output_dir", "log", "finite_float",
-           "check_defenses"]
+__all__ = ["UsageError", "add_common_arguments", "add_run_arguments", "run_main", "trained_model", "output_dir", "log",
+           "finite_float", "check_defenses"]
 
 
 class UsageError(ValueError):
@@ -60,8 +60,17 @@ def check_defenses(parser: argparse.ArgumentParser, specs: Sequence[str], *, num
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, *, epochs: int = 10) -> None:
-    """Options every demo shares (data, output, seed, device, training cache, verbosity)."""
+    """Options the inversion and label demos share: the dataset, :func:`add_run_arguments`, epochs, defenses."""
     parser.add_argument("dataset", choices=DATASETS, help="dataset")
+    add_run_arguments(parser)
+    parser.add_argument("--epochs", type=int, default=epochs, help="split-learning training epochs")
+    parser.add_argument("--defense", action="append", default=None, metavar="NAME[:STRENGTH]",
+                        help="defense used in split learning, repeatable: gaussian:SIGMA, laplace:SCALE, "
+                             "nopeek:ALPHA, dpsgd:NOISE_MULTIPLIER, label_dp:EPSILON, topk:RATIO, maxnorm, none")
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options every demo shares: data, output, seed, device, verbosity, downloads."""
     parser.add_argument("--data-dir", type=Path, default=default_data_dir(), help="dataset root ($UNSPLIT_DATA)")
     parser.add_argument("--out", type=Path, default=None, help="results directory (default: results/<run name>)")
     parser.add_argument("--overwrite", action="store_true", help="write into --out even if it holds results")
@@ -69,10 +78,6 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, epochs: int = 10) -
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to compute")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--no-download", action="store_true", help="never try to download missing data")
-    parser.add_argument("--epochs", type=int, default=epochs, help="split-learning training epochs")
-    parser.add_argument("--defense", action="append", default=None, metavar="NAME[:STRENGTH]",
-                        help="defense used in split learning, repeatable: gaussian:SIGMA, laplace:SCALE, "
-                             "nopeek:ALPHA, dpsgd:NOISE_MULTIPLIER, label_dp:EPSILON, topk:RATIO, maxnorm, none")
 
 
 def parse_with_defenses(parser: argparse.ArgumentParser, argv=None, *, num_classes: int = 10) -> argparse.Namespace:

@@ -22,8 +22,8 @@ from typing import Optional
 
 import torch
 
-from ..cli import device_of, log, make_parser, run_main
-from ..data import DATASETS, default_data_dir
+from ..cli import add_run_arguments, device_of, log, make_parser, run_main
+from ..data import DATASETS
 from ..defenses import NoPeek
 from ..fsha import (
     LEVELS,
@@ -66,13 +66,7 @@ def parse_args(argv=None):
                         "attack's autoencoder pilot)")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                    help="bf16: autocast (about 2x faster on CPUs with AVX-512 BF16 / AMX and on GPUs)")
-    p.add_argument("--data-dir", type=Path, default=default_data_dir(), help="dataset root ($UNSPLIT_DATA)")
-    p.add_argument("--out", type=Path, default=None, help="results directory (default: results/<run name>)")
-    p.add_argument("--overwrite", action="store_true", help="write into --out even if it holds results")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--no-download", action="store_true", help="never try to download missing data")
+    add_run_arguments(p)
     args = p.parse_args(argv)
     if args.iters < 1 or args.batch_size < 2:
         p.error("--iters must be >= 1 and --batch-size >= 2")

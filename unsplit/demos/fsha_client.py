@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from ..base import _jsonable
-from ..cli import device_of, log, make_parser, output_dir, run_main
-from ..data import default_data_dir, load_dataset
+from ..cli import add_run_arguments, device_of, log, make_parser, output_dir, run_main
+from ..data import load_dataset
 from ..fsha_client import GANClientConfig, GANClientRunConfig, run_gan_client
 from ..util import atomic_write_json, save_image_grid, seed_everything
 
@@ -41,13 +41,7 @@ def parse_args(argv=None):
     p.add_argument("--train-limit", type=int, default=None,
                    help="use the first N training images only (a quick run; the classifier scoring it too)")
     p.add_argument("--no-baseline", action="store_true", help="skip the run without the attacker (half the time)")
-    p.add_argument("--data-dir", type=Path, default=default_data_dir(), help="dataset root ($UNSPLIT_DATA)")
-    p.add_argument("--out", type=Path, default=None, help="results directory (default: results/<run name>)")
-    p.add_argument("--overwrite", action="store_true", help="write into --out even if it holds results")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--no-download", action="store_true", help="never try to download missing data")
+    add_run_arguments(p)
     args = p.parse_args(argv)
     if args.train_limit is not None and args.train_limit < args.batch_size:
         p.error(f"--train-limit must be at least --batch-size ({args.batch_size}), got {args.train_limit}")
