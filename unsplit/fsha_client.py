@@ -31,6 +31,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import warnings
 from typing import Any, Dict, FrozenSet, Optional, Sequence, Tuple
 
 import torch
@@ -173,8 +174,9 @@ class GANClient(Attack, Client):
         self.optimizer.zero_grad(set_to_none=True)
         z = torch.randn(cfg.batch_size, cfg.latent, generator=self.noise).to(self.device)
         x = self.generator(z)
-        label = cfg.target if self._generator_turn() else cfg.poison_class
-        return (x if self._generator_turn() else x.detach()), torch.full((cfg.batch_size,), label, dtype=torch.long)
+        if self._generator_turn():  # G learns through the shared model
+            return x, torch.full((cfg.batch_size,), cfg.target, dtype=torch.long)
+        return x.detach(), torch.full((cfg.batch_size,), cfg.poison_class, dtype=torch.long)
 
     def head_gradient(self, g: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         return g / self.config.gradient_factor if self._generator_turn() else g
@@ -208,8 +210,6 @@ class GANClient(Attack, Client):
 
     def begin(self, run: RunInfo) -> None:
         if run.batch_size != self.config.batch_size:
-            import warnings
-
             warnings.warn(f"the malicious client sends {self.config.batch_size} samples per turn, the honest "
                           f"clients {run.batch_size}", stacklevel=2)
 

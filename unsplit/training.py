@@ -436,6 +436,7 @@ class _Training:
         self.opts = _optimizers(plan.topology, cfg, plan.device)
         self.front, self.middle, self.top = plan.topology.front, plan.topology.middle, plan.topology.head
         self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.acting: Sequence[Defense] = plan.defenses  # the defenses acting on the current client turn
         self.settings = plan.settings()
         self.state = _load_checkpoint(cfg.checkpoint, self.settings)
         self._restore()
@@ -448,7 +449,6 @@ class _Training:
         state = self.state
         self.epoch0, self.step0, self.done = (state["epoch"], state["step"], state["done"]) if state else (0, 0, 0)
         self.turn = state.get("turn", 0) if state else 0  # the schedule position of the next client turn
-        self.acting: Sequence[Defense] = self.plan.defenses  # the defenses acting on this turn
         self.losses: List[float] = list(state["losses"]) if state else []
         self.total, self.count = (state["total"], state["count"]) if state else (0.0, 0)
         if state:
