@@ -53,7 +53,42 @@ def test_speed_and_detection_benchmarks_run(tiny_mnist, tmp_path):
     assert cells == {"honest", "fsha", "fsha+dummy"} and (tmp_path / "det" / "detection.png").exists()
 
 
+FAKE_OFFICIAL = """import argparse, json, numpy as np
+p = argparse.ArgumentParser()
+for a in ("driver", "--repo", "--mnist", "--iters", "--seed", "--out", "--state"):
+    p.add_argument(a)
+a = p.parse_args()
+np.savez(a.out, samples=np.random.default_rng(0).uniform(-1, 1, (256, 28, 28, 1)).astype("float32"))
+print(json.dumps({"seconds": 4.0, "rounds": 2, "done": int(a.iters), "test_accuracy": 0.5}))
+"""
+
+
+@pytest.mark.slow  # benchmark plumbing end to end; the attack's effectiveness is asserted in test_fsha_client.py
+def test_client_benchmark_chunks_resume_and_report(tiny_mnist, tmp_path):
+    (tmp_path / "fake.py").write_text(FAKE_OFFICIAL)  # stands in for the official code: 2 s per round
+    official = tmp_path / "fake-tf-python"
+    official.write_text(f'#!/bin/sh\nexec {sys.executable} {tmp_path / "fake.py"} "$@"\n')
+    official.chmod(0o755)
+    (tmp_path / "repo" / "ClientSideAttack").mkdir(parents=True)
+    (tmp_path / "repo" / "ClientSideAttack" / "server.py").write_text("")
+    common = ["--data-dir", tiny_mnist, "--iters", "4", "--chunk", "2", "--official-repo", tmp_path / "repo",
+              "--official-python", official, "--out", tmp_path / "out", "--checkpoints", tmp_path / "ck", "--quiet"]
+    r = run("fsha_client_vs_official.py", *common, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    cell = json.loads((tmp_path / "out" / "cells" / "mnist_i4_s0.json").read_text())
+    assert [c["rounds"] for c in cell["chunks"]] == [2, 4]
+    assert all(c["official"]["seconds_per_round"] == 2.0 and c["ours"]["seconds_per_round"] > 0
+               for c in cell["chunks"])
+    assert 0 <= cell["chunks"][-1]["ours"]["target_rate"] <= 1 and 0 < cell["baselines"]["task_accuracy"] <= 1
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "| 4 | official |" in report and (tmp_path / "out" / "samples.png").exists()
+    r = run("fsha_client_vs_official.py", *common, cwd=tmp_path)
+    assert r.returncode == 0 and "0 cells run, 1 already stored" in r.stdout
+
+
 @pytest.mark.parametrize("script,args", [
+    ("fsha_client_vs_official.py", ["--chunk", "3", "--report-only"]),
+    ("fsha_client_vs_official.py", ["--official-repo", "nowhere"]),
     ("fsha_vs_official.py", ["--cells", "mnist-l9"]),
     ("fsha_vs_official.py", ["--iters", "0"]),
     ("fsha_speed.py", ["--rows", "turbo", "--no-official"]),

@@ -1,6 +1,12 @@
 """Runs the official FSHA malicious-client code (pasquini-dario/SplitNN_FSHA, ``ClientSideAttack/``, TensorFlow) as
 its notebook does: one malicious client (target class 1) and 10 honest ones, batch 256, ``Server(...)(iterations)``;
-then saves samples of its generator.
+then saves samples of its generator and the honest task's test accuracy.
+
+Resumable: with ``--state DIR`` a run continues from DIR's checkpoint (the shared parts, the server, the generator,
+the one Adam the official server applies to all of them) up to ``--iters`` rounds in all, and saves it again. The
+official ``Server.__call__`` restarts its batch iterator and its round counter on every call, so a resumed call
+reshuffles the data (as a new pass) and the rounds done before a call must be even (the malicious client's generator
+and poison turns alternate by the counter's parity).
 
 MNIST comes from the IDX files in torchvision's raw layout (the notebook's ``tf.keras.datasets.mnist`` downloads);
 the images pass through the official ``dataset.make_dataset`` / ``parse`` unchanged.
@@ -37,12 +43,12 @@ def main():
     p.add_argument("--samples", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
+    p.add_argument("--state", help="a directory for the checkpoint that makes the run resumable")
     args = p.parse_args()
     sys.path.insert(0, os.path.join(args.repo, "ClientSideAttack"))
     import numpy as np
     import tensorflow as tf
 
-    tf.random.set_seed(args.seed)
     # the code predates Keras' new optimisers (TF >= 2.11), which refuse a variable list that changes from call to
     # call (the server updates different parts on different turns); the legacy Adam is the one it was written for
     tf.keras.optimizers.Adam = tf.keras.optimizers.legacy.Adam
@@ -51,17 +57,47 @@ def main():
     import dataset
     from server import Server
 
-    x = idx(os.path.join(args.mnist, "train-images-idx3-ubyte")).astype(np.float32)
-    y = idx(os.path.join(args.mnist, "train-labels-idx1-ubyte")).astype(np.int64)
-    xpriv = dataset.make_dataset(x, y, dataset.parse)
+    tf.random.set_seed(args.seed)
+    raw = args.mnist
+    x = idx(os.path.join(raw, "train-images-idx3-ubyte")).astype(np.float32)
+    y = idx(os.path.join(raw, "train-labels-idx1-ubyte")).astype(np.int64)
     batch_size, f, ff, g = 256, archs.make_f(), archs.make_ff(), archs.make_generator()
     team = [clients.BadClient(f, ff, g, batch_size, 1)] + [clients.Client(f, ff) for _ in range(10)]
+    server = Server(archs.make_s, team, dataset.make_dataset(x, y, dataset.parse), batch_size)
+    done, ckpt = 0, None
+    if args.state:
+        ckpt = tf.train.CheckpointManager(tf.train.Checkpoint(f=f, ff=ff, g=g, s=server.server,
+                                                              optimizer=server.optimizer), args.state, 1)
+        meta = os.path.join(args.state, "done.json")
+        if os.path.exists(meta):
+            with open(meta) as fh:
+                done = json.load(fh)["done"]
+            ckpt.checkpoint.restore(ckpt.latest_checkpoint).assert_existing_objects_matched()
+    if done % 2:
+        sys.exit(f"the checkpoint holds an odd number of rounds ({done}): the turns' parity would flip")
+    tf.random.set_seed(args.seed + done)  # a resumed call draws new noise and a new shuffle
+    rounds = max(args.iters - done, 0)
     start = time.perf_counter()
-    Server(archs.make_s, team, xpriv, batch_size)(args.iters)
+    if rounds:
+        server(rounds)
     seconds = time.perf_counter() - start
+    if ckpt is not None and rounds:
+        ckpt.save()
+        with open(os.path.join(args.state, "done.json.tmp"), "w") as fh:
+            json.dump({"done": done + rounds}, fh)
+        os.replace(os.path.join(args.state, "done.json.tmp"), os.path.join(args.state, "done.json"))
     samples = np.concatenate([team[0].generate().numpy() for _ in range(-(-args.samples // batch_size))])
-    np.savez(args.out, samples=samples[:args.samples], seconds=seconds, tensorflow=tf.__version__)
-    print(json.dumps({"seconds": seconds, "iterations": args.iters, "tensorflow": tf.__version__}))
+    xt = idx(os.path.join(raw, "t10k-images-idx3-ubyte")).astype(np.float32)
+    yt = idx(os.path.join(raw, "t10k-labels-idx1-ubyte")).astype(np.int64)
+    test = dataset.make_dataset(xt, yt, dataset.parse).batch(1000)
+    hits = sum(int(np.sum(np.argmax(ff(server.server(f(a, training=False), training=False), training=False), 1)
+                          == b.numpy())) for a, b in test)
+    out = {"seconds": seconds, "rounds": rounds, "done": done + rounds, "test_accuracy": hits / len(yt),
+           "tensorflow": tf.__version__}
+    tmp = args.out + ".tmp.npz"
+    np.savez(tmp, samples=samples[:args.samples], **out)
+    os.replace(tmp, args.out)
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,214 @@
+#!/usr/bin/env python
+"""FSHA's malicious client (Pasquini et al., CCS'21, the official ``ClientSideAttack``) against the official code,
+both scored by the same independent classifier.
+
+Both run the official notebook's setting on MNIST: one malicious client (target class 1, poison class 10) and ten
+honest clients sharing the client parts in turn, batch 256, Adam 1e-4, for ``--iters`` rounds. They run chunk by
+chunk (``--chunk`` rounds, even), alternately ours then the official code's, so their seconds per round are measured
+side by side under the same load (each chunk's seconds include its start-up: loading the checkpoint, and for the
+official code tracing its ``tf.function`` steps). After every chunk, 256 samples of each generator are scored by one
+classifier trained on the real MNIST training set (:func:`unsplit.metrics.train_classifier`, seed 0), which neither
+attack touches: the rate at which it labels them as class 1, their mean squared distance to the class-1 mean image
+beside the other classes' means, and the fraction nearest to the class-1 mean; beside the honest task's test accuracy.
+At the end ours also trains the same model without the malicious client (the honest accuracy without the attack).
+
+Resumable: both runs checkpoint under ``--checkpoints`` after every chunk; the cell (``OUT/cells/mnist_i<N>_s<seed>``)
+is written when the last chunk is done, and ``report.md``, ``curves.png`` and ``samples.png`` are rebuilt from it.
+The official code restarts its batch iterator on every call, so each of its chunks reshuffles the data.
+
+    python benchmarks/fsha_client_vs_official.py --data-dir ../shared/data --iters 1000 \\
+        --official-repo PATH/TO/SplitNN_FSHA --official-python PATH/TO/tf/bin/python
+    python benchmarks/fsha_client_vs_official.py --report-only
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from unsplit.base import GeneratedSamples
+from unsplit.cli import make_parser, run_main
+from unsplit.data import default_data_dir, load_dataset
+from unsplit.fsha_client import GANClientRunConfig, run_gan_client
+from unsplit.grid import Cell, ResultStore, add_grid_arguments, run_benchmark
+from unsplit.metrics import train_classifier
+from unsplit.util import atomic_save, atomic_save_figure, atomic_write_json, atomic_write_text, resolve_device
+
+DRIVER = Path(__file__).resolve().parent / "official" / "fsha_client_official.py"
+SCORES = ("target_rate", "nearest_mean_rate", "distance_to_target_mean", "distance_to_other_means")
+
+
+def parse_args(argv=None):
+    p = make_parser(__doc__)
+    p.add_argument("--iters", type=int, default=5000, help="rounds (the official notebook's 5,000)")
+    p.add_argument("--chunk", type=int, default=50, help="rounds per chunk (even)")
+    p.add_argument("--official-repo", type=Path, default=os.environ.get("UNSPLIT_FSHA_OFFICIAL"),
+                   help="a checkout of pasquini-dario/SplitNN_FSHA ($UNSPLIT_FSHA_OFFICIAL)")
+    p.add_argument("--official-python", default=os.environ.get("UNSPLIT_TF_PYTHON"),
+                   help="a Python with TensorFlow ($UNSPLIT_TF_PYTHON)")
+    p.add_argument("--data-dir", type=Path, default=default_data_dir())
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/fsha_client"))
+    p.add_argument("--checkpoints", type=Path, default=Path("checkpoints/fsha_client"))
+    p.add_argument("--report-only", action="store_true")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true")
+    add_grid_arguments(p)
+    args = p.parse_args(argv)
+    if args.iters < 2 or args.chunk < 2 or args.chunk % 2 or args.iters % args.chunk:
+        p.error("--chunk must be even and >= 2, and --iters a multiple of it")
+    if not args.report_only:
+        if args.official_repo is None or not (Path(args.official_repo) / "ClientSideAttack" / "server.py").is_file():
+            p.error("--official-repo must be a checkout of pasquini-dario/SplitNN_FSHA (with ClientSideAttack/)")
+        if not args.official_python:
+            p.error("--official-python must name a Python with TensorFlow")
+    return args
+
+
+def _classifier(x: torch.Tensor, y: torch.Tensor, path: Path, device, seed: int):
+    """The independent classifier, trained once and kept beside the checkpoints."""
+    if path.exists():
+        return torch.load(path, map_location=device, weights_only=False)
+    net = train_classifier(x, y, device=device, seed=seed)
+    atomic_save(net, path)
+    return net
+
+
+def _official(runtime: dict, state: Path, upto: int, seed: int) -> tuple:
+    """The official code up to ``upto`` rounds in all (resumed from ``state``): (its run, its samples)."""
+    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    out = state / "samples.npz"
+    cmd = [runtime["official_python"], str(DRIVER), "--repo", str(runtime["official_repo"]), "--mnist",
+           str(Path(runtime["data_dir"]) / "MNIST" / "raw"), "--iters", str(upto), "--seed", str(seed),
+           "--out", str(out), "--state", str(state)]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"the official code failed: {(done.stderr or done.stdout).strip().splitlines()[-1:]}")
+    samples = torch.from_numpy(np.load(out)["samples"]).permute(0, 3, 1, 2).float()
+    return json.loads(lines[-1]), samples
+
+
+def run_cell(c: dict, *, data_dir, checkpoints, out, official_repo, official_python, device, progress: bool) -> dict:
+    """Both attacks chunk by chunk to ``c["iters"]`` rounds, each chunk scored; resumes from ``checkpoints``."""
+    device = resolve_device(device)
+    runtime = {"data_dir": data_dir, "official_repo": official_repo, "official_python": official_python}
+    x, y = load_dataset("mnist", data_dir=data_dir, train=True, download=False)
+    xt, yt = load_dataset("mnist", data_dir=data_dir, train=False, download=False)
+    x, xt = x * 2 - 1, xt * 2 - 1  # the official code's [-1, 1]
+    root = Path(checkpoints) / f"mnist_s{c['seed']}"
+    (root / "official").mkdir(parents=True, exist_ok=True)
+    classifier = _classifier(x, y, root / "classifier.pt", device, c["seed"])
+    log_path = root / "chunks.json"
+    chunks = json.loads(log_path.read_text()) if log_path.exists() else []
+    for upto in range(c["chunk"] * (len(chunks) + 1), c["iters"] + 1, c["chunk"]):
+        config = GANClientRunConfig(iterations=upto, baseline=False, checkpoint=str(root / "ours.pt"),
+                                    checkpoint_every=10 * c["chunk"], progress=progress)
+        start = time.perf_counter()
+        ours = run_gan_client(x, y, xt, yt, config, device=device, seed=c["seed"], classifier=classifier)
+        ours_seconds = time.perf_counter() - start
+        official, samples = _official(runtime, root / "official", upto, c["seed"])
+        theirs = GeneratedSamples(samples, target=1).score(classifier, x, y, device=device)
+        chunks.append({"rounds": upto, "ours": {**{k: ours.metrics[k] for k in SCORES},
+                                                "task_accuracy": ours.metrics["task_accuracy"],
+                                                "seconds_per_round": ours_seconds / c["chunk"]},
+                       "official": {**{k: theirs[k] for k in SCORES}, "task_accuracy": official["test_accuracy"],
+                                    "seconds_per_round": official["seconds"] / official["rounds"]}})
+        atomic_write_json(log_path, chunks)
+        if upto == c["iters"]:
+            _samples_figure(ours.artefacts["samples"].images[:32], samples[:32], Path(out) / "samples.png")
+    final = GANClientRunConfig(iterations=c["iters"], checkpoint=str(root / "ours.pt"), progress=progress)
+    ours = run_gan_client(x, y, xt, yt, final, device=device, seed=c["seed"], classifier=classifier)
+    return {"dataset": "mnist", "iterations": c["iters"], "chunk": c["chunk"], "seed": c["seed"], "chunks": chunks,
+            "baselines": ours.baselines, "device": str(device), "threads": torch.get_num_threads()}
+
+
+def _samples_figure(ours: torch.Tensor, theirs: torch.Tensor, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from torchvision.utils import make_grid
+
+    fig, axes = plt.subplots(1, 2, figsize=(8, 4.4))
+    for ax, images, title in zip(axes, (ours, theirs), ("unsplit", "official code")):
+        ax.imshow(make_grid((images + 1) / 2, nrow=8, padding=1, pad_value=1).permute(1, 2, 0))
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    fig.tight_layout()
+    atomic_save_figure(fig, path)
+
+
+def build_report(args) -> str:
+    cells = ResultStore(args.out).records("cells/*.json")
+    lines = ["# FSHA's malicious client against the official code", "",
+             "MNIST, target class 1, one malicious and ten honest clients, batch 256, Adam 1e-4. Generated samples "
+             "(256 per attack) scored by the same independent classifier trained on the real training set. "
+             "Columns per attack: target rate (the classifier labels the sample 1), nearest-mean rate (nearest class "
+             "mean image is class 1's), mean squared distance per pixel ([-1, 1]) to the class-1 mean / to the other "
+             "classes' means, honest test accuracy, seconds per round (same machine, chunks alternated).", "",
+             "Command: `python benchmarks/fsha_client_vs_official.py --data-dir ../shared/data --iters N "
+             "--official-repo ... --official-python ...`", ""]
+    head = "| rounds | attack | target rate | nearest-mean rate | d(class 1) | d(others) | test accuracy | s/round |"
+    for d in cells:
+        b = d["baselines"]
+        lines += [f"## {d['iterations']} rounds, seed {d['seed']}", "",
+                  f"Baselines: chance {b['baseline_chance']:.2f}; uniform noise: target rate "
+                  f"{b['baseline_noise_target_rate']:.3f}, nearest-mean rate "
+                  f"{b['baseline_noise_nearest_mean_rate']:.3f}; "
+                  f"honest test accuracy without the malicious client {b['task_accuracy']:.4f} "
+                  f"(ours, {d['iterations']} rounds).", "", head, "|---|---|---|---|---|---|---|---|"]
+        for chunk in d["chunks"]:
+            for who in ("ours", "official"):
+                m = chunk[who]
+                lines.append(f"| {chunk['rounds']} | {who} | {m['target_rate']:.3f} | {m['nearest_mean_rate']:.3f} | "
+                             f"{m['distance_to_target_mean']:.3f} | {m['distance_to_other_means']:.3f} | "
+                             f"{m['task_accuracy']:.4f} | {m['seconds_per_round']:.2f} |")
+        ratio = sorted(ch["official"]["seconds_per_round"] / ch["ours"]["seconds_per_round"] for ch in d["chunks"])
+        lines += ["", f"Official seconds per round ÷ ours, per chunk: median {ratio[len(ratio) // 2]:.2f}× "
+                      f"(min {ratio[0]:.2f}×, max {ratio[-1]:.2f}×).", ""]
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = atomic_write_text(args.out / "report.md", "\n".join(lines) + "\n")
+    _plot(cells, args.out / "curves.png")
+    return str(path)
+
+
+def _plot(cells: list, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not cells:
+        return
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for d in cells:
+        rounds = [ch["rounds"] for ch in d["chunks"]]
+        for who, style in (("ours", "-"), ("official", "--")):
+            ax.plot(rounds, [ch[who]["target_rate"] for ch in d["chunks"]], style,
+                    label=f"{who} (seed {d['seed']})")
+        ax.axhline(d["baselines"]["baseline_chance"], color="grey", lw=0.8, ls=":", label="chance")
+    ax.set(xlabel="round", ylabel="target rate (independent classifier)", ylim=(0, 1.02))
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    atomic_save_figure(fig, path)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    cells = [Cell(f"cells/mnist_i{args.iters}_s{seed}", {"iters": args.iters, "chunk": args.chunk, "seed": seed})
+             for seed in args.seeds]
+    runtime = {"data_dir": args.data_dir, "checkpoints": args.checkpoints.resolve(), "out": args.out.resolve(),
+               "official_repo": args.official_repo, "official_python": args.official_python,
+               "device": args.device, "progress": not args.quiet}
+    return run_benchmark(args, cells, run_cell, runtime=runtime, report=build_report)
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
