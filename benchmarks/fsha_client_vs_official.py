@@ -146,24 +146,24 @@ def _samples_figure(ours: torch.Tensor, theirs: torch.Tensor, path: Path) -> Non
 
 def build_report(args) -> str:
     cells = ResultStore(args.out).records("cells/*.json")
-    lines = ["# FSHA's malicious client against the official code", "",
-             "MNIST, target class 1, one malicious and ten honest clients, batch 256, Adam 1e-4. Generated samples "
+    lines = ["MNIST, target class 1, one malicious and ten honest clients, batch 256, Adam 1e-4. Generated samples "
              "(256 per attack) scored by the same independent classifier trained on the real training set. "
              "Columns per attack: target rate (the classifier labels the sample 1), nearest-mean rate (nearest class "
              "mean image is class 1's), mean squared distance per pixel ([-1, 1]) to the class-1 mean / to the other "
-             "classes' means, honest test accuracy, seconds per round (same machine, chunks alternated).", "",
-             "Command: `python benchmarks/fsha_client_vs_official.py --data-dir ../shared/data --iters N "
-             "--official-repo ... --official-python ...`", ""]
+             "classes' means, honest test accuracy, seconds per round (same machine, chunks alternated).", ""]
     head = "| rounds | attack | target rate | nearest-mean rate | d(class 1) | d(others) | test accuracy | s/round |"
     for d in cells:
         b = d["baselines"]
-        lines += [f"## {d['iterations']} rounds, seed {d['seed']}", "",
+        lines += [f"**{d['iterations']} rounds, seed {d['seed']}**: `python benchmarks/fsha_client_vs_official.py "
+                  f"--data-dir DATA --iters {d['iterations']} --chunk {d['chunk']} --seeds {d['seed']} "
+                  "--official-repo SplitNN_FSHA --official-python TF_PYTHON`. "
                   f"Baselines: chance {b['baseline_chance']:.2f}; uniform noise: target rate "
                   f"{b['baseline_noise_target_rate']:.3f}, nearest-mean rate "
                   f"{b['baseline_noise_nearest_mean_rate']:.3f}; "
                   f"honest test accuracy without the malicious client {b['task_accuracy']:.4f} "
                   f"(ours, {d['iterations']} rounds).", "", head, "|---|---|---|---|---|---|---|---|"]
-        for chunk in d["chunks"]:
+        every = -(-len(d["chunks"]) // 10)  # about ten rows per attack
+        for chunk in d["chunks"][every - 1::every]:
             for who in ("ours", "official"):
                 m = chunk[who]
                 lines.append(f"| {chunk['rounds']} | {who} | {m['target_rate']:.3f} | {m['nearest_mean_rate']:.3f} | "
