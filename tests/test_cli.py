@@ -166,7 +166,7 @@ def test_fsha_demo_end_to_end_resumes_and_refuses_bad_input(tiny_mnist, tmp_path
     r = run("fsha_demo.py", "mnist", "--iters", "4", *common, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     m = json.loads((out / "metrics.json").read_text())
-    assert m["iterations"] == 4 and m["level"] == 4 and 0 < m["running_mse"] < 4
+    assert m["iterations"] == 4 and m["level"] == 4 and 0 < m["running_mse"] < 4 and m["precision"] == "bf16"
     assert set(m["after_training"]) >= {"mse", "mse_01", "mse_per_class"}
     assert (out / "reconstructions.png").stat().st_size > 1000 and (out / "curve.png").stat().st_size > 1000
     # an existing result is never overwritten silently

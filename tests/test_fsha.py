@@ -303,6 +303,8 @@ def test_bad_settings_raise_clear_errors():
             FSHAConfig(**bad)
     with pytest.raises(ValueError, match="precision"):
         FSHASpeed(precision="fp16")
+    with pytest.raises(ValueError, match="precision"):
+        FSHASpeed(precision="auto")  # "auto" is resolved by the caller (resolve_precision), never stored
     with pytest.raises(ValueError, match="property_objective"):
         PropertyInference(torch.zeros(4, dtype=torch.long), objective="oracle")
     with pytest.raises(ValueError, match="lr_dummy"):
@@ -359,3 +361,12 @@ def test_run_fsha_returns_a_report_that_keeps_the_earlier_attributes(one_thread)
     old = run_fsha(private, public, level=4, iterations=2, batch_size=4, window=2, server_options={"scale": 1.0},
                    seed=1)
     assert old.monitor.errors == report.monitor.errors
+
+
+def test_auto_precision_is_bf16_only_where_the_device_computes_it_natively(monkeypatch):
+    from unsplit.util import resolve_precision
+
+    assert resolve_precision("fp32", "cpu") == "fp32" and resolve_precision("bf16", "cpu") == "bf16"
+    for native in (True, False):
+        monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda native=native: native)
+        assert resolve_precision("auto", "cpu") == ("bf16" if native else "fp32")

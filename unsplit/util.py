@@ -16,6 +16,7 @@ __all__ = [
     "l2_prior",
     "minmax_normalize",
     "resolve_device",
+    "resolve_precision",
     "seed_everything",
     "atomic_write_bytes",
     "atomic_write_json",
@@ -88,6 +89,21 @@ def resolve_device(device: Union[str, torch.device, None] = "auto") -> torch.dev
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was asked for but no CUDA GPU is available: use --device cpu or auto")
     return dev
+
+
+def resolve_precision(precision: str, device: Union[str, torch.device]) -> str:
+    """``"auto"``: ``"bf16"`` where ``device`` computes bfloat16 natively (a CUDA GPU with bf16, a CPU with AVX-512
+    BF16 or AMX), else ``"fp32"``; ``"fp32"`` and ``"bf16"`` are returned as they are."""
+    if precision != "auto":
+        return precision
+    device = torch.device(device)
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    try:
+        native = device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch build without oneDNN
+        native = False
+    return "bf16" if native else "fp32"
 
 
 def seed_everything(seed: int) -> None:
