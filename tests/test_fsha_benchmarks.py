@@ -76,7 +76,7 @@ def test_client_benchmark_chunks_resume_and_report(tiny_mnist, tmp_path):
     r = run("fsha_client_vs_official.py", *common, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     cell = json.loads((tmp_path / "out" / "cells" / "mnist_i4_s0.json").read_text())
-    assert [c["rounds"] for c in cell["chunks"]] == [2, 4]
+    assert [c["rounds"] for c in cell["chunks"]] == [2, 4] and all(c["timed"] for c in cell["chunks"])
     assert all(c["official"]["seconds_per_round"] == 2.0 and c["ours"]["seconds_per_round"] > 0
                for c in cell["chunks"])
     assert 0 <= cell["chunks"][-1]["ours"]["target_rate"] <= 1 and 0 < cell["baselines"]["task_accuracy"] <= 1
@@ -84,6 +84,15 @@ def test_client_benchmark_chunks_resume_and_report(tiny_mnist, tmp_path):
     assert "| 4 | official |" in report and (tmp_path / "out" / "samples.png").exists()
     r = run("fsha_client_vs_official.py", *common, cwd=tmp_path)
     assert r.returncode == 0 and "0 cells run, 1 already stored" in r.stdout
+    # interrupted after both had run the last chunk but before it was logged: rerun, it is scored, not timed
+    log = tmp_path / "ck" / "mnist_s0" / "chunks.json"
+    log.write_text(json.dumps(json.loads(log.read_text())[:1]))
+    (tmp_path / "out" / "cells" / "mnist_i4_s0.json").unlink()
+    r = run("fsha_client_vs_official.py", *common, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    again = json.loads((tmp_path / "out" / "cells" / "mnist_i4_s0.json").read_text())["chunks"]
+    assert [c["timed"] for c in again] == [True, False] and again[1]["ours"] == cell["chunks"][1]["ours"] | {
+        "seconds_per_round": again[1]["ours"]["seconds_per_round"]}
 
 
 @pytest.mark.parametrize("script,args", [
