@@ -5,18 +5,21 @@ both scored by the same independent classifier.
 Both run the official notebook's setting on MNIST: one malicious client (target class 1, poison class 10) and ten
 honest clients sharing the client parts in turn, batch 256, Adam 1e-4, for ``--iters`` rounds. They run chunk by
 chunk (``--chunk`` rounds, even), alternately ours then the official code's, so their seconds per round are measured
-side by side under the same load (each chunk's seconds include its start-up: loading the checkpoint, and for the
-official code tracing its ``tf.function`` steps). After every chunk, 256 samples of each generator are scored by one
-classifier trained on the real MNIST training set (:func:`unsplit.metrics.train_classifier`, seed 0), which neither
-attack touches: the rate at which it labels them as class 1, their mean squared distance to the class-1 mean image
-beside the other classes' means, and the fraction nearest to the class-1 mean; beside the honest task's test accuracy.
-At the end ours also trains the same model without the malicious client (the honest accuracy without the attack).
+side by side under the same load (each side's training seconds: ours includes loading its checkpoint, the official
+code's includes tracing its ``tf.function`` steps; a chunk re-run after an interruption is not timed).
+
+After every chunk, 256 samples of each generator are scored by one classifier trained on the real MNIST training set
+(:func:`unsplit.metrics.train_classifier`, seed 0), which neither attack touches: the rate at which it labels them as
+class 1, their mean squared distance to the class-1 mean image beside the other classes' means, and the fraction
+nearest to the class-1 mean; beside the honest task's test accuracy. At the end ours also trains the same model
+without the malicious client (the honest accuracy without the attack).
 
 Resumable: both runs checkpoint under ``--checkpoints`` after every chunk; the cell (``OUT/cells/mnist_i<N>_s<seed>``)
-is written when the last chunk is done, and ``report.md``, ``curves.png`` and ``samples.png`` are rebuilt from it.
+and ``OUT/samples_i<N>_s<seed>.png`` (32 samples of each generator at the end) are written when the last chunk is
+done; ``report.md`` and ``curves.png`` are rebuilt from the cells.
 The official code restarts its batch iterator on every call, so each of its chunks reshuffles the data.
 
-    python benchmarks/fsha_client_vs_official.py --data-dir ../shared/data --iters 1000 \\
+    python benchmarks/fsha_client_vs_official.py --data-dir DATA --iters 1000 \\
         --official-repo PATH/TO/SplitNN_FSHA --official-python PATH/TO/tf/bin/python
     python benchmarks/fsha_client_vs_official.py --report-only
 """
@@ -24,13 +27,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from unsplit.base import GeneratedSamples
 from unsplit.cli import make_parser, run_main
@@ -41,6 +45,7 @@ from unsplit.metrics import train_classifier
 from unsplit.util import atomic_save, atomic_save_figure, atomic_write_json, atomic_write_text, resolve_device
 
 DRIVER = Path(__file__).resolve().parent / "official" / "fsha_client_official.py"
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 SCORES = ("target_rate", "nearest_mean_rate", "distance_to_target_mean", "distance_to_other_means")
 
 
@@ -65,8 +70,12 @@ def parse_args(argv=None):
     if not args.report_only:
         if args.official_repo is None or not (Path(args.official_repo) / "ClientSideAttack" / "server.py").is_file():
             p.error("--official-repo must be a checkout of pasquini-dario/SplitNN_FSHA (with ClientSideAttack/)")
-        if not args.official_python:
+        if not args.official_python or shutil.which(args.official_python) is None:
             p.error("--official-python must name a Python with TensorFlow")
+        raw = Path(args.data_dir) / "MNIST" / "raw"
+        missing = [f for f in MNIST_FILES if not (raw / f).exists() and not (raw / f"{f}.gz").exists()]
+        if missing:
+            p.error(f"MNIST's raw files are missing under {raw}: {', '.join(missing)}")
     return args
 
 
@@ -94,46 +103,66 @@ def _official(runtime: dict, state: Path, upto: int, seed: int) -> tuple:
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
-        raise RuntimeError(f"the official code failed: {(done.stderr or done.stdout).strip().splitlines()[-1:]}")
+        tail = (done.stderr or done.stdout).strip().splitlines()
+        raise RuntimeError(f"the official code failed: {tail[-1] if tail else f'exit {done.returncode}'}")
     samples = torch.from_numpy(np.load(out)["samples"]).permute(0, 3, 1, 2).float()
     return json.loads(lines[-1]), samples
 
 
-def run_cell(c: dict, *, data_dir, checkpoints, out, official_repo, official_python, device, progress: bool) -> dict:
+def run_cell(c: dict, *, data_dir, checkpoints, out, official_repo, official_python, device, recompute: bool,
+             progress: bool) -> dict:
     """Both attacks chunk by chunk to ``c["iters"]`` rounds, each chunk scored; resumes from ``checkpoints``."""
     device = resolve_device(device)
     runtime = {"data_dir": data_dir, "official_repo": official_repo, "official_python": official_python}
     x, y = load_dataset("mnist", data_dir=data_dir, train=True, download=False)
     xt, yt = load_dataset("mnist", data_dir=data_dir, train=False, download=False)
     x, xt = x * 2 - 1, xt * 2 - 1  # the official code's [-1, 1]
-    root = Path(checkpoints) / f"mnist_s{c['seed']}"
+    root = Path(checkpoints) / f"mnist_c{c['chunk']}_s{c['seed']}"
+    if recompute and root.exists():
+        shutil.rmtree(root)
     (root / "official").mkdir(parents=True, exist_ok=True)
     classifier = _classifier(x, y, root / "classifier.pt", device, c["seed"])
-    log_path = root / "chunks.json"
-    chunks = json.loads(log_path.read_text()) if log_path.exists() else []
-    for upto in range(c["chunk"] * (len(chunks) + 1), c["iters"] + 1, c["chunk"]):
-        config = GANClientRunConfig(iterations=upto, baseline=False, checkpoint=str(root / "ours.pt"),
-                                    checkpoint_every=10 * c["chunk"], progress=progress)
-        before = _turns_done(root / "ours.pt")
-        start = time.perf_counter()
-        ours = run_gan_client(x, y, xt, yt, config, device=device, seed=c["seed"], classifier=classifier)
-        ours_seconds = time.perf_counter() - start
-        official, samples = _official(runtime, root / "official", upto, c["seed"])
-        theirs = GeneratedSamples(samples, target=1).score(classifier, x, y, device=device)
-        # a chunk one of them had already run before an interruption is scored but not timed
-        timed = before == 10 * (upto - c["chunk"]) and official["rounds"] == c["chunk"]
-        chunks.append({"rounds": upto, "timed": timed,
-                       "ours": {**{k: ours.metrics[k] for k in SCORES}, "task_accuracy": ours.metrics["task_accuracy"],
-                                "seconds_per_round": ours_seconds / c["chunk"]},
-                       "official": {**{k: theirs[k] for k in SCORES}, "task_accuracy": official["test_accuracy"],
-                                    "seconds_per_round": official["seconds"] / c["chunk"]}})
-        atomic_write_json(log_path, chunks)
-        if upto == c["iters"]:
-            _samples_figure(ours.artefacts["samples"].images[:32], samples[:32], Path(out) / "samples.png")
+    chunks = _logged_chunks(root, c)
+    todo = range(c["chunk"] * (len(chunks) + 1), c["iters"] + 1, c["chunk"])
+    for upto in tqdm(todo, desc="chunks", disable=not progress):
+        chunks.append(_run_chunk(c, upto, root, runtime, classifier, (x, y, xt, yt), device))
+        atomic_write_json(root / "chunks.json", chunks)
     final = GANClientRunConfig(iterations=c["iters"], checkpoint=str(root / "ours.pt"), progress=progress)
     ours = run_gan_client(x, y, xt, yt, final, device=device, seed=c["seed"], classifier=classifier)
+    theirs = torch.from_numpy(np.load(root / "official" / "samples.npz")["samples"]).permute(0, 3, 1, 2)
+    _samples_figure(ours.artefacts["samples"].images[:32], theirs[:32],
+                    Path(out) / f"samples_i{c['iters']}_s{c['seed']}.png")
     return {"dataset": "mnist", "iterations": c["iters"], "chunk": c["chunk"], "seed": c["seed"], "chunks": chunks,
             "baselines": ours.baselines, "device": str(device), "threads": torch.get_num_threads()}
+
+
+def _logged_chunks(root: Path, c: dict) -> list:
+    """The chunks logged so far, checked against this run's chunk size and length."""
+    log = root / "chunks.json"
+    chunks = json.loads(log.read_text()) if log.exists() else []
+    rounds = [ch["rounds"] for ch in chunks]
+    if rounds != [c["chunk"] * (i + 1) for i in range(len(rounds))] or (rounds and rounds[-1] > c["iters"]):
+        raise ValueError(f"{root} holds chunks of another run (rounds {rounds[:3]}...): use --recompute or "
+                         "another --checkpoints")
+    return chunks
+
+
+def _run_chunk(c: dict, upto: int, root: Path, runtime: dict, classifier, data: tuple, device) -> dict:
+    """Ours, then the official code, to ``upto`` rounds; both scored. A chunk one of them had already run before an
+    interruption is scored but not timed."""
+    x, y, xt, yt = data
+    config = GANClientRunConfig(iterations=upto, baseline=False, checkpoint=str(root / "ours.pt"),
+                                checkpoint_every=10 * c["chunk"])
+    before = torch.load(root / "ours.pt", weights_only=False)["done"] if (root / "ours.pt").exists() else 0
+    ours = run_gan_client(x, y, xt, yt, config, device=device, seed=c["seed"], classifier=classifier)
+    official, samples = _official(runtime, root / "official", upto, c["seed"])
+    theirs = GeneratedSamples(samples, target=1).score(classifier, x, y, device=device)
+    timed = before == 10 * (upto - c["chunk"]) and official["rounds"] == c["chunk"]
+    return {"rounds": upto, "timed": timed,
+            "ours": {**{k: ours.metrics[k] for k in SCORES}, "task_accuracy": ours.metrics["task_accuracy"],
+                     "seconds_per_round": ours.artefacts["train_seconds"] / c["chunk"] if timed else None},
+            "official": {**{k: theirs[k] for k in SCORES}, "task_accuracy": official["test_accuracy"],
+                         "seconds_per_round": official["seconds"] / c["chunk"] if timed else None}}
 
 
 def _samples_figure(ours: torch.Tensor, theirs: torch.Tensor, path: Path) -> None:
@@ -170,16 +199,16 @@ def build_report(args) -> str:
                   f"{b['baseline_noise_nearest_mean_rate']:.3f}; "
                   f"honest test accuracy without the malicious client {b['task_accuracy']:.4f} "
                   f"(ours, {d['iterations']} rounds).", "", head, "|---|---|---|---|---|---|---|---|"]
-        every = -(-len(d["chunks"]) // 10)  # about ten rows per attack
-        for chunk in d["chunks"][every - 1::every]:
+        every = -(-len(d["chunks"]) // 10)  # about ten rows per attack, the last chunk always among them
+        for chunk in d["chunks"][::-1][::every][::-1]:
             for who in ("ours", "official"):
                 m = chunk[who]
                 lines.append(f"| {chunk['rounds']} | {who} | {m['target_rate']:.3f} | {m['nearest_mean_rate']:.3f} | "
                              f"{m['distance_to_target_mean']:.3f} | {m['distance_to_other_means']:.3f} | "
                              f"{m['task_accuracy']:.4f} | "
-                             f"{m['seconds_per_round']:.2f}{'' if chunk.get('timed', True) else ' (resumed)'} |")
+                             f"{'—' if m['seconds_per_round'] is None else format(m['seconds_per_round'], '.2f')} |")
         ratio = sorted(ch["official"]["seconds_per_round"] / ch["ours"]["seconds_per_round"]
-                       for ch in d["chunks"] if ch.get("timed", True))
+                       for ch in d["chunks"] if ch["timed"])
         if ratio:
             lines += ["", f"Official seconds per round ÷ ours, over the {len(ratio)} chunks both ran in one go: "
                           f"median {ratio[len(ratio) // 2]:.2f}× (min {ratio[0]:.2f}×, max {ratio[-1]:.2f}×).", ""]
@@ -216,6 +245,7 @@ def main(argv=None) -> int:
     cells = [Cell(f"cells/mnist_i{args.iters}_s{seed}", {"iters": args.iters, "chunk": args.chunk, "seed": seed})
              for seed in args.seeds]
     runtime = {"data_dir": args.data_dir, "checkpoints": args.checkpoints.resolve(), "out": args.out.resolve(),
+               "recompute": args.recompute,
                "official_repo": args.official_repo, "official_python": args.official_python,
                "device": args.device, "progress": not args.quiet}
     return run_benchmark(args, cells, run_cell, runtime=runtime, report=build_report)

@@ -37,7 +37,7 @@ from unsplit.cli import make_parser, run_main
 from unsplit.demos.fsha import parse_args as demo_args
 from unsplit.demos.fsha import run_config
 from unsplit.fsha import FSHASpeed, run_fsha
-from unsplit.util import atomic_write_json, resolve_device
+from unsplit.util import atomic_write_json, resolve_device, resolve_precision
 
 ROWS = {
     "demo default": None,
@@ -99,7 +99,9 @@ def official_seconds(args, calls: list) -> float:
 
 def _config(name: str, n: int):
     """The row's FSHARunConfig for a run of ``n`` iterations."""
-    config = run_config(demo_args(["mnist", "--level", "4", "--quiet"]))
+    args = demo_args(["mnist", "--level", "4", "--quiet"])
+    args.precision = resolve_precision(args.precision, resolve_device(args.device))  # as the demo's main does
+    config = run_config(args)
     config.iterations, config.snapshots_at = n, []
     if ROWS[name] is not None:
         config.speed, config.precision = ROWS[name]["speed"], ROWS[name]["precision"]

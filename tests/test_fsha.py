@@ -367,6 +367,12 @@ def test_auto_precision_is_bf16_only_where_the_device_computes_it_natively(monke
     from unsplit.util import resolve_precision
 
     assert resolve_precision("fp32", "cpu") == "fp32" and resolve_precision("bf16", "cpu") == "bf16"
-    for native in (True, False):
-        monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda native=native: native)
-        assert resolve_precision("auto", "cpu") == ("bf16" if native else "fp32")
+    with pytest.raises(ValueError, match="precision"):
+        resolve_precision("fp16", "cpu")
+    for avx512_bf16, amx, want in ((True, False, "bf16"), (False, True, "bf16"), (False, False, "fp32")):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
+        assert resolve_precision("auto", "cpu") == want
+    for major, want in ((7, "fp32"), (8, "bf16")):  # a V100, an A100
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, m=major: (m, 0))
+        assert resolve_precision("auto", "cuda") == want

@@ -53,13 +53,17 @@ def test_speed_and_detection_benchmarks_run(tiny_mnist, tmp_path):
     assert cells == {"honest", "fsha", "fsha+dummy"} and (tmp_path / "det" / "detection.png").exists()
 
 
-FAKE_OFFICIAL = """import argparse, json, numpy as np
+FAKE_OFFICIAL = """import argparse, json, os, numpy as np
 p = argparse.ArgumentParser()
 for a in ("driver", "--repo", "--mnist", "--iters", "--seed", "--out", "--state"):
     p.add_argument(a)
 a = p.parse_args()
+state = os.path.join(a.state, "done")
+done = int(open(state).read()) if os.path.exists(state) else 0
+open(state, "w").write(a.iters)
 np.savez(a.out, samples=np.random.default_rng(0).uniform(-1, 1, (256, 28, 28, 1)).astype("float32"))
-print(json.dumps({"seconds": 4.0, "rounds": 2, "done": int(a.iters), "test_accuracy": 0.5}))
+rounds = max(int(a.iters) - done, 0)
+print(json.dumps({"seconds": 2.0 * rounds, "rounds": rounds, "done": done + rounds, "test_accuracy": 0.5}))
 """
 
 
@@ -73,26 +77,35 @@ def test_client_benchmark_chunks_resume_and_report(tiny_mnist, tmp_path):
     (tmp_path / "repo" / "ClientSideAttack" / "server.py").write_text("")
     common = ["--data-dir", tiny_mnist, "--iters", "4", "--chunk", "2", "--official-repo", tmp_path / "repo",
               "--official-python", official, "--out", tmp_path / "out", "--checkpoints", tmp_path / "ck", "--quiet"]
+    bad = run("fsha_client_vs_official.py", *common[:9], "/no/such/python", *common[10:], cwd=tmp_path)
+    assert bad.returncode == 2 and "--official-python" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
     r = run("fsha_client_vs_official.py", *common, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     cell = json.loads((tmp_path / "out" / "cells" / "mnist_i4_s0.json").read_text())
+    assert (tmp_path / "out" / "samples_i4_s0.png").exists()
     assert [c["rounds"] for c in cell["chunks"]] == [2, 4] and all(c["timed"] for c in cell["chunks"])
     assert all(c["official"]["seconds_per_round"] == 2.0 and c["ours"]["seconds_per_round"] > 0
                for c in cell["chunks"])
     assert 0 <= cell["chunks"][-1]["ours"]["target_rate"] <= 1 and 0 < cell["baselines"]["task_accuracy"] <= 1
     report = (tmp_path / "out" / "report.md").read_text()
-    assert "| 4 | official |" in report and (tmp_path / "out" / "samples.png").exists()
+    assert "| 4 | official |" in report
     r = run("fsha_client_vs_official.py", *common, cwd=tmp_path)
     assert r.returncode == 0 and "0 cells run, 1 already stored" in r.stdout
     # interrupted after both had run the last chunk but before it was logged: rerun, it is scored, not timed
-    log = tmp_path / "ck" / "mnist_s0" / "chunks.json"
+    log = tmp_path / "ck" / "mnist_c2_s0" / "chunks.json"
     log.write_text(json.dumps(json.loads(log.read_text())[:1]))
     (tmp_path / "out" / "cells" / "mnist_i4_s0.json").unlink()
     r = run("fsha_client_vs_official.py", *common, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     again = json.loads((tmp_path / "out" / "cells" / "mnist_i4_s0.json").read_text())["chunks"]
-    assert [c["timed"] for c in again] == [True, False] and again[1]["ours"] == cell["chunks"][1]["ours"] | {
-        "seconds_per_round": again[1]["ours"]["seconds_per_round"]}
+    assert [c["timed"] for c in again] == [True, False] and again[1]["ours"]["seconds_per_round"] is None
+    assert again[1]["ours"]["target_rate"] == cell["chunks"][1]["ours"]["target_rate"]
+    assert "| 4 | official | " in (tmp_path / "out" / "report.md").read_text()
+    # --recompute starts both runs afresh: every chunk timed again
+    r = run("fsha_client_vs_official.py", *common, "--recompute", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    fresh = json.loads((tmp_path / "out" / "cells" / "mnist_i4_s0.json").read_text())["chunks"]
+    assert [c["timed"] for c in fresh] == [True, True]
 
 
 @pytest.mark.parametrize("script,args", [

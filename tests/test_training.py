@@ -441,6 +441,9 @@ def test_a_checkpointed_run_resumes_exactly_where_it_stopped(tmp_path, stop_at):
                        callbacks=[again]) == pytest.approx(whole_losses, rel=1e-6) and again.steps == 11
     with pytest.raises(ValueError, match="another run"):
         train_split(_fresh(), x, y, epochs=3, batch_size=8, checkpoint=path, callbacks=[_Counter()])
+    with pytest.raises(ValueError, match="precision: None stored, 'bf16' now"):  # a run never switches precision
+        train_split(_fresh(), x, y, epochs=3, batch_size=16, max_steps=11, checkpoint=path, callbacks=[_Counter()],
+                    precision="bf16")
 
 
 def test_bf16_training_follows_the_fp32_trajectory():

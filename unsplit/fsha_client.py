@@ -31,6 +31,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import time
 import warnings
 from typing import Any, Dict, FrozenSet, Optional, Sequence, Tuple
 
@@ -293,7 +294,7 @@ def run_gan_client(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.T
         A :class:`~unsplit.base.Report`: metrics = :meth:`GeneratedSamples.score` (``target_rate``, distances to
         class means), ``task_accuracy`` (honest clients, with the attack); baselines: ``chance``, the target rate of
         uniform noise, ``task_accuracy`` without the malicious client (``config.baseline``); artefacts ``samples``,
-        ``attacker``, ``topology``, ``classifier``.
+        ``attacker``, ``topology``, ``classifier``, ``train_seconds`` (the attacked run's training, this call).
     """
     from . import metrics
     from .training import evaluate
@@ -302,7 +303,9 @@ def run_gan_client(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.T
     ckpt = config.checkpoint
     attacker = GANClient(config.attack, input_shape=tuple(x_train.shape[1:]), snapshots_at=config.snapshots_at,
                          device=device, seed=seed + 1)
+    start = time.perf_counter()
     topology = _train(config, x_train, y_train, attacker, ckpt, device, seed)
+    seconds = time.perf_counter() - start
     if classifier is None:
         classifier = metrics.train_classifier(x_train, y_train, device=device, seed=seed)
     samples = attacker.result()
@@ -313,5 +316,6 @@ def run_gan_client(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.T
         clean = _train(config, x_train, y_train, None, ckpt and f"{ckpt}.honest", device, seed)
         baselines["task_accuracy"] = evaluate(clean, x_test, y_test, device=device)
     return Report("fsha_client", scores, baselines,
-                  {"samples": samples, "attacker": attacker, "topology": topology, "classifier": classifier},
+                  {"samples": samples, "attacker": attacker, "topology": topology, "classifier": classifier,
+                   "train_seconds": seconds},
                   {**attacker.settings(), **{k: v for k, v in dataclasses.asdict(config).items() if k != "attack"}})

@@ -390,7 +390,8 @@ class _Plan:
         return {"kind": self.topology.kind, "parts": sorted(self.topology.parts), "n": self.n,
                 "batch_size": cfg.batch_size, "sampling": self.mode, "seed": cfg.seed, "drop_last": cfg.drop_last,
                 "callbacks": [type(c).__name__ for c, _ in self.cbs], "defenses": [d.name for d in self.defenses],
-                **({"clients": names} if (names := [type(c).__name__ for c in self.clients]) != ["Client"] else {})}
+                **({"clients": names} if (names := [type(c).__name__ for c in self.clients]) != ["Client"] else {}),
+                **({"precision": cfg.precision} if cfg.precision != "fp32" else {})}
 
     def distinct_clients(self) -> List[Client]:
         """Each client object once, in order of first turn (whose states a checkpoint stores)."""
@@ -801,7 +802,8 @@ def _load_checkpoint(path, settings: Mapping[str, object]) -> Optional[dict]:
     if not isinstance(state, dict) or state.get("version") != 1:
         raise ValueError(f"{path} is not a train_split checkpoint")
     stored = state["settings"]
-    diff = [f"{k}: {stored.get(k)!r} stored, {v!r} now" for k, v in settings.items() if stored.get(k) != v]
+    diff = [f"{k}: {stored.get(k)!r} stored, {settings.get(k)!r} now" for k in {**stored, **settings}
+            if stored.get(k) != settings.get(k)]
     if diff:
         raise ValueError(f"checkpoint {path} belongs to another run ({'; '.join(diff)}): use another path or delete "
                          "it")

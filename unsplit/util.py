@@ -92,17 +92,27 @@ def resolve_device(device: Union[str, torch.device, None] = "auto") -> torch.dev
 
 
 def resolve_precision(precision: str, device: Union[str, torch.device]) -> str:
-    """``"auto"``: ``"bf16"`` where ``device`` computes bfloat16 natively (a CUDA GPU with bf16, a CPU with AVX-512
-    BF16 or AMX), else ``"fp32"``; ``"fp32"`` and ``"bf16"`` are returned as they are."""
+    """The precision a run computes in.
+
+    Args:
+        precision: ``"fp32"``, ``"bf16"`` or ``"auto"``: bf16 where ``device`` computes it natively (a CUDA GPU of
+            compute capability 8.0 or more; a CPU with AVX-512 BF16 or AMX), else fp32.
+        device: where the run computes.
+
+    Returns:
+        ``"fp32"`` or ``"bf16"``.
+
+    Raises:
+        ValueError: another ``precision``.
+    """
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
     if precision != "auto":
         return precision
     device = torch.device(device)
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    try:
-        native = device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a torch build without oneDNN
-        native = False
+        return "bf16" if torch.cuda.get_device_capability(device)[0] >= 8 else "fp32"
+    native = device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     return "bf16" if native else "fp32"
 
 

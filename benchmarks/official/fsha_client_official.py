@@ -3,10 +3,10 @@ its notebook does: one malicious client (target class 1) and 10 honest ones, bat
 then saves samples of its generator and the honest task's test accuracy.
 
 Resumable: with ``--state DIR`` a run continues from DIR's checkpoint (the shared parts, the server, the generator,
-the one Adam the official server applies to all of them) up to ``--iters`` rounds in all, and saves it again. The
-official ``Server.__call__`` restarts its batch iterator and its round counter on every call, so a resumed call
-reshuffles the data (as a new pass) and the rounds done before a call must be even (the malicious client's generator
-and poison turns alternate by the counter's parity).
+the one Adam the official server applies to all of them; numbered by the rounds it holds) up to ``--iters`` rounds in
+all, and saves it again. The official ``Server.__call__`` restarts its batch iterator and its round counter on every
+call, so a resumed call reshuffles the data (as a new pass; TensorFlow is seeded by the seed and the rounds done) and
+the rounds must be even (the malicious client's generator and poison turns alternate by the counter's parity).
 
 MNIST comes from the IDX files in torchvision's raw layout (the notebook's ``tf.keras.datasets.mnist`` downloads);
 the images pass through the official ``dataset.make_dataset`` / ``parse`` unchanged.
@@ -57,35 +57,34 @@ def main():
     import dataset
     from server import Server
 
-    tf.random.set_seed(args.seed)
+    # the rounds a checkpoint holds are its number (ckpt-<rounds>): one file, so they cannot disagree
+    latest = tf.train.latest_checkpoint(args.state) if args.state else None
+    done = int(latest.rsplit("-", 1)[1]) if latest else 0
+    if done % 2 or (args.state and args.iters % 2):
+        sys.exit(f"rounds must be even when resuming (stored {done}, asked {args.iters}): the malicious client's "
+                 "generator and poison turns alternate by the official round counter's parity")
+    # seeded once, before anything is built, by the seed and the rounds done: a resumed call reshuffles the data and
+    # draws new noise (the models' fresh initial weights are overwritten by the restore)
+    tf.random.set_seed(args.seed * 1_000_003 + done)
     raw = args.mnist
     x = idx(os.path.join(raw, "train-images-idx3-ubyte")).astype(np.float32)
     y = idx(os.path.join(raw, "train-labels-idx1-ubyte")).astype(np.int64)
     batch_size, f, ff, g = 256, archs.make_f(), archs.make_ff(), archs.make_generator()
     team = [clients.BadClient(f, ff, g, batch_size, 1)] + [clients.Client(f, ff) for _ in range(10)]
     server = Server(archs.make_s, team, dataset.make_dataset(x, y, dataset.parse), batch_size)
-    done, ckpt = 0, None
+    ckpt = None
     if args.state:
         ckpt = tf.train.CheckpointManager(tf.train.Checkpoint(f=f, ff=ff, g=g, s=server.server,
                                                               optimizer=server.optimizer), args.state, 1)
-        meta = os.path.join(args.state, "done.json")
-        if os.path.exists(meta):
-            with open(meta) as fh:
-                done = json.load(fh)["done"]
-            ckpt.checkpoint.restore(ckpt.latest_checkpoint).assert_existing_objects_matched()
-    if done % 2:
-        sys.exit(f"the checkpoint holds an odd number of rounds ({done}): the turns' parity would flip")
-    tf.random.set_seed(args.seed + done)  # a resumed call draws new noise and a new shuffle
+        if latest:
+            ckpt.checkpoint.restore(latest).assert_existing_objects_matched()
     rounds = max(args.iters - done, 0)
     start = time.perf_counter()
     if rounds:
         server(rounds)
     seconds = time.perf_counter() - start
     if ckpt is not None and rounds:
-        ckpt.save()
-        with open(os.path.join(args.state, "done.json.tmp"), "w") as fh:
-            json.dump({"done": done + rounds}, fh)
-        os.replace(os.path.join(args.state, "done.json.tmp"), os.path.join(args.state, "done.json"))
+        ckpt.save(checkpoint_number=done + rounds)
     samples = np.concatenate([team[0].generate().numpy() for _ in range(-(-args.samples // batch_size))])
     xt = idx(os.path.join(raw, "t10k-images-idx3-ubyte")).astype(np.float32)
     yt = idx(os.path.join(raw, "t10k-labels-idx1-ubyte")).astype(np.int64)

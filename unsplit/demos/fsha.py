@@ -35,8 +35,7 @@ from ..fsha import (
     reconstruction_error,
     run_fsha,
 )
-from ..util import (atomic_write_json, resolve_precision, running_mean, save_image_grid, seed_everything,
-                    unique_dir)
+from ..util import atomic_write_json, resolve_precision, running_mean, save_image_grid, seed_everything, unique_dir
 
 __all__ = ["main", "cli", "parse_args", "run_config", "VARIANTS", "ATTRIBUTES"]
 
@@ -130,11 +129,11 @@ def _curve(path: Path, errors: list, window: int, official: dict, title: str, yl
 
 
 def run_config(args, checkpoint: Optional[Path] = None) -> FSHARunConfig:
-    """The run the demo's options ask for (``args`` from :func:`parse_args`): its :class:`FSHARunConfig`."""
+    """The run the demo's options ask for (``args`` from :func:`parse_args`, ``args.precision`` resolved by
+    :func:`~unsplit.util.resolve_precision`): its :class:`FSHARunConfig`."""
     attack = FSHAConfig(level=args.level, pilot_variant=args.pilot,
                         scale=args.alpha2 if args.variant == "nopeek" else 1.0)
-    precision = resolve_precision(args.precision, device_of(args))
-    return FSHARunConfig(attack=attack, iterations=args.iters, batch_size=args.batch_size, precision=precision,
+    return FSHARunConfig(attack=attack, iterations=args.iters, batch_size=args.batch_size, precision=args.precision,
                          snapshots_at=sorted({0, args.iters // 10, args.iters // 3, args.iters - 1}),
                          checkpoint=checkpoint, checkpoint_every=250, progress=not args.quiet)
 
