@@ -350,7 +350,7 @@ class FSHASpeed:
     """How the attacker computes (the same attack; results equal up to floating-point rounding).
 
     Attributes:
-        precision: ``"fp32"`` or ``"bf16"`` (autocast of the attacker's networks; about 1.8x faster on CPUs with
+        precision: ``"fp32"`` or ``"bf16"`` (autocast of the attacker's networks; faster on CPUs with
             AVX-512 BF16 or AMX, and on GPUs).
         channels_last: keep the attacker's networks and features in channels-last memory format.
         fused: one critic pass over private and public features for every loss and, with WGAN, one backward pass for

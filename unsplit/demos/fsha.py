@@ -65,9 +65,8 @@ def parse_args(argv=None):
                    help="variant property: the paper's classifier-only pilot, or ours (C_att on the reconstruction "
                         "attack's autoencoder pilot)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                   help="bf16: autocast of the client and the attacker (about 1.6x faster on CPUs with AVX-512 BF16 / "
-                        "AMX, and on GPUs; the same error curve as fp32); auto: bf16 where the device computes it "
-                        "natively, else fp32")
+                   help="bf16: autocast of the client and the attacker (the same error curve as fp32, faster where "
+                        "the device computes bf16 natively: benchmarks/fsha_speed.py); auto: bf16 there, else fp32")
     add_run_arguments(p)
     args = p.parse_args(argv)
     if args.iters < 1 or args.batch_size < 2:
