@@ -37,7 +37,7 @@ from unsplit.cli import make_parser, run_main
 from unsplit.demos.fsha import parse_args as demo_args
 from unsplit.demos.fsha import run_config
 from unsplit.fsha import FSHASpeed, run_fsha
-from unsplit.util import atomic_write_json, resolve_device, resolve_precision
+from unsplit.util import atomic_write_json, atomic_write_text, resolve_device, resolve_precision
 
 ROWS = {
     "demo default": None,
@@ -133,10 +133,16 @@ def main(argv=None) -> int:
             seconds[name] = official_seconds(args, calls) if name == "official" else our_seconds(name, data, device)
             print(f"round {r + 1}: {name}: {seconds[name]:.3f} s/it", file=sys.stderr, flush=True)
         rounds.append(seconds)
-    print("\n".join(table(rounds, args)))
+    lines = table(rounds, args)
+    print("\n".join(lines))
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    default = _config("demo default", 1).precision
+    command = "python benchmarks/fsha_speed.py --official-repo SplitNN_FSHA --official-python TF_PYTHON"
+    note = f"Command: `{command}`; the demo default computed in {default} here."
+    atomic_write_text(args.out.with_suffix(".md"), "\n".join(lines + ["", note, ""]))
     atomic_write_json(args.out, {"level": 4, "batch_size": 64, "iters": [args.n1, args.n2], "device": str(device),
                                  "threads": torch.get_num_threads(), "torch": torch.__version__,
+                                 "demo_default_precision": default,
                                  "rounds": rounds, "official_calls": calls})
     return 0
 

@@ -45,6 +45,7 @@ def test_speed_and_detection_benchmarks_run(tiny_mnist, tmp_path):
     (round1,) = speed["rounds"]
     assert set(round1) == {"official", "plain", "+ bf16"} and round1["official"] == 2.0
     assert speed["official_calls"] == [{"1": 1.0, "2": 3.0}]
+    assert "| + bf16 |" in (tmp_path / "speed.md").read_text() and speed["demo_default_precision"] in ("fp32", "bf16")
     assert f"| plain | {round1['plain']:.3f} ({2.0 / round1['plain']:.2f}×)" in r.stdout
     r = run("fsha_detection.py", "--data-dir", tiny_mnist, "--steps", "3", "--batch-size", "8", "--out",
             tmp_path / "det", "--checkpoints", tmp_path / "detck", "--quiet", cwd=tmp_path)
