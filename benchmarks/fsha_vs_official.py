@@ -133,13 +133,14 @@ def run_cell(c: dict, *, data_dir, checkpoints, checkpoint_every: int, recompute
 
 def build_report(args) -> Path:
     cells = {data["name"]: data for data in ResultStore(args.out).records("cells/*.json")}
-    lines = ["# FSHA against the official notebooks", "",
-             "Running mean over the last 500 iterations of the training-batch reconstruction MSE in [-1, 1] space "
-             "(the notebooks' number; [0, 1] space = /4). Official: the notebook outputs (paper networks, TF).", "",
+    lines = ["Running mean over the last 500 iterations of the training-batch reconstruction MSE in [-1, 1] space "
+             "(the notebooks' number; [0, 1] space = /4). Official: the notebook outputs (paper networks, TF). "
+             "Command: `python benchmarks/fsha_vs_official.py --data-dir DATA --cells CELL --iters N --precision P` "
+             "(the run column is CELL_P_iN_sSEED).", "",
              "The paper's text: " + "; ".join(PAPER_CLAIMS) + ". Third party: zhxchd/sl-privacy's reproduction "
              "with the official code (10,000 iterations).", "",
-             "| run | iterations | s/it | @1k (official) | @3k (official) | @5k (official) | @9.5k (official) | "
-             "@9.5k (third party) | after training, [-1,1] | [0,1] |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| run | iterations | @1k (official) | @3k (official) | @5k (official) | @9.5k (official) | "
+             "@9.5k (third party) | after training, [-1,1] | [0,1] |", "|---|---|---|---|---|---|---|---|---|"]
 
     def at(d, i, official):
         v = d["curve"].get(str(i))
@@ -152,7 +153,7 @@ def build_report(args) -> Path:
 
     for name, d in cells.items():
         official = OFFICIAL.get(d["cell"], {})
-        lines.append(f"| {name} | {d['iterations']} | {d['seconds_per_iteration']:.3f} | {at(d, 1000, official)} | "
+        lines.append(f"| {name} | {d['iterations']} | {at(d, 1000, official)} | "
                      f"{at(d, 3000, official)} | {at(d, 5000, official)} | {at(d, 9500, official)} | "
                      f"{at(d, 9500, THIRD_PARTY.get(d['cell'], {}))} | "
                      f"{d['after_training']['mse']:.4f} | {d['after_training']['mse_01']:.4f} |")
@@ -160,13 +161,31 @@ def build_report(args) -> Path:
         if d.get("removed") is not None and per:
             known = [v for c, v in per.items() if int(c) != d["removed"]]
             lines.append(f"|  ↳ removed class {d['removed']}: {per[str(d['removed'])]:.4f}; known classes' mean "
-                         f"{sum(known) / len(known):.4f} | | | | | | | | | |")
-    lines += ["", "Seconds per iteration beside the official code's, measured in one run: "
-                  "`python benchmarks/fsha_speed.py` (see its report)."]
+                         f"{sum(known) / len(known):.4f} | | | | | | | | |")
+    lines += _precision_lines(cells)
+    lines += ["", "Seconds per iteration beside the official code's are measured in one run by "
+                  "`python benchmarks/fsha_speed.py`."]
     args.out.mkdir(parents=True, exist_ok=True)
     path = atomic_write_text(args.out / "report.md", "\n".join(lines) + "\n")
     _plot(cells, args.out / "curves.png")
     return path
+
+
+def _precision_lines(cells: dict) -> list:
+    """bf16 beside fp32 for each run held in both: how far apart their error curves are."""
+    lines = []
+    for name, d in cells.items():
+        twin = cells.get(name.replace("_bf16_", "_fp32_")) if "_bf16_" in name else None
+        if twin is None:
+            continue
+        gaps = {int(i): d["curve"][i] / twin["curve"][i] - 1 for i in d["curve"] if i in twin["curve"]}
+        worst = max(gaps, key=lambda i: abs(gaps[i]))
+        early = max((abs(g) for i, g in gaps.items() if i <= 1000), default=0.0)
+        end = d["after_training"]["mse"] / twin["after_training"]["mse"] - 1
+        lines += ["", f"bf16 against fp32, {d['cell']}, seed {d['seed']}: the running errors differ by at most "
+                      f"{100 * early:.1f}% up to iteration 1,000 and by {100 * gaps[worst]:+.1f}% at most (iteration "
+                      f"{worst}); after training {100 * end:+.1f}% (bf16 over fp32)."]
+    return lines
 
 
 def _plot(cells: dict, path: Path) -> None:
