@@ -79,3 +79,19 @@ def test_committed_results_tables_are_what_report_only_writes_from_the_committed
     assert (tmp_path / name).read_text() == (committed / name).read_text(), f"{name} is stale: rerun its command"
     # the report names the command that regenerates it
     assert f"`python benchmarks/matrix.py {' '.join(REPORTS[name])} --report-only`" in (committed / name).read_text()
+
+
+@pytest.mark.parametrize("script,folder", [("fsha_vs_official.py", "fsha"),
+                                           ("fsha_client_vs_official.py", "fsha_client")])
+def test_committed_fsha_reports_are_what_report_only_writes_from_the_committed_cells(script, folder, tmp_path):
+    import shutil
+
+    committed = ROOT / "benchmarks" / "results" / folder
+    if not (committed / "cells").is_dir():
+        pytest.skip(f"no committed {folder} cells")
+    shutil.copytree(committed / "cells", tmp_path / "cells")
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--out", str(tmp_path), "--report-only"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    stale = f"benchmarks/results/{folder}/report.md is stale: rerun python benchmarks/{script} --report-only"
+    assert (tmp_path / "report.md").read_text() == (committed / "report.md").read_text(), stale

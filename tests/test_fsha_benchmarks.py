@@ -33,8 +33,8 @@ def test_fidelity_benchmark_cells_resume_and_report(tiny_mnist, tmp_path):
 
 @pytest.mark.slow  # benchmark plumbing end to end; the attacks' effectiveness is asserted in the unit tests
 def test_speed_and_detection_benchmarks_run(tiny_mnist, tmp_path):
-    official = tmp_path / "fake-tf-python"  # stands in for the official code: fsha(1) 1 s, fsha(2) 3 s -> 2 s/it
-    official.write_text('#!/bin/sh\necho \'{"seconds": {"1": 1.0, "2": 3.0}}\'\n')
+    official = tmp_path / "fake-tf-python"  # stands in for the official code: 2 s per step
+    official.write_text('#!/bin/sh\necho \'{"seconds": {"1": 1.0, "2": 3.0}, "step_seconds": {"1": 0, "2": 2.0}}\'\n')
     official.chmod(0o755)
     (tmp_path / "repo").mkdir()
     (tmp_path / "repo" / "FSHA.py").write_text("")
@@ -44,7 +44,8 @@ def test_speed_and_detection_benchmarks_run(tiny_mnist, tmp_path):
     speed = json.loads((tmp_path / "speed.json").read_text())
     (round1,) = speed["rounds"]
     assert set(round1) == {"official", "plain", "+ bf16"} and round1["official"] == 2.0
-    assert speed["official_calls"] == [{"1": 1.0, "2": 3.0}]
+    assert [c["seconds"] for c in speed["official_calls"]] == [{"1": 1.0, "2": 3.0}]
+    assert speed["slopes"][0]["official"] == 2.0 and speed["slopes"][0]["plain"] > 0
     assert "| + bf16 |" in (tmp_path / "speed.md").read_text() and speed["demo_default_precision"] in ("fp32", "bf16")
     assert f"| plain | {round1['plain']:.3f} ({2.0 / round1['plain']:.2f}×)" in r.stdout
     r = run("fsha_detection.py", "--data-dir", tiny_mnist, "--steps", "3", "--batch-size", "8", "--out",

@@ -4,7 +4,9 @@ the notebook's hyper-parameters, random MNIST-shaped data (the speed does not de
 first, slow, executions).
 
 Run by ``benchmarks/fsha_speed.py`` with a Python that has TensorFlow; prints one JSON line
-``{"seconds": {n: seconds of fsha(n)}, "tensorflow": version}``.
+``{"seconds": {n: seconds of fsha(n)}, "step_seconds": {n: seconds per step within fsha(n), from the end of its
+first step to the end of its last}, "tensorflow": version}``. The calls' start-up (a new ``tf.data`` iterator) varies
+by tens of seconds from call to call, so the slope between two calls is noisy; the steps within a call are not.
 
     python fsha_official_timing.py --repo PATH/TO/SplitNN_FSHA --level 4 --batch-size 64 --iters 20,60
 """
@@ -43,12 +45,23 @@ def main():
     fsha = FSHA.FSHA(data(n), data(n), args.level - 1, args.batch_size, hparams)
     for _ in range(2):  # traces train_step and runs the first (slow) executions of its graph
         fsha(3, log_frequency=3, progress_bar=False)
-    seconds = {}
+    step, stamps = fsha.train_step, []
+
+    def timed_step(*batch):  # each step waited for and stamped: the steady state without the call's start-up
+        out = step(*batch)
+        [o.numpy() for o in tf.nest.flatten(out)]
+        stamps.append(time.perf_counter())
+        return out
+
+    fsha.train_step = timed_step
+    seconds, steps = {}, {}
     for k in counts:
+        stamps.clear()
         t = time.perf_counter()
         fsha(k, log_frequency=k, progress_bar=False)
         seconds[k] = time.perf_counter() - t
-    print(json.dumps({"seconds": seconds, "tensorflow": tf.__version__}))
+        steps[k] = (stamps[-1] - stamps[0]) / (len(stamps) - 1)
+    print(json.dumps({"seconds": seconds, "step_seconds": steps, "tensorflow": tf.__version__}))
 
 
 if __name__ == "__main__":
