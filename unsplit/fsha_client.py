@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from .base import Attack, GeneratedSamples, Report
+from .models import keras_init
 from .protocol import CLIENT_PARTS, Client, RunInfo, StepContext, Topology
 
 __all__ = [
@@ -64,7 +65,8 @@ def dcgan_generator(latent: int = 100, shape: Sequence[int] = (1, 28, 28)) -> nn
     """The official code's DCGAN generator: noise ``(N, latent)`` to images ``(N, *shape)`` in [-1, 1] (tanh).
 
     Dense to ``256 x H/4 x W/4`` (no bias), then 5x5 transposed convolutions to 128 (stride 1), 64 and ``C``
-    channels (stride 2), each but the last with BatchNorm (Keras' momentum 0.99, eps 1e-3) and LeakyReLU(0.3).
+    channels (stride 2), each but the last with BatchNorm (Keras' momentum 0.99, eps 1e-3) and LeakyReLU(0.3);
+    Keras' initialisation (Glorot-uniform, :func:`~unsplit.models.keras_init`).
 
     Raises:
         ValueError: ``H`` or ``W`` not a multiple of 4.
@@ -79,25 +81,25 @@ def dcgan_generator(latent: int = 100, shape: Sequence[int] = (1, 28, 28)) -> nn
     def up(cin: int, cout: int, stride: int) -> nn.ConvTranspose2d:
         return nn.ConvTranspose2d(cin, cout, 5, stride=stride, padding=2, output_padding=stride - 1, bias=False)
 
-    return nn.Sequential(
+    return keras_init(nn.Sequential(
         nn.Linear(latent, 256 * (h // 4) * (w // 4), bias=False), nn.BatchNorm1d(256 * (h // 4) * (w // 4),
                                                                                   eps=1e-3, momentum=0.01),
         nn.LeakyReLU(KERAS_SLOPE), nn.Unflatten(1, (256, h // 4, w // 4)),
-        *block(up(256, 128, 1), 128), *block(up(128, 64, 2), 64), up(64, c, 2), nn.Tanh())
+        *block(up(256, 128, 1), 128), *block(up(128, 64, 2), 64), up(64, c, 2), nn.Tanh()))
 
 
 def client_split(num_classes: int = 10, shape: Sequence[int] = (1, 28, 28)) -> Topology:
     """The official code's shared model as a U-shaped :class:`~unsplit.protocol.Topology`: front f (5x5 conv 64,
     stride 2, LeakyReLU(0.3), Dropout 0.3), middle s (the same with 128 channels), head ff (Flatten, Linear to
-    ``num_classes + 1`` outputs: the last one is the malicious client's poison class)."""
+    ``num_classes + 1`` outputs: the last one is the malicious client's poison class); Keras' initialisation."""
     c, h, w = shape
 
     def conv(cin: int, cout: int) -> list:
         return [nn.Conv2d(cin, cout, 5, stride=2, padding=2), nn.LeakyReLU(KERAS_SLOPE), nn.Dropout(0.3)]
 
     size = math.ceil(math.ceil(h / 2) / 2) * math.ceil(math.ceil(w / 2) / 2)
-    return Topology(nn.Sequential(*conv(c, 64)), nn.Sequential(*conv(64, 128)),
-                    nn.Sequential(nn.Flatten(), nn.Linear(128 * size, num_classes + 1)))
+    return Topology(keras_init(nn.Sequential(*conv(c, 64))), keras_init(nn.Sequential(*conv(64, 128))),
+                    keras_init(nn.Sequential(nn.Flatten(), nn.Linear(128 * size, num_classes + 1))))
 
 
 @dataclasses.dataclass(frozen=True)
