@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from unsplit.base import GeneratedSamples
 from unsplit.cli import make_parser, run_main
 from unsplit.data import default_data_dir, load_dataset
-from unsplit.fsha_client import GANClientRunConfig, run_gan_client
+from unsplit.fsha_client import GANClientConfig, GANClientRunConfig, run_gan_client
 from unsplit.grid import Cell, ResultStore, add_grid_arguments, run_benchmark
 from unsplit.metrics import train_classifier
 from unsplit.util import atomic_save, atomic_save_figure, atomic_write_json, atomic_write_text, resolve_device
@@ -53,6 +53,9 @@ def parse_args(argv=None):
     p = make_parser(__doc__)
     p.add_argument("--iters", type=int, default=5000, help="rounds (the official notebook's 5,000)")
     p.add_argument("--chunk", type=int, default=50, help="rounds per chunk (even)")
+    p.add_argument("--adam-clock", choices=("official", "own"), default="official",
+                   help="our generator's Adam counts every client's turn, as the official code's one Adam "
+                        "(default), or only its own steps (the library's default)")
     p.add_argument("--official-repo", type=Path, default=os.environ.get("UNSPLIT_FSHA_OFFICIAL"),
                    help="a checkout of pasquini-dario/SplitNN_FSHA ($UNSPLIT_FSHA_OFFICIAL)")
     p.add_argument("--official-python", default=os.environ.get("UNSPLIT_TF_PYTHON"),
@@ -117,7 +120,7 @@ def run_cell(c: dict, *, data_dir, checkpoints, out, official_repo, official_pyt
     x, y = load_dataset("mnist", data_dir=data_dir, train=True, download=False)
     xt, yt = load_dataset("mnist", data_dir=data_dir, train=False, download=False)
     x, xt = x * 2 - 1, xt * 2 - 1  # the official code's [-1, 1]
-    root = Path(checkpoints) / f"mnist_c{c['chunk']}_s{c['seed']}"
+    root = Path(checkpoints) / f"mnist{_suffix(c)}_c{c['chunk']}_s{c['seed']}"
     if recompute and root.exists():
         shutil.rmtree(root)
     (root / "official").mkdir(parents=True, exist_ok=True)
@@ -127,13 +130,24 @@ def run_cell(c: dict, *, data_dir, checkpoints, out, official_repo, official_pyt
     for upto in tqdm(todo, desc="chunks", disable=not progress):
         chunks.append(_run_chunk(c, upto, root, runtime, classifier, (x, y, xt, yt), device))
         atomic_write_json(root / "chunks.json", chunks)
-    final = GANClientRunConfig(iterations=c["iters"], checkpoint=str(root / "ours.pt"), progress=progress)
+    final = GANClientRunConfig(_attack(c), iterations=c["iters"], checkpoint=str(root / "ours.pt"),
+                               progress=progress)
     ours = run_gan_client(x, y, xt, yt, final, device=device, seed=c["seed"], classifier=classifier)
     theirs = torch.from_numpy(np.load(root / "official" / "samples.npz")["samples"]).permute(0, 3, 1, 2)
     _samples_figure(ours.artefacts["samples"].images[:32], theirs[:32],
-                    Path(out) / f"samples_i{c['iters']}_s{c['seed']}.png")
-    return {"dataset": "mnist", "iterations": c["iters"], "chunk": c["chunk"], "seed": c["seed"], "chunks": chunks,
+                    Path(out) / f"samples{_suffix(c)}_i{c['iters']}_s{c['seed']}.png")
+    return {"dataset": "mnist", "iterations": c["iters"], "chunk": c["chunk"], "seed": c["seed"],
+            "adam_clock": c["adam_clock"], "chunks": chunks,
             "baselines": ours.baselines, "device": str(device), "threads": torch.get_num_threads()}
+
+
+def _suffix(c: dict) -> str:
+    return "" if c["adam_clock"] == "official" else f"_{c['adam_clock']}"
+
+
+def _attack(c: dict) -> GANClientConfig:
+    """Our attacker: the official settings; G's Adam counting the 11 clients' turns (``official``) or its own."""
+    return GANClientConfig(adam_clock=11 if c["adam_clock"] == "official" else None)
 
 
 def _logged_chunks(root: Path, c: dict) -> list:
@@ -151,7 +165,7 @@ def _run_chunk(c: dict, upto: int, root: Path, runtime: dict, classifier, data: 
     """Ours, then the official code, to ``upto`` rounds; both scored. A chunk one of them had already run before an
     interruption is scored but not timed."""
     x, y, xt, yt = data
-    config = GANClientRunConfig(iterations=upto, baseline=False, checkpoint=str(root / "ours.pt"),
+    config = GANClientRunConfig(_attack(c), iterations=upto, baseline=False, checkpoint=str(root / "ours.pt"),
                                 checkpoint_every=10 * c["chunk"])
     before = torch.load(root / "ours.pt", weights_only=False)["done"] if (root / "ours.pt").exists() else 0
     ours = run_gan_client(x, y, xt, yt, config, device=device, seed=c["seed"], classifier=classifier)
@@ -191,8 +205,11 @@ def build_report(args) -> str:
     head = "| rounds | attack | target rate | nearest-mean rate | d(class 1) | d(others) | test accuracy | s/round |"
     for d in cells:
         b = d["baselines"]
-        lines += [f"**{d['iterations']} rounds, seed {d['seed']}**: `python benchmarks/fsha_client_vs_official.py "
+        clock = "every client's turn, as the official Adam" if d["adam_clock"] == "official" else "its own steps"
+        lines += [f"**{d['iterations']} rounds, seed {d['seed']}, our generator's Adam counting {clock}**: "
+                  "`python benchmarks/fsha_client_vs_official.py "
                   f"--data-dir DATA --iters {d['iterations']} --chunk {d['chunk']} --seeds {d['seed']} "
+                  f"--adam-clock {d['adam_clock']} "
                   "--official-repo SplitNN_FSHA --official-python TF_PYTHON`. "
                   f"Baselines: chance {b['baseline_chance']:.2f}; uniform noise: target rate "
                   f"{b['baseline_noise_target_rate']:.3f}, nearest-mean rate "
@@ -242,8 +259,8 @@ def _plot(cells: list, path: Path) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    cells = [Cell(f"cells/mnist_i{args.iters}_s{seed}", {"iters": args.iters, "chunk": args.chunk, "seed": seed})
-             for seed in args.seeds]
+    key = {"iters": args.iters, "chunk": args.chunk, "adam_clock": args.adam_clock}
+    cells = [Cell(f"cells/mnist{_suffix(key)}_i{args.iters}_s{seed}", {**key, "seed": seed}) for seed in args.seeds]
     runtime = {"data_dir": args.data_dir, "checkpoints": args.checkpoints.resolve(), "out": args.out.resolve(),
                "recompute": args.recompute,
                "official_repo": args.official_repo, "official_python": args.official_python,

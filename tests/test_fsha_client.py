@@ -6,7 +6,14 @@ import torch
 from torch import nn
 
 from unsplit import Client, GANClient, Topology, train_split
-from unsplit.fsha_client import GANClientConfig, GANClientRunConfig, client_split, dcgan_generator, run_gan_client
+from unsplit.fsha_client import (
+    GANClientConfig,
+    GANClientRunConfig,
+    client_split,
+    dcgan_generator,
+    keras_adam,
+    run_gan_client,
+)
 
 
 def _bars(n, seed, size=8):
@@ -109,8 +116,9 @@ def test_the_malicious_client_learns_the_target_class():
                              iterations=120, honest_clients=2, batch_size=32, lr=2e-3, baseline=False)
     report = run_gan_client(x, y, xt, yt, cfg, seed=0)
     m, b = report.metrics, report.baselines
+    # the classifier labels about half of uniform noise as class 1 here
     assert m["target_rate"] >= 0.75 > b["baseline_chance"] + 0.45
-    assert m["target_rate"] > b["baseline_noise_target_rate"] + 0.5
+    assert m["target_rate"] > b["baseline_noise_target_rate"] + 0.4
     assert m["distance_to_target_mean"] < 0.5 * m["distance_to_other_means"]
     assert m["task_accuracy"] > 0.7  # the honest clients still learn their task
 
@@ -123,3 +131,21 @@ def test_config_and_generator_validation():
     assert dcgan_generator(shape=(3, 32, 32))(torch.randn(2, 100)).shape == (2, 3, 32, 32)
     with pytest.raises(TypeError, match="Client"):
         train_split(_tiny(), *_bars(16, 0), clients=[object()])
+
+
+def test_the_official_adam_clock_counts_every_turn():
+    """``adam_clock=n``: G's Adam corrects its bias as the official code's one Adam, whose step count grows on
+    every client's turn (n per round), not only on G's own steps; its moments are G's own either way."""
+    x, y = _bars(64, 0)
+    gens = {}
+    for clock in (None, 11):
+        attacker = GANClient(GANClientConfig(target=1, poison_class=4, batch_size=8, lr=1e-3, adam_clock=clock),
+                             input_shape=tuple(x.shape[1:]), seed=0)
+        train_split(client_split(4, tuple(x.shape[1:])), x, y, clients=[attacker, Client()], batch_size=8, max_steps=3,
+                    optimizers=keras_adam(1e-3))  # attacker turns 0 (G), 1 (poison), 2 (G)
+        steps = {float(st["step"]) for st in attacker.optimizer.state.values()}
+        assert steps == ({2.0} if clock is None else {2 * 11 + 1.0})
+        gens[clock] = torch.cat([p.detach().flatten() for p in attacker.generator.parameters()])
+    assert not torch.equal(gens[None], gens[11])  # the second G step differs
+    with pytest.raises(ValueError, match="adam_clock"):
+        GANClientConfig(adam_clock=0)

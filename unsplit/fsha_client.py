@@ -88,18 +88,38 @@ def dcgan_generator(latent: int = 100, shape: Sequence[int] = (1, 28, 28)) -> nn
         *block(up(256, 128, 1), 128), *block(up(128, 64, 2), 64), up(64, c, 2), nn.Tanh()))
 
 
-def client_split(num_classes: int = 10, shape: Sequence[int] = (1, 28, 28)) -> Topology:
+def client_split(num_classes: int = 10, shape: Sequence[int] = (1, 28, 28), *,
+                 middle_dropout: float = 0.0) -> Topology:
     """The official code's shared model as a U-shaped :class:`~unsplit.protocol.Topology`: front f (5x5 conv 64,
     stride 2, LeakyReLU(0.3), Dropout 0.3), middle s (the same with 128 channels), head ff (Flatten, Linear to
-    ``num_classes + 1`` outputs: the last one is the malicious client's poison class); Keras' initialisation."""
-    c, h, w = shape
+    ``num_classes + 1`` outputs: the last one is the malicious client's poison class); Keras' initialisation.
 
-    def conv(cin: int, cout: int) -> list:
-        return [nn.Conv2d(cin, cout, 5, stride=2, padding=2), nn.LeakyReLU(KERAS_SLOPE), nn.Dropout(0.3)]
+    The official s declares Dropout(0.3) too, but its server calls s without ``training=True``, so Keras never
+    drops there: ``middle_dropout`` is 0 by default, as the official code runs; 0.3 gives the declared layer.
+    """
+    c, h, w = shape
+    if not 0 <= middle_dropout < 1:
+        raise ValueError(f"middle_dropout must be in [0, 1), got {middle_dropout}")
+
+    def conv(cin: int, cout: int, p: float) -> list:
+        return [nn.Conv2d(cin, cout, 5, stride=2, padding=2), nn.LeakyReLU(KERAS_SLOPE), nn.Dropout(p)]
 
     size = math.ceil(math.ceil(h / 2) / 2) * math.ceil(math.ceil(w / 2) / 2)
-    return Topology(keras_init(nn.Sequential(*conv(c, 64))), keras_init(nn.Sequential(*conv(64, 128))),
+    return Topology(keras_init(nn.Sequential(*conv(c, 64, 0.3))),
+                    keras_init(nn.Sequential(*conv(64, 128, middle_dropout))),
                     keras_init(nn.Sequential(nn.Flatten(), nn.Linear(128 * size, num_classes + 1))))
+
+
+def _set_adam_step(optimizer: torch.optim.Adam, done: int) -> None:
+    """Make ``optimizer``'s next step its ``done + 1``-th for the bias correction (a step count shared with turns
+    it does not take), its moments untouched."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state[p]
+            if not state:
+                state.update(exp_avg=torch.zeros_like(p, memory_format=torch.preserve_format),
+                             exp_avg_sq=torch.zeros_like(p, memory_format=torch.preserve_format))
+            state["step"] = torch.tensor(float(done))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +134,10 @@ class GANClientConfig:
         lr: the generator's Adam learning rate (1e-4, Keras' eps 1e-7).
         gradient_factor: the scale-down at the tail and scale-up at the front on generator turns (1e5).
         poison: alternate poison turns with generator turns (``False``: generator turns only, an ablation).
+        adam_clock: ``None``: G's Adam counts its own steps (the attacker's own optimiser, the default); ``n``:
+            it counts ``n`` steps per turn of the attacker, as in the official code, whose server applies one Keras
+            Adam to every part and counts every client's turn (``n`` = 11 clients in the official notebook), so
+            G's bias correction is smaller and its early steps several times larger.
     """
 
     target: int = 1
@@ -123,8 +147,11 @@ class GANClientConfig:
     lr: float = 1e-4
     gradient_factor: float = 1e5
     poison: bool = True
+    adam_clock: Optional[int] = None
 
     def __post_init__(self):
+        if self.adam_clock is not None and self.adam_clock < 1:
+            raise ValueError(f"adam_clock must be >= 1, got {self.adam_clock}")
         if self.latent < 1 or self.batch_size < 2:
             raise ValueError(f"latent must be >= 1 and batch_size >= 2, got {self.latent}, {self.batch_size}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -192,6 +219,8 @@ class GANClient(Attack, Client):
 
     def after_step(self, ctx: StepContext, loss: torch.Tensor) -> None:
         if self._generator_turn():
+            if self.config.adam_clock:
+                _set_adam_step(self.optimizer, self.turns * self.config.adam_clock)
             self.optimizer.step()
             self.history["generator_loss"].append(float(loss.detach()))
         self.turns += 1
