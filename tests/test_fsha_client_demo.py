@@ -23,3 +23,9 @@ def test_demo_bad_input_is_one_line_and_exit_2(bad, capsys):
     with pytest.raises(SystemExit) as e:
         fsha_client.parse_args(["mnist", *bad])
     assert e.value.code == 2
+
+
+def test_demo_official_adam_clock_counts_the_round():
+    args = fsha_client.parse_args(["mnist", "--honest-clients", "3", "--official-adam-clock"])
+    assert fsha_client.run_config(args, "c.pt").attack.adam_clock == 4
+    assert fsha_client.run_config(fsha_client.parse_args(["mnist"]), "c.pt").attack.adam_clock is None

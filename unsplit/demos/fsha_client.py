@@ -37,6 +37,9 @@ def parse_args(argv=None):
     p.add_argument("--gradient-factor", type=float, default=1e5,
                    help="the generator turns' gradient scale-down at the tail and scale-up at the front")
     p.add_argument("--no-poison", action="store_true", help="ablation: generator turns only, no poison turns")
+    p.add_argument("--official-adam-clock", action="store_true",
+                   help="the generator's Adam counts every client's turn, as the official code's one Adam "
+                        "(default: its own steps)")
     p.add_argument("--snapshots", type=int, default=10, help="iteration checkpoints shown in samples.png")
     p.add_argument("--train-limit", type=int, default=None,
                    help="use the first N training images only (a quick run; the classifier scoring it too)")
@@ -57,7 +60,8 @@ def parse_args(argv=None):
 def run_config(args, checkpoint: Path) -> GANClientRunConfig:
     """The run the demo's options ask for."""
     attack = GANClientConfig(target=args.target, batch_size=args.batch_size, lr=args.lr,
-                             gradient_factor=args.gradient_factor, poison=not args.no_poison)
+                             gradient_factor=args.gradient_factor, poison=not args.no_poison,
+                             adam_clock=args.honest_clients + 1 if args.official_adam_clock else None)
     every = max(1, args.iters // args.snapshots)
     return GANClientRunConfig(attack=attack, iterations=args.iters, honest_clients=args.honest_clients,
                               batch_size=args.batch_size, lr=args.lr, baseline=not args.no_baseline,
