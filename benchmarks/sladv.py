@@ -16,6 +16,7 @@ images with labels) are cells of their own, per eps (and per source and size for
 """
 from __future__ import annotations
 
+import itertools
 import sys
 import time
 from pathlib import Path
@@ -51,8 +52,14 @@ def parse_args(argv=None):
     p.add_argument("--splits", default="1,2,3,4")
     p.add_argument("--shadows", default="single,multi")
     p.add_argument("--objectives", default="stealing,distribution",
-                   help="stage 1: distribution (moments + MMD on the attacker's images) or stealing (ours: UnSplit's "
-                        "model stealing on the smashed data the server received)")
+                   help="stage 1: distribution (moments + MMD on the attacker's images), stealing (ours: UnSplit's "
+                        "model stealing on the smashed data the server received), critic (ours: FSHA's WGAN-GP "
+                        "critic on the smashed data) or paired (ours: the attacker's images run through the deployed "
+                        "model as queries, regressed on the smashed data received for them)")
+    p.add_argument("--cross", default="",
+                   help="factors crossed in full (e.g. split,shadow,objective); the others vary one at a time")
+    p.add_argument("--critic-smashed", type=int, default=2048,
+                   help="critic: smashed tensors of the inference passes the critic sees as real")
     p.add_argument("--steal-iters", type=int, default=200, help="stealing: outer iterations (x 20 + 20 steps)")
     p.add_argument("--steal-counts", default="64",
                    help="stealing: smashed tensors used (a list: the first is the base, the others a curve at it)")
@@ -89,6 +96,9 @@ def parse_args(argv=None):
     if not set(args.shadow_list) <= set(sladv.SHADOW_KINDS) or not set(args.source_list) <= {"cifar-skewed",
                                                                                              "cifar-iid"}:
         p.error(f"--shadows among {','.join(sladv.SHADOW_KINDS)}; --sources among cifar-skewed,cifar-iid")
+    args.cross_list = [s.strip() for s in args.cross.split(",") if s.strip()]
+    if not set(args.cross_list) <= set(FACTORS):
+        p.error(f"--cross among {','.join(FACTORS)}")
     if not set(args.baseline_list) <= {"noise", "whitebox", "transfer", "oracle"}:
         p.error("--baselines among noise,whitebox,transfer,oracle")
     if not all((args.split_list, args.shadow_list, args.source_list, args.size_list, args.eps_list)):
@@ -111,13 +121,16 @@ def base(args) -> dict:
 
 
 def settings(args) -> list:
-    """The one-factor-at-a-time grid around :func:`base`, without repeats."""
-    cells = []
-    for key, values in _lists(args).items():
-        for v in values:
-            cell = {**base(args), key: v}
-            if cell not in cells:
-                cells.append(cell)
+    """The ``--cross`` factors in full, each combination the centre of a one-factor-at-a-time grid over the others
+    (no ``--cross``: one grid around :func:`base`), without repeats."""
+    lists, cells = _lists(args), []
+    for combo in itertools.product(*(lists[k] for k in args.cross_list)):
+        centre = {**base(args), **dict(zip(args.cross_list, combo))}
+        for key, values in lists.items():
+            for v in values:
+                cell = {**centre, key: v}
+                if cell not in cells:
+                    cells.append(cell)
     if base(args)["objective"] == "stealing":  # how many smashed tensors the stealing needs, at the base setting
         cells += [{**base(args), "steal_count": n} for n in args.steal_count_list[1:]]
     return cells
@@ -131,8 +144,14 @@ def _tag(args, seed: int) -> str:
     return f"{args.model}_e{args.epochs}_n{args.client_size}_st{args.steps}_ss{args.shadow_steps}_s{seed}"
 
 
+def _objective_tag(args, c: dict) -> str:
+    if c["objective"] == "stealing":
+        return f"steal{_steal_count(c, args)}x{args.steal_iters}"
+    return {"distribution": "dist", "critic": f"critic{args.critic_smashed}", "paired": "paired"}[c["objective"]]
+
+
 def cell_name(args, c: dict, seed: int) -> str:
-    objective = "dist" if c["objective"] == "distribution" else f"steal{_steal_count(c, args)}x{args.steal_iters}"
+    objective = _objective_tag(args, c)
     return f"{_tag(args, seed)}_sp{c['split']}_{c['shadow']}_{objective}_{c['source']}_{c['size']}_eps{c['eps']}"
 
 
@@ -146,7 +165,8 @@ def grid_cells(args) -> list:
         tag, group = _tag(args, seed), f"victim-s{seed}"
         for c in settings(args):
             steal = ({"steal_count": _steal_count(c, args), "steal_iters": args.steal_iters}
-                     if c["objective"] == "stealing" else {})
+                     if c["objective"] == "stealing" else
+                     {"critic_smashed": args.critic_smashed} if c["objective"] == "critic" else {})
             factors = {k: c[k] for k in FACTORS}
             cells.append(Cell(f"cells/{cell_name(args, c, seed)}", {**victim, "kind": "sladv", **factors, **steal},
                               group=group))
@@ -184,6 +204,21 @@ def _victim(c: dict, *, data_dir, device, progress: bool):
     return _STATE[key]
 
 
+def _statistics(c: dict, topology, x_train, idx, *, device) -> "sladv.ServerStatistics":
+    """What the server recorded at inference (cached per process): for ``paired``, the passes of the attacker's own
+    images (its queries, in order); otherwise the client's passes over its first ``stats_samples`` images."""
+    if c["objective"] == "paired":
+        key, inputs, keep = ("pairs", c["split"], c["source"], c["size"]), x_train[idx], len(idx)
+    else:
+        keep = max(256, c.get("critic_smashed", 0))
+        key, inputs = ("stats", c["split"], keep), x_train[: c["stats_samples"]]
+    if key not in _STATE:
+        stats = sladv.ServerStatistics(phase="inference", max_smashed=keep)
+        run_split(topology, inputs, callbacks=[stats], device=device)
+        _STATE[key] = stats
+    return _STATE[key]
+
+
 def run_cell(c: dict, *, data_dir, device, progress: bool) -> dict:
     """One SLADV setting or one baseline against the (cached) victim."""
     device = resolve_device(device)
@@ -196,20 +231,18 @@ def run_cell(c: dict, *, data_dir, device, progress: bool) -> dict:
     start = time.perf_counter()
     if c["kind"] == "sladv":
         topology = sladv.victim_topology(model, c["split"])
-        if ("stats", c["split"]) not in _STATE:
-            stats = sladv.ServerStatistics(phase="inference")
-            run_split(topology, x_train[: c["stats_samples"]], callbacks=[stats], device=device)
-            _STATE["stats", c["split"]] = stats
         # the client front's architecture only (a fresh, untrained network): what shadow "known" may use
         architecture = (sladv.victim_topology(sladv.build_victim(c["model"]), c["split"]).front
                         if c["shadow"] == "known" else None)
         _, idx, seen = sladv.attacker_split(y_train, source=c["source"], size=c["size"],
                                             client_size=c["client_size"], seed=seed)
+        stats = _statistics(c, topology, x_train, idx, device=device)
         config = sladv.SLADVConfig(shadow=c["shadow"], objective=c["objective"], shadow_steps=c["shadow_steps"],
                                    steal_count=c.get("steal_count", 64), steal_iters=c.get("steal_iters", 200),
-                                   eps=c["eps"] / 255, alpha=2 / 255, steps=c["steps"], progress=progress)
+                                   eps=c["eps"] / 255, alpha=2 / 255, steps=c["steps"], progress=progress,
+                                   phase="inference")
         attack = sladv.SLADV(topology.middle, x_train[idx], config, targets=x_eval, front_architecture=architecture,
-                             statistics=_STATE["stats", c["split"]], device=device, seed=seed)
+                             statistics=stats, device=device, seed=seed)
         x_adv = attack.result().examples
         m, fit = metrics.adversarial_metrics(whole, x_eval, x_adv, y_eval, device=device), attack.shadow_fit
         keys = {k: c[k] for k in FACTORS}
@@ -264,6 +297,8 @@ def build_report(args) -> Path:
     for r in records:  # cells stored before the count was a factor keep it in their config only
         if r.get("objective") == "stealing":
             r.setdefault("steal_count", r["_cell"]["config"].get("steal_count", 64))
+        fit = r.get("shadow_fit") or {}  # how close the shadow came, in the objective's own terms
+        r["fit"] = next((fit[k] for k in ("relative_mse", "smashed_mse", "moment_loss") if k in fit), None)
     cells = fold_seeds(records, by=["kind", *FACTORS, "steal_count"])
     attacks = [c for c in cells if c["kind"] == "sladv"]
     baselines = {(c["kind"], c["eps"], c.get("source"), c.get("size")): c for c in cells
@@ -276,11 +311,16 @@ def build_report(args) -> Path:
              + f"; {args.steps} PGD steps of 2/255; the first {args.eval_count} test images. Success = the fraction of "
              f"correctly classified clean images whose adversarial version is misclassified{seeds}. Real-front "
              "ceiling: the same feature PGD through the client's own front (a diagnostic, not an attack: how much "
-             "stage 1 loses).", "",
+             "stage 1 loses). Stage-1 fit: paired, the shadow's error on its query pairs over the smashed data's "
+             "variance; stealing, the MSE to the stolen smashed tensors; critic and distribution, the standardised "
+             "moment distance to the recorded smashed data.", "",
              "| split | shadow | stage 1 | attacker data | size | eps | accuracy | misclassified | success | "
-             "noise success | white-box success | transfer success | real-front ceiling | s |", "|" + "---|" * 14]
+             "noise success | white-box success | transfer success | real-front ceiling | stage-1 fit | s |",
+             "|" + "---|" * 15]
 
     def stage1(c):
+        if c["objective"] == "critic":
+            return f"critic ({c['_cell']['config'].get('critic_smashed')} smashed)"
         return c["objective"] if c["objective"] != "stealing" else f"stealing ({c.get('steal_count', 64)} smashed)"
 
     def f(c, key="success_rate"):
@@ -293,7 +333,8 @@ def build_report(args) -> Path:
                      f"{f(baselines.get(('noise', c['eps'], None, None)))} | "
                      f"{f(baselines.get(('whitebox', c['eps'], None, None)))} | "
                      f"{f(baselines.get(('transfer', c['eps'], c['source'], c['size'])))} | "
-                     f"{f(oracle.get((c['split'], c['eps'])))} | {c['seconds']:.0f} |")
+                     f"{f(oracle.get((c['split'], c['eps'])))} | {pm(c, 'fit')} | "
+                     f"{c['seconds']:.0f} |")
     args.out.mkdir(parents=True, exist_ok=True)
     path = atomic_write_text(args.out / "report.md", "\n".join(lines) + "\n")
     _plot(attacks, baselines, base(args), args.steal_count_list[0], args.out / "sladv.png")
@@ -312,15 +353,19 @@ def _plot(attacks, baselines, centre, steal_count, path) -> None:
     for ax, (key, label) in zip(axes, panels):
         others = {k: v for k, v in centre.items() if k != key}
 
+        free = ("shadow", "objective") if key == "split" else ("shadow",)  # the split panel: every stage 1
+
         def at_base(c):
-            return all(c[k] == v for k, v in others.items() if k != "shadow") and (
+            return all(c[k] == v for k, v in others.items() if k not in free) and (
                 key == "steal_count" or c.get("steal_count") in (None, steal_count))
 
-        for shadow, style in (("single", "C0o-"), ("multi", "C1s-"), ("known", "C2^-")):
+        for (shadow, marker), (objective, colour) in itertools.product(
+                (("single", "o"), ("multi", "s"), ("known", "^")),
+                zip(sladv.SHADOW_OBJECTIVES, ("C1", "C0", "C3", "C2"))):
             pts = sorted((c[key], c["success_rate"]) for c in attacks if c["shadow"] == shadow and at_base(c)
-                         and c.get(key) is not None)
+                         and c["objective"] == objective and c.get(key) is not None)
             if pts:
-                ax.plot(*zip(*pts), style, label=f"SLADV ({shadow})")
+                ax.plot(*zip(*pts), f"{colour}{marker}-", label=f"{shadow}, {objective}")
         for kind, style in (("whitebox", "k--"), ("noise", "k:")):
             if key == "eps":
                 pts = sorted((e, c["success_rate"]) for (k, e, _, _), c in baselines.items() if k == kind)

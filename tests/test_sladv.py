@@ -102,7 +102,7 @@ def test_the_sladv_class_flips_more_predictions_than_same_budget_noise(trained):
     assert (result.examples - result.inputs).abs().max() <= 8 / 255 + 1e-6 and attack.shadow is not None
 
 
-@pytest.mark.parametrize("bad", [{"shadow": "deep"}, {"objective": "critic"}, {"loss": "l1"}, {"eps": float("nan")},
+@pytest.mark.parametrize("bad", [{"shadow": "deep"}, {"objective": "mmd"}, {"loss": "l1"}, {"eps": float("nan")},
                                  {"alpha": 0.0}, {"steps": -1}, {"steal_count": 0}, {"phase": "test"}])
 def test_a_bad_config_is_refused(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
@@ -171,6 +171,62 @@ def test_stealing_fits_the_shadow_to_the_smashed_data_the_server_received(traine
     untrained = float(torch.nn.functional.mse_loss(shape(x[:64]), topology.front(x[:64]).detach()))
     stolen, fit = sladv.steal_shadow(shape, stats, input_shape=(3, 16, 16), count=64, main_iters=40)
     assert fit["count"] == 64 and fit["smashed_mse"] < 0.5 * untrained, (fit, untrained)
+
+
+def _queries(topology, x_attacker):
+    """The server's own images run through the deployed model: the smashed data it receives for them, in order."""
+    from unsplit.training import run_split
+
+    stats = sladv.ServerStatistics(phase="inference", max_smashed=len(x_attacker))
+    run_split(topology, x_attacker, callbacks=[stats], batch_size=128)
+    return stats
+
+
+def test_paired_queries_fit_the_front_and_flip_more_predictions_than_noise(trained):
+    topology, _, x_attacker, (x, y), _ = trained
+    stats = _queries(topology, x_attacker)
+    assert torch.equal(stats.smashed_samples, topology.front(x_attacker).detach())
+    attack = sladv.SLADV(topology.middle, x_attacker, sladv.SLADVConfig.paired(shadow_steps=150, steps=10),
+                         targets=x[:100], statistics=stats)
+    scores = attack.result().score(topology.as_model(), y[:100])
+    assert attack.shadow_fit["pairs"] == len(x_attacker) and attack.shadow_fit["relative_mse"] < 0.1, attack.shadow_fit
+    assert scores["success_rate"] > scores["baseline_success_rate"] + 0.3, scores
+
+
+def test_paired_reads_only_the_smashed_data_of_its_own_queries(trained):
+    topology, _, x_attacker, (x, _), _ = trained
+    stats = _queries(topology, x_attacker)
+    config = sladv.SLADVConfig.paired(shadow_steps=20, steps=3)
+    reference = sladv.SLADV(topology.middle, x_attacker, config, targets=x[:20], statistics=stats).result().examples
+    poisoned = _tiny_victim()
+    poisoned.middle.load_state_dict(topology.middle.state_dict())
+    with torch.no_grad():
+        for p in list(poisoned.front.parameters()) + list(poisoned.head.parameters()):
+            p.fill_(float("nan"))
+    again = sladv.SLADV(poisoned.middle, x_attacker, config, targets=x[:20], statistics=stats).result().examples
+    assert torch.equal(again, reference)
+    with pytest.raises(ValueError, match="phase='inference'"):
+        sladv.SLADVConfig(objective="paired")
+    with pytest.raises(ValueError, match="as many smashed tensors"):
+        sladv.paired_shadow(nn.Identity(), x_attacker[:5], stats.smashed_samples[:4])
+
+
+def test_the_critic_moves_the_shadows_outputs_toward_the_recorded_smashed_data(trained):
+    _, stats, x_attacker, _, _ = trained
+
+    def moment_distance(shade):
+        with torch.no_grad():
+            h = shade(x_attacker[:256])
+        dims = [0, 2, 3]
+        return float((((h.mean(dims) - stats.channel_mean) / stats.channel_std) ** 2
+                      + (h.std(dims) / stats.channel_std - 1) ** 2).mean())
+
+    torch.manual_seed(0)
+    shade = sladv.shadow_front("single", stats.smashed_shape, input_size=16, nonnegative=True, bias=True)
+    before = moment_distance(shade)
+    fit = sladv.critic_shadow(shade, x_attacker, stats, steps=150, lr=1e-3)
+    assert set(fit) == {"critic_gap", "moment_loss"}
+    assert moment_distance(shade) < 0.5 * before, (moment_distance(shade), before)
 
 
 def test_feature_pgd_stays_in_the_ball_and_in_the_unit_range():
@@ -270,6 +326,18 @@ def test_the_benchmark_writes_resumable_cells_and_a_report(tmp_path, monkeypatch
     assert report.count("| single | stealing (4 smashed) | cifar-iid | 30 | 8/255 |") == 1
     assert report.count("| single | distribution | cifar-iid | 30 | 8/255 |") == 1
     assert (tmp_path / "out" / "sladv.png").exists()
+    # the new objectives, crossed in full with the split point
+    crossed = argv + ["--objectives", "paired,critic", "--cross", "split,objective", "--critic-smashed", "16",
+                      "--baselines", ""]
+    assert bench.main(crossed) == 0
+    names = {c.name for c in (tmp_path / "out" / "cells").glob("*.json")}
+    assert {f"sp{s}_single_{t}_cifar-iid_30_eps8.json" for s in (1, 2) for t in ("paired", "critic16")} <= {
+        n.split("_s0_")[-1] for n in names}
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert report.count("| single | paired | cifar-iid | 30 | 8/255 |") == 2
+    assert report.count("| single | critic (16 smashed) | cifar-iid | 30 | 8/255 |") == 2
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--cross", "split,colour"])
 
 
 @pytest.mark.slow

@@ -18,7 +18,8 @@ The paper's shadow objective, perturbation loss and budgets could not be read (t
 incomplete scaffold), so these are **ours** and labelled so: the shadow objective (by default model stealing from
 the smashed data the server received, UnSplit's coordinate descent; ``objective="distribution"``: per-channel moments
 of the smashed data + an MMD on the middle's outputs on the attacker's unlabeled images, the paper's idea as far as it
-is known, which fails on CIFAR-10; an FSHA-style critic is not implemented), the L2
+is known, which fails on CIFAR-10; ``"critic"``: FSHA's adversarial critic on the smashed data; ``"paired"``: the
+server's own images run through the deployed model, regressed on the smashed data it receives for them), the L2
 and cosine deviation losses, ε = 8/255, step 2/255, 20 steps with a random start. The baselines (metric code only):
 clean accuracy, same-ε random sign noise, white-box PGD on the whole model (the upper bound) and PGD transferred from
 a surrogate trained on the attacker's own images (with labels: more than SLADV's attacker has); the PGD baselines are
@@ -52,6 +53,8 @@ __all__ = [
     "shadow_front",
     "train_shadow",
     "steal_shadow",
+    "critic_shadow",
+    "paired_shadow",
     "feature_pgd",
     "random_sign_noise",
     "pgd",
@@ -291,6 +294,101 @@ def train_shadow(shadow: nn.Module, middle: nn.Module, x_attacker: torch.Tensor,
     return {k: sum(v) / max(len(v), 1) for k, v in tail.items()}
 
 
+def critic_shadow(shadow: nn.Module, x_attacker: torch.Tensor, stats: ServerStatistics, *, steps: int = 400,
+                  batch_size: int = 64, lr: float = 1e-4, gp_weight: float = 10.0,
+                  device: Union[str, torch.device] = "cpu", seed: int = 0, progress: bool = False) -> Dict[str, float]:
+    """Stage 1 by an adversarial critic (ours; the critic and its gradient penalty are FSHA's, Pasquini et al.,
+    CCS'21, :func:`unsplit.fsha.fit_critic`): a WGAN-GP game in which a critic tells the smashed tensors the server
+    received (``stats.smashed_samples``) from the shadow's outputs on the attacker's unlabeled images, and the shadow
+    learns to make them indistinguishable. Adam (``lr``, betas 0.5 / 0.9) for both, one critic step per shadow step,
+    Gulrajani et al.'s penalty (one norm per sample) weighted by ``gp_weight``.
+
+    Args:
+        shadow: from :func:`shadow_front` (trained in place). x_attacker: ``(N, C, H, W)`` images in [0, 1].
+        stats: the server's recording (the more smashed tensors, ``max_smashed``, the better the critic's sample).
+        steps, batch_size, lr, gp_weight: the game's schedule. device, seed, progress: as elsewhere.
+
+    Returns:
+        ``{"critic_gap", "moment_loss"}``: the critic's mean real-minus-fake score and the standardised moment
+        distance of the last 20 steps (means).
+    """
+    from tqdm.auto import tqdm
+
+    from .fsha import fit_critic, gradient_penalty
+
+    gen = torch.Generator().manual_seed(seed)
+    real = stats.smashed_samples
+    critic = fit_critic(real.shape[1:]).to(device)
+    shadow.to(device).train()
+    opt_s = torch.optim.Adam(shadow.parameters(), lr=lr, betas=(0.5, 0.9))
+    opt_c = torch.optim.Adam(critic.parameters(), lr=lr, betas=(0.5, 0.9))
+    mean, std = stats.channel_mean.to(device), stats.channel_std.to(device)
+    tail: Dict[str, list] = {"critic_gap": [], "moment_loss": []}
+    for step in tqdm(range(steps), desc="shadow front (critic)", disable=not progress):
+        b = min(batch_size, len(x_attacker), len(real))
+        fake = shadow(x_attacker[torch.randint(len(x_attacker), (b,), generator=gen)].to(device))
+        r = real[torch.randint(len(real), (b,), generator=gen)].to(device)
+        gap = critic(r).mean() - critic(fake.detach()).mean()
+        c_loss = -gap + gp_weight * gradient_penalty(critic, r, fake, form="flat", generator=gen)
+        opt_c.zero_grad(set_to_none=True)
+        c_loss.backward()
+        opt_c.step()
+        s_loss = -critic(fake).mean()
+        opt_s.zero_grad(set_to_none=True)
+        s_loss.backward()
+        opt_s.step()
+        if step >= steps - 20:
+            dims = [0] + list(range(2, fake.dim()))
+            h = fake.detach()
+            tail["critic_gap"].append(float(gap.detach()))
+            tail["moment_loss"].append(float((((h.mean(dims) - mean) / std) ** 2
+                                              + (h.std(dims) / std - 1) ** 2).mean()))
+    shadow.eval()
+    return {k: sum(v) / max(len(v), 1) for k, v in tail.items()}
+
+
+def paired_shadow(shadow: nn.Module, x_queries: torch.Tensor, smashed: torch.Tensor, *, steps: int = 400,
+                  batch_size: int = 128, lr: float = 1e-3, device: Union[str, torch.device] = "cpu", seed: int = 0,
+                  progress: bool = False) -> Dict[str, float]:
+    """Stage 1 from query pairs (ours): the server, also a user of the deployed model, has its own images run
+    through the client's front at inference and pairs each image with the smashed tensor it receives for it; the
+    shadow is regressed on the pairs (MSE with every channel scaled by its standard deviation, Adam with a cosine
+    schedule). Nothing of the client's is read but the smashed data the server receives.
+
+    Args:
+        shadow: from :func:`shadow_front` (trained in place).
+        x_queries: ``(N, C, H, W)`` the images the server had run, in [0, 1]; smashed: ``(N, *smashed_shape)`` what
+            it received for them, in the same order.
+        steps, batch_size, lr, device, seed, progress: the regression's schedule, where it runs, its seed, a bar.
+
+    Returns:
+        ``{"relative_mse": the final fit over all pairs / the smashed data's variance, "pairs": N}``.
+    """
+    from tqdm.auto import tqdm
+
+    if len(x_queries) != len(smashed) or len(smashed) == 0:
+        raise ValueError(f"paired stage 1 needs as many smashed tensors as query images, got {len(smashed)} for "
+                         f"{len(x_queries)}")
+    gen = torch.Generator().manual_seed(seed)
+    dims = [0] + list(range(2, smashed.dim()))
+    scale = smashed.float().std(dims, keepdim=True)[0].clamp_min(1e-6).to(device)
+    shadow.to(device).train()
+    opt = torch.optim.Adam(shadow.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
+    for _ in tqdm(range(steps), desc="shadow front (pairs)", disable=not progress):
+        idx = torch.randint(len(x_queries), (min(batch_size, len(x_queries)),), generator=gen)
+        loss = ((shadow(x_queries[idx].to(device)) - smashed[idx].to(device)) / scale).pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        schedule.step()
+    shadow.eval()
+    with torch.no_grad():
+        err = sum(float(((shadow(x_queries[i:i + 256].to(device)) - smashed[i:i + 256].to(device)) / scale)
+                        .pow(2).sum()) for i in range(0, len(x_queries), 256))
+    return {"relative_mse": err / smashed.numel(), "pairs": len(smashed)}
+
+
 def steal_shadow(shadow: nn.Module, stats: ServerStatistics, *, input_shape: Sequence[int] = (3, 32, 32),
                  count: int = 64, main_iters: int = 200, input_iters: int = 20, model_iters: int = 20,
                  device: Union[str, torch.device] = "cpu", seed: int = 0, progress: bool = False):
@@ -322,7 +420,7 @@ def steal_shadow(shadow: nn.Module, stats: ServerStatistics, *, input_shape: Seq
     return stolen, {"smashed_mse": fit, "count": len(smashed)}
 
 
-SHADOW_OBJECTIVES = ("distribution", "stealing")
+SHADOW_OBJECTIVES = ("distribution", "stealing", "critic", "paired")
 FEATURE_LOSSES = ("l2", "cosine")
 
 
@@ -466,11 +564,13 @@ class SLADVConfig:
         shadow: the shadow front (:func:`shadow_front`): ``"single"`` (one convolution, the scaffold's), ``"multi"``
             (a small residual stack, the scaffold's) or ``"known"`` (the client front's architecture, freshly
             initialised; needs ``front_architecture``).
-        objective: stage 1: ``"stealing"`` (ours: :func:`steal_shadow` on smashed tensors the server received) or
+        objective: stage 1: ``"stealing"`` (ours: :func:`steal_shadow` on smashed tensors the server received),
             ``"distribution"`` (the paper's idea as far as it is known: :func:`train_shadow` on the attacker's
-            unlabeled images).
-        shadow_steps: ``"distribution"``: Adam steps. steal_count, steal_iters: ``"stealing"``: smashed tensors used
-            and outer iterations of the coordinate descent.
+            unlabeled images), ``"critic"`` (ours: :func:`critic_shadow`, FSHA's adversarial critic on the smashed
+            data) or ``"paired"`` (ours: :func:`paired_shadow`, the server's own images run through the client's
+            front at inference, paired with the smashed data it receives for them; needs ``phase="inference"``).
+        shadow_steps: ``"distribution"``, ``"critic"``, ``"paired"``: Adam steps. steal_count, steal_iters:
+            ``"stealing"``: smashed tensors used and outer iterations of the coordinate descent.
         eps, alpha, steps, loss: stage 2 (:func:`feature_pgd`): L∞ budget, step, steps, ``"l2"`` or ``"cosine"``.
         phase, epoch, max_outputs, max_smashed: what the server records (:class:`ServerStatistics`).
         progress: progress bars.
@@ -503,6 +603,9 @@ class SLADVConfig:
         if not (math.isfinite(self.eps) and self.eps >= 0 and self.alpha > 0 and self.steps >= 0):
             raise ValueError(f"eps must be finite and >= 0, alpha > 0 and steps >= 0, got eps={self.eps}, "
                              f"alpha={self.alpha}, steps={self.steps}")
+        if self.objective == "paired" and self.phase != "inference":
+            raise ValueError("objective 'paired' pairs the server's images with the smashed data of their inference "
+                             "pass: set phase='inference' (SLADVConfig.paired() does)")
         for name in ("shadow_steps", "steal_iters"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -515,6 +618,12 @@ class SLADVConfig:
         """Stage 1 as the paper describes it, as far as it is known: a shadow trained on the attacker's few
         unlabeled images to match what the server observed (``objective="distribution"``)."""
         return cls(**{"objective": "distribution", **overrides})
+
+    @classmethod
+    def paired(cls, **overrides: Any) -> "SLADVConfig":
+        """Stage 1 from query pairs (ours): the server's own images, run through the deployed model, paired with the
+        smashed data it receives for them (``objective="paired"``, recorded at inference)."""
+        return cls(**{"objective": "paired", "phase": "inference", **overrides})
 
 
 class SLADV(Attack):
@@ -529,8 +638,9 @@ class SLADV(Attack):
 
     Args:
         middle: the server's own part of the model (it holds it legitimately).
-        attacker_images: ``(N, C, H, W)`` the server's own unlabeled images in [0, 1] (``"distribution"`` trains the
-            shadow on them; ``"stealing"`` does not use them).
+        attacker_images: ``(N, C, H, W)`` the server's own unlabeled images in [0, 1] (``"distribution"`` and
+            ``"critic"`` train the shadow on them, ``"paired"`` pairs them with the first ``N`` smashed tensors of
+            the inference passes it watches, so run them through the model first; ``"stealing"`` does not use them).
         config: :class:`SLADVConfig` (default: its defaults); targets: the natural images to perturb (default:
             ``attacker_images``).
         front_architecture: a module of the client front's architecture (only its structure is used), for
@@ -557,11 +667,12 @@ class SLADV(Attack):
         self.targets = attacker_images if targets is None else targets
         if self.targets is None:
             raise ValueError("SLADV needs images to perturb: pass targets= (or attacker_images)")
-        if c.objective == "distribution" and attacker_images is None:
-            raise ValueError("objective 'distribution' trains the shadow on the attacker's images: pass them")
+        if c.objective != "stealing" and attacker_images is None:
+            raise ValueError(f"objective {c.objective!r} trains the shadow on the attacker's images: pass them")
         self.middle, self.attacker_images, self.front_architecture = middle, attacker_images, front_architecture
+        keep = max(c.max_smashed, len(attacker_images)) if c.objective == "paired" else c.max_smashed
         self.statistics = statistics if statistics is not None else ServerStatistics(
-            phase=c.phase, epoch=c.epoch, max_outputs=c.max_outputs, max_smashed=c.max_smashed)
+            phase=c.phase, epoch=c.epoch, max_outputs=c.max_outputs, max_smashed=keep)
         self.shadow: Optional[nn.Module] = None
         self.shadow_fit: Dict[str, float] = {}
 
@@ -579,14 +690,18 @@ class SLADV(Attack):
         c, x, stats = self.config, self.targets, self.statistics
         torch.manual_seed(self.seed)
         shade = shadow_front(c.shadow, stats.smashed_shape, in_channels=x.shape[1], input_size=x.shape[-1],
-                             nonnegative=stats.nonnegative, bias=c.objective == "stealing",
+                             nonnegative=stats.nonnegative, bias=c.objective != "distribution",
                              architecture=self.front_architecture)
         if c.objective == "stealing":
             return steal_shadow(shade, stats, input_shape=x.shape[1:], count=c.steal_count, main_iters=c.steal_iters,
                                 device=self.device, seed=self.seed, progress=c.progress)
-        fit = train_shadow(shade, self.middle, self.attacker_images, stats, steps=c.shadow_steps, device=self.device,
-                           seed=self.seed, progress=c.progress)
-        return shade, fit
+        common = dict(steps=c.shadow_steps, device=self.device, seed=self.seed, progress=c.progress)
+        if c.objective == "paired":  # the first smashed tensors of the inference passes are the server's queries
+            n = len(self.attacker_images)
+            return shade, paired_shadow(shade, self.attacker_images, stats.smashed_samples[:n], **common)
+        if c.objective == "critic":
+            return shade, critic_shadow(shade, self.attacker_images, stats, **common)
+        return shade, train_shadow(shade, self.middle, self.attacker_images, stats, **common)
 
     def result(self) -> AdversarialExamples:
         """Stage 1 (:meth:`fit_shadow`), then stage 2 (:func:`feature_pgd` through the shadow and the middle)."""
