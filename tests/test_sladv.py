@@ -286,6 +286,11 @@ def test_the_demo_end_to_end_and_its_handling_of_bad_input(tmp_path, capsys):
     assert m["split"] == 1 and m["shadow_size"] == 30 and m["eval_count"] == 10
     again = run("sladv_demo.py", "cifar", *common, cwd=tmp_path)  # never clobbers earlier results
     assert again.returncode == 2 and "already holds results" in again.stderr
+    paired = run("sladv_demo.py", "cifar", *common[:-3], "--out", tmp_path / "paired", "--objective", "paired",
+                 "--shadow", "known", "--split", 2, "--baselines", "", "--quiet", cwd=tmp_path)
+    assert paired.returncode == 0, paired.stderr
+    m = json.loads((tmp_path / "paired" / "metrics.json").read_text())
+    assert m["shadow_fit"]["pairs"] == 30 and m["split"] == 2 and m["sladv"]["linf"] <= 8 / 255 + 1e-6
     from unsplit.demos import sladv as demo
 
     for bad, message in ((["--split", "5"], "--split"), (["--shadow-data", tmp_path / "nowhere"], "--shadow-data"),

@@ -43,8 +43,10 @@ def parse_args(argv=None):
     p.add_argument("--shadow-size", type=int, default=1024, help="how many unlabeled images the attacker has")
     p.add_argument("--shadow-steps", type=int, default=400, help="shadow-front training steps (batch 128)")
     p.add_argument("--objective", choices=sladv.SHADOW_OBJECTIVES, default="stealing",
-                   help="stage 1: (ours, default) steal the front from the smashed data the server received with "
-                        "UnSplit's model stealing, or match the smashed data's distribution on the attacker's images")
+                   help="stage 1 (ours): stealing (default: UnSplit's model stealing on the smashed data the server "
+                        "received), distribution (match its statistics on the attacker's images), critic (FSHA's "
+                        "WGAN-GP critic on it) or paired (the attacker's images run through the deployed model as "
+                        "queries, the shadow regressed on the smashed data received for them)")
     p.add_argument("--steal-iters", type=int, default=200, help="stealing: outer iterations (x 20 + 20 steps)")
     p.add_argument("--eps", type=finite_float, default=8.0, help="L-inf budget in 1/255 units (default 8)")
     p.add_argument("--alpha", type=finite_float, default=2.0, help="PGD step in 1/255 units (default 2)")
@@ -144,9 +146,13 @@ def main(argv=None) -> int:
     test_accuracy = evaluate(topology, x_test, y_test, device=device)
     log(args, f"victim test accuracy {test_accuracy:.4f}; the server summarises the smashed data of "
               f"{min(args.stats_samples, len(x_client))} client images ...")
-    stats = sladv.ServerStatistics(phase="inference")
-    run_split(topology, x_client[: args.stats_samples], callbacks=[stats], device=device)
     x_att, y_att, seen = _attacker_images(args, x_train, y_train)
+    if args.objective == "paired":  # the server's own queries: its images and the smashed data it receives for them
+        stats = sladv.ServerStatistics(phase="inference", max_smashed=len(x_att))
+        run_split(topology, x_att, callbacks=[stats], device=device)
+    else:  # the client's inference passes (the critic sees 2,048 of their smashed tensors as real)
+        stats = sladv.ServerStatistics(phase="inference", max_smashed=2048 if args.objective == "critic" else 256)
+        run_split(topology, x_client[: args.stats_samples], callbacks=[stats], device=device)
     surrogate = None
     if "transfer" in args.baseline_list:
         log(args, f"training the transfer baseline's surrogate on the attacker's {len(x_att)} labelled images ...")
@@ -156,7 +162,7 @@ def main(argv=None) -> int:
     pgd = dict(eps=args.eps / 255, alpha=args.alpha / 255, steps=args.steps, device=device, seed=args.seed)
     config = sladv.SLADVConfig(shadow=args.shadow, objective=args.objective, shadow_steps=args.shadow_steps,
                                steal_iters=args.steal_iters, eps=pgd["eps"], alpha=pgd["alpha"], steps=args.steps,
-                               loss=args.loss, progress=not args.quiet)
+                               loss=args.loss, phase="inference", progress=not args.quiet)
     res = sladv.run_sladv(topology, stats, x_att, x_eval, y_eval, config, baselines=(), device=device, seed=args.seed)
     x_adv = res.artefacts["x_adv"]
     report = {"model": args.model, "split": args.split, "shadow": args.shadow, "shadow_data": args.shadow_data,
