@@ -305,8 +305,8 @@ def build_report(args) -> Path:
                  if c["kind"] not in ("sladv", "oracle")}
     oracle = {(c["split"], c["eps"]): c for c in cells if c["kind"] == "oracle"}
     seeds = f" (mean ± std over seeds {', '.join(map(str, args.seeds))})" if len(args.seeds) > 1 else ""
-    lines = ["# SLADV (Fan et al., ECAI'23): adversarial examples from the middle of a U-shaped split", "",
-             f"Victim: {args.model}, {args.epochs} epochs on {args.client_size} CIFAR-10 images"
+    lines = [f"SLADV (Fan et al., ECAI'23) victim: {args.model}, {args.epochs} epochs on {args.client_size} "
+             "CIFAR-10 images"
              + (f" (test accuracy {pm(cells[0], 'victim_test_accuracy')})" if cells else "")
              + f"; {args.steps} PGD steps of 2/255; the first {args.eval_count} test images. Success = the fraction of "
              f"correctly classified clean images whose adversarial version is misclassified{seeds}. Real-front "
