@@ -295,7 +295,7 @@ def train_shadow(shadow: nn.Module, middle: nn.Module, x_attacker: torch.Tensor,
 
 
 def critic_shadow(shadow: nn.Module, x_attacker: torch.Tensor, stats: ServerStatistics, *, steps: int = 400,
-                  batch_size: int = 64, lr: float = 1e-4, gp_weight: float = 10.0,
+                  batch_size: int = 64, lr: float = 1e-4, gp_weight: float = 10.0, critic: Optional[nn.Module] = None,
                   device: Union[str, torch.device] = "cpu", seed: int = 0, progress: bool = False) -> Dict[str, float]:
     """Stage 1 by an adversarial critic (ours; the critic and its gradient penalty are FSHA's, Pasquini et al.,
     CCS'21, :func:`unsplit.fsha.fit_critic`): a WGAN-GP game in which a critic tells the smashed tensors the server
@@ -306,7 +306,8 @@ def critic_shadow(shadow: nn.Module, x_attacker: torch.Tensor, stats: ServerStat
     Args:
         shadow: from :func:`shadow_front` (trained in place). x_attacker: ``(N, C, H, W)`` images in [0, 1].
         stats: the server's recording (the more smashed tensors, ``max_smashed``, the better the critic's sample).
-        steps, batch_size, lr, gp_weight: the game's schedule. device, seed, progress: as elsewhere.
+        steps, batch_size, lr, gp_weight: the game's schedule. critic: a critic of your own for the smashed shape
+            (default: FSHA's, sized by :func:`unsplit.fsha.fit_critic`). device, seed, progress: as elsewhere.
 
     Returns:
         ``{"critic_gap", "moment_loss"}``: the critic's mean real-minus-fake score and the standardised moment
@@ -318,7 +319,7 @@ def critic_shadow(shadow: nn.Module, x_attacker: torch.Tensor, stats: ServerStat
 
     gen = torch.Generator().manual_seed(seed)
     real = stats.smashed_samples
-    critic = fit_critic(real.shape[1:]).to(device)
+    critic = (fit_critic(real.shape[1:]) if critic is None else critic).to(device)
     shadow.to(device).train()
     opt_s = torch.optim.Adam(shadow.parameters(), lr=lr, betas=(0.5, 0.9))
     opt_c = torch.optim.Adam(critic.parameters(), lr=lr, betas=(0.5, 0.9))
