@@ -34,7 +34,7 @@ from unsplit.grid import (
     report_failures,
     run_grid,
 )
-from unsplit.training import evaluate, run_split
+from unsplit.training import evaluate
 from unsplit.util import atomic_save_figure, atomic_write_text, resolve_device
 
 FACTORS = ("split", "shadow", "objective", "source", "size", "eps")
@@ -207,15 +207,12 @@ def _victim(c: dict, *, data_dir, device, progress: bool):
 def _statistics(c: dict, topology, x_train, idx, *, device) -> "sladv.ServerStatistics":
     """What the server recorded at inference (cached per process): for ``paired``, the passes of the attacker's own
     images (its queries, in order); otherwise the client's passes over its first ``stats_samples`` images."""
-    if c["objective"] == "paired":
-        key, inputs, keep = ("pairs", c["split"], c["source"], c["size"]), x_train[idx], len(idx)
-    else:
-        keep = max(256, c.get("critic_smashed", 0))
-        key, inputs = ("stats", c["split"], keep), x_train[: c["stats_samples"]]
+    keep = max(256, c.get("critic_smashed", 0))
+    paired = c["objective"] == "paired"
+    key = ("pairs", c["split"], c["source"], c["size"]) if paired else ("stats", c["split"], keep)
     if key not in _STATE:
-        stats = sladv.ServerStatistics(phase="inference", max_smashed=keep)
-        run_split(topology, inputs, callbacks=[stats], device=device)
-        _STATE[key] = stats
+        _STATE[key] = sladv.record_inference(topology, c["objective"], x_train[idx], x_train[: c["stats_samples"]],
+                                             keep=keep, device=device)
     return _STATE[key]
 
 

@@ -175,11 +175,22 @@ def test_stealing_fits_the_shadow_to_the_smashed_data_the_server_received(traine
 
 def _queries(topology, x_attacker):
     """The server's own images run through the deployed model: the smashed data it receives for them, in order."""
-    from unsplit.training import run_split
+    return sladv.record_inference(topology, "paired", x_attacker, x_attacker[:0])
 
-    stats = sladv.ServerStatistics(phase="inference", max_smashed=len(x_attacker))
-    run_split(topology, x_attacker, callbacks=[stats], batch_size=128)
-    return stats
+
+def test_the_moment_distance_is_zero_on_the_observed_moments_and_counts_a_shift_per_channel():
+    h = torch.randn(500, 4, 3, 3, generator=torch.Generator().manual_seed(0)) * 2 + 1
+    mean, std = h.mean((0, 2, 3)), h.std((0, 2, 3))
+    assert float(sladv.moment_distance(h, mean, std)) < 1e-10
+    shifted = h.clone()
+    shifted[:, 0] += std[0]  # one channel off by one standard deviation: 1 of 4 channels
+    assert abs(float(sladv.moment_distance(shifted, mean, std)) - 0.25) < 1e-5
+
+
+def test_the_server_records_its_queries_in_order_or_the_clients_passes(trained):
+    topology, _, x_attacker, _, _ = trained
+    clients = sladv.record_inference(topology, "stealing", x_attacker[:50], x_attacker[50:400], keep=100)
+    assert torch.equal(clients.smashed_samples, topology.front(x_attacker[50:150]).detach())
 
 
 def test_paired_queries_fit_the_front_and_flip_more_predictions_than_noise(trained):
@@ -216,10 +227,7 @@ def test_the_critic_moves_the_shadows_outputs_toward_the_recorded_smashed_data(t
 
     def moment_distance(shade):
         with torch.no_grad():
-            h = shade(x_attacker[:256])
-        dims = [0, 2, 3]
-        return float((((h.mean(dims) - stats.channel_mean) / stats.channel_std) ** 2
-                      + (h.std(dims) / stats.channel_std - 1) ** 2).mean())
+            return float(sladv.moment_distance(shade(x_attacker[:256]), stats.channel_mean, stats.channel_std))
 
     torch.manual_seed(0)
     shade = sladv.shadow_front("single", stats.smashed_shape, input_size=16, nonnegative=True, bias=True)

@@ -48,6 +48,8 @@ __all__ = [
     "build_victim",
     "victim_topology",
     "ServerStatistics",
+    "moment_distance",
+    "record_inference",
     "SHADOW_KINDS",
     "SHADOW_OBJECTIVES",
     "shadow_front",
@@ -235,6 +237,26 @@ def shadow_front(kind: str, out_shape: Sequence[int], *, in_channels: int = 3, i
     return nn.Sequential(*layers)  # a BasicBlock ends with a ReLU: "multi" is non-negative already
 
 
+def moment_distance(h: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Mean over channels of the squared standardised differences of ``h``'s per-channel mean and standard deviation
+    (``h``: ``(N, C, ...)``) to the observed ``mean`` and ``std`` (``(C,)``); 0 when the moments match."""
+    dims = [0] + list(range(2, h.dim()))
+    return (((h.mean(dims) - mean) / std) ** 2 + (h.std(dims) / std - 1) ** 2).mean()
+
+
+def record_inference(topology: Topology, objective: str, x_queries: torch.Tensor, x_client: torch.Tensor, *,
+                     keep: int = 256, device: Union[str, torch.device] = "cpu") -> ServerStatistics:
+    """What the server records at inference for a stage-1 ``objective``: for ``"paired"``, the passes of its own
+    queries ``x_queries`` (every smashed tensor kept, in order: the pairs); otherwise the client's passes over
+    ``x_client``, keeping ``keep`` smashed tensors (the critic's real sample, the stealing set)."""
+    from .training import run_split
+
+    paired = objective == "paired"
+    stats = ServerStatistics(phase="inference", max_smashed=len(x_queries) if paired else keep)
+    run_split(topology, x_queries if paired else x_client, callbacks=[stats], device=device)
+    return stats
+
+
 def _mmd2(a: torch.Tensor, b: torch.Tensor, scales=(0.25, 1.0, 4.0)) -> torch.Tensor:
     """Squared MMD between two samples with a sum of RBF kernels at ``scales`` x the median pairwise distance."""
     xy = torch.cat([a, b])
@@ -277,8 +299,7 @@ def train_shadow(shadow: nn.Module, middle: nn.Module, x_attacker: torch.Tensor,
     for step in tqdm(range(steps), desc="shadow front", disable=not progress):
         idx = torch.randint(len(x_attacker), (min(batch_size, len(x_attacker)),), generator=gen)
         h = shadow(x_attacker[idx].to(device))
-        dims = [0] + list(range(2, h.dim()))
-        moments = (((h.mean(dims) - mean) / std) ** 2 + (h.std(dims) / std - 1) ** 2).mean()
+        moments = moment_distance(h, mean, std)
         ref = reference[torch.randint(len(reference), (len(idx),), generator=gen).to(reference.device)]
         mmd = _mmd2(middle(h).flatten(1), ref)
         loss = moments + mmd_weight * mmd
@@ -339,11 +360,8 @@ def critic_shadow(shadow: nn.Module, x_attacker: torch.Tensor, stats: ServerStat
         s_loss.backward()
         opt_s.step()
         if step >= steps - 20:
-            dims = [0] + list(range(2, fake.dim()))
-            h = fake.detach()
             tail["critic_gap"].append(float(gap.detach()))
-            tail["moment_loss"].append(float((((h.mean(dims) - mean) / std) ** 2
-                                              + (h.std(dims) / std - 1) ** 2).mean()))
+            tail["moment_loss"].append(float(moment_distance(fake.detach(), mean, std)))
     shadow.eval()
     return {k: sum(v) / max(len(v), 1) for k, v in tail.items()}
 

@@ -20,7 +20,7 @@ import torch
 from .. import sladv
 from ..cli import UsageError, device_of, finite_float, log, make_parser, output_dir, run_main
 from ..data import DataUnavailable, default_data_dir, load_dataset
-from ..training import evaluate, run_split
+from ..training import evaluate
 from ..util import atomic_write_json, save_image_grid, seed_everything
 
 __all__ = ["parse_args", "main", "cli"]
@@ -147,12 +147,10 @@ def main(argv=None) -> int:
     log(args, f"victim test accuracy {test_accuracy:.4f}; the server summarises the smashed data of "
               f"{min(args.stats_samples, len(x_client))} client images ...")
     x_att, y_att, seen = _attacker_images(args, x_train, y_train)
-    if args.objective == "paired":  # the server's own queries: its images and the smashed data it receives for them
-        stats = sladv.ServerStatistics(phase="inference", max_smashed=len(x_att))
-        run_split(topology, x_att, callbacks=[stats], device=device)
-    else:  # the client's inference passes (the critic sees 2,048 of their smashed tensors as real)
-        stats = sladv.ServerStatistics(phase="inference", max_smashed=2048 if args.objective == "critic" else 256)
-        run_split(topology, x_client[: args.stats_samples], callbacks=[stats], device=device)
+    # paired: the server's own queries (its images and the smashed data it receives for them); otherwise the
+    # client's inference passes (the critic sees 2,048 of their smashed tensors as real)
+    stats = sladv.record_inference(topology, args.objective, x_att, x_client[: args.stats_samples],
+                                   keep=2048 if args.objective == "critic" else 256, device=device)
     surrogate = None
     if "transfer" in args.baseline_list:
         log(args, f"training the transfer baseline's surrogate on the attacker's {len(x_att)} labelled images ...")
