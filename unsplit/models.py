@@ -44,6 +44,7 @@ __all__ = [
     "SimpleNet",
     "BasicBlock",
     "CifarResNet18",
+    "CifarResNet20",
     "keras_init",
     "split",
     "split_three",
@@ -265,18 +266,21 @@ class BasicBlock(nn.Module):
     """ResNet's basic block (He et al., CVPR'16): conv3x3-BN-ReLU-conv3x3-BN plus the shortcut (1x1 conv + BN when
     the stride or the width changes), then ReLU. ``(N, cin, H, W)`` -> ``(N, cout, H / stride, W / stride)``."""
 
-    def __init__(self, in_channels: int, channels: int, stride: int = 1):
+    def __init__(self, in_channels: int, channels: int, stride: int = 1, *, skip: bool = True):
         super().__init__()
         self.body = nn.Sequential(
             nn.Conv2d(in_channels, channels, 3, stride, padding=1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(),
             nn.Conv2d(channels, channels, 3, 1, padding=1, bias=False), nn.BatchNorm2d(channels))
-        self.shortcut = nn.Identity()
-        if stride != 1 or in_channels != channels:
+        self.shortcut: Optional[nn.Module] = nn.Identity()
+        if not skip:  # a plain block (PlainNet): no shortcut at all
+            self.shortcut = None
+        elif stride != 1 or in_channels != channels:
             self.shortcut = nn.Sequential(nn.Conv2d(in_channels, channels, 1, stride, bias=False),
                                           nn.BatchNorm2d(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.body(x) + self.shortcut(x))
+        out = self.body(x)
+        return torch.relu(out if self.shortcut is None else out + self.shortcut(x))
 
 
 class CifarResNet18(LayerList):
@@ -318,9 +322,48 @@ class CifarResNet18(LayerList):
         self.num_classes, self.input_shape, self.head_kind = num_classes, (in_channels, 32, 32), head
 
 
+class CifarResNet20(LayerList):
+    """ResNet-20 (He et al., CVPR'16) for 32x32 inputs as SDAR's official code builds it (Zhu et al., NDSS'25;
+    ``skip=False``: its PlainNet-20, the same network without shortcuts), as a layer list::
+
+        0 stem: conv3x3 16 - BN - ReLU
+        1..9 basic blocks (16, 16, 16, 32/2, 32, 32, 64/2, 64, 64)    <- level L: the client holds layers 0..L
+        10 head: global average pool - flatten - linear 64 -> classes
+
+    Level ``L`` (SDAR's split levels 3-9) is ``Topology.split(model, front_depth=L)`` (vanilla split learning)
+    or ``front_depth=L, head_start=10`` (U-shaped: the client also keeps the head). Smashed data: ``(16, 32, 32)``
+    at level 3, ``(32, 16, 16)`` at 4-6, ``(64, 8, 8)`` at 7-9. Projection shortcuts (1x1 conv + BN) where the shape
+    changes; no biases in the convolutions; Keras's initialisation (:func:`keras_init`), as the official code.
+
+    Args:
+        num_classes: outputs; in_channels: input channels; skip: shortcuts (ResNet) or none (PlainNet).
+    """
+
+    LEVELS = tuple(range(3, 10))
+
+    def __init__(self, num_classes: int = 10, *, in_channels: int = 3, skip: bool = True):
+        layers = [nn.Sequential(nn.Conv2d(in_channels, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU())]
+        c = 16
+        for width, stride in ((16, 1), (16, 1), (16, 1), (32, 2), (32, 1), (32, 1), (64, 2), (64, 1), (64, 1)):
+            layers.append(BasicBlock(c, width, stride, skip=skip))
+            c = width
+        layers.append(nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes)))
+        super().__init__(*layers)
+        keras_init(self)
+        self.num_classes, self.input_shape, self.skip = num_classes, (in_channels, 32, 32), skip
+
+    @classmethod
+    def front_depth(cls, level: int) -> int:
+        """The :func:`split` depth of SDAR's split ``level`` (3-9): the client's last layer is block ``level``."""
+        if level not in cls.LEVELS:
+            raise ValueError(f"level must be one of {cls.LEVELS[0]}-{cls.LEVELS[-1]}, got {level!r}")
+        return level
+
+
 #: the one model registry: every named network of the library, by name -> ``factory(num_classes, in_channels)``.
 #: ``cifarnet_bn`` is ``CifarNet(batch_norm=True)`` (ours: trains under label noise, and is SLADV's victim);
-#: ``simplenet`` / ``resnet18`` are Liu et al.'s (TIFS 2024) and the SLADV scaffold's 32x32 networks.
+#: ``simplenet`` / ``resnet18`` are Liu et al.'s (TIFS 2024) and the SLADV scaffold's 32x32 networks; ``resnet20`` /
+#: ``plainnet20`` SDAR's (Zhu et al., NDSS'25).
 NETWORKS: Dict[str, Callable[..., nn.Sequential]] = {
     "mnistnet": lambda num_classes, in_channels: MnistNet(num_classes),
     "cifarnet": lambda num_classes, in_channels: CifarNet(num_classes),
@@ -328,6 +371,8 @@ NETWORKS: Dict[str, Callable[..., nn.Sequential]] = {
     "funnelnet": lambda num_classes, in_channels: FunnelNet(num_classes),
     "simplenet": lambda num_classes, in_channels: SimpleNet(num_classes, in_channels=in_channels),
     "resnet18": lambda num_classes, in_channels: CifarResNet18(num_classes, in_channels=in_channels),
+    "resnet20": lambda num_classes, in_channels: CifarResNet20(num_classes, in_channels=in_channels),
+    "plainnet20": lambda num_classes, in_channels: CifarResNet20(num_classes, in_channels=in_channels, skip=False),
 }
 MODEL_NAMES = tuple(NETWORKS)
 #: each dataset's reference network (UnSplit's): ``mnist`` / ``f_mnist`` -> MnistNet, ``cifar`` -> CifarNet
@@ -340,7 +385,8 @@ def build_model(name: str, *, num_classes: int = 10, in_channels: int = 3, batch
 
     Args:
         name: a network (:data:`MODEL_NAMES`: ``mnistnet``, ``cifarnet``, ``cifarnet_bn``, ``funnelnet``,
-            ``simplenet``, ``resnet18``) or a dataset (``mnist``, ``f_mnist``, ``cifar``: its reference network).
+            ``simplenet``, ``resnet18``, ``resnet20``, ``plainnet20``) or a dataset (``mnist``, ``f_mnist``,
+            ``cifar``: its reference network).
         num_classes: outputs; in_channels: input channels (only the 32x32 networks of Liu et al. take other than
             their own).
         batch_norm: with a dataset name, CIFAR-10's ``CifarNet(batch_norm=True)`` (= ``cifarnet_bn``).

@@ -57,11 +57,14 @@ __all__ = [
 PARTS = ("front", "middle", "head")
 CUTS = ("front", "head")
 #: what a callback may declare it observes: ``"<cut>.<field>"``. ``head.weight_gradients`` (the head's parameter
-#: gradients) is observable only under weight sharing (``share_head_weight_gradients=True``).
+#: gradients) is observable only under weight sharing (``share_head_weight_gradients=True``); ``front.labels`` (the
+#: labels sent with the smashed data) only where the server owns the labels (vanilla split learning, in training).
 OBSERVATIONS: FrozenSet[str] = frozenset(
-    {"front.smashed", "front.gradient", "head.smashed", "head.gradient", "head.weight_gradients"})
-#: what an honest-but-curious server sees without weight sharing: both directions of both cuts it borders.
-SERVER_VIEW: FrozenSet[str] = frozenset({"front.smashed", "front.gradient", "head.smashed", "head.gradient"})
+    {"front.smashed", "front.gradient", "front.labels", "head.smashed", "head.gradient", "head.weight_gradients"})
+#: what an honest-but-curious server sees without weight sharing: both directions of both cuts it borders, and the
+#: labels where it computes the task loss (vanilla split learning).
+SERVER_VIEW: FrozenSet[str] = frozenset({"front.smashed", "front.gradient", "front.labels", "head.smashed",
+                                         "head.gradient"})
 #: the :class:`Defense` hooks and the part each needs in the topology to act (``None``: any topology).
 HOOKS: Mapping[str, Optional[str]] = {
     "labels": None, "inputs": "front", "smashed": "front", "front_loss": "front", "front_gradient": "front",
@@ -149,6 +152,8 @@ class Topology:
     def observable(self, *, weight_sharing: bool = False) -> FrozenSet[str]:
         """The observations (:data:`OBSERVATIONS`) that exist in this topology."""
         seen = {o for o in SERVER_VIEW if o.split(".")[0] in self.cuts}
+        if self.label_owner != "server":  # the client keeps its labels
+            seen.discard("front.labels")
         if weight_sharing and self.head is not None:
             seen.add("head.weight_gradients")
         return frozenset(seen)
@@ -162,7 +167,9 @@ class Topology:
         missing = set(observes) - self.observable(weight_sharing=weight_sharing)
         if missing:
             why = {o: ("needs weight sharing (share_head_weight_gradients=True)" if o == "head.weight_gradients"
-                       and self.head is not None else f"there is no {o.split('.')[0]} cut") for o in missing}
+                       and self.head is not None else "the client keeps its labels (it owns the head)"
+                       if o == "front.labels" and self.front is not None else f"there is no {o.split('.')[0]} cut")
+                   for o in missing}
             detail = "; ".join(f"{o}: {w}" for o, w in sorted(why.items()))
             raise ValueError(f"{who} observes what a {self.kind} split does not expose ({detail})")
 
@@ -255,6 +262,8 @@ class CutEvent:
         batch_size: size of the batch whose mean loss produced ``gradient``.
         head_weight_gradients: the head's parameter gradients (``cut="head"``, only under weight sharing).
         phase: ``"train"`` or ``"inference"``.
+        labels: ``(B,)`` the labels sent to the server with the smashed data (``cut="front"`` in vanilla split
+            learning, where the server computes the task loss; in training only).
 
     Tensors are read-only clones (:class:`ReadOnlyTensor`); the event itself is frozen.
     """
@@ -268,11 +277,12 @@ class CutEvent:
     batch_size: int
     head_weight_gradients: Optional[Dict[str, torch.Tensor]] = None
     phase: str = "train"
+    labels: Optional[torch.Tensor] = None
 
     def restricted(self, observes) -> "CutEvent":
         """This event with the fields not in ``observes`` (``"<cut>.<field>"`` names) set to ``None``."""
         drop = {f: None for f, key in (("smashed", "smashed"), ("gradient", "gradient"),
-                                       ("head_weight_gradients", "weight_gradients"))
+                                       ("head_weight_gradients", "weight_gradients"), ("labels", "labels"))
                 if f"{self.cut}.{key}" not in observes and getattr(self, f) is not None}
         return dataclasses.replace(self, **drop) if drop else self
 

@@ -278,12 +278,13 @@ def _callbacks(topology: Topology, callbacks, *, weight_sharing: bool = False) -
 
 
 def _event(epoch: int, step: int, cut: str, idx: torch.Tensor, sent, grad, batch: int, needed, *,
-           weights=None, phase: str = "train") -> CutEvent:
+           weights=None, phase: str = "train", labels=None) -> CutEvent:
     """A cut event holding read-only clones of what crossed the cut, but only of what some callback observes."""
     return CutEvent(epoch, step, cut, read_only(idx),
                     read_only(sent) if f"{cut}.smashed" in needed else None,
                     read_only(grad) if f"{cut}.gradient" in needed else None, batch,
-                    weights if f"{cut}.weight_gradients" in needed else None, phase)
+                    weights if f"{cut}.weight_gradients" in needed else None, phase,
+                    read_only(labels) if f"{cut}.labels" in needed else None)
 
 
 def _dispatch(cbs, event: CutEvent) -> None:
@@ -598,12 +599,14 @@ class _Training:
         z = sent = None
         if self.front is not None:  # client front -> server
             x, z, sent = self._front_forward(x, ctx)
-        loss, out, z_server, event = self._server_step(x, y, sent, ctx)
+        # the server's view of the step: in vanilla split learning it owns the labels (they reach it with z)
+        server_ctx = dataclasses.replace(ctx, labels=y) if self.top is None else ctx
+        loss, out, z_server, event = self._server_step(x, y, sent, server_ctx)
         if self.top is not None and out is not None:  # server -> label-owning head, and the head's gradient back
             loss = self._head_step(out, y, dataclasses.replace(ctx, labels=y), client)
         withheld = False
         if self.front is not None:  # server -> client front: the returned gradient, and the client's update
-            g_front = self._returned_gradient(sent, None if plan.replaced else z_server.grad, event, ctx)
+            g_front = self._returned_gradient(sent, None if plan.replaced else z_server.grad, event, server_ctx)
             withheld = self._front_backward(x, z, g_front, ctx, client)
         updates = client.updates(ctx)
         for p, o in self.opts.items():
@@ -615,9 +618,10 @@ class _Training:
         return loss
 
     def _event(self, ctx: StepContext, cut: str, sent, grad, weights=None) -> CutEvent:
-        """This step's event at ``cut`` (see :func:`_event`)."""
+        """This step's event at ``cut`` (see :func:`_event`; the front cut carries the labels the server owns)."""
+        labels = ctx.labels if cut == "front" and self.top is None else None
         return _event(ctx.epoch, ctx.step, cut, ctx.indices, sent, grad, len(ctx.indices), self.plan.needed,
-                      weights=weights)
+                      weights=weights, labels=labels)
 
     def _front_forward(self, x: torch.Tensor, ctx: StepContext):
         """The client's ``inputs`` hooks, the front's forward and the ``smashed`` hooks: ``(x, z, sent)``."""

@@ -1,0 +1,214 @@
+#!/usr/bin/env python
+"""SDAR (Zhu et al., NDSS'25) beside the official code's logs.
+
+Each cell is one run as the official driver makes it (``scripts/run_sdar.py``): CIFAR-10's 60,000 training and test
+images pooled and split in half (the client's private set and the server's auxiliary set, disjoint); the victim
+(ResNet-20 or PlainNet-20 split at ``level``, vanilla split learning) trained with Adam(1e-3) on batches of 128 while
+SDAR (or its ``naive_sda`` ablation) attacks, one attack step per training step. Recorded: the official
+``attack_loss`` (the running mean over 100 iterations of the reconstruction MSE of the current private training
+batch, pixels in [0, 1]) every 100 iterations, seconds per iteration, and the reconstruction of the client's first
+1,024 private images sent at inference after training, beside the mean auxiliary image and the class means.
+
+The official numbers are the five runs of each setting in the official repository's logs
+(``unsplit/official/sdar_logs.json``, with their paths); ``report.md`` puts ours beside their mean at every
+logged iteration both ran. A cell resumes from its checkpoint (``--checkpoints``), so a long run spans sittings, and
+``--iters`` may grow: a longer cell continues the shorter one's checkpoint.
+
+    python benchmarks/sdar.py --data-dir ../shared/data --models resnet20 --levels 7 --iters 3000
+    python benchmarks/sdar.py --data-dir ../shared/data --models resnet20 --levels 7 --variants naive_sda
+    python benchmarks/sdar.py --report-only
+"""
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import torch
+
+from unsplit.cli import make_parser, run_main
+from unsplit.data import default_data_dir
+from unsplit.demos.sdar import OFFICIAL  # the official logs, shipped with the package
+from unsplit.grid import Cell, ResultStore, add_grid_arguments, run_benchmark
+from unsplit.sdar import SDARConfig, run_sdar, sdar_data
+from unsplit.util import atomic_save_figure, atomic_write_text, resolve_device
+
+VARIANTS = ("sdar", "naive_sda")
+MODELS = ("resnet20", "plainnet20")
+
+
+def parse_args(argv=None):
+    p = make_parser(__doc__)
+    p.add_argument("--models", default="resnet20", help=f"comma-separated: {','.join(MODELS)}")
+    p.add_argument("--levels", default="7", help="comma-separated split levels (3-9)")
+    p.add_argument("--variants", default="sdar", help=f"comma-separated: {','.join(VARIANTS)}")
+    p.add_argument("--iters", type=int, default=3000)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--data-dir", type=Path, default=default_data_dir())
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/sdar"))
+    p.add_argument("--checkpoints", type=Path, default=Path("checkpoints/sdar"))
+    p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--report-only", action="store_true")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true")
+    add_grid_arguments(p)
+    args = p.parse_args(argv)
+    args.models, args.variants = _choices(p, args.models, MODELS, "--models"), _choices(p, args.variants, VARIANTS,
+                                                                                      "--variants")
+    try:
+        args.levels = [int(v) for v in args.levels.split(",") if v.strip()]
+    except ValueError:
+        p.error(f"--levels: expected comma-separated integers, got {args.levels!r}")
+    if not args.levels or any(not 3 <= v <= 9 for v in args.levels):
+        p.error("--levels must lie in 3-9")
+    if args.iters < 1 or args.checkpoint_every < 1 or args.batch_size < 2:
+        p.error("--iters and --checkpoint-every must be >= 1, --batch-size >= 2")
+    return args
+
+
+def _choices(p, text, allowed, flag):
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    bad = [v for v in values if v not in allowed]
+    if bad or not values:
+        p.error(f"{flag}: choose from {', '.join(allowed)} (got {text!r})")
+    return values
+
+
+def _run(c: dict) -> str:
+    """The run's name without its length: ``<model>_l<level>_<variant>_s<seed>`` (its checkpoint's name too)."""
+    batch = f"_b{c['batch_size']}" if c.get("batch_size", 128) != 128 else ""
+    return f"{c['model']}_l{c['level']}_{c['variant']}{batch}_s{c['seed']}"
+
+
+def grid_cells(args) -> list:
+    extra = {} if args.batch_size == 128 else {"batch_size": args.batch_size}
+    configs = [{"model": m, "level": lv, "variant": v, "iters": args.iters, "seed": s, **extra}
+               for s in args.seeds for m in args.models for lv in args.levels for v in args.variants]
+    return [Cell(f"cells/{_run(c)}_i{c['iters']}", c) for c in configs]
+
+
+def run_cell(c: dict, *, data_dir, checkpoints, checkpoint_every: int, recompute: bool, device,
+             progress: bool) -> dict:
+    device = resolve_device(device)
+    (xp, yp), (xa, ya) = sdar_data(data_dir)
+    Path(checkpoints).mkdir(parents=True, exist_ok=True)
+    checkpoint = Path(checkpoints) / f"{_run(c)}.pt"
+    if recompute and checkpoint.exists():
+        checkpoint.unlink()
+    batch = c.get("batch_size", 128)
+    config = SDARConfig(batch_size=batch)
+    config = config if c["variant"] == "sdar" else config.ablation(c["variant"])
+    report = run_sdar(xp, yp, xa, ya, model=c["model"], level=c["level"], config=config, iterations=c["iters"],
+                      batch_size=batch,
+                      checkpoint=checkpoint, checkpoint_every=checkpoint_every, device=device, seed=c["seed"],
+                      progress=progress)
+    return {**c, "run": _run(c), **report.metrics, "baselines": report.baselines, "device": str(device),
+            "threads": torch.get_num_threads()}
+
+
+def official_curves() -> dict:
+    """``{"<model>_l<level>_<variant>": {"iterations": [...], "runs": [[...] x 5], "eval_mse": [...]}}``."""
+    data = json.loads(OFFICIAL.read_text())["experiments"]
+    out = {}
+    for key, e in data.items():
+        parts = key.split("/")
+        variant = "naive_sda" if parts[0] == "naive_sda" else "sdar"
+        out[f"{parts[-2]}_{parts[-1]}_{variant}"] = {"iterations": e["iterations"], "runs": e["attack_loss"],
+                                                    "eval_mse": e.get("eval_mse"), "paths": e.get("paths")}
+    return out
+
+
+def build_report(args) -> Path:
+    official = official_curves()
+    cells = sorted(ResultStore(args.out).records("cells/*.json"), key=lambda r: (r["run"], r["iters"]))
+    longest = {}
+    for r in cells:  # the longest cell of each run holds the whole curve
+        longest[r["run"]] = r
+    lines = ["SDAR (Zhu et al., NDSS'25), vanilla split learning, CIFAR-10: the official `attack_loss` (the running "
+             "mean over 100 iterations of the reconstruction MSE of the current private training batch, pixels in "
+             "[0, 1]) at the logged iterations, ours beside the mean ± std of the official code's five runs "
+             "(`unsplit/official/sdar_logs.json`). Command: `python benchmarks/sdar.py --data-dir DATA --models M "
+             "--levels L --variants V --iters N` (run = M_lL_V_sSEED).", ""]
+    marks = (99, 499, 999, 1999, 2999, 4999, 9999, 19999)
+    lines += ["| run | iterations | " + " | ".join(f"@{m + 1}" for m in marks) + " | s/it |",
+              "|---" * (len(marks) + 3) + "|"]
+    for run, r in longest.items():
+        ref = official.get(_setting(r))
+        cols = []
+        for m in marks:
+            ours = r["curve"].get(str(m))
+            theirs = _official_at(ref, m)
+            if ours is None and theirs is None:
+                cols.append("–")
+                continue
+            text = "–" if ours is None else f"{ours:.4f}"
+            if theirs is not None:
+                mean, sd = theirs
+                text += f" ({mean:.4f} ± {sd:.4f}" + (f", {100 * (ours - mean) / mean:+.0f}%)" if ours is not None
+                                                      else ")")
+            cols.append(text)
+        lines.append(f"| {run} | {r['iterations']} | " + " | ".join(cols) + f" | {r['seconds_per_iteration']:.2f} |")
+    lines += ["", "After training, the client's first 1,024 private images sent at inference, decoded by the server "
+                  "(conditioned on its own predicted labels): MSE / PSNR / SSIM, beside the mean auxiliary image and "
+                  "the class means of the auxiliary images (what the labels alone give).", "",
+              "| run | MSE | PSNR | SSIM | mean image MSE | class means MSE |", "|---|---|---|---|---|---|"]
+    for run, r in longest.items():
+        b = r["baselines"]
+        lines.append(f"| {run} | {r['mse']:.4f} | {r['psnr']:.2f} | {r['ssim']:.3f} | {b['mse']:.4f} | "
+                     f"{b['class_mean_mse']:.4f} |")
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = atomic_write_text(args.out / "report.md", "\n".join(lines) + "\n")
+    _plot(longest, official, args.out / "curves.png")
+    return path
+
+
+def _setting(r) -> str:
+    """The official experiment a cell compares with: ``<model>_l<level>_<variant>``."""
+    return f"{r['model']}_l{r['level']}_{r['variant']}"
+
+
+def _official_at(ref, m):
+    if ref is None or m not in ref["iterations"]:
+        return None
+    i = ref["iterations"].index(m)
+    values = [run[i] for run in ref["runs"] if i < len(run)]
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _plot(longest: dict, official: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not longest:
+        return
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for k, (run, r) in enumerate(longest.items()):
+        colour = f"C{k}"
+        its = sorted(int(i) for i in r["curve"])
+        ax.plot([i + 1 for i in its], [r["curve"][str(i)] for i in its], color=colour, label=f"{run} (ours)")
+        ref = official.get(_setting(r))
+        if ref is not None:
+            n = max(its) + 1 if its else 0
+            xs = [i for i in ref["iterations"] if i < max(n, 100) * 3.4]
+            means = [_official_at(ref, i)[0] for i in xs]
+            ax.plot([i + 1 for i in xs], means, color=colour, ls="--", label=f"{_setting(r)} (official, mean of 5)")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("attack MSE (training batch, running mean of 100)")
+    ax.set_yscale("log")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    atomic_save_figure(fig, path)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    runtime = {"data_dir": args.data_dir, "checkpoints": args.checkpoints, "checkpoint_every": args.checkpoint_every,
+               "recompute": args.recompute, "device": args.device, "progress": not args.quiet}
+    return run_benchmark(args, grid_cells(args), run_cell, runtime=runtime, report=build_report)
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_main(main))

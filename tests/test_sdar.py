@@ -1,0 +1,229 @@
+"""SDAR (Zhu et al., NDSS'25): the official networks at every level, effectiveness on a small generated problem, the
+attacker's view (labels only where the server owns them, no client weights), resumable state, config checks."""
+import pytest
+import torch
+from torch import nn
+
+from unsplit import Topology, train_split
+from unsplit.models import CifarResNet20, build_model
+from unsplit.sdar import SDAR, SDARConfig, SDARNetworks, decoder
+from unsplit.training import run_split
+
+
+def _images(n: int, seed: int):
+    """16x16 images of 4 classes: a coloured square whose colour and corner follow the class, on a noisy ground."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 4, (n,), generator=g)
+    x = 0.3 + 0.1 * torch.rand(n, 3, 16, 16, generator=g)
+    colours = torch.tensor([[1.0, 0.1, 0.1], [0.1, 1.0, 0.1], [0.1, 0.1, 1.0], [1.0, 1.0, 0.1]])
+    for i in range(n):
+        r, c = divmod(int(y[i]), 2)
+        off = torch.randint(0, 3, (2,), generator=g)
+        top, left = 2 + 7 * r + int(off[0]), 2 + 7 * c + int(off[1])
+        x[i, :, top:top + 5, left:left + 5] = colours[y[i]].view(3, 1, 1)
+    return x, y
+
+
+def _victim(seed: int = 0) -> Topology:
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.BatchNorm2d(8), nn.ReLU()),
+                          nn.Sequential(nn.Conv2d(8, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU()), nn.Flatten(),
+                          nn.Linear(16 * 4 * 4, 4))
+    return Topology.split(model, front_depth=0)
+
+
+def _small_networks(topology: Topology, config: SDARConfig, *, conditional: bool, seed: int = 0) -> SDARNetworks:
+    """The official decoder (layout from the shape) and small discriminators: the official ones are sized for
+    CIFAR-scale maps and would make the test slow."""
+    torch.manual_seed(seed)
+    from unsplit.models import fresh_copy
+    from unsplit.sdar import Conditioned, LabelMap
+
+    def dis(channels, size):
+        body = nn.Sequential(nn.Conv2d(channels + conditional, 16, 3, 2, 1), nn.LeakyReLU(0.2), nn.Flatten(),
+                             nn.Dropout(0.4), nn.Linear(16 * (size // 2) ** 2, 1))
+        return Conditioned(body, LabelMap(4, (size, size), 8) if conditional else None)
+
+    return SDARNetworks(fresh_copy(topology.front, seed=seed),
+                        decoder((8, 8, 8), image_shape=(3, 16, 16), num_classes=4, conditional=conditional,
+                                embed_dim=8),
+                        dis(8, 8) if config.lambda1 > 0 else None, dis(3, 16) if config.lambda2 > 0 else None)
+
+
+@pytest.mark.parametrize("level", [4, 5, 6, 7])
+@pytest.mark.parametrize("name", ["resnet20", "plainnet20"])
+def test_the_official_networks_fit_every_level(name, level):
+    model = build_model(name)
+    topology = Topology.split(model, front_depth=CifarResNet20.front_depth(level))
+    nets = SDARNetworks.official(topology.front, SDARConfig(), level=level)
+    z = topology.front(torch.rand(2, 3, 32, 32))
+    assert tuple(z.shape[1:]) == ((32, 16, 16) if level < 7 else (64, 8, 8))
+    y = torch.tensor([1, 2])
+    with torch.no_grad():
+        images = nets.decoder.eval()(z, y)
+    assert images.shape == (2, 3, 32, 32) and 0 <= float(images.min()) <= float(images.max()) <= 1
+    assert nets.simulator_dis.eval()(z, y).shape == (2, 1) and nets.decoder_dis.eval()(images, y).shape == (2, 1)
+    assert set(nets.simulator.state_dict()) == set(topology.front.state_dict())
+
+
+#: the official settings but for a discriminator that learns (and weighs) more on a problem this small
+TOY = SDARConfig(batch_size=32, lambda1=0.5, e_dis_lr=2e-4, d_lr=2e-3)
+
+
+def _attack(topology, config=None, *, front=None, seed=0):
+    config = config or TOY
+    x_aux, y_aux = _images(600, 1)
+    conditional = config.conditional if config.conditional is not None else True
+    nets = _small_networks(topology if front is None else Topology(front, topology.middle), config,
+                           conditional=conditional, seed=seed)
+    return SDAR(front or topology.front, topology.middle, x_aux, y_aux, config, num_classes=4, networks=nets, seed=seed)
+
+
+def test_sdar_reconstructs_far_better_than_the_mean_image_the_class_means_and_its_naive_ablation():
+    x, y = _images(600, 0)
+    x_aux, y_aux = _images(600, 1)
+    scores = {}
+    for name, config in (("sdar", TOY), ("naive", SDARConfig.naive(batch_size=32, d_lr=2e-3))):
+        topology = _victim()
+        attack = _attack(topology, config)
+        train_split(topology, x, y, epochs=18, batch_size=32, seed=0, callbacks=[attack])
+        run_split(topology, x[:200], callbacks=[attack])  # the client sends 200 private images after training
+        got = attack.result()
+        assert torch.equal(got.indices, torch.arange(200)) and attack.steps == 18 * 19
+        scores[name] = got.score(x[:200], reference=x_aux)  # baseline: the auxiliary images' mean image
+    class_means = torch.stack([x_aux[y_aux == k].mean(0) for k in range(4)])
+    labels_alone = float(((class_means[y[:200]] - x[:200]) ** 2).mean())  # what the labels alone give
+    sdar, naive = scores["sdar"]["mse"], scores["naive"]["mse"]
+    assert sdar < 0.4 * scores["sdar"]["baseline_mse"] and sdar < labels_alone, (scores, labels_alone)
+    assert sdar < 0.5 * naive, scores  # the adversarial regularisation is what works (the paper's ablation)
+
+
+def test_sdar_reads_neither_the_clients_weights_nor_anything_it_does_not_declare():
+    x, y = _images(200, 0)
+    runs = []
+    for poison in (False, True):
+        topology = _victim()
+        front = topology.front
+        if poison:  # the architecture the attacker is given carries NaN weights: it must use only the structure
+            front = _victim().front
+            with torch.no_grad():
+                for p in front.parameters():
+                    p.fill_(float("nan"))
+        attack = _attack(topology, front=front)
+        assert attack.observes == {"front.smashed", "front.labels"}
+        train_split(topology, x, y, epochs=1, batch_size=32, seed=0, callbacks=[attack])
+        runs.append(attack.result())
+    assert torch.isfinite(runs[0].images).all() and torch.equal(runs[0].images, runs[1].images)
+    u_shaped = Topology(_victim().front, nn.Identity(), nn.Identity())
+    assert "front.labels" not in u_shaped.observable()
+    with pytest.raises(ValueError, match="keeps its labels"):
+        u_shaped.check_observes({"front.smashed", "front.labels"})
+
+
+def test_a_checkpointed_run_resumes_the_attack_exactly(tmp_path):
+    x, y = _images(200, 0)
+    runs = []
+    for split in (False, True):
+        topology, path = _victim(), tmp_path / f"run{split}.pt"
+        attack = _attack(topology)
+        if split:
+            train_split(topology, x, y, epochs=2, batch_size=32, seed=0, max_steps=5, checkpoint=path,
+                        checkpoint_every=5, callbacks=[attack])
+            topology = _victim()
+            attack = _attack(topology)
+        train_split(topology, x, y, epochs=2, batch_size=32, seed=0, max_steps=10, checkpoint=path,
+                    checkpoint_every=5, callbacks=[attack])
+        runs.append(attack)
+    assert runs[0].history == runs[1].history and runs[1].steps == 10
+    assert torch.equal(runs[0].result().images, runs[1].result().images)
+
+
+def test_u_shaped_sdar_infers_labels_and_flips_its_auxiliary_labels():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, 16, 3, 2, 1), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(16 * 4 * 4, 4))
+    topology = Topology.split(model, front_depth=1, head_start=5)
+    x, y = _images(600, 0)
+    config = SDARConfig(batch_size=32, conditional=False, flip_rate=0.2, lambda2=0.0)
+    nets = _small_networks(Topology(topology.front, topology.middle), config, conditional=False)
+    nets.head = nn.Linear(16 * 4 * 4, 4)
+    attack = SDAR(topology.front, topology.middle, *_images(600, 1), config, num_classes=4, networks=nets)
+    assert attack.observes == {"front.smashed"}
+    train_split(topology, x, y, epochs=6, batch_size=32, seed=0, callbacks=[attack])
+    run_split(topology, x[:200], callbacks=[attack])
+    assert attack.labels().score(y[:200])["accuracy"] > 0.8
+    flipped = attack._flip(torch.zeros(10000, dtype=torch.long))
+    assert abs(float((flipped != 0).float().mean()) - 0.2 * 3 / 4) < 0.02
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(lambda1=-1.0), "lambda1"), (dict(flip_rate=1.5), "flip_rate"), (dict(e_lr=0.0), "e_lr"),
+    (dict(batch_size=0), "batch_size")])
+def test_a_bad_config_is_refused(bad, match):
+    with pytest.raises(ValueError, match=match):
+        SDARConfig(**bad)
+
+
+def test_the_ablations_and_the_settings_the_split_allows():
+    naive = SDARConfig.naive()
+    assert (naive.lambda1, naive.lambda2, naive.flip_rate, naive.conditional) == (0.0, 0.0, 0.0, False)
+    assert SDARConfig().ablation("no_e_dis").lambda1 == 0 and SDARConfig().simulator_dis_lr == pytest.approx(2e-5)
+    assert SDARConfig().decoder_dis_lr == pytest.approx(5e-9)
+    assert SDARConfig.u_shaped("plainnet20").lambda1 == 0.04
+    with pytest.raises(ValueError, match="ablation"):
+        SDARConfig().ablation("no_everything")
+    topology = _victim()
+    x_aux, y_aux = _images(40, 1)
+    with pytest.raises(ValueError, match="flip_rate"):
+        SDAR(topology.front, topology.middle, x_aux, y_aux, SDARConfig(flip_rate=0.2), num_classes=4)
+    with pytest.raises(ValueError, match="keeps its labels"):
+        SDAR(topology.front, topology.middle, x_aux, y_aux, SDARConfig(conditional=True), head=nn.Linear(256, 4),
+             num_classes=4)
+    with pytest.raises(ValueError, match=r"\[0, 4\)"):
+        SDAR(topology.front, topology.middle, x_aux, y_aux + 4, num_classes=4)
+    with pytest.raises(RuntimeError, match="observed nothing"):
+        _attack(topology).result()
+
+
+def test_the_demo_end_to_end_resumes_and_refuses_bad_input(tmp_path):
+    import json
+
+    from test_cli import run
+    from test_sladv import _tiny_cifar_tree
+
+    data = _tiny_cifar_tree(tmp_path / "data")  # 150 images: 75 private, 75 auxiliary
+    common = ["cifar", "--data-dir", data, "--level", 4, "--batch-size", 16, "--eval-count", 8, "--quiet"]
+    r = run("sdar_demo.py", *common, "--iters", 2, "--out", tmp_path / "out", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    m = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert m["attack"] == "sdar" and m["metrics"]["iterations"] == 2 and m["metrics"]["mse"] > 0
+    assert m["baselines"]["mse"] > 0 and m["official_mean_curve"]["99"] > 0
+    for png in ("reconstructions.png", "curve.png"):
+        assert (tmp_path / "out" / png).stat().st_size > 1000
+    again = run("sdar_demo.py", *common, "--iters", 2, "--out", tmp_path / "out", cwd=tmp_path)
+    assert again.returncode == 2 and "already holds results" in again.stderr
+    longer = run("sdar_demo.py", *common, "--iters", 3, "--out", tmp_path / "out", "--overwrite", cwd=tmp_path)
+    assert longer.returncode == 0 and json.loads((tmp_path / "out" / "metrics.json").read_text())["metrics"][
+        "iterations"] == 3
+    for bad in (["--level", 2], ["--iters", 0], ["--variant", "no_label_flip"], ["--batch-size", 1]):
+        r = run("sdar_demo.py", "cifar", "--data-dir", data, *bad, cwd=tmp_path)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, (bad, r.stderr)
+
+
+def test_the_benchmark_writes_a_cell_and_a_report_beside_the_official_logs(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    from test_sladv import _tiny_cifar_tree
+
+    spec = importlib.util.spec_from_file_location("sdar_bench", Path(__file__).parents[1] / "benchmarks/sdar.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    data = _tiny_cifar_tree(tmp_path / "data")
+    args = ["--data-dir", str(data), "--levels", "4", "--iters", "2", "--batch-size", "16", "--out",
+            str(tmp_path / "out"), "--checkpoints", str(tmp_path / "ck"), "--quiet"]
+    assert bench.main(args) == 0
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "resnet20_l4_sdar_b16_s0" in report and "0.0797" in report  # the official five-run mean at 100
+    assert (tmp_path / "out" / "curves.png").stat().st_size > 1000
+    assert bench.main(args) == 0  # a rerun skips the stored cell

@@ -1,0 +1,140 @@
+"""SDAR, passive reconstruction by an honest-but-curious server (Zhu, Luo, Wu, Jiang, Xiao, Ooi, NDSS'25).
+
+The server follows the protocol. With auxiliary CIFAR-10 images of its own, it trains a simulator of the client's
+front and a decoder, both regularised adversarially, one step per training step, and decodes the smashed data it
+receives. The client (ResNet-20 or PlainNet-20 split at --level) trains on half of CIFAR-10's 60,000 images; the
+server holds the other half, as the official code splits them.
+
+    unsplit-sdar cifar --level 7 --iters 20000          # the official run (about 3 s per iteration on 2 CPU cores)
+    unsplit-sdar cifar --level 4 --iters 500             # a first look
+    unsplit-sdar cifar --variant naive_sda                # the baseline: no adversarial regularisation
+    unsplit-sdar cifar --u-shaped                         # the client keeps the head: labels are inferred too
+
+Writes to --out: reconstructions.png (private images the client sends after training above the server's
+reconstructions), curve.png (the reconstruction error of each training batch, its running mean over 100 iterations
+and the official code's five-run mean where one exists), metrics.json. An interrupted run resumes from
+--out/checkpoint.pt when rerun with the same options.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+from ..cli import add_run_arguments, device_of, log, make_parser, run_main
+from ..models import CifarResNet20
+from ..sdar import ABLATIONS, SDARConfig, run_sdar, sdar_data
+from ..util import atomic_save_figure, atomic_write_json, running_mean, save_image_grid, seed_everything, unique_dir
+
+__all__ = ["main", "cli", "parse_args", "VARIANTS"]
+
+VARIANTS = ("sdar",) + ABLATIONS
+#: the official code's logs (zhxchd/SDAR_SplitNN): five runs per setting, attack_loss every 100 iterations
+OFFICIAL = Path(__file__).resolve().parents[1] / "official" / "sdar_logs.json"
+
+
+def parse_args(argv=None):
+    p = make_parser(__doc__)
+    p.add_argument("dataset", choices=("cifar",), help="CIFAR-10 (the official code's main dataset)")
+    p.add_argument("--model", choices=("resnet20", "plainnet20"), default="resnet20")
+    p.add_argument("--level", type=int, choices=CifarResNet20.LEVELS, default=7,
+                   help="split level: the client holds the stem and this many residual blocks")
+    p.add_argument("--iters", type=int, default=20_000, help="training iterations (official: 20,000)")
+    p.add_argument("--batch-size", type=int, default=128, help="private (and auxiliary) images per iteration")
+    p.add_argument("--variant", choices=VARIANTS, default="sdar", help="SDAR or one of the official ablations")
+    p.add_argument("--u-shaped", action="store_true", help="the client keeps the head (labels are inferred too)")
+    p.add_argument("--eval-count", type=int, default=1024, help="private images sent after training")
+    add_run_arguments(p)
+    args = p.parse_args(argv)
+    if args.iters < 1 or args.eval_count < 1 or args.batch_size < 2:
+        p.error("--iters and --eval-count must be >= 1, --batch-size >= 2")
+    if args.variant == "no_label_flip" and not args.u_shaped:
+        p.error("--variant no_label_flip applies to --u-shaped (vanilla split learning flips no labels)")
+    return args
+
+
+def _out_dir(args) -> Path:
+    name = f"sdar-{args.model}-l{args.level}-{args.variant}" + ("-u" if args.u_shaped else "")
+    if args.out is None:
+        return unique_dir(Path("results") / name)
+    out = Path(args.out)
+    if (out / "metrics.json").exists() and not args.overwrite:
+        raise FileExistsError(f"{out} already holds results (metrics.json); pass --overwrite or another --out")
+    if args.overwrite and (out / "checkpoint.pt").exists() and (out / "metrics.json").exists():
+        (out / "checkpoint.pt").unlink()  # start afresh: the finished run's state must not be resumed
+    return out
+
+
+def _official(args):
+    """The official five-run mean ``attack_loss`` curve of this setting, or ``None``."""
+    if args.u_shaped or args.variant not in ("sdar", "naive_sda") or not OFFICIAL.exists():
+        return None
+    key = ("naive_sda/" if args.variant == "naive_sda" else "") + f"vsl/cifar10/{args.model}/l{args.level}"
+    e = json.loads(OFFICIAL.read_text())["experiments"].get(key)
+    if e is None:
+        return None
+    return {it: sum(r[i] for r in e["attack_loss"]) / len(e["attack_loss"]) for i, it in enumerate(e["iterations"])}
+
+
+def _curve(path: Path, errors: list, official) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(errors, color="0.8", lw=0.6, label="per training batch")
+    ax.plot(running_mean(errors, 100), color="C0", label="running mean (100)")
+    if official:
+        shown = {i: v for i, v in official.items() if i < max(len(errors), 100)}
+        ax.plot(list(shown), list(shown.values()), "--", color="C3", label="official code (mean of 5 runs)")
+    ax.set(xlabel="iteration", ylabel="reconstruction MSE, [0, 1]", yscale="log", title="SDAR")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    atomic_save_figure(fig, path)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    """The demo: parse ``argv``, run the attack (resumable), write the figures and ``metrics.json``; the exit code."""
+    args = parse_args(argv)
+    device = device_of(args)
+    seed_everything(args.seed)
+    out = _out_dir(args)
+    (xp, yp), (xa, ya) = sdar_data(args.data_dir, download=not args.no_download)
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint = out / "checkpoint.pt"
+    if checkpoint.exists():
+        log(args, f"resuming from {checkpoint}")
+    base = SDARConfig.u_shaped(args.model, batch_size=args.batch_size) if args.u_shaped else SDARConfig(
+        batch_size=args.batch_size)
+    config = base if args.variant == "sdar" else base.ablation(args.variant)
+    log(args, f"SDAR ({args.variant}) on {args.model}, level {args.level}, {'U-shaped' if args.u_shaped else 'vanilla'}"
+              f" split learning: {args.iters} iterations ...")
+    report = run_sdar(xp, yp, xa, ya, model=args.model, level=args.level, u_shaped=args.u_shaped, config=config,
+                      iterations=args.iters, batch_size=args.batch_size, eval_count=args.eval_count,
+                      checkpoint=checkpoint, device=device,
+                      seed=args.seed, progress=not args.quiet)
+    rec = report.artefacts["reconstructions"]
+    shown = slice(0, 10)
+    save_image_grid(out / "reconstructions.png", [xp[rec.indices[shown]], rec.images[shown]],
+                    row_labels=["private (sent after training)", "SDAR"])
+    official = _official(args)
+    _curve(out / "curve.png", report.artefacts["monitor"].errors, official)
+    m = report.metrics
+    log(args, f"after training: MSE {m['mse']:.4f} (mean image {report.baselines['mse']:.4f}, class means "
+              f"{report.baselines['class_mean_mse']:.4f}), SSIM {m['ssim']:.3f}"
+              + (f", label accuracy {m['label_accuracy']:.3f}" if "label_accuracy" in m else "") + f" -> {out}")
+    atomic_write_json(out / "metrics.json", {
+        **report.to_json(), "official_mean_curve": official,
+        "environment": {"torch": torch.__version__, "python": platform.python_version(), "device": str(device)}})
+    return 0
+
+
+def cli() -> None:
+    """The console entry point ``unsplit-sdar``."""
+    sys.exit(run_main(main))
