@@ -51,7 +51,7 @@ def test_label_inference_notebook(tiny_mnist, tmp_path, monkeypatch):
 
 def test_fsha_notebook(tiny_mnist, tmp_path, monkeypatch):
     images, text = _execute("fsha.ipynb", {
-        "DATA_DIR": str(tiny_mnist), "ITERS": 12, "BATCH_SIZE": 8, "DETECT_ITERS": 30, "PRECISION": "bf16",
+        "DATA_DIR": str(tiny_mnist), "ITERS": 12, "BATCH_SIZE": 8, "DETECT_ITERS": 30, "PRECISION": "auto",
         "CLIENT_ITERS": 4,
     }, tmp_path, monkeypatch)
     assert len(images) == 4, "expected the error curve, the reconstructions, the SplitGuard plot and the GAN samples"

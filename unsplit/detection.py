@@ -25,6 +25,7 @@ from torch import nn
 
 from .base import Detection, Report, configure
 from .protocol import Defense, SplitCallback, StepContext
+from .util import resolve_precision
 
 __all__ = ["SplitGuard", "splitguard_score", "DETECTION_SERVERS", "label_private_topology", "SplitGuardRunConfig",
            "run_splitguard", "run_detection"]
@@ -212,7 +213,8 @@ class SplitGuardRunConfig:
         server: one of :data:`DETECTION_SERVERS`: ``"honest"``, ``"fsha"`` or ``"fsha+dummy"`` (FSHA with the
             paper's detection evasion).
         steps: training steps (``None`` or 0: one epoch; more run further epochs). batch_size: 64.
-        threshold: SplitGuard's alarm threshold (0.5). precision: ``"fp32"`` or ``"bf16"``.
+        threshold: SplitGuard's alarm threshold (0.5). precision: ``"fp32"``, ``"bf16"`` or ``"auto"`` (bf16 where
+            the device computes it natively, else fp32: :func:`unsplit.util.resolve_precision`).
         checkpoint, checkpoint_every: resume a long run (see :func:`unsplit.training.train_split`). progress: a bar.
     """
 
@@ -220,7 +222,7 @@ class SplitGuardRunConfig:
     steps: Optional[int] = None
     batch_size: int = 64
     threshold: float = 0.5
-    precision: str = "bf16"
+    precision: str = "auto"
     checkpoint: Optional[Union[str, Path]] = None
     checkpoint_every: int = 250
     progress: bool = False
@@ -233,8 +235,8 @@ class SplitGuardRunConfig:
                              f"{self.steps}, {self.batch_size}, {self.checkpoint_every}")
         if not 0 <= self.threshold <= 1:
             raise ValueError(f"threshold must lie in [0, 1], got {self.threshold!r}")
-        if self.precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be fp32 or bf16, got {self.precision!r}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
 
 
 def _client_accuracy(topology, answer: nn.Module, x_test: torch.Tensor, y_test: torch.Tensor, device) -> float:
@@ -277,6 +279,7 @@ def run_splitguard(x_private: torch.Tensor, y_private: torch.Tensor, x_public: t
     from .training import StepLosses, StepTimer, adam, draws_own_batches, train_split
 
     config = configure(SplitGuardRunConfig, config, settings)
+    config = dataclasses.replace(config, precision=resolve_precision(config.precision, device))
     steps = config.steps or len(x_private) // config.batch_size
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -40,7 +40,7 @@ from .experiments import TrainingCase, inversion_experiment, label_experiment, t
 from .grid import Cell, ResultStore, fold_seeds, run_grid
 from .models import MODELS, build_model, split
 from .protocol import Defense, Topology
-from .util import atomic_write_json, atomic_write_text, resolve_device
+from .util import atomic_write_json, atomic_write_text, resolve_device, resolve_precision
 
 __all__ = ["ROWS", "SWEEPS", "Column", "AttackSpec", "ATTACKS", "MatrixSettings", "applicability", "run_cell",
            "protection", "DefenseRow", "defense_row"]
@@ -150,7 +150,8 @@ def _fsha(c, defense, *, data_dir, cache_dir, device, progress) -> dict:
     xs, ys, xp, _ = fsha_data(c["dataset"], data_dir=data_dir, download=False)
     checkpoint = Path(cache_dir) / "fsha_matrix" / (
         f"{c['dataset']}_{c['defense'].replace(':', '-')}_i{c['fsha_iters']}_s{c['seed']}.pt")
-    run = run_fsha(xs, xp, labels=ys, level=4, iterations=c["fsha_iters"], precision="bf16", defenses=[defense],
+    run = run_fsha(xs, xp, labels=ys, level=4, iterations=c["fsha_iters"],
+                   precision=resolve_precision("auto", device), defenses=[defense],
                    checkpoint=checkpoint, checkpoint_every=250, device=device, seed=c["seed"], progress=progress)
     probe, mean_image = _fsha_probe(xs, xp)
     final = reconstruction_error(run.topology.front, run.server, probe, device=device)
