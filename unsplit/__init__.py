@@ -18,13 +18,13 @@ Layout (see ``docs/architecture.md``):
 * the attacks, one module per paper: :mod:`unsplit.attacks` (UnSplit, Erdogan et al. WPES'22),
   :mod:`unsplit.similarity` (Liu et al. TIFS 2024), :mod:`unsplit.fsha` (Pasquini et al. CCS'21; its
   malicious client: :mod:`unsplit.fsha_client`),
-  :mod:`unsplit.sladv` (Fan et al. ECAI'23);
+  :mod:`unsplit.sladv` (Fan et al. ECAI'23), :mod:`unsplit.sdar` (Zhu et al. NDSS'25);
 * the defenses: :mod:`unsplit.defenses`, and the detector SplitGuard in :mod:`unsplit.detection`;
 * experiments and tools: :mod:`unsplit.experiments` (UnSplit's runners), :mod:`unsplit.matrix` (the attack x
   defense matrix as a call), :mod:`unsplit.grid` (resumable cells), :mod:`unsplit.models` (the model registry),
   :mod:`unsplit.cache` (the trained-model cache), :mod:`unsplit.data`, :mod:`unsplit.util`;
 * the command line: :mod:`unsplit.cli` (shared options) and :mod:`unsplit.demos` (``unsplit-inversion``,
-  ``unsplit-labels``, ``unsplit-fsha``, ``unsplit-sladv``).
+  ``unsplit-labels``, ``unsplit-fsha``, ``unsplit-sladv``, ``unsplit-sdar``).
 
 The names below are importable from ``unsplit`` itself; modules load when first used.
 """
@@ -45,6 +45,7 @@ _EXPORTS = {
     "fsha": ("FSHA", "FSHAConfig", "FSHANetworks", "run_fsha"),
     "fsha_client": ("GANClient", "GANClientConfig", "run_gan_client"),
     "sladv": ("SLADV", "SLADVConfig", "run_sladv"),
+    "sdar": ("SDAR", "SDARConfig", "run_sdar"),
     "detection": ("SplitGuard", "run_splitguard"),
     "matrix": ("defense_row", "MatrixSettings"),
     "models": ("build_model",),

@@ -10,9 +10,9 @@ config dataclass holding the paper's defaults. A user drops it into :func:`~unsp
     result = attack.result()                                            # typed: what the attacker obtained
     print(result.score(x[result.indices]))                              # ground truth enters only here
 
-One result class per kind of outcome: :class:`Reconstructions` (UnSplit inversion, FSHA), :class:`Labels`
-(UnSplit and similarity label inference), :class:`AdversarialExamples` (SLADV), :class:`GeneratedSamples` (FSHA's
-malicious client), :class:`Detection` (SplitGuard).
+One result class per kind of outcome: :class:`Reconstructions` (UnSplit inversion, FSHA, SDAR), :class:`Labels`
+(UnSplit and similarity label inference, U-shaped SDAR), :class:`AdversarialExamples` (SLADV),
+:class:`GeneratedSamples` (FSHA's malicious client), :class:`Detection` (SplitGuard).
 Each holds only what the attacker (or detector) computed; its ``score`` method is metric code (:mod:`unsplit.metrics`)
 that takes the ground truth and reports the attack beside its trivial baseline.
 
