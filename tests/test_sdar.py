@@ -185,7 +185,7 @@ def test_the_ablations_and_the_settings_the_split_allows():
         _attack(topology).result()
 
 
-def test_the_demo_end_to_end_resumes_and_refuses_bad_input(tmp_path):
+def test_the_demo_end_to_end_resumes_and_refuses_bad_input(tmp_path, capsys):
     import json
 
     from test_cli import run
@@ -205,9 +205,14 @@ def test_the_demo_end_to_end_resumes_and_refuses_bad_input(tmp_path):
     longer = run("sdar_demo.py", *common, "--iters", 3, "--out", tmp_path / "out", "--overwrite", cwd=tmp_path)
     assert longer.returncode == 0 and json.loads((tmp_path / "out" / "metrics.json").read_text())["metrics"][
         "iterations"] == 3
+    from unsplit.demos import sdar as demo
+
     for bad in (["--level", 2], ["--iters", 0], ["--variant", "no_label_flip"], ["--batch-size", 1]):
-        r = run("sdar_demo.py", "cifar", "--data-dir", data, *bad, cwd=tmp_path)
-        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, (bad, r.stderr)
+        with pytest.raises(SystemExit) as exit_info:  # argparse's exit, in process: one line, code 2
+            demo.parse_args(["cifar", "--data-dir", str(data), *map(str, bad)])
+        assert exit_info.value.code == 2, bad
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1, (bad, err)
 
 
 def test_the_benchmark_writes_a_cell_and_a_report_beside_the_official_logs(tmp_path):
