@@ -20,7 +20,6 @@ logged iteration both ran. A cell resumes from its checkpoint (``--checkpoints``
 """
 from __future__ import annotations
 
-import json
 import statistics
 from pathlib import Path
 
@@ -28,9 +27,8 @@ import torch
 
 from unsplit.cli import make_parser, run_main
 from unsplit.data import default_data_dir
-from unsplit.demos.sdar import OFFICIAL  # the official logs, shipped with the package
 from unsplit.grid import Cell, ResultStore, add_grid_arguments, run_benchmark
-from unsplit.sdar import SDARConfig, run_sdar, sdar_data
+from unsplit.sdar import SDARConfig, SDARRunConfig, official_attack_loss, run_sdar, sdar_data
 from unsplit.util import atomic_save_figure, atomic_write_text, resolve_device
 
 VARIANTS = ("sdar", "naive_sda")
@@ -95,32 +93,28 @@ def run_cell(c: dict, *, data_dir, checkpoints, checkpoint_every: int, recompute
     checkpoint = Path(checkpoints) / f"{_run(c)}.pt"
     if recompute and checkpoint.exists():
         checkpoint.unlink()
-    batch = c.get("batch_size", 128)
-    config = SDARConfig(batch_size=batch)
-    config = config if c["variant"] == "sdar" else config.ablation(c["variant"])
-    report = run_sdar(xp, yp, xa, ya, model=c["model"], level=c["level"], config=config, iterations=c["iters"],
-                      batch_size=batch,
-                      checkpoint=checkpoint, checkpoint_every=checkpoint_every, device=device, seed=c["seed"],
-                      progress=progress)
-    return {**c, "run": _run(c), **report.metrics, "baselines": report.baselines, "device": str(device),
-            "threads": torch.get_num_threads()}
+    attack = SDARConfig() if c["variant"] == "sdar" else SDARConfig().ablation(c["variant"])
+    run = SDARRunConfig(model=c["model"], level=c["level"], attack=attack, iterations=c["iters"],
+                        batch_size=c.get("batch_size", 128), checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+                        progress=progress)
+    report = run_sdar(xp, yp, xa, ya, run, device=device, seed=c["seed"])
+    return {**c, "run": _run(c), **report.metrics, "curve": report.artefacts["curve"], "baselines": report.baselines,
+            "device": str(device), "threads": torch.get_num_threads()}
 
 
-def official_curves() -> dict:
-    """``{"<model>_l<level>_<variant>": {"iterations": [...], "runs": [[...] x 5], "eval_mse": [...]}}``."""
-    data = json.loads(OFFICIAL.read_text())["experiments"]
+def official_curves(records) -> dict:
+    """The official five runs of each record's setting: ``{setting: {iteration: [5 values]}}``."""
     out = {}
-    for key, e in data.items():
-        parts = key.split("/")
-        variant = "naive_sda" if parts[0] == "naive_sda" else "sdar"
-        out[f"{parts[-2]}_{parts[-1]}_{variant}"] = {"iterations": e["iterations"], "runs": e["attack_loss"],
-                                                    "eval_mse": e.get("eval_mse"), "paths": e.get("paths")}
+    for r in records:
+        runs = official_attack_loss(r["model"], r["level"], r["variant"])
+        if runs is not None:
+            out[_setting(r)] = runs
     return out
 
 
 def build_report(args) -> Path:
-    official = official_curves()
     cells = sorted(ResultStore(args.out).records("cells/*.json"), key=lambda r: (r["run"], r["iters"]))
+    official = official_curves(cells)
     longest = {}
     for r in cells:  # the longest cell of each run holds the whole curve
         longest[r["run"]] = r
@@ -148,6 +142,16 @@ def build_report(args) -> Path:
                                                       else ")")
             cols.append(text)
         lines.append(f"| {run} | {r['iterations']} | " + " | ".join(cols) + f" | {r['seconds_per_iteration']:.2f} |")
+    lines += ["", "Every logged iteration both ran (99, 199, ...): how many of ours lie within ±20% of the official "
+                  "five-run mean, and the largest deviation.", "", "| run | within ±20% | largest deviation |",
+              "|---|---|---|"]
+    for run, r in longest.items():
+        ref = official.get(_setting(r)) or {}
+        gaps = {int(i): v / statistics.mean(ref[int(i)]) - 1 for i, v in r["curve"].items() if int(i) in ref}
+        if gaps:
+            worst = max(gaps, key=lambda i: abs(gaps[i]))
+            inside = sum(abs(g) <= 0.2 for g in gaps.values())
+            lines.append(f"| {run} | {inside} of {len(gaps)} | {100 * gaps[worst]:+.0f}% at iteration {worst} |")
     lines += ["", "After training, the client's first 1,024 private images sent at inference, decoded by the server "
                   "(conditioned on its own predicted labels): MSE / PSNR / SSIM, beside the mean auxiliary image and "
                   "the class means of the auxiliary images (what the labels alone give).", "",
@@ -168,10 +172,9 @@ def _setting(r) -> str:
 
 
 def _official_at(ref, m):
-    if ref is None or m not in ref["iterations"]:
+    if ref is None or m not in ref:
         return None
-    i = ref["iterations"].index(m)
-    values = [run[i] for run in ref["runs"] if i < len(run)]
+    values = ref[m]
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
@@ -190,8 +193,8 @@ def _plot(longest: dict, official: dict, path: Path) -> None:
         ax.plot([i + 1 for i in its], [r["curve"][str(i)] for i in its], color=colour, label=f"{run} (ours)")
         ref = official.get(_setting(r))
         if ref is not None:
-            n = max(its) + 1 if its else 0
-            xs = [i for i in ref["iterations"] if i < max(n, 100) * 3.4]
+            shown = max(max(its, default=0) + 1, 100) * 3  # the official curve a little past ours
+            xs = [i for i in sorted(ref) if i < shown]
             means = [_official_at(ref, i)[0] for i in xs]
             ax.plot([i + 1 for i in xs], means, color=colour, ls="--", label=f"{_setting(r)} (official, mean of 5)")
     ax.set_xlabel("iteration")

@@ -100,6 +100,7 @@ def test_sdar_reconstructs_far_better_than_the_mean_image_the_class_means_and_it
 
 def test_sdar_reads_neither_the_clients_weights_nor_anything_it_does_not_declare():
     x, y = _images(200, 0)
+    x_aux, y_aux = _images(200, 1)
     runs = []
     for poison in (False, True):
         topology = _victim()
@@ -109,11 +110,31 @@ def test_sdar_reads_neither_the_clients_weights_nor_anything_it_does_not_declare
             with torch.no_grad():
                 for p in front.parameters():
                     p.fill_(float("nan"))
-        attack = _attack(topology, front=front)
+        attack = SDAR(front, topology.middle, x_aux, y_aux, SDARConfig(batch_size=32), num_classes=4)  # official nets
         assert attack.observes == {"front.smashed", "front.labels"}
         train_split(topology, x, y, epochs=1, batch_size=32, seed=0, callbacks=[attack])
         runs.append(attack.result())
     assert torch.isfinite(runs[0].images).all() and torch.equal(runs[0].images, runs[1].images)
+
+
+def test_the_labels_reach_the_server_only_where_it_owns_them():
+    from unsplit.protocol import SplitCallback
+
+    class Seen(SplitCallback):
+        observes = frozenset({"front.smashed", "front.labels"})
+
+        def __init__(self):
+            self.pairs = []
+
+        def on_cut(self, event):
+            self.pairs.append((event.phase, event.indices.clone(), event.labels))
+
+    x, y = _images(64, 0)
+    topology, seen = _victim(), Seen()
+    train_split(topology, x, y, epochs=1, batch_size=16, seed=0, callbacks=[seen])
+    run_split(topology, x[:16], callbacks=[seen])
+    assert all(torch.equal(labels, y[idx]) for phase, idx, labels in seen.pairs if phase == "train")
+    assert [labels for phase, _, labels in seen.pairs if phase == "inference"] == [None]
     u_shaped = Topology(_victim().front, nn.Identity(), nn.Identity())
     assert "front.labels" not in u_shaped.observable()
     with pytest.raises(ValueError, match="keeps its labels"):
@@ -147,7 +168,8 @@ def test_u_shaped_sdar_infers_labels_and_flips_its_auxiliary_labels():
     config = SDARConfig(batch_size=32, conditional=False, flip_rate=0.2, lambda2=0.0)
     nets = _small_networks(Topology(topology.front, topology.middle), config, conditional=False)
     nets.head = nn.Linear(16 * 4 * 4, 4)
-    attack = SDAR(topology.front, topology.middle, *_images(600, 1), config, num_classes=4, networks=nets)
+    attack = SDAR(topology.front, topology.middle, *_images(600, 1), config, head=topology.head, num_classes=4,
+                  networks=nets)
     assert attack.observes == {"front.smashed"}
     train_split(topology, x, y, epochs=6, batch_size=32, seed=0, callbacks=[attack])
     run_split(topology, x[:200], callbacks=[attack])
@@ -183,6 +205,18 @@ def test_the_ablations_and_the_settings_the_split_allows():
         SDAR(topology.front, topology.middle, x_aux, y_aux + 4, num_classes=4)
     with pytest.raises(RuntimeError, match="observed nothing"):
         _attack(topology).result()
+    with pytest.raises(ValueError, match="together with networks.head"):
+        SDAR(topology.front, topology.middle, x_aux, y_aux, TOY, head=nn.Linear(256, 4), num_classes=4,
+             networks=_small_networks(topology, TOY, conditional=False))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        SDAR(topology.front, topology.middle, x_aux * 2, y_aux, num_classes=4)
+    with pytest.raises(ValueError, match="does not fit"):
+        decoder((32, 16, 16), level=7)  # level 7 smashes to 8x8
+    from unsplit.sdar import SDARRunConfig
+
+    assert SDARRunConfig(level=8).steps == 40_000 and SDARRunConfig().steps == 20_000  # the official lengths
+    with pytest.raises(ValueError, match="level"):
+        SDARRunConfig(level=9, u_shaped=True)
 
 
 def test_the_demo_end_to_end_resumes_and_refuses_bad_input(tmp_path, capsys):
@@ -197,14 +231,15 @@ def test_the_demo_end_to_end_resumes_and_refuses_bad_input(tmp_path, capsys):
     assert r.returncode == 0, r.stderr
     m = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert m["attack"] == "sdar" and m["metrics"]["iterations"] == 2 and m["metrics"]["mse"] > 0
-    assert m["baselines"]["mse"] > 0 and m["official_mean_curve"]["99"] > 0
+    assert m["baselines"]["mse"] > 0 and m["official_mean_curve"] is None  # batches of 16: not the official runs
     for png in ("reconstructions.png", "curve.png"):
         assert (tmp_path / "out" / png).stat().st_size > 1000
     again = run("sdar_demo.py", *common, "--iters", 2, "--out", tmp_path / "out", cwd=tmp_path)
     assert again.returncode == 2 and "already holds results" in again.stderr
-    longer = run("sdar_demo.py", *common, "--iters", 3, "--out", tmp_path / "out", "--overwrite", cwd=tmp_path)
-    assert longer.returncode == 0 and json.loads((tmp_path / "out" / "metrics.json").read_text())["metrics"][
-        "iterations"] == 3
+    (tmp_path / "out" / "metrics.json").unlink()  # an interrupted run resumes from its checkpoint
+    longer = run("sdar_demo.py", *common[:-1], "--iters", 3, "--out", tmp_path / "out", cwd=tmp_path)
+    assert longer.returncode == 0 and "resuming" in longer.stdout, longer.stderr
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["metrics"]["iterations"] == 3
     from unsplit.demos import sdar as demo
 
     for bad in (["--level", 2], ["--iters", 0], ["--variant", "no_label_flip"], ["--batch-size", 1]):
@@ -232,3 +267,30 @@ def test_the_benchmark_writes_a_cell_and_a_report_beside_the_official_logs(tmp_p
     assert "resnet20_l4_sdar_b16_s0" in report and "0.0797" in report  # the official five-run mean at 100
     assert (tmp_path / "out" / "curves.png").stat().st_size > 1000
     assert bench.main(args) == 0  # a rerun skips the stored cell
+
+
+def test_the_monitor_logs_the_official_attack_loss_and_run_sdar_runs_u_shaped():
+    from unsplit.sdar import SDARMonitor, run_sdar
+
+    x, y = _images(200, 0)
+    topology = _victim()
+    attack = _attack(topology)
+    monitor = SDARMonitor(attack, x, window=2)
+    train_split(topology, x[:128], y[:128], epochs=1, batch_size=32, seed=0, callbacks=[attack, monitor])
+    errors = monitor.errors
+    assert len(errors) == 4 and monitor.curve() == {"1": pytest.approx((errors[0] + errors[1]) / 2),
+                                                    "3": pytest.approx((errors[2] + errors[3]) / 2)}
+    latest = attack.latest()
+    assert errors[-1] == pytest.approx(float(((latest.images - x[latest.indices]) ** 2).mean()))
+    from unsplit.sdar import official_attack_loss
+
+    runs = official_attack_loss("resnet20", 4)  # the official logs: five runs, every 100 iterations
+    assert len(runs) == 200 and sum(runs[99]) / 5 == pytest.approx(0.0797, abs=1e-4)
+    assert official_attack_loss("resnet20", 5) is None and official_attack_loss("resnet20", 7, "no_cond") is None
+    g = torch.Generator().manual_seed(0)
+    xs, ys = torch.rand(96, 3, 32, 32, generator=g), torch.arange(96) % 10
+    report = run_sdar(xs[:48], ys[:48], xs[48:], ys[48:], model="resnet20", level=4, u_shaped=True, iterations=2,
+                      batch_size=16, eval_count=16)
+    assert 0 <= report.metrics["label_accuracy"] <= 1 and report.metrics["iterations"] == 2
+    assert report.config["steps"] == 2 and report.artefacts["attack"].nets.head is not None
+    assert report.artefacts["attack"].config.batch_size == 16  # one batch size for private and auxiliary data

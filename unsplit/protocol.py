@@ -321,7 +321,8 @@ class StepContext:
     Attributes:
         epoch: 0-based epoch; step: 0-based step within it; indices: ``(B,)`` dataset indices of the batch.
         labels: ``(B,)`` the labels the label owner trains on this step (after the ``labels`` hooks), given to the
-            label owner's ``head_gradient`` hook; ``None`` for the other hooks.
+            label owner's ``head_gradient`` hook (and, in vanilla split learning, where the server owns them, to
+            the front-cut event: ``"front.labels"``); ``None`` for the other hooks.
         phase: ``"train"`` or ``"inference"``.
         client: the position in the client schedule of the client whose turn this is (``0`` with one client); a
             turn on a client's own batch (not the training data) has ``indices`` all ``-1``.

@@ -22,18 +22,21 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Attack, Labels, Reconstructions, Report
+from .base import Attack, Labels, Reconstructions, Report, configure
+from .fsha import ReconstructionMonitor
 from .models import fresh_copy, keras_init
 from .protocol import SplitCallback, Topology
 
-__all__ = ["SDARConfig", "ABLATIONS", "SDARNetworks", "SDAR", "SDARMonitor", "run_sdar", "sdar_data", "LabelMap",
-           "Conditioned", "decoder", "simulator_discriminator", "decoder_discriminator"]
+__all__ = ["SDARConfig", "ABLATIONS", "SDARNetworks", "SDAR", "SDARMonitor", "SDARRunConfig", "run_sdar", "sdar_data",
+           "OFFICIAL_LOGS", "official_attack_loss", "LabelMap", "Conditioned", "decoder", "simulator_discriminator",
+           "decoder_discriminator"]
 
 Architecture = Union[nn.Module, Callable[[], nn.Module]]
 
@@ -178,6 +181,9 @@ def decoder(smashed_shape: Sequence[int], *, image_shape: Sequence[int] = (3, 32
     if h < 1 or size % h or (size // h) & (size // h - 1):
         raise ValueError(f"the smashed size {h} must divide the image size {size} by a power of two")
     if level is not None:
+        if not 3 <= level <= 9 or 2 ** ((level >= 7) + (level >= 4)) != size // h:
+            raise ValueError(f"level {level} (3-9) does not fit a {h}x{h} smashed map and {size}x{size} images: the "
+                             "official layout upsamples once at levels 4-6 and twice at 7-9")
         ops = ([("ct", 64)] * (level >= 9) + [("ct", 64)] * (level >= 8) + [("up", 64)] * (level >= 7)
                + [("ct", 32)] * (level >= 6) + [("ct", 32)] * (level >= 5) + [("up", 32)] * (level >= 4))
     else:
@@ -195,10 +201,11 @@ def decoder(smashed_shape: Sequence[int], *, image_shape: Sequence[int] = (3, 32
     return _conditioned(nn.Sequential(*layers), num_classes, smashed_shape[1:], conditional, embed_dim)
 
 
-def _critic_head(body: nn.Sequential, in_shape: Sequence[int]) -> nn.Sequential:
+def _with_logit(body: nn.Sequential, in_shape: Sequence[int]) -> nn.Sequential:
+    """``body`` then dropout 0.4 and a linear logit sized by one probe pass (eval mode: no statistics change)."""
     with torch.no_grad():
-        flat = body(torch.zeros(2, *in_shape)).flatten(1).shape[1]
-    return nn.Sequential(*body, nn.Flatten(), nn.Dropout(0.4), nn.Linear(flat, 1))
+        flat = body.eval()(torch.zeros(2, *in_shape)).flatten(1).shape[1]
+    return nn.Sequential(*body.train(), nn.Flatten(), nn.Dropout(0.4), nn.Linear(flat, 1))
 
 
 def simulator_discriminator(smashed_shape: Sequence[int], *, num_classes: int = 10, conditional: bool = True,
@@ -220,7 +227,7 @@ def simulator_discriminator(smashed_shape: Sequence[int], *, num_classes: int = 
         layers += [nn.Conv2d(width, 256, 3, padding=1), _bn(256), nn.LeakyReLU(0.2)]
         width = 256
     layers.append(nn.Conv2d(256, 256, 3, 2, padding=1))
-    body = _critic_head(nn.Sequential(*layers), (in_c, h, h))
+    body = _with_logit(nn.Sequential(*layers), (in_c, h, h))
     return _conditioned(body, num_classes, smashed_shape[1:], conditional, embed_dim)
 
 
@@ -233,7 +240,7 @@ def decoder_discriminator(image_shape: Sequence[int] = (3, 32, 32), *, num_class
               nn.Conv2d(64, 128, 3, 2, padding=1), _bn(128), nn.LeakyReLU(0.2),
               nn.Conv2d(128, 128, 3, 2, padding=1), _bn(128), nn.LeakyReLU(0.2),
               nn.Conv2d(128, 256, 3, 2, padding=1), nn.LeakyReLU(0.2)]
-    body = _critic_head(nn.Sequential(*layers), (in_c, *image_shape[1:]))
+    body = _with_logit(nn.Sequential(*layers), (in_c, *image_shape[1:]))
     return _conditioned(body, num_classes, image_shape[1:], conditional, embed_dim)
 
 
@@ -255,23 +262,25 @@ class SDARNetworks:
                  head: Optional[Architecture] = None, seed: int = 0) -> "SDARNetworks":
         """The official networks for a front of architecture ``front`` (only its structure is used) on inputs of
         ``input_shape``; ``head``: the client head's architecture (U-shaped), simulated by the server."""
-        torch.manual_seed(seed)
-        simulator = fresh_copy(front, seed=seed)
-        with torch.no_grad():
-            was = simulator.training
-            smashed_shape = tuple(simulator.eval()(torch.zeros(2, *input_shape)).shape[1:])
-            simulator.train(was)
-        kw = dict(num_classes=num_classes, conditional=conditional, embed_dim=config.embed_dim)
-        nets = cls(simulator, decoder(smashed_shape, image_shape=input_shape, level=level, **kw),
-                   simulator_discriminator(smashed_shape, **kw) if config.lambda1 > 0 else None,
-                   decoder_discriminator(input_shape, **kw) if config.lambda2 > 0 else None,
-                   fresh_copy(head, seed=seed + 1) if head is not None else None)
-        if config.keras_init:
-            for net in nets.modules():
-                keras_init(net)
-                for m in net.modules():
-                    if isinstance(m, nn.Embedding):
-                        nn.init.uniform_(m.weight, -0.05, 0.05)
+        from .models import _salted
+
+        with torch.random.fork_rng(devices=[]):  # the caller's generator is left as it was
+            torch.manual_seed(_salted(seed + 1))  # never the stream torch.manual_seed(seed) gave the victim
+            simulator = fresh_copy(front, seed=seed)
+            with torch.no_grad():
+                smashed_shape = tuple(simulator.eval()(torch.zeros(2, *input_shape)).shape[1:])
+            simulator.train()
+            kw = dict(num_classes=num_classes, conditional=conditional, embed_dim=config.embed_dim)
+            nets = cls(simulator, decoder(smashed_shape, image_shape=input_shape, level=level, **kw),
+                       simulator_discriminator(smashed_shape, **kw) if config.lambda1 > 0 else None,
+                       decoder_discriminator(input_shape, **kw) if config.lambda2 > 0 else None,
+                       fresh_copy(head, seed=seed + 1) if head is not None else None)
+            if config.keras_init:
+                for net in nets.modules():
+                    keras_init(net)
+                    for m in net.modules():
+                        if isinstance(m, nn.Embedding):
+                            nn.init.uniform_(m.weight, -0.05, 0.05)
         return nets
 
     def modules(self) -> List[nn.Module]:
@@ -328,6 +337,8 @@ class SDAR(Attack):
                  device: Union[str, torch.device] = "cpu", seed: int = 0, **overrides: Any):
         super().__init__(config, device=device, seed=seed, **overrides)
         cfg = self.config
+        if networks is not None and (head is not None) != (networks.head is not None):
+            raise ValueError("give head= (U-shaped split learning) together with networks.head, or neither")
         self.u_shaped = head is not None or (networks is not None and networks.head is not None)
         self.conditional = (not self.u_shaped) if cfg.conditional is None else bool(cfg.conditional)
         if self.conditional and self.u_shaped:
@@ -340,11 +351,15 @@ class SDAR(Attack):
                              f"{tuple(aux_images.shape)} and {tuple(aux_labels.shape)}")
         if int(aux_labels.min()) < 0 or int(aux_labels.max()) >= num_classes:
             raise ValueError(f"aux_labels must lie in [0, {num_classes})")
+        if float(aux_images.min()) < 0 or float(aux_images.max()) > 1:
+            raise ValueError("aux_images must lie in [0, 1] (the decoder ends in a sigmoid)")
         self.middle, self.num_classes = middle, num_classes
         self.aux_images, self.aux_labels = aux_images, aux_labels.long()
         self.nets = networks or SDARNetworks.official(front, cfg, input_shape=aux_images.shape[1:],
                                                       num_classes=num_classes, conditional=self.conditional,
                                                       level=level, head=head, seed=seed)
+        for m in self.nets.modules():
+            m.to(self.device)
         self.observes = frozenset({"front.smashed"} | ({"front.labels"} if self.conditional else set()))
         lrs = {"simulator": cfg.e_lr, "decoder": cfg.d_lr, "simulator_dis": cfg.simulator_dis_lr,
                "decoder_dis": cfg.decoder_dis_lr, "head": cfg.head_lr}
@@ -359,6 +374,7 @@ class SDAR(Attack):
 
     # -- what the server observes ------------------------------------------------------------------------------
     def on_train_begin(self, run) -> None:
+        self._inference = []  # result() is about what was observed last
         for m in self.nets.modules():
             m.to(self.device)
 
@@ -428,15 +444,24 @@ class SDAR(Attack):
         for k in names:
             self.optimizers[k].step()
 
-    def _server_logits(self, h: torch.Tensor) -> torch.Tensor:
-        """The server's own middle (frozen here: eval mode, no update) and, U-shaped, the simulated head."""
+    def _server_logits(self, h: torch.Tensor, *, head_training: bool = True) -> torch.Tensor:
+        """The server's own middle (frozen here: eval mode, no update) and, U-shaped, the simulated head (in
+        training mode while it learns, in eval mode when it infers labels, as the official code)."""
         was = self.middle.training
         self.middle.eval()
         try:
             out = self.middle(h)
         finally:
             self.middle.train(was)
-        return self.nets.head(out) if self.nets.head is not None else out
+        head = self.nets.head
+        if head is None:
+            return out
+        was = head.training
+        head.train(head_training)
+        try:
+            return head(out)
+        finally:
+            head.train(was)
 
     def _simulator_step(self, z, y, xs, ys) -> Dict[str, float]:
         nets, cfg = self.nets, self.config
@@ -476,7 +501,8 @@ class SDAR(Attack):
         simulated head's labels: ``(images (N, C, H, W) in [0, 1], labels (N,) or None)``. A conditional decoder
         without ``labels`` (the server at inference) is conditioned on the server's own predictions."""
         z = smashed.to(self.device)
-        pred = self._server_logits(z).argmax(1) if self.u_shaped or (self.conditional and labels is None) else None
+        wanted = self.u_shaped or (self.conditional and labels is None)
+        pred = self._server_logits(z, head_training=False).argmax(1) if wanted else None
         cond = (labels.to(self.device) if labels is not None else pred) if self.conditional else None
         dec = self.nets.decoder
         was = dec.training
@@ -495,6 +521,17 @@ class SDAR(Attack):
             RuntimeError: nothing observed yet.
         """
         idx, images, _ = self._collected()
+        return Reconstructions(images=images, indices=idx, history=dict(self.history))
+
+    def latest(self) -> Reconstructions:
+        """The reconstructions of the latest training batch observed (after the attack's step on it).
+
+        Raises:
+            RuntimeError: no training batch observed yet.
+        """
+        if self._latest is None:
+            raise RuntimeError("SDAR observed no training batch: pass it in callbacks= of train_split")
+        idx, images, _ = self._latest
         return Reconstructions(images=images, indices=idx, history=dict(self.history))
 
     def labels(self) -> Labels:
@@ -519,7 +556,7 @@ class SDAR(Attack):
         return self._latest
 
     def status(self) -> Dict[str, float]:
-        return {"aux_mse": self.history["decoder_mse"][-1]} if self.history.get("decoder_mse") else {}
+        return {"decoder_mse": self.history["decoder_mse"][-1]} if self.history.get("decoder_mse") else {}
 
     def state_dict(self) -> Dict[str, object]:
         return {"nets": {k: m.state_dict() for k, m in self.nets.named().items()},
@@ -537,103 +574,148 @@ class SDAR(Attack):
         self.history = {k: list(v) for k, v in state["history"].items()}
 
 
-class SDARMonitor(SplitCallback):
+class SDARMonitor(ReconstructionMonitor):
     """Metric code (not part of the attack): after the attack's step, scores its reconstruction of the training batch
-    (decoded with the labels the server received, the decoder in eval mode) against the private inputs, which only
-    this monitor holds: the official code's ``attack_loss``. ``running(i)``: the mean over iterations ``i - window +
-    1 .. i`` (the official logs print ``window=100``)."""
+    (:meth:`SDAR.latest`: decoded with the labels the server received, the decoder in eval mode) against the private
+    inputs, which only this monitor holds: the official code's ``attack_loss`` (pixels in [0, 1]). ``running(i)``
+    averages iterations ``i - window + 1 .. i`` (the official logs print ``window=100`` at 99, 199, ...)."""
 
     observes = frozenset()
 
     def __init__(self, attack: SDAR, private: torch.Tensor, *, window: int = 100):
-        if window < 1:
-            raise ValueError(f"window must be >= 1, got {window}")
-        self.attack, self.private, self.window = attack, private, window
-        self.errors: List[float] = []
+        super().__init__(attack, private, window=window)
+
+    def on_cut(self, event) -> None:
+        """(The batch is scored after the attack's step on it, in :meth:`on_step_end`.)"""
 
     def on_step_end(self, run, epoch, step, logs) -> None:
-        if self.attack._latest is None:
+        if self.server._latest is None:
             return
-        got = self.attack.result()
-        target = self.private[got.indices].to(got.images.dtype)
-        self.errors.append(float(((got.images - target) ** 2).mean()))
+        got = self.server.latest()
+        self.errors.append(float(F.mse_loss(got.images, self.private[got.indices].to(got.images.dtype))))
 
-    def running(self, i: Optional[int] = None) -> float:
-        i = len(self.errors) - 1 if i is None else i
-        window = self.errors[max(0, i - self.window + 1):i + 1]
-        return sum(window) / len(window) if window else float("nan")
-
-    def curve(self) -> Dict[int, float]:
-        """``{i: running(i)}`` at ``i = window - 1, 2 window - 1, ...`` (the logged iterations: 99, 199, ...)."""
-        return {i: self.running(i) for i in range(self.window - 1, len(self.errors), self.window)}
-
-    def state_dict(self) -> Dict[str, object]:
-        return {"errors": list(self.errors)}
-
-    def load_state_dict(self, state: Dict[str, object]) -> None:
-        self.errors = list(state["errors"])
+    def curve(self) -> Dict[str, float]:
+        """``{"i": running(i)}`` at the logged iterations ``i = window - 1, 2 window - 1, ...`` (string keys, as JSON
+        keeps them)."""
+        return {str(i): self.running(i) for i in range(self.window - 1, len(self.errors), self.window)}
 
 
-def run_sdar(x_private: torch.Tensor, y_private: torch.Tensor, x_aux: torch.Tensor, y_aux: torch.Tensor, *,
-             model: str = "resnet20", level: int = 7, u_shaped: bool = False, config: Optional[SDARConfig] = None,
-             iterations: int = 20_000, batch_size: int = 128, eval_count: int = 1024,
-             checkpoint: Union[str, os.PathLike, None] = None, checkpoint_every: int = 500,
-             callbacks: Sequence[SplitCallback] = (), device: Union[str, torch.device] = "cpu", seed: int = 0,
-             progress: bool = False) -> Report:
+@dataclasses.dataclass
+class SDARRunConfig:
+    """The settings of :func:`run_sdar` (the official experiment's, Zhu et al., NDSS'25).
+
+    Attributes:
+        model: ``"resnet20"`` or ``"plainnet20"``; level: the split level (3-9); u_shaped: the client keeps the head.
+        attack: :class:`SDARConfig` (``None``: the official one for the setting; its ``batch_size`` is set to
+            ``batch_size``: one batch of private and one of auxiliary images per iteration).
+        iterations: training iterations (``None``: the official 20,000, 40,000 at levels 8-9).
+        batch_size: 128. eval_count: private images the client sends after training (1,024).
+        checkpoint, checkpoint_every: resume a long run across sittings (see :class:`~unsplit.training.TrainConfig`).
+        progress: a progress bar.
+    """
+
+    model: str = "resnet20"
+    level: int = 7
+    u_shaped: bool = False
+    attack: Optional[SDARConfig] = None
+    iterations: Optional[int] = None
+    batch_size: int = 128
+    eval_count: int = 1024
+    checkpoint: Union[str, os.PathLike, None] = None
+    checkpoint_every: int = 500
+    progress: bool = False
+
+    def __post_init__(self):
+        if self.model not in ("resnet20", "plainnet20"):
+            raise ValueError(f"model must be resnet20 or plainnet20, got {self.model!r}")
+        if not 3 <= self.level <= 9 or (self.u_shaped and self.level == 9):
+            raise ValueError(f"level must lie in 3-9 (3-8 U-shaped: the head needs a block), got {self.level}")
+        if (self.iterations is not None and self.iterations < 1) or self.batch_size < 2 or self.eval_count < 1:
+            raise ValueError("iterations and eval_count must be >= 1, batch_size >= 2")
+
+    @property
+    def steps(self) -> int:
+        return self.iterations if self.iterations is not None else (40_000 if self.level > 7 else 20_000)
+
+    def attack_config(self) -> SDARConfig:
+        base = self.attack or (SDARConfig.u_shaped(self.model) if self.u_shaped else SDARConfig())
+        return dataclasses.replace(base, batch_size=self.batch_size)
+
+
+def run_sdar(x_private: torch.Tensor, y_private: torch.Tensor, x_aux: torch.Tensor, y_aux: torch.Tensor,
+             config: Optional[SDARRunConfig] = None, *, callbacks: Sequence[SplitCallback] = (),
+             device: Union[str, torch.device] = "cpu", seed: int = 0, **settings: Any) -> Report:
     """SDAR end to end as the official code runs it (Zhu et al., NDSS'25): ResNet-20 / PlainNet-20 split at
-    ``level`` (:class:`unsplit.models.CifarResNet20`), trained by the client and server with Adam(1e-3) on batches of
-    ``batch_size`` for ``iterations`` steps while :class:`SDAR` attacks; then the client sends its first
-    ``eval_count`` private images at inference and the server reconstructs them.
+    ``level`` (:class:`unsplit.models.CifarResNet20`), trained by the client and the server with Adam(1e-3) on
+    batches of ``batch_size`` while :class:`SDAR` attacks; then the client sends its first ``eval_count`` private
+    images at inference and the server reconstructs them.
 
     Args:
         x_private, y_private: ``(N, 3, 32, 32)`` in [0, 1] and ``(N,)``: the client's training data.
         x_aux, y_aux: the server's auxiliary data (same distribution, disjoint).
-        model: ``resnet20`` or ``plainnet20``; level: 3-9; u_shaped: the client also keeps the head (then SDAR also
-            infers the labels). config: :class:`SDARConfig` (default: the official one for the setting).
-        checkpoint, checkpoint_every: resume a long run across sittings (:class:`~unsplit.training.TrainConfig`).
-        callbacks: more observers of the run. device, seed, progress: as elsewhere.
+        config: :class:`SDARRunConfig`; ``**settings``: its fields to change (``level=4, iterations=500``).
+        callbacks: more observers of the run. device, seed: as elsewhere.
 
     Returns:
         :class:`~unsplit.base.Report`: ``metrics`` the inference-time reconstruction scores (``mse``, ``psnr``,
-        ``ssim``...), ``curve`` (the official ``attack_loss``: running mean of the training-batch MSE, every 100
-        iterations) and, U-shaped, the label accuracy; ``baselines`` the mean auxiliary image's scores and
-        ``class_mean_mse`` (each image guessed as its class's mean auxiliary image: what the labels alone give).
+        ``ssim``...), ``iterations``, ``seconds_per_iteration`` and, U-shaped, ``label_accuracy``; ``baselines`` the
+        mean auxiliary image's scores and ``class_mean_mse`` (each image guessed as its class's mean auxiliary image:
+        what the labels alone give); ``artefacts`` ``curve`` (the official ``attack_loss`` every 100 iterations),
+        ``reconstructions``, ``topology``, ``attack``, ``monitor``, ``task_losses``.
     """
     from .models import CifarResNet20, build_model
     from .training import StepLosses, StepTimer, run_split, train_split
 
-    if model not in ("resnet20", "plainnet20"):
-        raise ValueError(f"model must be resnet20 or plainnet20, got {model!r}")
-    torch.manual_seed(seed)
-    topology = Topology.split(build_model(model), front_depth=CifarResNet20.front_depth(level),
-                              head_start=10 if u_shaped else None)
-    config = config or (SDARConfig.u_shaped(model) if u_shaped else SDARConfig())
-    attack = SDAR(topology.front, topology.middle, x_aux, y_aux, config, head=topology.head, level=level,
-                  device=device, seed=seed)
+    cfg = configure(SDARRunConfig, config, settings)
+    num_classes = int(max(y_private.max(), y_aux.max())) + 1
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        topology = Topology.split(build_model(cfg.model, num_classes=num_classes),
+                                  front_depth=CifarResNet20.front_depth(cfg.level),
+                                  head_start=10 if cfg.u_shaped else None)
+    attack = SDAR(topology.front, topology.middle, x_aux, y_aux, cfg.attack_config(), head=topology.head,
+                  num_classes=num_classes, level=cfg.level, device=device, seed=seed)
     monitor, timer, losses = SDARMonitor(attack, x_private), StepTimer(), StepLosses()
-    steps_per_epoch = len(x_private) // batch_size
-    train_split(topology, x_private, y_private, epochs=math.ceil(iterations / max(steps_per_epoch, 1)),
-                max_steps=iterations, batch_size=batch_size, drop_last=True,
-                optimizers=lambda p: torch.optim.Adam(p, lr=1e-3, eps=1e-7), checkpoint=checkpoint,
-                checkpoint_every=checkpoint_every, callbacks=[attack, monitor, timer, losses, *callbacks],
-                device=device, progress=progress, seed=seed)
-    x_eval, y_eval = x_private[:eval_count], y_private[:eval_count]
+    steps_per_epoch = max(len(x_private) // cfg.batch_size, 1)
+    train_split(topology, x_private, y_private, epochs=math.ceil(cfg.steps / steps_per_epoch), max_steps=cfg.steps,
+                batch_size=cfg.batch_size, drop_last=True,
+                optimizers=lambda p: torch.optim.Adam(p, lr=1e-3, eps=1e-7), checkpoint=cfg.checkpoint,
+                checkpoint_every=cfg.checkpoint_every, callbacks=[attack, monitor, timer, losses, *callbacks],
+                device=device, progress=cfg.progress, seed=seed)
+    x_eval, y_eval = x_private[:cfg.eval_count], y_private[:cfg.eval_count]
     run_split(topology, x_eval, callbacks=[attack], device=device)
     rec = attack.result()
     scores = rec.score(x_eval, reference=x_aux)
-    class_means = torch.stack([x_aux[y_aux == k].mean(0) for k in range(10)])
     metrics = {k: v for k, v in scores.items() if not k.startswith("baseline_")}
-    metrics.update(curve=monitor.curve(), iterations=len(monitor.errors),
-                   seconds_per_iteration=timer.seconds / max(timer.steps, 1))
-    if u_shaped:
+    metrics.update(iterations=len(monitor.errors), seconds_per_iteration=timer.seconds / max(timer.steps, 1))
+    if cfg.u_shaped:
         metrics["label_accuracy"] = attack.labels().score(y_eval)["accuracy"]
     baselines = {k[len("baseline_"):]: v for k, v in scores.items() if k.startswith("baseline_")}
+    class_means = torch.stack([x_aux[y_aux == k].mean(0) for k in range(num_classes)])
     baselines["class_mean_mse"] = float(((class_means[y_eval] - x_eval) ** 2).mean())
     return Report("sdar", metrics, baselines,
-                  artefacts={"reconstructions": rec, "topology": topology, "attack": attack, "monitor": monitor,
-                             "task_losses": losses.losses},
-                  config={"model": model, "level": level, "u_shaped": u_shaped, "iterations": iterations,
-                          "batch_size": batch_size, "seed": seed, **attack.settings()})
+                  artefacts={"curve": monitor.curve(), "reconstructions": rec, "topology": topology, "attack": attack,
+                             "monitor": monitor, "task_losses": losses.losses},
+                  config={**dataclasses.asdict(dataclasses.replace(cfg, attack=None, checkpoint=None)),
+                          "steps": cfg.steps, **attack.settings()})
+
+
+#: the official code's logs (zhxchd/SDAR_SplitNN at 3f0a0a8, ``scripts/sdar_results`` and
+#: ``scripts/ablation_results/naive_sda``): five runs per setting, ``attack_loss`` every 100 iterations
+OFFICIAL_LOGS = Path(__file__).resolve().parent / "official" / "sdar_logs.json"
+
+
+def official_attack_loss(model: str = "resnet20", level: int = 7, variant: str = "sdar") -> Optional[Dict[int, list]]:
+    """The official code's five runs of vanilla split learning on CIFAR-10 (:data:`OFFICIAL_LOGS`):
+    ``{iteration: [attack_loss of run 1..5]}`` at iterations 99, 199, ..., 19999, or ``None`` where no log exists
+    (logged: ``resnet20`` and ``plainnet20`` at levels 4 and 7, ``naive_sda`` at ``resnet20`` level 7)."""
+    import json
+
+    key = ("naive_sda/" if variant == "naive_sda" else "") + f"vsl/cifar10/{model}/l{level}"
+    e = json.loads(OFFICIAL_LOGS.read_text())["experiments"].get(key) if variant in ("sdar", "naive_sda") else None
+    if e is None:
+        return None
+    return {it: [run[i] for run in e["attack_loss"]] for i, it in enumerate(e["iterations"])}
 
 
 def sdar_data(data_dir=None, *, download: bool = False, seed: int = 42):

@@ -17,7 +17,6 @@ and the official code's five-run mean where one exists), metrics.json. An interr
 """
 from __future__ import annotations
 
-import json
 import platform
 import sys
 from pathlib import Path
@@ -26,14 +25,12 @@ import torch
 
 from ..cli import add_run_arguments, device_of, log, make_parser, run_main
 from ..models import CifarResNet20
-from ..sdar import ABLATIONS, SDARConfig, run_sdar, sdar_data
+from ..sdar import ABLATIONS, SDARConfig, SDARRunConfig, official_attack_loss, run_sdar, sdar_data
 from ..util import atomic_save_figure, atomic_write_json, running_mean, save_image_grid, seed_everything, unique_dir
 
 __all__ = ["main", "cli", "parse_args", "VARIANTS"]
 
 VARIANTS = ("sdar",) + ABLATIONS
-#: the official code's logs (zhxchd/SDAR_SplitNN): five runs per setting, attack_loss every 100 iterations
-OFFICIAL = Path(__file__).resolve().parents[1] / "official" / "sdar_logs.json"
 
 
 def parse_args(argv=None):
@@ -42,17 +39,20 @@ def parse_args(argv=None):
     p.add_argument("--model", choices=("resnet20", "plainnet20"), default="resnet20")
     p.add_argument("--level", type=int, choices=CifarResNet20.LEVELS, default=7,
                    help="split level: the client holds the stem and this many residual blocks")
-    p.add_argument("--iters", type=int, default=20_000, help="training iterations (official: 20,000)")
+    p.add_argument("--iters", type=int, default=None,
+                   help="training iterations (default: the official 20,000; 40,000 at levels 8-9)")
     p.add_argument("--batch-size", type=int, default=128, help="private (and auxiliary) images per iteration")
     p.add_argument("--variant", choices=VARIANTS, default="sdar", help="SDAR or one of the official ablations")
     p.add_argument("--u-shaped", action="store_true", help="the client keeps the head (labels are inferred too)")
     p.add_argument("--eval-count", type=int, default=1024, help="private images sent after training")
     add_run_arguments(p)
     args = p.parse_args(argv)
-    if args.iters < 1 or args.eval_count < 1 or args.batch_size < 2:
+    if (args.iters is not None and args.iters < 1) or args.eval_count < 1 or args.batch_size < 2:
         p.error("--iters and --eval-count must be >= 1, --batch-size >= 2")
     if args.variant == "no_label_flip" and not args.u_shaped:
         p.error("--variant no_label_flip applies to --u-shaped (vanilla split learning flips no labels)")
+    if args.u_shaped and args.level == 9:
+        p.error("--u-shaped needs a block on the server: --level 3-8")
     return args
 
 
@@ -69,14 +69,11 @@ def _out_dir(args) -> Path:
 
 
 def _official(args):
-    """The official five-run mean ``attack_loss`` curve of this setting, or ``None``."""
-    if args.u_shaped or args.variant not in ("sdar", "naive_sda") or not OFFICIAL.exists():
-        return None
-    key = ("naive_sda/" if args.variant == "naive_sda" else "") + f"vsl/cifar10/{args.model}/l{args.level}"
-    e = json.loads(OFFICIAL.read_text())["experiments"].get(key)
-    if e is None:
-        return None
-    return {it: sum(r[i] for r in e["attack_loss"]) / len(e["attack_loss"]) for i, it in enumerate(e["iterations"])}
+    """The official five-run mean ``attack_loss`` of this setting (vanilla split learning, batches of 128), or
+    ``None``."""
+    runs = None if args.u_shaped or args.batch_size != 128 else official_attack_loss(args.model, args.level,
+                                                                                      args.variant)
+    return {it: sum(v) / len(v) for it, v in runs.items()} if runs else None
 
 
 def _curve(path: Path, errors: list, official) -> None:
@@ -110,15 +107,14 @@ def main(argv=None) -> int:
     checkpoint = out / "checkpoint.pt"
     if checkpoint.exists():
         log(args, f"resuming from {checkpoint}")
-    base = SDARConfig.u_shaped(args.model, batch_size=args.batch_size) if args.u_shaped else SDARConfig(
-        batch_size=args.batch_size)
-    config = base if args.variant == "sdar" else base.ablation(args.variant)
+    base = SDARConfig.u_shaped(args.model) if args.u_shaped else SDARConfig()
+    run = SDARRunConfig(model=args.model, level=args.level, u_shaped=args.u_shaped,
+                        attack=base if args.variant == "sdar" else base.ablation(args.variant), iterations=args.iters,
+                        batch_size=args.batch_size, eval_count=args.eval_count, checkpoint=checkpoint,
+                        progress=not args.quiet)
     log(args, f"SDAR ({args.variant}) on {args.model}, level {args.level}, {'U-shaped' if args.u_shaped else 'vanilla'}"
-              f" split learning: {args.iters} iterations ...")
-    report = run_sdar(xp, yp, xa, ya, model=args.model, level=args.level, u_shaped=args.u_shaped, config=config,
-                      iterations=args.iters, batch_size=args.batch_size, eval_count=args.eval_count,
-                      checkpoint=checkpoint, device=device,
-                      seed=args.seed, progress=not args.quiet)
+              f" split learning: {run.steps} iterations ...")
+    report = run_sdar(xp, yp, xa, ya, run, device=device, seed=args.seed)
     rec = report.artefacts["reconstructions"]
     shown = slice(0, 10)
     save_image_grid(out / "reconstructions.png", [xp[rec.indices[shown]], rec.images[shown]],
@@ -130,7 +126,7 @@ def main(argv=None) -> int:
               f"{report.baselines['class_mean_mse']:.4f}), SSIM {m['ssim']:.3f}"
               + (f", label accuracy {m['label_accuracy']:.3f}" if "label_accuracy" in m else "") + f" -> {out}")
     atomic_write_json(out / "metrics.json", {
-        **report.to_json(), "official_mean_curve": official,
+        **report.to_json(), "curve": report.artefacts["curve"], "official_mean_curve": official,
         "environment": {"torch": torch.__version__, "python": platform.python_version(), "device": str(device)}})
     return 0
 
