@@ -10,7 +10,7 @@ batch, pixels in [0, 1]) every 100 iterations, seconds per iteration, and the re
 1,024 private images sent at inference after training, beside the mean auxiliary image and the class means.
 
 The official numbers are the five runs of each setting in the official repository's logs
-(``unsplit/official/sdar_logs.json``, with their paths); ``report.md`` puts ours beside their mean at every
+(``unsplit/sdar_official_logs.json``, with their paths); ``report.md`` puts ours beside their mean at every
 logged iteration both ran. A cell resumes from its checkpoint (``--checkpoints``), so a long run spans sittings, and
 ``--iters`` may grow: a longer cell continues the shorter one's checkpoint.
 
@@ -121,7 +121,7 @@ def build_report(args) -> Path:
     lines = ["SDAR (Zhu et al., NDSS'25), vanilla split learning, CIFAR-10: the official `attack_loss` (the running "
              "mean over 100 iterations of the reconstruction MSE of the current private training batch, pixels in "
              "[0, 1]) at the logged iterations, ours beside the mean ± std of the official code's five runs "
-             "(`unsplit/official/sdar_logs.json`). Command: `python benchmarks/sdar.py --data-dir DATA --models M "
+             "(`unsplit/sdar_official_logs.json`). Command: `python benchmarks/sdar.py --data-dir DATA --models M "
              "--levels L --variants V --iters N` (run = M_lL_V_sSEED).", ""]
     marks = (99, 499, 999, 1999, 2999, 4999, 9999, 19999)
     lines += ["| run | iterations | " + " | ".join(f"@{m + 1}" for m in marks) + " | s/it |",

@@ -294,3 +294,21 @@ def test_the_monitor_logs_the_official_attack_loss_and_run_sdar_runs_u_shaped():
     assert 0 <= report.metrics["label_accuracy"] <= 1 and report.metrics["iterations"] == 2
     assert report.config["steps"] == 2 and report.artefacts["attack"].nets.head is not None
     assert report.artefacts["attack"].config.batch_size == 16  # one batch size for private and auxiliary data
+
+
+@pytest.mark.slow  # benchmark plumbing end to end (ResNet-20 at level 7 for three iterations)
+def test_the_speed_benchmark_times_both_sides(tmp_path):
+    import json
+
+    from test_cli import run
+
+    official = tmp_path / "fake-tf-python"  # stands in for the official code: 2 s per iteration
+    official.write_text("#!/bin/sh\necho 'official s/it: 2.0'\n")
+    official.chmod(0o755)
+    (tmp_path / "repo" / "src").mkdir(parents=True)
+    r = run("benchmarks/sdar_speed.py", "--official-repo", tmp_path / "repo", "--official-python", official,
+            "--iters", 2, "--repeats", 1, "--out", tmp_path / "speed", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    (round1,) = json.loads((tmp_path / "speed.json").read_text())["rounds"]
+    assert round1["official"] == 2.0 and round1["ours"] > 0 and round1["official_over_ours"] == 2.0 / round1["ours"]
+    assert "| 1 | 2.000 |" in (tmp_path / "speed.md").read_text()

@@ -702,7 +702,7 @@ def run_sdar(x_private: torch.Tensor, y_private: torch.Tensor, x_aux: torch.Tens
 
 #: the official code's logs (zhxchd/SDAR_SplitNN at 3f0a0a8, ``scripts/sdar_results`` and
 #: ``scripts/ablation_results/naive_sda``): five runs per setting, ``attack_loss`` every 100 iterations
-OFFICIAL_LOGS = Path(__file__).resolve().parent / "official" / "sdar_logs.json"
+OFFICIAL_LOGS = Path(__file__).resolve().parent / "sdar_official_logs.json"
 
 
 def official_attack_loss(model: str = "resnet20", level: int = 7, variant: str = "sdar") -> Optional[Dict[int, list]]:
