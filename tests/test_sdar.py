@@ -294,6 +294,9 @@ def test_the_monitor_logs_the_official_attack_loss_and_run_sdar_runs_u_shaped():
     assert 0 <= report.metrics["label_accuracy"] <= 1 and report.metrics["iterations"] == 2
     assert report.config["steps"] == 2 and report.artefacts["attack"].nets.head is not None
     assert report.artefacts["attack"].config.batch_size == 16  # one batch size for private and auxiliary data
+    again = run_sdar(xs[:48], ys[:48], xs[48:], ys[48:], model="resnet20", level=4, u_shaped=True, iterations=2,
+                     batch_size=16, eval_count=16)
+    assert torch.equal(again.artefacts["reconstructions"].images, report.artefacts["reconstructions"].images)
 
 
 @pytest.mark.slow  # benchmark plumbing end to end (ResNet-20 at level 7 for three iterations)

@@ -668,11 +668,9 @@ def run_sdar(x_private: torch.Tensor, y_private: torch.Tensor, x_aux: torch.Tens
 
     cfg = configure(SDARRunConfig, config, settings)
     num_classes = int(max(y_private.max(), y_aux.max())) + 1
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        topology = Topology.split(build_model(cfg.model, num_classes=num_classes),
-                                  front_depth=CifarResNet20.front_depth(cfg.level),
-                                  head_start=10 if cfg.u_shaped else None)
+    torch.manual_seed(seed)  # the victim's weights, then every draw of the run (the attack's networks: salted)
+    topology = Topology.split(build_model(cfg.model, num_classes=num_classes),
+                              front_depth=CifarResNet20.front_depth(cfg.level), head_start=10 if cfg.u_shaped else None)
     attack = SDAR(topology.front, topology.middle, x_aux, y_aux, cfg.attack_config(), head=topology.head,
                   num_classes=num_classes, level=cfg.level, device=device, seed=seed)
     monitor, timer, losses = SDARMonitor(attack, x_private), StepTimer(), StepLosses()
