@@ -10,6 +10,15 @@ from unsplit.sdar import SDAR, SDARConfig, SDARNetworks, decoder
 from unsplit.training import run_split
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Networks this small run fastest on one thread (restored after each test)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _images(n: int, seed: int):
     """16x16 images of 4 classes: a coloured square whose colour and corner follow the class, on a noisy ground."""
     g = torch.Generator().manual_seed(seed)
@@ -99,8 +108,8 @@ def test_sdar_reconstructs_far_better_than_the_mean_image_the_class_means_and_it
 
 
 def test_sdar_reads_neither_the_clients_weights_nor_anything_it_does_not_declare():
-    x, y = _images(200, 0)
-    x_aux, y_aux = _images(200, 1)
+    x, y = _images(96, 0)
+    x_aux, y_aux = _images(96, 1)
     runs = []
     for poison in (False, True):
         topology = _victim()
