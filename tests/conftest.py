@@ -52,3 +52,12 @@ def tiny_mnist(tmp_path_factory) -> Path:
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def one_thread():
+    """Small networks run fastest on one thread; torch's setting is restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -32,15 +32,6 @@ def quadrants(n: int, seed: int = 0):
     return x, y
 
 
-@pytest.fixture
-def one_thread():
-    """Small networks run fastest on one thread; torch's setting is restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def known_one_per_class(y):
     return {int((y == c).nonzero()[0]): c for c in range(CLASSES)}
 

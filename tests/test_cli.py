@@ -167,21 +167,21 @@ def test_fsha_demo_end_to_end_resumes_and_refuses_bad_input(tiny_mnist, tmp_path
     # the demo's default precision (auto: bf16 only where the device computes it natively; the bf16 path itself is
     # checked in test_fsha / test_training, and is many times slower on a CPU without native bf16)
     common = ["--data-dir", tiny_mnist, "--batch-size", "8", "--quiet", "--out", out]
-    r = run("fsha_demo.py", "mnist", "--iters", "4", *common, cwd=tmp_path)
+    r = run("fsha_demo.py", "mnist", "--iters", "2", *common, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     m = json.loads((out / "metrics.json").read_text())
-    assert m["iterations"] == 4 and m["level"] == 4 and 0 < m["running_mse"] < 4
+    assert m["iterations"] == 2 and m["level"] == 4 and 0 < m["running_mse"] < 4
     assert m["precision"] == resolve_precision("auto", "cpu")
     assert set(m["after_training"]) >= {"mse", "mse_01", "mse_per_class"}
     assert (out / "reconstructions.png").stat().st_size > 1000 and (out / "curve.png").stat().st_size > 1000
     # an existing result is never overwritten silently
-    r = run("fsha_demo.py", "mnist", "--iters", "4", *common, cwd=tmp_path)
+    r = run("fsha_demo.py", "mnist", "--iters", "2", *common, cwd=tmp_path)
     assert r.returncode == 2 and "--overwrite" in r.stderr and "Traceback" not in r.stderr
     # an interrupted run (no metrics.json yet) resumes from its checkpoint
     (out / "metrics.json").unlink()
-    r = run("fsha_demo.py", "mnist", "--iters", "7", *common[:-3], "--out", out, cwd=tmp_path)
+    r = run("fsha_demo.py", "mnist", "--iters", "3", *common[:-3], "--out", out, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "resuming" in r.stdout and json.loads((out / "metrics.json").read_text())["iterations"] == 7
+    assert "resuming" in r.stdout and json.loads((out / "metrics.json").read_text())["iterations"] == 3
     r = run("fsha_demo.py", "mnist", "--variant", "mangled", "--removed-class", "42", *common[:-1], tmp_path / "bad",
             cwd=tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -51,10 +51,10 @@ def test_label_inference_notebook(tiny_mnist, tmp_path, monkeypatch):
 
 def test_fsha_notebook(tiny_mnist, tmp_path, monkeypatch):
     images, text = _execute("fsha.ipynb", {
-        "DATA_DIR": str(tiny_mnist), "ITERS": 12, "BATCH_SIZE": 8, "DETECT_ITERS": 30, "PRECISION": "auto",
-        "CLIENT_ITERS": 4,
+        "DATA_DIR": str(tiny_mnist), "ITERS": 6, "BATCH_SIZE": 8, "DETECT_ITERS": 15, "PRECISION": "auto",
+        "CLIENT_ITERS": 2,
     }, tmp_path, monkeypatch)
     assert len(images) == 4, "expected the error curve, the reconstructions, the SplitGuard plot and the GAN samples"
-    assert "running MSE after 12 iterations" in text and "after training: MSE" in text
+    assert "running MSE after 6 iterations" in text and "after training: MSE" in text
     assert "honest:" in text and "FSHA  :" in text
     assert "target rate" in text and "honest test accuracy" in text

@@ -9,14 +9,7 @@ from unsplit.models import CifarResNet20, build_model
 from unsplit.sdar import SDAR, SDARConfig, SDARNetworks, decoder
 from unsplit.training import run_split
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Networks this small run fastest on one thread (restored after each test)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # networks this small run fastest on one thread
 
 
 def _images(n: int, seed: int):
