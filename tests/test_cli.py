@@ -214,3 +214,29 @@ def test_label_inference_console_entry_point_runs_the_same_demo(tmp_path):
     r = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert r.returncode == 0 and "--attack" in r.stdout and "similarity-kmeans" in r.stdout
     assert labels.main.__module__ == "unsplit.demos.labels"
+
+
+def test_output_dir_refuses_results_and_restarts_a_finished_resumable_run(tmp_path):
+    from argparse import Namespace
+
+    from unsplit.cli import output_dir
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoint.pt").write_bytes(b"unfinished")
+    args = Namespace(out=out, overwrite=False)
+    assert output_dir(args, "x", checkpoint="checkpoint.pt") == out and (out / "checkpoint.pt").exists()  # resumed
+    (out / "metrics.json").write_text("{}")
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        output_dir(args, "x", checkpoint="checkpoint.pt")
+    args.overwrite = True
+    assert output_dir(args, "x", checkpoint="checkpoint.pt") == out
+    assert not (out / "checkpoint.pt").exists()  # the finished run's state is not resumed
+
+
+def test_save_curve_writes_a_png_with_a_reference(tmp_path):
+    from unsplit.util import save_curve
+
+    path = save_curve(tmp_path / "curve.png", [1.0, 0.5, 0.25, 0.2], window=2, title="t", ylabel="y",
+                      reference={0: 0.9, 3: 0.3, 500: 0.1})
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not list(tmp_path.glob("*.tmp*"))

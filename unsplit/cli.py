@@ -105,14 +105,19 @@ def run_main(main: Callable[[Optional[list]], int], argv: Optional[list] = None)
         return 130
 
 
-def output_dir(args, default_name: str) -> Path:
+def output_dir(args, default_name: str, *, checkpoint: Optional[str] = None) -> Path:
     """The results directory: ``--out`` (refused if it holds results, unless ``--overwrite``), or a fresh
-    ``results/<default_name>[-k]`` that never clobbers an earlier run."""
+    ``results/<default_name>[-k]`` that never clobbers an earlier run. For a resumable demo, ``checkpoint`` names its
+    checkpoint file in the directory: a finished run's checkpoint is removed under ``--overwrite`` so the new run
+    starts afresh (an unfinished one, without ``metrics.json``, is resumed)."""
     if args.out is None:
         return unique_dir(Path("results") / default_name)
     out = Path(args.out)
-    if (out / "metrics.json").exists() and not args.overwrite:
+    finished = (out / "metrics.json").exists()
+    if finished and not args.overwrite:
         raise FileExistsError(f"{out} already holds results (metrics.json); pass --overwrite or another --out")
+    if finished and checkpoint and (out / checkpoint).exists():
+        (out / checkpoint).unlink()
     return out
 
 

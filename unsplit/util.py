@@ -182,6 +182,37 @@ def atomic_save_figure(fig, path: Union[str, Path], *, dpi: int = 120) -> Path:
         plt.close(fig)
 
 
+def save_curve(
+    path: Union[str, Path],
+    values: Sequence[float],
+    *,
+    window: int,
+    title: str,
+    ylabel: str,
+    reference: Optional[dict] = None,
+    reference_label: str = "official code",
+    log_scale: bool = True,
+) -> Path:
+    """Saves a training curve as PNG, atomically: every value, their running mean over ``window`` and, where given,
+    a reference curve ``{iteration: value}`` (e.g. the official code's) dashed beside them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(values, color="0.8", lw=0.6, label="per training batch")
+    ax.plot(running_mean(values, window), color="C0", label=f"running mean ({window})")
+    if reference:
+        shown = {i: v for i, v in reference.items() if i < max(len(values), window)}
+        ax.plot(list(shown), list(shown.values()), "o--", ms=3, color="C3", label=reference_label)
+    ax.set(xlabel="iteration", ylabel=ylabel, title=title, yscale="log" if log_scale else "linear")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return atomic_save_figure(fig, path)
+
+
 def save_image_grid(
     path: Union[str, Path],
     rows: Sequence[torch.Tensor],

@@ -22,7 +22,7 @@ from typing import Optional
 
 import torch
 
-from ..cli import add_run_arguments, device_of, log, make_parser, run_main
+from ..cli import add_run_arguments, device_of, log, make_parser, output_dir, run_main
 from ..data import DATASETS
 from ..defenses import NoPeek
 from ..fsha import (
@@ -35,7 +35,7 @@ from ..fsha import (
     reconstruction_error,
     run_fsha,
 )
-from ..util import atomic_write_json, resolve_precision, running_mean, save_image_grid, seed_everything, unique_dir
+from ..util import atomic_write_json, resolve_precision, save_curve, save_image_grid, seed_everything
 
 __all__ = ["main", "cli", "parse_args", "run_config", "VARIANTS", "ATTRIBUTES"]
 
@@ -92,41 +92,6 @@ def _class_count(dataset: str) -> int:
     return sum(1 for d in root.iterdir() if d.is_dir())
 
 
-def _out_dir(args) -> Path:
-    name = f"fsha-{Path(args.dataset).name}-l{args.level}-{args.variant}"
-    if args.out is None:
-        return unique_dir(Path("results") / name)
-    out = Path(args.out)
-    if (out / "metrics.json").exists() and not args.overwrite:
-        raise FileExistsError(f"{out} already holds results (metrics.json); pass --overwrite or another --out")
-    if args.overwrite and (out / "checkpoint.pt").exists() and (out / "metrics.json").exists():
-        (out / "checkpoint.pt").unlink()  # start afresh: the finished run's state must not be resumed
-    return out
-
-
-def _curve(path: Path, errors: list, window: int, official: dict, title: str, ylabel: str, *,
-           log_scale: bool = True) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    running = running_mean(errors, window)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(errors, color="0.8", lw=0.6, label="per batch")
-    ax.plot(running, color="C0", label=f"running mean ({window})")
-    if official:
-        ax.plot(list(official), list(official.values()), "o--", color="C3", label="official notebook")
-    ax.set(xlabel="iteration", ylabel=ylabel, title=title, yscale="log" if log_scale else "linear")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
-
-
 def run_config(args, checkpoint: Optional[Path] = None) -> FSHARunConfig:
     """The run the demo's options ask for (``args`` from :func:`parse_args`, ``args.precision`` resolved by
     :func:`~unsplit.util.resolve_precision`): its :class:`FSHARunConfig`."""
@@ -171,8 +136,8 @@ def _reconstruction_metrics(args, report, xs, ys, probe, out: Path, device) -> d
     key = "mnist-l4" + {"plain": "", "nopeek": "-nopeek", "mangled": "-mangled"}.get(args.variant, "?")
     official = (OFFICIAL_NOTEBOOK.get(key) if (args.dataset, args.level, args.batch_size) == ("mnist", 4, 64)
                 else None)
-    _curve(out / "curve.png", mon.errors, mon.window, official or {}, f"FSHA {args.dataset}, level {args.level}",
-           "reconstruction MSE, [-1, 1]")
+    save_curve(out / "curve.png", mon.errors, window=mon.window, title=f"FSHA {args.dataset}, level {args.level}",
+               ylabel="reconstruction MSE, [-1, 1]", reference=official, reference_label="official notebook")
     final = reconstruction_error(front, server, xs[probe], labels=ys[probe], device=device)
     log(args, f"running MSE ([-1, 1]) {mon.running():.4f}; after training {final['mse']:.4f} ([0, 1]: "
               f"{final['mse_01']:.4f}) -> {out}")
@@ -190,8 +155,8 @@ def _property_metrics(args, report, xs, private_attributes, probe, out: Path, de
     truth = private_attributes[probe]
     accuracy = float((guess == truth).float().mean())
     chance = float(torch.bincount(truth).max()) / len(truth)
-    _curve(out / "curve.png", prop.accuracies, prop.window, {}, f"FSHA property ({args.attribute}), "
-           f"{args.dataset}, level {args.level}", "private attribute accuracy", log_scale=False)
+    save_curve(out / "curve.png", prop.accuracies, window=prop.window, title=f"FSHA property ({args.attribute}), "
+               f"{args.dataset}, level {args.level}", ylabel="private attribute accuracy", log_scale=False)
     log(args, f"private attribute accuracy {accuracy:.3f} (majority baseline {chance:.3f}) -> {out}")
     return {"attribute": args.attribute, "property_objective": args.property_objective,
             "running_accuracy": prop.running(), "accuracy_after_training": accuracy, "majority_baseline": chance}
@@ -203,7 +168,7 @@ def main(argv=None) -> int:
     device = device_of(args)
     args.precision = resolve_precision(args.precision, device)
     seed_everything(args.seed)
-    out = _out_dir(args)
+    out = output_dir(args, f"fsha-{Path(args.dataset).name}-l{args.level}-{args.variant}", checkpoint="checkpoint.pt")
     xs, ys, xp, yp = fsha_data(args.dataset, data_dir=args.data_dir, download=not args.no_download)
     if args.variant == "mangled":
         if not (yp == args.removed_class).any():

@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import platform
 import sys
-from pathlib import Path
 
 import torch
 
-from ..cli import add_run_arguments, device_of, log, make_parser, run_main
+from ..cli import add_run_arguments, device_of, log, make_parser, output_dir, run_main
 from ..models import CifarResNet20
 from ..sdar import ABLATIONS, SDARConfig, SDARRunConfig, official_attack_loss, run_sdar, sdar_data
-from ..util import atomic_save_figure, atomic_write_json, running_mean, save_image_grid, seed_everything, unique_dir
+from ..util import atomic_write_json, save_curve, save_image_grid, seed_everything
 
 __all__ = ["main", "cli", "parse_args", "VARIANTS"]
 
@@ -56,18 +55,6 @@ def parse_args(argv=None):
     return args
 
 
-def _out_dir(args) -> Path:
-    name = f"sdar-{args.model}-l{args.level}-{args.variant}" + ("-u" if args.u_shaped else "")
-    if args.out is None:
-        return unique_dir(Path("results") / name)
-    out = Path(args.out)
-    if (out / "metrics.json").exists() and not args.overwrite:
-        raise FileExistsError(f"{out} already holds results (metrics.json); pass --overwrite or another --out")
-    if args.overwrite and (out / "checkpoint.pt").exists() and (out / "metrics.json").exists():
-        (out / "checkpoint.pt").unlink()  # start afresh: the finished run's state must not be resumed
-    return out
-
-
 def _official(args):
     """The official five-run mean ``attack_loss`` of this setting (vanilla split learning, batches of 128), or
     ``None``."""
@@ -76,32 +63,13 @@ def _official(args):
     return {it: sum(v) / len(v) for it, v in runs.items()} if runs else None
 
 
-def _curve(path: Path, errors: list, official) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(errors, color="0.8", lw=0.6, label="per training batch")
-    ax.plot(running_mean(errors, 100), color="C0", label="running mean (100)")
-    if official:
-        shown = {i: v for i, v in official.items() if i < max(len(errors), 100)}
-        ax.plot(list(shown), list(shown.values()), "--", color="C3", label="official code (mean of 5 runs)")
-    ax.set(xlabel="iteration", ylabel="reconstruction MSE, [0, 1]", yscale="log", title="SDAR")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    atomic_save_figure(fig, path)
-    plt.close(fig)
-
-
 def main(argv=None) -> int:
     """The demo: parse ``argv``, run the attack (resumable), write the figures and ``metrics.json``; the exit code."""
     args = parse_args(argv)
     device = device_of(args)
     seed_everything(args.seed)
-    out = _out_dir(args)
+    out = output_dir(args, f"sdar-{args.model}-l{args.level}-{args.variant}" + ("-u" if args.u_shaped else ""),
+                     checkpoint="checkpoint.pt")
     (xp, yp), (xa, ya) = sdar_data(args.data_dir, download=not args.no_download)
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = out / "checkpoint.pt"
@@ -120,7 +88,9 @@ def main(argv=None) -> int:
     save_image_grid(out / "reconstructions.png", [xp[rec.indices[shown]], rec.images[shown]],
                     row_labels=["private (sent after training)", "SDAR"])
     official = _official(args)
-    _curve(out / "curve.png", report.artefacts["monitor"].errors, official)
+    monitor = report.artefacts["monitor"]
+    save_curve(out / "curve.png", monitor.errors, window=monitor.window, title="SDAR",
+               ylabel="reconstruction MSE, [0, 1]", reference=official, reference_label="official (mean of 5 runs)")
     m = report.metrics
     log(args, f"after training: MSE {m['mse']:.4f} (mean image {report.baselines['mse']:.4f}, class means "
               f"{report.baselines['class_mean_mse']:.4f}), SSIM {m['ssim']:.3f}"
