@@ -31,6 +31,12 @@ needs, with the defense in force during training (and at attack time where it ch
   crafts feature-space PGD examples (ε = 8/255): the fraction of correctly classified test images it flips
   (baseline: same-ε random noise).
 
+* ``sdar`` (Zhu et al., NDSS'25; CIFAR-10 only) — vanilla split learning of a ResNet-20 split at ``--sdar-level``
+  (7), the client training on half of CIFAR-10 with the defense for ``--sdar-iters`` iterations while the
+  honest-but-curious server, holding the other half, runs SDAR; the reconstruction MSE of the ``--sdar-eval``
+  private images the client sends at inference ([0, 1]; lower = the attack succeeds; baseline: the auxiliary data's
+  mean image); task accuracy on 5,000 auxiliary images.
+
 A defense that cannot act in an attack's setting (noise on smashed data where the attacker computes them, a
 gradient perturbation where no label owner returns a gradient, Marvell on a 10-class task) is a stored cell that
 says so — ``n/a`` in the table, never an empty square. Each cell shows the attack's success beside the defended
@@ -114,6 +120,9 @@ def parse_args(argv=None):
                    help="FSHA iterations per cell (the paper's curve needs 3,000-10,000: a GPU's job)")
     p.add_argument("--detection-steps", type=int, default=300,
                    help="FSHA under SplitGuard: training steps (SplitGuard alarmed at step 105 undefended on MNIST)")
+    p.add_argument("--sdar-level", type=int, default=7, help="SDAR: the ResNet-20 split level (3-9)")
+    p.add_argument("--sdar-iters", type=int, default=1000, help="SDAR: training iterations (batches of 128)")
+    p.add_argument("--sdar-eval", type=int, default=1024, help="SDAR: private images reconstructed at inference")
     p.add_argument("--data-dir", type=Path, default=default_data_dir())
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/matrix"))
     p.add_argument("--cache-dir", type=Path, default=Path("benchmarks/results/defenses/checkpoints"),
@@ -149,6 +158,8 @@ def parse_args(argv=None):
     if min(args.epochs, args.label_count, args.sim_epochs, args.fsha_iters, args.detection_steps) < 1 \
             or args.sim_lr <= 0:
         p.error("epochs, --label-count, --fsha-iters and --detection-steps must be >= 1, --sim-lr > 0")
+    if not 3 <= args.sdar_level <= 9 or min(args.sdar_iters, args.sdar_eval) < 1:
+        p.error("--sdar-level must lie in 3-9, --sdar-iters and --sdar-eval must be >= 1")
     return args
 
 

@@ -83,6 +83,21 @@ def test_the_sladv_column_trains_a_defended_victim(tmp_path, monkeypatch):
     assert "cifar" in m.applicability(m._config(m.parse_args(["--dataset", "mnist"]), "sladv", "none", 0))
 
 
+def test_the_sdar_column_attacks_a_client_sending_noised_smashed_data(tmp_path, one_thread):
+    from test_sladv import _tiny_cifar_tree
+
+    m = _bench()
+    data = _tiny_cifar_tree(tmp_path / "data", per_class=(20, 6))  # 260 images: two halves of 130 (batches of 128)
+    args = m.parse_args(["--dataset", "cifar", "--sdar-level", "4", "--sdar-iters", "2", "--sdar-eval", "16"])
+    c = m._config(args, "sdar", "gaussian:0.5", 0)
+    r = m.run_cell(c, data_dir=data, cache_dir=tmp_path / "ck", device="cpu", progress=False)
+    assert r["applicable"] and r["iterations"] == 2 and 0 < r["sdar_mse"] < 1 and 0 < r["mean_image_mse"] < 1
+    assert 0 <= r["task_accuracy"] <= 1
+    assert list((tmp_path / "ck" / "sdar_matrix").glob("resnet20_l4_gaussian-0.5_i2_s0.pt"))  # resumable
+    assert "cifar" in m.applicability(m._config(m.parse_args(["--dataset", "mnist"]), "sdar", "none", 0))
+    assert m.applicability(m._config(args, "sdar", "maxnorm", 0))  # no label owner returns a gradient
+
+
 def test_a_sweep_is_one_defense_at_each_strength_in_its_own_report():
     m = _bench()
     args = m.parse_args(["--dataset", "mnist", "--sweep", "label_dp", "--attacks", "unsplit_labels"])

@@ -21,6 +21,9 @@ The attacks, as data (:data:`ATTACKS`):
   running SplitGuard (the MSE when SplitGuard alarms).
 * ``sladv`` (Fan et al., ECAI'23; CIFAR-10): a shadow front stolen from the smashed data, feature-space PGD at
   eps 8/255 (success rate; baseline: same-eps random noise).
+* ``sdar`` (Zhu et al., NDSS'25; CIFAR-10): an honest-but-curious server with half of CIFAR-10 reconstructs the
+  private images a ResNet-20 client (split at ``level``) sends at inference after ``sdar_iters`` training iterations
+  (MSE in [0, 1]; baseline: the auxiliary data's mean image).
 """
 from __future__ import annotations
 
@@ -200,6 +203,28 @@ def _sladv(c, defense, *, data_dir, cache_dir, device, progress) -> dict:
             "task_accuracy": evaluate(whole, x_test, y_test, device=device)}
 
 
+def _sdar(c, defense, *, data_dir, cache_dir, device, progress) -> dict:
+    from .sdar import run_sdar, sdar_data
+    from .training import evaluate
+
+    (xp, yp), (xa, ya) = sdar_data(data_dir, download=False)
+    checkpoint = Path(cache_dir) / "sdar_matrix" / (
+        f"resnet20_l{c['level']}_{c['defense'].replace(':', '-')}_i{c['sdar_iters']}_s{c['seed']}.pt")
+    report = run_sdar(xp, yp, xa, ya, level=c["level"], iterations=c["sdar_iters"], eval_count=c["eval_count"],
+                      checkpoint=checkpoint, progress=progress, defenses=[defense], device=device, seed=c["seed"])
+    held_out = slice(-5000, None)  # auxiliary images: the victim never trained on them
+    return {"sdar_mse": report.metrics["mse"], "mean_image_mse": report.baselines["mse"],
+            "class_mean_mse": report.baselines["class_mean_mse"], "iterations": report.metrics["iterations"],
+            "task_accuracy": evaluate(report.artefacts["topology"].as_model(), xa[held_out], ya[held_out],
+                                      device=device)}
+
+
+def _sdar_topology(model, c):
+    from .models import CifarResNet20
+
+    return Topology.split(build_model("resnet20"), front_depth=CifarResNet20.front_depth(c["level"]))
+
+
 def _fsha_u_shaped(model, c):
     from .detection import label_private_topology
 
@@ -254,6 +279,8 @@ ATTACKS = {
                                  _fsha_u_shaped, _fsha_detection, "Pasquini et al., CCS'21; Erdogan et al., WPES'22"),
     "sladv": AttackSpec((Column("SLADV (success, eps 8/255)", "sladv_success", True, "noise_success"),),
                         _u_shaped, _sladv, "Fan et al., ECAI'23", datasets=("cifar",)),
+    "sdar": AttackSpec((Column("SDAR reconstruction (MSE, [0,1])", "sdar_mse", False, "mean_image_mse"),),
+                       _sdar_topology, _sdar, "Zhu et al., NDSS'25", datasets=("cifar",)),
 }
 
 
@@ -333,6 +360,9 @@ class MatrixSettings:
     steal_iters: int = 200
     fsha_iters: int = 1000
     detection_steps: int = 300
+    sdar_level: int = 7
+    sdar_iters: int = 1000
+    sdar_eval: int = 1024
 
     def resolved(self, dataset: str) -> "MatrixSettings":
         """These settings with the dataset's defaults filled in."""
@@ -355,6 +385,8 @@ class MatrixSettings:
             c.update(fsha_iters=s.fsha_iters)
         elif attack == "fsha_detection":
             c.update(detection_steps=s.detection_steps)
+        elif attack == "sdar":
+            c.update(level=s.sdar_level, sdar_iters=s.sdar_iters, eval_count=s.sdar_eval)
         elif attack == "sladv":
             c.update(client_size=s.sladv_client_size, sladv_epochs=s.sladv_epochs, eval_count=s.sladv_eval,
                      steal_iters=s.steal_iters)

@@ -32,7 +32,7 @@ from torch import nn
 from .base import Attack, Labels, Reconstructions, Report, configure
 from .fsha import ReconstructionMonitor
 from .models import fresh_copy, keras_init
-from .protocol import SplitCallback, Topology
+from .protocol import Defense, SplitCallback, Topology
 
 __all__ = ["SDARConfig", "ABLATIONS", "SDARNetworks", "SDAR", "SDARMonitor", "SDARRunConfig", "run_sdar", "sdar_data",
            "OFFICIAL_LOGS", "official_attack_loss", "LabelMap", "Conditioned", "decoder", "simulator_discriminator",
@@ -644,7 +644,8 @@ class SDARRunConfig:
 
 def run_sdar(x_private: torch.Tensor, y_private: torch.Tensor, x_aux: torch.Tensor, y_aux: torch.Tensor,
              config: Optional[SDARRunConfig] = None, *, callbacks: Sequence[SplitCallback] = (),
-             device: Union[str, torch.device] = "cpu", seed: int = 0, **settings: Any) -> Report:
+             defenses: Sequence[Defense] = (), device: Union[str, torch.device] = "cpu", seed: int = 0,
+             **settings: Any) -> Report:
     """SDAR end to end as the official code runs it (Zhu et al., NDSS'25): ResNet-20 / PlainNet-20 split at
     ``level`` (:class:`unsplit.models.CifarResNet20`), trained by the client and the server with Adam(1e-3) on
     batches of ``batch_size`` while :class:`SDAR` attacks; then the client sends its first ``eval_count`` private
@@ -654,7 +655,8 @@ def run_sdar(x_private: torch.Tensor, y_private: torch.Tensor, x_aux: torch.Tens
         x_private, y_private: ``(N, 3, 32, 32)`` in [0, 1] and ``(N,)``: the client's training data.
         x_aux, y_aux: the server's auxiliary data (same distribution, disjoint).
         config: :class:`SDARRunConfig`; ``**settings``: its fields to change (``level=4, iterations=500``).
-        callbacks: more observers of the run. device, seed: as elsewhere.
+        callbacks: more observers of the run. defenses: the client's (:mod:`unsplit.defenses`), in force in
+            training and at inference. device, seed: as elsewhere.
 
     Returns:
         :class:`~unsplit.base.Report`: ``metrics`` the inference-time reconstruction scores (``mse``, ``psnr``,
@@ -679,9 +681,9 @@ def run_sdar(x_private: torch.Tensor, y_private: torch.Tensor, x_aux: torch.Tens
                 batch_size=cfg.batch_size, drop_last=True,
                 optimizers=lambda p: torch.optim.Adam(p, lr=1e-3, eps=1e-7), checkpoint=cfg.checkpoint,
                 checkpoint_every=cfg.checkpoint_every, callbacks=[attack, monitor, timer, losses, *callbacks],
-                device=device, progress=cfg.progress, seed=seed)
+                defenses=defenses, device=device, progress=cfg.progress, seed=seed)
     x_eval, y_eval = x_private[:cfg.eval_count], y_private[:cfg.eval_count]
-    run_split(topology, x_eval, callbacks=[attack], device=device)
+    run_split(topology, x_eval, callbacks=[attack], defenses=defenses, device=device)
     rec = attack.result()
     scores = rec.score(x_eval, reference=x_aux)
     metrics = {k: v for k, v in scores.items() if not k.startswith("baseline_")}
