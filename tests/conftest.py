@@ -1,13 +1,20 @@
 """Shared fixtures: tiny offline datasets written in torchvision's raw layouts, seeded."""
 from __future__ import annotations
 
+import os
 import struct
 import sys
 from pathlib import Path
 
-import numpy as np
-import pytest
-import torch
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one process per core (-n 2): each computes, and lets the demos, notebooks
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # and subprocesses it starts compute, on one thread
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
