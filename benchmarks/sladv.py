@@ -67,6 +67,10 @@ def parse_args(argv=None):
     p.add_argument("--sizes", default="1024,256", help="attacker images (unlabeled)")
     p.add_argument("--eps", default="8,4", help="L-inf budgets in 1/255 units")
     p.add_argument("--steps", type=int, default=20, help="PGD steps (step 2/255)")
+    p.add_argument("--loss", choices=("l2", "head"), default="l2",
+                   help="stage 2: the middle output's L2 deviation, or (ours) its deviation along the leading "
+                        "directions of the gradients the client's head returned in training (--head-rank)")
+    p.add_argument("--head-rank", type=int, default=10, help="head loss: directions kept")
     p.add_argument("--shadow-steps", type=int, default=400)
     p.add_argument("--eval-count", type=int, default=1000, help="first N test images (scaffold: 1,000)")
     p.add_argument("--stats-samples", type=int, default=5000)
@@ -105,7 +109,7 @@ def parse_args(argv=None):
         p.error("--splits, --shadows, --sources, --sizes and --eps each need a value")
     if not args.steal_count_list or min(args.steal_count_list) < 1:
         p.error("--steal-counts needs integers >= 1")
-    if min(args.size_list + args.eps_list + [args.epochs, args.eval_count, args.shadow_steps]) < 1:
+    if min(args.size_list + args.eps_list + [args.epochs, args.eval_count, args.shadow_steps, args.head_rank]) < 1:
         p.error("sizes, eps, epochs, eval count and shadow steps must be >= 1")
     return args
 
@@ -151,7 +155,7 @@ def _objective_tag(args, c: dict) -> str:
 
 
 def cell_name(args, c: dict, seed: int) -> str:
-    objective = _objective_tag(args, c)
+    objective = _objective_tag(args, c) + (f"_head{args.head_rank}" if args.loss == "head" else "")
     return f"{_tag(args, seed)}_sp{c['split']}_{c['shadow']}_{objective}_{c['source']}_{c['size']}_eps{c['eps']}"
 
 
@@ -168,8 +172,9 @@ def grid_cells(args) -> list:
                      if c["objective"] == "stealing" else
                      {"critic_smashed": args.critic_smashed} if c["objective"] == "critic" else {})
             factors = {k: c[k] for k in FACTORS}
-            cells.append(Cell(f"cells/{cell_name(args, c, seed)}", {**victim, "kind": "sladv", **factors, **steal},
-                              group=group))
+            stage2 = {"loss": "head", "head_rank": args.head_rank} if args.loss == "head" else {}
+            cells.append(Cell(f"cells/{cell_name(args, c, seed)}",
+                              {**victim, "kind": "sladv", **factors, **steal, **stage2}, group=group))
         for eps in sorted({c["eps"] for c in settings(args)}):
             for kind in ("noise", "whitebox"):
                 if kind in args.baseline_list:
@@ -234,15 +239,26 @@ def run_cell(c: dict, *, data_dir, device, progress: bool) -> dict:
         _, idx, seen = sladv.attacker_split(y_train, source=c["source"], size=c["size"],
                                             client_size=c["client_size"], seed=seed)
         stats = _statistics(c, topology, x_train, idx, device=device)
+        loss = c.get("loss", "l2")
         config = sladv.SLADVConfig(shadow=c["shadow"], objective=c["objective"], shadow_steps=c["shadow_steps"],
                                    steal_count=c.get("steal_count", 64), steal_iters=c.get("steal_iters", 200),
                                    eps=c["eps"] / 255, alpha=2 / 255, steps=c["steps"], progress=progress,
-                                   phase="inference")
+                                   phase="inference", loss=loss, head_rank=c.get("head_rank", 10))
+        gradients = None
+        if loss == "head":  # what the server saw the head return at the end of training (cached per split point)
+            key = ("gradients", c["split"])
+            if key not in _STATE:
+                n = c["stats_samples"]
+                _STATE[key] = sladv.record_head_gradients(topology, x_train[:n], y_train[:n], keep=config.max_gradients,
+                                                          device=device, seed=seed)
+            gradients = _STATE[key]
         attack = sladv.SLADV(topology.middle, x_train[idx], config, targets=x_eval, front_architecture=architecture,
-                             statistics=stats, device=device, seed=seed)
+                             statistics=stats, gradients=gradients, device=device, seed=seed)
         x_adv = attack.result().examples
         m, fit = metrics.adversarial_metrics(whole, x_eval, x_adv, y_eval, device=device), attack.shadow_fit
         keys = {k: c[k] for k in FACTORS}
+        if loss == "head":
+            keys.update(loss="head", head_rank=config.head_rank)
         if c["objective"] == "stealing":
             keys["steal_count"] = c.get("steal_count", 64)
         return {**common, **keys, "kind": "sladv", "shadow_classes": seen, **m, "shadow_fit": fit,
@@ -296,7 +312,8 @@ def build_report(args) -> Path:
             r.setdefault("steal_count", r["_cell"]["config"].get("steal_count", 64))
         fit = r.get("shadow_fit") or {}  # how close the shadow came, in the objective's own terms
         r["fit"] = next((fit[k] for k in ("relative_mse", "smashed_mse", "moment_loss") if k in fit), None)
-    cells = fold_seeds(records, by=["kind", *FACTORS, "steal_count"])
+        r.setdefault("loss", "l2")
+    cells = fold_seeds(records, by=["kind", *FACTORS, "steal_count", "loss"])
     attacks = [c for c in cells if c["kind"] == "sladv"]
     baselines = {(c["kind"], c["eps"], c.get("source"), c.get("size")): c for c in cells
                  if c["kind"] not in ("sladv", "oracle")}
@@ -316,14 +333,16 @@ def build_report(args) -> Path:
              "|" + "---|" * 15]
 
     def stage1(c):
+        head = f"; head-gradient PGD ({c.get('head_rank')} directions)" if c.get("loss") == "head" else ""
         if c["objective"] == "critic":
-            return f"critic ({c['_cell']['config'].get('critic_smashed')} smashed)"
-        return c["objective"] if c["objective"] != "stealing" else f"stealing ({c.get('steal_count', 64)} smashed)"
+            return f"critic ({c['_cell']['config'].get('critic_smashed')} smashed){head}"
+        return (c["objective"] if c["objective"] != "stealing" else
+                f"stealing ({c.get('steal_count', 64)} smashed)") + head
 
     def f(c, key="success_rate"):
         return "" if c is None else pm(c, key)
 
-    for c in sorted(attacks, key=lambda c: tuple(c[k] for k in FACTORS) + (c.get("steal_count") or 0,)):
+    for c in sorted(attacks, key=lambda c: tuple(c[k] for k in FACTORS) + (c.get("steal_count") or 0, c["loss"])):
         lines.append(f"| {c['split']} | {c['shadow']} | {stage1(c)} | {c['source']} | {c['size']} | "
                      f"{c['eps']}/255 | "
                      f"{pm(c, 'accuracy')} | {pm(c, 'misclassification_rate')} | {pm(c, 'success_rate')} | "
@@ -356,13 +375,14 @@ def _plot(attacks, baselines, centre, steal_count, path) -> None:
             return all(c[k] == v for k, v in others.items() if k not in free) and (
                 key == "steal_count" or c.get("steal_count") in (None, steal_count))
 
-        for (shadow, marker), (objective, colour) in itertools.product(
+        for (shadow, marker), (objective, colour), (loss, line) in itertools.product(
                 (("single", "o"), ("multi", "s"), ("known", "^")),
-                zip(sladv.SHADOW_OBJECTIVES, ("C1", "C0", "C3", "C2"))):
+                zip(sladv.SHADOW_OBJECTIVES, ("C1", "C0", "C3", "C2")), (("l2", "-"), ("head", "--"))):
             pts = sorted((c[key], c["success_rate"]) for c in attacks if c["shadow"] == shadow and at_base(c)
-                         and c["objective"] == objective and c.get(key) is not None)
+                         and c["objective"] == objective and c["loss"] == loss and c.get(key) is not None)
             if pts:
-                ax.plot(*zip(*pts), f"{colour}{marker}-", label=f"{shadow}, {objective}")
+                ax.plot(*zip(*pts), f"{colour}{marker}{line}",
+                        label=f"{shadow}, {objective}" + (", head PGD" if loss == "head" else ""))
         for kind, style in (("whitebox", "k--"), ("noise", "k:")):
             if key == "eps":
                 pts = sorted((e, c["success_rate"]) for (k, e, _, _), c in baselines.items() if k == kind)

@@ -351,6 +351,13 @@ def test_the_benchmark_writes_resumable_cells_and_a_report(tmp_path, monkeypatch
     report = (tmp_path / "out" / "report.md").read_text()
     assert report.count("| single | paired | cifar-iid | 30 | 8/255 |") == 2
     assert report.count("| single | critic (16 smashed) | cifar-iid | 30 | 8/255 |") == 2
+    # stage 2 along the head's returned gradients: cells of their own beside the L2 ones
+    assert bench.main(argv + ["--splits", "2", "--steal-counts", "8", "--loss", "head", "--head-rank", "3",
+                              "--baselines", ""]) == 0
+    assert list((tmp_path / "out" / "cells").glob("*_sp2_single_steal8x1_head3_cifar-iid_30_eps8.json"))
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert report.count("| single | stealing (8 smashed) | cifar-iid | 30 | 8/255 |") == 2
+    assert report.count("| 2 | single | stealing (8 smashed); head-gradient PGD (3 directions) |") == 1
     with pytest.raises(SystemExit):
         bench.parse_args(["--cross", "split,colour"])
 
@@ -408,3 +415,38 @@ def test_an_interrupted_victim_training_resumes_from_its_partial_checkpoint(tmp_
     reference = by_hand(2).state_dict()
     assert all(torch.equal(a, reference[k]) for k, a in resumed.state_dict().items())
     assert not torch.equal(resumed.state_dict()["0.0.weight"], fresh.state_dict()["0.0.weight"])
+
+
+def test_head_gradients_span_the_heads_row_space_and_the_replay_leaves_the_victim_as_it_was(one_thread):
+    from test_attack_api import CLASSES, novel_net, quadrants
+
+    x, y = quadrants(256)
+    topology = Topology.split(novel_net(), front_depth=3, head_start=9)  # the head: one Linear(32, CLASSES)
+    train_split(topology, x, y, epochs=1, batch_size=32, seed=0)
+    before = {k: v.clone() for part in (topology.front, topology.middle, topology.head)
+              for k, v in part.state_dict().items()}
+    recorder = sladv.record_head_gradients(topology, x, y, keep=200, batch_size=32)
+    after = {k: v for part in (topology.front, topology.middle, topology.head) for k, v in part.state_dict().items()}
+    assert all(torch.equal(before[k], after[k]) for k in before)  # BatchNorm statistics included
+    assert recorder.gradients.shape == (200, 32)
+    u = recorder.directions(CLASSES - 1)  # softmax gradients sum to zero over classes: rank CLASSES - 1
+    w = topology.head[0].weight.detach()
+    in_row_space = w.T @ torch.linalg.solve(w @ w.T, w @ u)
+    assert torch.allclose(u.T @ u, torch.eye(CLASSES - 1), atol=1e-5) and (u - in_row_space).norm() < 1e-4
+    with pytest.raises(ValueError, match="directions"):
+        sladv.feature_pgd(topology.front, topology.middle, x[:4], loss="head")
+
+
+def test_sladv_with_the_head_gradient_loss_records_them_as_it_serves(one_thread):
+    from test_attack_api import novel_net, quadrants
+
+    x, y = quadrants(512)
+    topology = Topology.split(novel_net(), front_depth=2, head_start=9)
+    x_test, y_test = quadrants(64, seed=2)
+    attack = sladv.SLADV(topology.middle, quadrants(128, seed=3)[0], targets=x_test, eps=0.3, alpha=0.05,
+                         steal_iters=100, loss="head", head_rank=3, max_gradients=256)
+    assert "head.gradient" in attack.observes
+    train_split(topology, x, y, epochs=3, batch_size=32, callbacks=[attack], seed=0)
+    assert attack.gradients.gradients.shape == (256, 32)
+    score = attack.result().score(topology.as_model().eval(), y_test)
+    assert score["clean_accuracy"] > 0.9 and score["success_rate"] > 0.25 and score["baseline_success_rate"] < 0.05

@@ -19,14 +19,16 @@ incomplete scaffold), so these are **ours** and labelled so: the shadow objectiv
 the smashed data the server received, UnSplit's coordinate descent; ``objective="distribution"``: per-channel moments
 of the smashed data + an MMD on the middle's outputs on the attacker's unlabeled images, the paper's idea as far as it
 is known, which fails on CIFAR-10; ``"critic"``: FSHA's adversarial critic on the smashed data; ``"paired"``: the
-server's own images run through the deployed model, regressed on the smashed data it receives for them), the L2
-and cosine deviation losses, ε = 8/255, step 2/255, 20 steps with a random start. The baselines (metric code only):
-clean accuracy, same-ε random sign noise, white-box PGD on the whole model (the upper bound) and PGD transferred from
-a surrogate trained on the attacker's own images (with labels: more than SLADV's attacker has); the PGD baselines are
+server's own images run through the deployed model, regressed on the smashed data it receives for them), the L2 and
+cosine deviation losses and the deviation along the gradients the head returned in training (``loss="head"``),
+ε = 8/255, step 2/255, 20 steps with a random start. The baselines (metric code only): clean accuracy, same-ε random
+sign noise, white-box PGD on the whole model (the upper bound) and PGD transferred from a surrogate trained on the
+attacker's own images (with labels: more than SLADV's attacker has); the PGD baselines are
 :func:`pgd`, torchattacks' algorithm.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import time
@@ -48,6 +50,8 @@ __all__ = [
     "build_victim",
     "victim_topology",
     "ServerStatistics",
+    "HeadGradients",
+    "record_head_gradients",
     "moment_distance",
     "record_inference",
     "SHADOW_KINDS",
@@ -193,6 +197,61 @@ class ServerStatistics(SplitCallback):
         if self._count == 0 or not self._outputs:
             raise RuntimeError("ServerStatistics recorded nothing: pass it as a callback of a U-shaped train_split "
                                "(phase='train') or run_split (phase='inference')")
+
+
+class HeadGradients(SplitCallback):
+    """The gradients the client's head returns to the server in training (``head.gradient``, part of what an
+    honest-but-curious server sees): the latest ``keep`` of them, flattened. They tell the server which directions of
+    its middle's output the client's loss is sensitive to: for a linear head ``W``, each lies in the span of ``W``'s
+    rows (ours; the paper does not use them).
+
+    Args:
+        keep: how many per-sample gradients to keep (the latest: those of the trained head).
+    """
+
+    observes = frozenset({"head.gradient"})
+
+    def __init__(self, keep: int = 1024):
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1, got {keep}")
+        self.keep = keep
+        self._kept: list = []
+
+    def on_cut(self, event: CutEvent) -> None:
+        if event.cut != "head" or event.gradient is None:
+            return
+        self._kept.append(event.gradient.detach().float().flatten(1).cpu())
+        while sum(len(g) for g in self._kept) - len(self._kept[0]) >= self.keep:
+            self._kept.pop(0)
+
+    @property
+    def gradients(self) -> torch.Tensor:
+        """``(G, D)`` the latest returned gradients (``G <= keep``)."""
+        if not self._kept:
+            raise RuntimeError("HeadGradients recorded nothing: pass it as a callback of a U-shaped train_split")
+        return torch.cat(self._kept)[-self.keep:]
+
+    def directions(self, rank: int = 10) -> torch.Tensor:
+        """``(D, rank)`` orthonormal: the ``rank`` leading right singular vectors of the gradients, the directions of
+        the middle's output that the head's loss responds to most."""
+        g = self.gradients
+        g = g / g.norm(dim=1, keepdim=True).clamp_min(1e-12)  # every sample's direction counts alike
+        _, _, vh = torch.linalg.svd(g, full_matrices=False)
+        return vh[:rank].T.contiguous()
+
+
+def record_head_gradients(topology: Topology, x: torch.Tensor, y: torch.Tensor, *, keep: int = 1024,
+                          batch_size: int = 128, device: Union[str, torch.device] = "cpu",
+                          seed: int = 0) -> HeadGradients:
+    """For a victim trained earlier (e.g. loaded from a cache): the gradients its head returns in one more epoch of
+    training on ``x, y`` with every party's learning rate 0 (a copy: the victim, BatchNorm statistics included, is
+    unchanged), i.e. what the server saw at the end of training, computed with the final weights."""
+    from .training import train_split
+
+    recorder = HeadGradients(keep)
+    train_split(copy.deepcopy(topology), x, y, epochs=1, batch_size=batch_size, callbacks=[recorder],
+                optimizers=lambda p: torch.optim.SGD(p, lr=0.0), device=device, seed=seed)
+    return recorder
 
 
 SHADOW_KINDS = ("single", "multi", "known")
@@ -440,7 +499,7 @@ def steal_shadow(shadow: nn.Module, stats: ServerStatistics, *, input_shape: Seq
 
 
 SHADOW_OBJECTIVES = ("distribution", "stealing", "critic", "paired")
-FEATURE_LOSSES = ("l2", "cosine")
+FEATURE_LOSSES = ("l2", "cosine", "head")
 
 
 def _project(x: torch.Tensor, x0: torch.Tensor, eps: float) -> torch.Tensor:
@@ -448,24 +507,31 @@ def _project(x: torch.Tensor, x0: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def feature_pgd(shadow: nn.Module, middle: nn.Module, x: torch.Tensor, *, eps: float = 8 / 255,
-                alpha: float = 2 / 255, steps: int = 20, loss: str = "l2", random_start: bool = True,
-                batch_size: int = 256, device: Union[str, torch.device] = "cpu", seed: int = 0) -> torch.Tensor:
+                alpha: float = 2 / 255, steps: int = 20, loss: str = "l2", directions: Optional[torch.Tensor] = None,
+                random_start: bool = True, batch_size: int = 256, device: Union[str, torch.device] = "cpu",
+                seed: int = 0) -> torch.Tensor:
     """Stage 2: PGD in the L∞ ball of radius ``eps`` around ``x`` that maximises the deviation of the server's middle
-    output, through the shadow front and the real middle: ``||m(s(x')) - m(s(x))||²`` (``loss="l2"``) or
-    ``1 - cos(m(s(x')), m(s(x)))`` (``"cosine"``). Uses nothing of the client's (front, head, labels).
+    output, through the shadow front and the real middle: ``||m(s(x')) - m(s(x))||²`` (``loss="l2"``),
+    ``1 - cos(m(s(x')), m(s(x)))`` (``"cosine"``) or ``||Uᵀ(m(s(x')) - m(s(x)))||²`` (``"head"``, ours: the
+    deviation along ``directions`` U, :meth:`HeadGradients.directions`). Uses nothing of the client's (front, head,
+    labels) beyond what the server received.
 
     Args:
         shadow, middle: the attacker's shadow front and the server's middle.
         x: ``(N, 3, H, W)`` natural images in [0, 1].
         eps, alpha, steps: budget, step size and number of steps (ours: 8/255, 2/255, 20).
-        loss: ``"l2"`` or ``"cosine"``; random_start: start from a uniform point of the ball (Madry et al.).
+        loss: ``"l2"``, ``"cosine"`` or ``"head"``; directions: ``(D, k)`` for ``"head"`` (D: the middle's output
+            size). random_start: start from a uniform point of the ball (Madry et al.).
         device, seed: where it runs; seeds the random start.
 
     Returns:
         ``(N, 3, H, W)`` adversarial images in [0, 1] with ``|x' - x| <= eps``.
     """
     if loss not in FEATURE_LOSSES:
-        raise ValueError(f"loss must be 'l2' or 'cosine', got {loss!r}")
+        raise ValueError(f"loss must be one of {', '.join(FEATURE_LOSSES)}, got {loss!r}")
+    if (loss == "head") != (directions is not None):
+        raise ValueError("loss 'head' needs directions (HeadGradients.directions), and only it takes them")
+    u = None if directions is None else directions.to(device)
     if not (eps >= 0 and alpha > 0 and steps >= 0):
         raise ValueError("eps must be >= 0, alpha > 0 and steps >= 0")
     shadow, middle = shadow.to(device).eval(), middle.to(device).eval()
@@ -482,7 +548,10 @@ def feature_pgd(shadow: nn.Module, middle: nn.Module, x: torch.Tensor, *, eps: f
         for _ in range(steps):
             xa.requires_grad_(True)
             f = middle(shadow(xa)).flatten(1)
-            dev = (f - f0).pow(2).sum(1) if loss == "l2" else 1 - F.cosine_similarity(f, f0, dim=1)
+            if loss == "cosine":
+                dev = 1 - F.cosine_similarity(f, f0, dim=1)
+            else:
+                dev = ((f - f0) if u is None else (f - f0) @ u).pow(2).sum(1)
             (grad,) = torch.autograd.grad(dev.sum(), xa)
             xa = _project(xa.detach() + alpha * grad.sign(), x0, eps)
         out.append(xa.detach().cpu())
@@ -590,7 +659,9 @@ class SLADVConfig:
             front at inference, paired with the smashed data it receives for them; needs ``phase="inference"``).
         shadow_steps: ``"distribution"``, ``"critic"``, ``"paired"``: Adam steps. steal_count, steal_iters:
             ``"stealing"``: smashed tensors used and outer iterations of the coordinate descent.
-        eps, alpha, steps, loss: stage 2 (:func:`feature_pgd`): L∞ budget, step, steps, ``"l2"`` or ``"cosine"``.
+        eps, alpha, steps, loss: stage 2 (:func:`feature_pgd`): L∞ budget, step, steps, ``"l2"``, ``"cosine"``
+            or ``"head"`` (ours: the deviation along the ``head_rank`` leading directions of the gradients the head
+            returned in training, :class:`HeadGradients`, the latest ``max_gradients`` of them).
         phase, epoch, max_outputs, max_smashed: what the server records (:class:`ServerStatistics`).
         progress: progress bars.
     """
@@ -604,6 +675,8 @@ class SLADVConfig:
     alpha: float = 2 / 255
     steps: int = 20
     loss: str = "l2"
+    head_rank: int = 10
+    max_gradients: int = 1024
     phase: str = "train"
     epoch: int = -1
     max_outputs: int = 2048
@@ -616,7 +689,7 @@ class SLADVConfig:
         if self.objective not in SHADOW_OBJECTIVES:
             raise ValueError(f"objective must be one of {', '.join(SHADOW_OBJECTIVES)}, got {self.objective!r}")
         if self.loss not in FEATURE_LOSSES:
-            raise ValueError(f"loss must be 'l2' or 'cosine', got {self.loss!r}")
+            raise ValueError(f"loss must be one of {', '.join(FEATURE_LOSSES)}, got {self.loss!r}")
         if self.phase not in ("train", "inference"):
             raise ValueError(f"phase must be 'train' or 'inference', got {self.phase!r}")
         if not (math.isfinite(self.eps) and self.eps >= 0 and self.alpha > 0 and self.steps >= 0):
@@ -628,7 +701,7 @@ class SLADVConfig:
         for name in ("shadow_steps", "steal_iters"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("steal_count", "max_outputs", "max_smashed"):
+        for name in ("steal_count", "max_outputs", "max_smashed", "head_rank", "max_gradients"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
@@ -666,6 +739,8 @@ class SLADV(Attack):
             ``shadow="known"``.
         statistics: a :class:`ServerStatistics` the server recorded already (e.g. in an earlier inference pass);
             default: a fresh one this attack fills as a callback (``config.phase``, ``epoch``, ``max_*``).
+        gradients: for ``loss="head"``, a :class:`HeadGradients` recorded already (:func:`record_head_gradients`);
+            default: a fresh one this attack fills in training (it then also observes ``head.gradient``).
         device, seed, ``**overrides``: as :class:`~unsplit.base.Attack`.
 
     After :meth:`result`, ``shadow`` is the fitted shadow front and ``shadow_fit`` the numbers of its fit.
@@ -677,8 +752,8 @@ class SLADV(Attack):
 
     def __init__(self, middle: nn.Module, attacker_images: Optional[torch.Tensor], config: Optional[SLADVConfig] = None,
                  *, targets: Optional[torch.Tensor] = None, front_architecture: Optional[nn.Module] = None,
-                 statistics: Optional[ServerStatistics] = None, device: Union[str, torch.device] = "cpu",
-                 seed: int = 0, **overrides: Any):
+                 statistics: Optional[ServerStatistics] = None, gradients: Optional[HeadGradients] = None,
+                 device: Union[str, torch.device] = "cpu", seed: int = 0, **overrides: Any):
         super().__init__(config, device=device, seed=seed, **overrides)
         c = self.config
         if c.shadow == "known" and front_architecture is None:
@@ -692,6 +767,10 @@ class SLADV(Attack):
         keep = max(c.max_smashed, len(attacker_images)) if c.objective == "paired" else c.max_smashed
         self.statistics = statistics if statistics is not None else ServerStatistics(
             phase=c.phase, epoch=c.epoch, max_outputs=c.max_outputs, max_smashed=keep)
+        self.gradients = None
+        if c.loss == "head":
+            self.gradients = gradients if gradients is not None else HeadGradients(c.max_gradients)
+            self.observes = ServerStatistics.observes | HeadGradients.observes
         self.shadow: Optional[nn.Module] = None
         self.shadow_fit: Dict[str, float] = {}
 
@@ -703,6 +782,8 @@ class SLADV(Attack):
 
     def on_cut(self, event: CutEvent) -> None:
         self.statistics.on_cut(event)
+        if self.gradients is not None and event.phase == "train":
+            self.gradients.on_cut(event)
 
     def fit_shadow(self) -> Tuple[nn.Module, Dict[str, float]]:
         """Stage 1: the shadow front fitted by ``config.objective`` to what the server recorded."""
@@ -726,8 +807,9 @@ class SLADV(Attack):
         """Stage 1 (:meth:`fit_shadow`), then stage 2 (:func:`feature_pgd` through the shadow and the middle)."""
         c = self.config
         self.shadow, self.shadow_fit = self.fit_shadow()
+        directions = self.gradients.directions(c.head_rank) if self.gradients is not None else None
         x_adv = feature_pgd(self.shadow, self.middle, self.targets, eps=c.eps, alpha=c.alpha, steps=c.steps,
-                            loss=c.loss, device=self.device, seed=self.seed)
+                            loss=c.loss, directions=directions, device=self.device, seed=self.seed)
         return AdversarialExamples(x_adv, self.targets, eps=c.eps)
 
 
