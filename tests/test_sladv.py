@@ -429,7 +429,8 @@ def test_head_gradients_span_the_heads_row_space_and_the_replay_leaves_the_victi
     after = {k: v for part in (topology.front, topology.middle, topology.head) for k, v in part.state_dict().items()}
     assert all(torch.equal(before[k], after[k]) for k in before)  # BatchNorm statistics included
     assert recorder.gradients.shape == (200, 32)
-    u = recorder.directions(CLASSES - 1)  # softmax gradients sum to zero over classes: rank CLASSES - 1
+    u = recorder.directions(CLASSES + 2)  # softmax gradients sum to zero over classes: they span CLASSES - 1
+    assert u.shape == (32, CLASSES - 1)
     w = topology.head[0].weight.detach()
     in_row_space = w.T @ torch.linalg.solve(w @ w.T, w @ u)
     assert torch.allclose(u.T @ u, torch.eye(CLASSES - 1), atol=1e-5) and (u - in_row_space).norm() < 1e-4

@@ -232,12 +232,14 @@ class HeadGradients(SplitCallback):
         return torch.cat(self._kept)[-self.keep:]
 
     def directions(self, rank: int = 10) -> torch.Tensor:
-        """``(D, rank)`` orthonormal: the ``rank`` leading right singular vectors of the gradients, the directions of
-        the middle's output that the head's loss responds to most."""
+        """``(D, k)`` orthonormal, ``k <= rank``: the leading right singular vectors of the gradients, the directions
+        of the middle's output that the head's loss responds to most (those with a singular value below 1e-4 of the
+        largest, which the gradients do not span, left out)."""
         g = self.gradients
         g = g / g.norm(dim=1, keepdim=True).clamp_min(1e-12)  # every sample's direction counts alike
-        _, _, vh = torch.linalg.svd(g, full_matrices=False)
-        return vh[:rank].T.contiguous()
+        _, sv, vh = torch.linalg.svd(g, full_matrices=False)
+        k = min(rank, int((sv > 1e-4 * sv[0]).sum()))
+        return vh[:k].T.contiguous()
 
 
 def record_head_gradients(topology: Topology, x: torch.Tensor, y: torch.Tensor, *, keep: int = 1024,
