@@ -110,7 +110,7 @@ def parse_args(argv=None):
     if not args.steal_count_list or min(args.steal_count_list) < 1:
         p.error("--steal-counts needs integers >= 1")
     if min(args.size_list + args.eps_list + [args.epochs, args.eval_count, args.shadow_steps, args.head_rank]) < 1:
-        p.error("sizes, eps, epochs, eval count and shadow steps must be >= 1")
+        p.error("--sizes, --eps, --epochs, --eval-count, --shadow-steps and --head-rank must be >= 1")
     return args
 
 
@@ -221,6 +221,16 @@ def _statistics(c: dict, topology, x_train, idx, *, device) -> "sladv.ServerStat
     return _STATE[key]
 
 
+def _head_gradients(c: dict, topology, x_train, y_train, config, *, device) -> "sladv.HeadGradients":
+    """What the server saw the client's head return at the end of training (cached per process and split point)."""
+    n = c["stats_samples"]
+    key = ("gradients", c["split"], n, config.max_gradients)
+    if key not in _STATE:
+        _STATE[key] = sladv.record_head_gradients(topology, x_train[:n], y_train[:n], keep=config.max_gradients,
+                                                  device=device, seed=c["seed"])
+    return _STATE[key]
+
+
 def run_cell(c: dict, *, data_dir, device, progress: bool) -> dict:
     """One SLADV setting or one baseline against the (cached) victim."""
     device = resolve_device(device)
@@ -244,21 +254,14 @@ def run_cell(c: dict, *, data_dir, device, progress: bool) -> dict:
                                    steal_count=c.get("steal_count", 64), steal_iters=c.get("steal_iters", 200),
                                    eps=c["eps"] / 255, alpha=2 / 255, steps=c["steps"], progress=progress,
                                    phase="inference", loss=loss, head_rank=c.get("head_rank", 10))
-        gradients = None
-        if loss == "head":  # what the server saw the head return at the end of training (cached per split point)
-            key = ("gradients", c["split"])
-            if key not in _STATE:
-                n = c["stats_samples"]
-                _STATE[key] = sladv.record_head_gradients(topology, x_train[:n], y_train[:n], keep=config.max_gradients,
-                                                          device=device, seed=seed)
-            gradients = _STATE[key]
+        gradients = _head_gradients(c, topology, x_train, y_train, config, device=device) if loss == "head" else None
         attack = sladv.SLADV(topology.middle, x_train[idx], config, targets=x_eval, front_architecture=architecture,
                              statistics=stats, gradients=gradients, device=device, seed=seed)
         x_adv = attack.result().examples
         m, fit = metrics.adversarial_metrics(whole, x_eval, x_adv, y_eval, device=device), attack.shadow_fit
         keys = {k: c[k] for k in FACTORS}
         if loss == "head":
-            keys.update(loss="head", head_rank=config.head_rank)
+            keys.update(loss="head", head_rank=config.head_rank, head_directions=attack.head_directions)
         if c["objective"] == "stealing":
             keys["steal_count"] = c.get("steal_count", 64)
         return {**common, **keys, "kind": "sladv", "shadow_classes": seen, **m, "shadow_fit": fit,
@@ -313,7 +316,8 @@ def build_report(args) -> Path:
         fit = r.get("shadow_fit") or {}  # how close the shadow came, in the objective's own terms
         r["fit"] = next((fit[k] for k in ("relative_mse", "smashed_mse", "moment_loss") if k in fit), None)
         r.setdefault("loss", "l2")
-    cells = fold_seeds(records, by=["kind", *FACTORS, "steal_count", "loss"])
+        r.setdefault("head_rank", None)
+    cells = fold_seeds(records, by=["kind", *FACTORS, "steal_count", "loss", "head_rank"])
     attacks = [c for c in cells if c["kind"] == "sladv"]
     baselines = {(c["kind"], c["eps"], c.get("source"), c.get("size")): c for c in cells
                  if c["kind"] not in ("sladv", "oracle")}
@@ -333,7 +337,8 @@ def build_report(args) -> Path:
              "|" + "---|" * 15]
 
     def stage1(c):
-        head = f"; head-gradient PGD ({c.get('head_rank')} directions)" if c.get("loss") == "head" else ""
+        used = c.get("head_directions") or f"up to {c.get('head_rank')}"
+        head = f"; head-gradient PGD ({used} directions)" if c.get("loss") == "head" else ""
         if c["objective"] == "critic":
             return f"critic ({c['_cell']['config'].get('critic_smashed')} smashed){head}"
         return (c["objective"] if c["objective"] != "stealing" else
@@ -342,7 +347,10 @@ def build_report(args) -> Path:
     def f(c, key="success_rate"):
         return "" if c is None else pm(c, key)
 
-    for c in sorted(attacks, key=lambda c: tuple(c[k] for k in FACTORS) + (c.get("steal_count") or 0, c["loss"])):
+    def order(c):
+        return tuple(c[k] for k in FACTORS) + (c.get("steal_count") or 0, c["loss"] != "l2")
+
+    for c in sorted(attacks, key=order):
         lines.append(f"| {c['split']} | {c['shadow']} | {stage1(c)} | {c['source']} | {c['size']} | "
                      f"{c['eps']}/255 | "
                      f"{pm(c, 'accuracy')} | {pm(c, 'misclassification_rate')} | {pm(c, 'success_rate')} | "

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 if os.environ.get("PYTEST_XDIST_WORKER"):  # one process per core (-n 2): each computes, and lets the demos, notebooks
-    os.environ.setdefault("OMP_NUM_THREADS", "1")  # and subprocesses it starts compute, on one thread
+    os.environ["OMP_NUM_THREADS"] = "1"  # and subprocesses it starts compute, on one thread
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -33,8 +33,8 @@ from unsplit.training import train_split
 
 @pytest.fixture
 def one_thread():
-    """Small networks: one thread (threads only contend on a shared machine); restored afterwards. (The older
-    tests run on torch's default threads: their tiny-problem thresholds were set there.)"""
+    """Small networks: one thread (threads only contend on a shared machine); restored afterwards. (Under
+    ``-n auto`` every test runs on one thread; their tiny-problem thresholds hold on one thread and on two.)"""
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)

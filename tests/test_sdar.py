@@ -317,3 +317,25 @@ def test_the_speed_benchmark_times_both_sides(tmp_path):
     (round1,) = json.loads((tmp_path / "speed.json").read_text())["rounds"]
     assert round1["official"] == 2.0 and round1["ours"] > 0 and round1["official_over_ours"] == 2.0 / round1["ours"]
     assert "| 1 | 2.000 |" in (tmp_path / "speed.md").read_text()
+
+
+def test_run_sdar_puts_the_clients_defenses_in_force_in_training_and_at_inference(one_thread):
+    from unsplit.protocol import Defense
+    from unsplit.sdar import run_sdar
+
+    class Spy(Defense):
+        name = "spy"
+        acts_on = frozenset({"smashed"})
+
+        def __init__(self):
+            self.phases = []
+
+        def smashed(self, z, ctx=None):
+            self.phases.append(ctx.phase)
+            return z
+
+    g = torch.Generator().manual_seed(0)
+    xs, ys = torch.rand(64, 3, 32, 32, generator=g), torch.arange(64) % 10
+    spy = Spy()
+    run_sdar(xs[:32], ys[:32], xs[32:], ys[32:], level=4, iterations=2, batch_size=16, eval_count=16, defenses=[spy])
+    assert spy.phases == ["train", "train", "inference"]

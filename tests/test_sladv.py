@@ -103,7 +103,8 @@ def test_the_sladv_class_flips_more_predictions_than_same_budget_noise(trained):
 
 
 @pytest.mark.parametrize("bad", [{"shadow": "deep"}, {"objective": "mmd"}, {"loss": "l1"}, {"eps": float("nan")},
-                                 {"alpha": 0.0}, {"steps": -1}, {"steal_count": 0}, {"phase": "test"}])
+                                 {"alpha": 0.0}, {"steps": -1}, {"steal_count": 0}, {"phase": "test"},
+                                 {"head_rank": 0}, {"max_gradients": 0}])
 def test_a_bad_config_is_refused(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         sladv.SLADVConfig(**bad)
@@ -360,6 +361,9 @@ def test_the_benchmark_writes_resumable_cells_and_a_report(tmp_path, monkeypatch
     assert report.count("| 2 | single | stealing (8 smashed); head-gradient PGD (3 directions) |") == 1
     with pytest.raises(SystemExit):
         bench.parse_args(["--cross", "split,colour"])
+    with pytest.raises(SystemExit) as exit_info:
+        bench.parse_args(["--head-rank", "0"])
+    assert exit_info.value.code == 2
 
 
 @pytest.mark.slow
@@ -436,6 +440,14 @@ def test_head_gradients_span_the_heads_row_space_and_the_replay_leaves_the_victi
     assert torch.allclose(u.T @ u, torch.eye(CLASSES - 1), atol=1e-5) and (u - in_row_space).norm() < 1e-4
     with pytest.raises(ValueError, match="directions"):
         sladv.feature_pgd(topology.front, topology.middle, x[:4], loss="head")
+    with pytest.raises(ValueError, match="rows"):  # the middle's output has 32 values
+        sladv.feature_pgd(topology.front, topology.middle, x[:4], loss="head", directions=torch.eye(16)[:, :2])
+    with pytest.raises(ValueError, match="rank"):
+        recorder.directions(0)
+    with pytest.raises(ValueError, match="keep"):
+        sladv.HeadGradients(keep=0)
+    with pytest.raises(ValueError, match="loss='head' only"):
+        sladv.SLADV(topology.middle, x[:4], gradients=recorder)
 
 
 def test_sladv_with_the_head_gradient_loss_records_them_as_it_serves(one_thread):

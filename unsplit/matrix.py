@@ -38,7 +38,7 @@ import torch
 from . import metrics
 from .cli import train_mean_image
 from .data import first_of_each_class, load_dataset
-from .defenses import defense_label, parse_defense
+from .defenses import defense_label, defense_tag, parse_defense
 from .experiments import TrainingCase, inversion_experiment, label_experiment, train_or_load
 from .grid import Cell, ResultStore, fold_seeds, run_grid
 from .models import MODELS, build_model, split
@@ -209,8 +209,8 @@ def _sdar(c, defense, *, data_dir, cache_dir, device, progress) -> dict:
 
     (xp, yp), (xa, ya) = sdar_data(data_dir, download=False)
     checkpoint = Path(cache_dir) / "sdar_matrix" / (
-        f"resnet20_l{c['level']}_{c['defense'].replace(':', '-')}_i{c['sdar_iters']}_s{c['seed']}.pt")
-    report = run_sdar(xp, yp, xa, ya, level=c["level"], iterations=c["sdar_iters"], eval_count=c["eval_count"],
+        f"resnet20_l{c['sdar_level']}_{defense_tag(c['defense'])}_i{c['sdar_iters']}_s{c['seed']}.pt")
+    report = run_sdar(xp, yp, xa, ya, level=c["sdar_level"], iterations=c["sdar_iters"], eval_count=c["sdar_eval"],
                       checkpoint=checkpoint, progress=progress, defenses=[defense], device=device, seed=c["seed"])
     held_out = slice(-5000, None)  # auxiliary images: the victim never trained on them
     return {"sdar_mse": report.metrics["mse"], "mean_image_mse": report.baselines["mse"],
@@ -222,7 +222,7 @@ def _sdar(c, defense, *, data_dir, cache_dir, device, progress) -> dict:
 def _sdar_topology(model, c):
     from .models import CifarResNet20
 
-    return Topology.split(build_model("resnet20"), front_depth=CifarResNet20.front_depth(c["level"]))
+    return Topology.split(build_model("resnet20"), front_depth=CifarResNet20.front_depth(c["sdar_level"]))
 
 
 def _fsha_u_shaped(model, c):
@@ -386,7 +386,7 @@ class MatrixSettings:
         elif attack == "fsha_detection":
             c.update(detection_steps=s.detection_steps)
         elif attack == "sdar":
-            c.update(level=s.sdar_level, sdar_iters=s.sdar_iters, eval_count=s.sdar_eval)
+            c.update(sdar_level=s.sdar_level, sdar_iters=s.sdar_iters, sdar_eval=s.sdar_eval)
         elif attack == "sladv":
             c.update(client_size=s.sladv_client_size, sladv_epochs=s.sladv_epochs, eval_count=s.sladv_eval,
                      steal_iters=s.steal_iters)

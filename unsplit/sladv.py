@@ -235,10 +235,14 @@ class HeadGradients(SplitCallback):
         """``(D, k)`` orthonormal, ``k <= rank``: the leading right singular vectors of the gradients, the directions
         of the middle's output that the head's loss responds to most (those with a singular value below 1e-4 of the
         largest, which the gradients do not span, left out)."""
+        if rank < 1:
+            raise ValueError(f"rank must be >= 1, got {rank}")
         g = self.gradients
         g = g / g.norm(dim=1, keepdim=True).clamp_min(1e-12)  # every sample's direction counts alike
         _, sv, vh = torch.linalg.svd(g, full_matrices=False)
         k = min(rank, int((sv > 1e-4 * sv[0]).sum()))
+        if k == 0:
+            raise ValueError("the recorded head gradients are all zero: they span no direction")
         return vh[:k].T.contiguous()
 
 
@@ -246,8 +250,17 @@ def record_head_gradients(topology: Topology, x: torch.Tensor, y: torch.Tensor, 
                           batch_size: int = 128, device: Union[str, torch.device] = "cpu",
                           seed: int = 0) -> HeadGradients:
     """For a victim trained earlier (e.g. loaded from a cache): the gradients its head returns in one more epoch of
-    training on ``x, y`` with every party's learning rate 0 (a copy: the victim, BatchNorm statistics included, is
-    unchanged), i.e. what the server saw at the end of training, computed with the final weights."""
+    training with every party's learning rate 0, on a copy (the victim, BatchNorm statistics included, is unchanged).
+    That is what the server saw at the end of training, computed with the final weights throughout (slightly more
+    consistent than gradients recorded while the weights still moved).
+
+    Args:
+        topology: the trained U-shaped victim. x, y: ``(N, C, H, W)`` in [0, 1] and ``(N,)``: the client's data.
+        keep: gradients kept (the latest). batch_size: the client's batches. device, seed: as elsewhere.
+
+    Returns:
+        :class:`HeadGradients` holding ``min(keep, N)`` gradients.
+    """
     from .training import train_split
 
     recorder = HeadGradients(keep)
@@ -533,6 +546,8 @@ def feature_pgd(shadow: nn.Module, middle: nn.Module, x: torch.Tensor, *, eps: f
         raise ValueError(f"loss must be one of {', '.join(FEATURE_LOSSES)}, got {loss!r}")
     if (loss == "head") != (directions is not None):
         raise ValueError("loss 'head' needs directions (HeadGradients.directions), and only it takes them")
+    if directions is not None and (directions.dim() != 2 or directions.shape[1] < 1):
+        raise ValueError(f"directions must be (D, k) with k >= 1, got shape {tuple(directions.shape)}")
     u = None if directions is None else directions.to(device)
     if not (eps >= 0 and alpha > 0 and steps >= 0):
         raise ValueError("eps must be >= 0, alpha > 0 and steps >= 0")
@@ -543,6 +558,8 @@ def feature_pgd(shadow: nn.Module, middle: nn.Module, x: torch.Tensor, *, eps: f
         x0 = x[start:start + batch_size].to(device)
         with torch.no_grad():
             f0 = middle(shadow(x0)).flatten(1)
+        if u is not None and f0.shape[1] != u.shape[0]:
+            raise ValueError(f"directions have {u.shape[0]} rows, the middle's output has {f0.shape[1]} values")
         xa = x0.clone()
         if random_start:
             noise = (torch.rand(x0.shape, generator=gen) * 2 - 1).to(device) * eps
@@ -745,7 +762,8 @@ class SLADV(Attack):
             default: a fresh one this attack fills in training (it then also observes ``head.gradient``).
         device, seed, ``**overrides``: as :class:`~unsplit.base.Attack`.
 
-    After :meth:`result`, ``shadow`` is the fitted shadow front and ``shadow_fit`` the numbers of its fit.
+    After :meth:`result`, ``shadow`` is the fitted shadow front, ``shadow_fit`` the numbers of its fit and
+    ``head_directions`` how many directions ``loss="head"`` used (``None`` for the other losses).
     """
 
     name = "sladv"
@@ -770,11 +788,14 @@ class SLADV(Attack):
         self.statistics = statistics if statistics is not None else ServerStatistics(
             phase=c.phase, epoch=c.epoch, max_outputs=c.max_outputs, max_smashed=keep)
         self.gradients = None
+        if gradients is not None and c.loss != "head":
+            raise ValueError(f"gradients are used by loss='head' only, this attack's loss is {c.loss!r}")
         if c.loss == "head":
             self.gradients = gradients if gradients is not None else HeadGradients(c.max_gradients)
             self.observes = ServerStatistics.observes | HeadGradients.observes
         self.shadow: Optional[nn.Module] = None
         self.shadow_fit: Dict[str, float] = {}
+        self.head_directions: Optional[int] = None
 
     def on_train_begin(self, run: RunInfo) -> None:
         self.statistics.on_train_begin(run)
@@ -810,6 +831,7 @@ class SLADV(Attack):
         c = self.config
         self.shadow, self.shadow_fit = self.fit_shadow()
         directions = self.gradients.directions(c.head_rank) if self.gradients is not None else None
+        self.head_directions = None if directions is None else directions.shape[1]
         x_adv = feature_pgd(self.shadow, self.middle, self.targets, eps=c.eps, alpha=c.alpha, steps=c.steps,
                             loss=c.loss, directions=directions, device=self.device, seed=self.seed)
         return AdversarialExamples(x_adv, self.targets, eps=c.eps)

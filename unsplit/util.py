@@ -194,7 +194,16 @@ def save_curve(
     log_scale: bool = True,
 ) -> Path:
     """Saves a training curve as PNG, atomically: every value, their running mean over ``window`` and, where given,
-    a reference curve ``{iteration: value}`` (e.g. the official code's) dashed beside them."""
+    a reference curve (e.g. the official code's) dashed beside them.
+
+    Args:
+        path: the PNG to write. values: one value per iteration. window: the running mean's window.
+        title, ylabel: the figure's labels. reference: ``{iteration: value}``, every point drawn; reference_label:
+            its legend entry. log_scale: a logarithmic y axis.
+
+    Returns:
+        ``path``.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -204,8 +213,7 @@ def save_curve(
     ax.plot(values, color="0.8", lw=0.6, label="per training batch")
     ax.plot(running_mean(values, window), color="C0", label=f"running mean ({window})")
     if reference:
-        shown = {i: v for i, v in reference.items() if i < max(len(values), window)}
-        ax.plot(list(shown), list(shown.values()), "o--", ms=3, color="C3", label=reference_label)
+        ax.plot(list(reference), list(reference.values()), "o--", ms=3, color="C3", label=reference_label)
     ax.set(xlabel="iteration", ylabel=ylabel, title=title, yscale="log" if log_scale else "linear")
     ax.legend()
     ax.grid(alpha=0.3)

@@ -74,7 +74,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     device = device_of(args)
     seed_everything(args.seed)
-    out = output_dir(args, f"fsha-client-{args.dataset}-class{args.target}")
+    out = output_dir(args, f"fsha-client-{args.dataset}-class{args.target}", checkpoint="checkpoint.pt")
     load = dict(data_dir=args.data_dir, download=not args.no_download)
     xs, ys = load_dataset(args.dataset, train=True, limit=args.train_limit, **load)
     xt, yt = load_dataset(args.dataset, train=False, **load)

@@ -87,10 +87,10 @@ def main(argv=None) -> int:
     shown = slice(0, 10)
     save_image_grid(out / "reconstructions.png", [xp[rec.indices[shown]], rec.images[shown]],
                     row_labels=["private (sent after training)", "SDAR"])
-    official = _official(args)
-    monitor = report.artefacts["monitor"]
+    official, monitor = _official(args), report.artefacts["monitor"]
+    in_run = {i: v for i, v in (official or {}).items() if i < max(len(monitor.errors), 100)}  # this run's length
     save_curve(out / "curve.png", monitor.errors, window=monitor.window, title="SDAR",
-               ylabel="reconstruction MSE, [0, 1]", reference=official, reference_label="official (mean of 5 runs)")
+               ylabel="reconstruction MSE, [0, 1]", reference=in_run, reference_label="official (mean of 5 runs)")
     m = report.metrics
     log(args, f"after training: MSE {m['mse']:.4f} (mean image {report.baselines['mse']:.4f}, class means "
               f"{report.baselines['class_mean_mse']:.4f}), SSIM {m['ssim']:.3f}"
