@@ -82,8 +82,9 @@ def test_committed_results_tables_are_what_report_only_writes_from_the_committed
 
 
 @pytest.mark.parametrize("script,folder", [("fsha_vs_official.py", "fsha"),
-                                           ("fsha_client_vs_official.py", "fsha_client")])
-def test_committed_fsha_reports_are_what_report_only_writes_from_the_committed_cells(script, folder, tmp_path):
+                                           ("fsha_client_vs_official.py", "fsha_client"), ("sladv.py", "sladv"),
+                                           ("sdar.py", "sdar")])
+def test_committed_benchmark_reports_are_what_report_only_writes_from_the_committed_cells(script, folder, tmp_path):
     import shutil
 
     committed = ROOT / "benchmarks" / "results" / folder
