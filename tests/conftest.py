@@ -6,14 +6,15 @@ import struct
 import sys
 from pathlib import Path
 
-if os.environ.get("PYTEST_XDIST_WORKER"):  # one process per core (-n 2): each computes, and lets the demos, notebooks
-    os.environ["OMP_NUM_THREADS"] = "1"  # and subprocesses it starts compute, on one thread
+XDIST_WORKER = bool(os.environ.get("PYTEST_XDIST_WORKER"))  # one process per core (-n auto)
+if XDIST_WORKER:  # each computes, and lets the demos, notebooks and subprocesses it starts compute, on one thread
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-if os.environ.get("PYTEST_XDIST_WORKER"):
+if XDIST_WORKER:  # in case torch was imported before this file
     torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -216,13 +216,15 @@ class HeadGradients(SplitCallback):
             raise ValueError(f"keep must be >= 1, got {keep}")
         self.keep = keep
         self._kept: list = []
+        self._count = 0  # gradients in _kept
 
     def on_cut(self, event: CutEvent) -> None:
         if event.cut != "head" or event.gradient is None:
             return
         self._kept.append(event.gradient.detach().float().flatten(1).cpu())
-        while sum(len(g) for g in self._kept) - len(self._kept[0]) >= self.keep:
-            self._kept.pop(0)
+        self._count += len(self._kept[-1])
+        while self._count - len(self._kept[0]) >= self.keep:  # drop whole batches no longer needed
+            self._count -= len(self._kept.pop(0))
 
     @property
     def gradients(self) -> torch.Tensor:
