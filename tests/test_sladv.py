@@ -342,16 +342,16 @@ def test_the_benchmark_writes_resumable_cells_and_a_report(tmp_path, monkeypatch
     assert report.count("| single | stealing (4 smashed) | cifar-iid | 30 | 8/255 |") == 1
     assert report.count("| single | distribution | cifar-iid | 30 | 8/255 |") == 1
     assert (tmp_path / "out" / "sladv.png").exists()
-    # the new objectives, crossed in full with the split point
-    crossed = argv + ["--objectives", "paired,critic", "--cross", "split,objective", "--critic-smashed", "16",
-                      "--baselines", ""]
+    # the new objectives, crossed in full with the split point (2 and 3: the critic costs seconds a step at 1)
+    crossed = argv + ["--splits", "2,3", "--objectives", "paired,critic", "--cross", "split,objective",
+                      "--critic-smashed", "4", "--baselines", ""]
     assert bench.main(crossed) == 0
     names = {c.name for c in (tmp_path / "out" / "cells").glob("*.json")}
-    assert {f"sp{s}_single_{t}_cifar-iid_30_eps8.json" for s in (1, 2) for t in ("paired", "critic16")} <= {
+    assert {f"sp{s}_single_{t}_cifar-iid_30_eps8.json" for s in (2, 3) for t in ("paired", "critic4")} <= {
         n.split("_s0_")[-1] for n in names}
     report = (tmp_path / "out" / "report.md").read_text()
     assert report.count("| single | paired | cifar-iid | 30 | 8/255 |") == 2
-    assert report.count("| single | critic (16 smashed) | cifar-iid | 30 | 8/255 |") == 2
+    assert report.count("| single | critic (4 smashed) | cifar-iid | 30 | 8/255 |") == 2
     # stage 2 along the head's returned gradients: cells of their own beside the L2 ones
     assert bench.main(argv + ["--splits", "2", "--steal-counts", "8", "--loss", "head", "--head-rank", "3",
                               "--baselines", ""]) == 0
