@@ -6,10 +6,10 @@ defense one trained model serves every split point) is attacked one factor at a 
 first value of each list (by default split 1, ``single`` shadow, ``cifar-skewed`` attacker data, 1,024 images,
 eps 8/255): each split point of ``--splits``, each shadow of ``--shadows``, each source of ``--sources``, each size
 of ``--sizes``, each eps of ``--eps``. Every cell is one atomic JSON under ``OUT/cells`` (:mod:`unsplit.grid`: a
-rerun skips finished cells, ``--executor ray`` runs them as Ray tasks, ``--seeds`` folds seeds into mean ± std); the
+rerun skips finished cells, ``--executor ray`` runs them as Ray tasks, ``--seeds`` adds seeded victims); the
 baselines (same-eps noise, white-box PGD on the whole model, PGD transferred from a surrogate trained on the attacker's
 images with labels) are cells of their own, per eps (and per source and size for the surrogate). ``report.md`` and
-``sladv.png`` are rebuilt from the stored cells.
+``sladv.png`` are rebuilt from every stored cell, each row folding the seeds it has into mean ± std.
 
     python benchmarks/sladv.py --data-dir ../shared/data
     python benchmarks/sladv.py --data-dir ../shared/data --sizes 1024,128,256,512,2048 --eps 8,2,4,16
@@ -307,9 +307,7 @@ def main(argv=None) -> int:
 
 
 def build_report(args) -> Path:
-    records = []
-    for seed in args.seeds:
-        records += ResultStore(args.out).records(f"cells/{_tag(args, seed)}_*.json")
+    records = ResultStore(args.out).records(f"cells/{_tag(args, '*')}_*.json")  # every seed stored, not only --seeds
     for r in records:  # cells stored before the count was a factor keep it in their config only
         if r.get("objective") == "stealing":
             r.setdefault("steal_count", r["_cell"]["config"].get("steal_count", 64))
@@ -322,19 +320,19 @@ def build_report(args) -> Path:
     baselines = {(c["kind"], c["eps"], c.get("source"), c.get("size")): c for c in cells
                  if c["kind"] not in ("sladv", "oracle")}
     oracle = {(c["split"], c["eps"]): c for c in cells if c["kind"] == "oracle"}
-    seeds = f" (mean ± std over seeds {', '.join(map(str, args.seeds))})" if len(args.seeds) > 1 else ""
     lines = [f"SLADV (Fan et al., ECAI'23) victim: {args.model}, {args.epochs} epochs on {args.client_size} "
              "CIFAR-10 images"
              + (f" (test accuracy {pm(cells[0], 'victim_test_accuracy')})" if cells else "")
              + f"; {args.steps} PGD steps of 2/255; the first {args.eval_count} test images. Success = the fraction of "
-             f"correctly classified clean images whose adversarial version is misclassified{seeds}. Real-front "
+             "correctly classified clean images whose adversarial version is misclassified; a row over several "
+             "seeded victims (column seeds) shows their mean ± std. Real-front "
              "ceiling: the same feature PGD through the client's own front (a diagnostic, not an attack: how much "
              "stage 1 loses). Stage-1 fit: paired, the shadow's error on its query pairs over the smashed data's "
              "variance; stealing, the MSE to the stolen smashed tensors; critic and distribution, the standardised "
              "moment distance to the recorded smashed data.", "",
              "| split | shadow | stage 1 | attacker data | size | eps | accuracy | misclassified | success | "
-             "noise success | white-box success | transfer success | real-front ceiling | stage-1 fit | s |",
-             "|" + "---|" * 15]
+             "noise success | white-box success | transfer success | real-front ceiling | stage-1 fit | s | seeds |",
+             "|" + "---|" * 16]
 
     def stage1(c):
         used = c.get("head_directions") or f"up to {c.get('head_rank')}"
@@ -358,7 +356,7 @@ def build_report(args) -> Path:
                      f"{f(baselines.get(('whitebox', c['eps'], None, None)))} | "
                      f"{f(baselines.get(('transfer', c['eps'], c['source'], c['size'])))} | "
                      f"{f(oracle.get((c['split'], c['eps'])))} | {pm(c, 'fit')} | "
-                     f"{c['seconds']:.0f} |")
+                     f"{c['seconds']:.0f} | {c['n_seeds']} |")
     args.out.mkdir(parents=True, exist_ok=True)
     path = atomic_write_text(args.out / "report.md", "\n".join(lines) + "\n")
     _plot(attacks, baselines, base(args), args.steal_count_list[0], args.out / "sladv.png")
