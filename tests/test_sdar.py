@@ -269,6 +269,16 @@ def test_the_benchmark_writes_a_cell_and_a_report_beside_the_official_logs(tmp_p
     assert "resnet20_l4_sdar_b16_s0" in report and "0.0797" in report  # the official five-run mean at 100
     assert (tmp_path / "out" / "curves.png").stat().st_size > 1000
     assert bench.main(args) == 0  # a rerun skips the stored cell
+    # several seeds of one setting: their mean is a run of its own, at the iterations every seed logged
+    runs = {f"r{s}": {"model": "resnet20", "level": 7, "variant": "sdar", "iterations": n, "curve": curve,
+                      "mse": m, "psnr": 10.0 + s, "ssim": 0.5, "seconds_per_iteration": 1.0,
+                      "baselines": {"mse": 0.06, "class_mean_mse": 0.05}}
+            for s, n, curve, m in ((0, 300, {"99": 0.07, "199": 0.05, "299": 0.04}, 0.03),
+                                   (1, 200, {"99": 0.09, "199": 0.07}, 0.05))}
+    mean = bench._seed_means(runs)["resnet20_l7_sdar (mean of 2 seeds)"]
+    assert mean["curve"] == pytest.approx({"99": 0.08, "199": 0.06}) and mean["iterations"] == 200
+    assert mean["mse"] == pytest.approx(0.04) and mean["psnr"] == pytest.approx(10.5)
+    assert bench._seed_means({"r0": runs["r0"]}) == {}
 
 
 def test_the_monitor_logs_the_official_attack_loss_and_run_sdar_runs_u_shaped():
