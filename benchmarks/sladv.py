@@ -315,17 +315,18 @@ def build_report(args) -> Path:
         r["fit"] = next((fit[k] for k in ("relative_mse", "smashed_mse", "moment_loss") if k in fit), None)
         r.setdefault("loss", "l2")
         r.setdefault("head_rank", None)
-    cells = fold_seeds(records, by=["kind", *FACTORS, "steal_count", "loss", "head_rank"])
+    by = ["kind", *FACTORS, "steal_count", "loss", "head_rank"]
+    cells = fold_seeds(records, by=by)
     attacks = [c for c in cells if c["kind"] == "sladv"]
     baselines = {(c["kind"], c["eps"], c.get("source"), c.get("size")): c for c in cells
                  if c["kind"] not in ("sladv", "oracle")}
-    oracle = {(c["split"], c["eps"]): c for c in cells if c["kind"] == "oracle"}
     lines = [f"SLADV (Fan et al., ECAI'23) victim: {args.model}, {args.epochs} epochs on {args.client_size} "
              "CIFAR-10 images"
              + (f" (test accuracy {pm(cells[0], 'victim_test_accuracy')})" if cells else "")
              + f"; {args.steps} PGD steps of 2/255; the first {args.eval_count} test images. Success = the fraction of "
              "correctly classified clean images whose adversarial version is misclassified; a row over several "
-             "seeded victims (column seeds) shows their mean ± std. Real-front "
+             "seeded victims (column seeds) shows their mean ± std, and each baseline over those of its seeds that "
+             "have it. Real-front "
              "ceiling: the same feature PGD through the client's own front (a diagnostic, not an attack: how much "
              "stage 1 loses). Stage-1 fit: paired, the shadow's error on its query pairs over the smashed data's "
              "variance; stealing, the MSE to the stolen smashed tensors; critic and distribution, the standardised "
@@ -342,8 +343,11 @@ def build_report(args) -> Path:
         return (c["objective"] if c["objective"] != "stealing" else
                 f"stealing ({c.get('steal_count', 64)} smashed)") + head
 
-    def f(c, key="success_rate"):
-        return "" if c is None else pm(c, key)
+    def beside(c, kind, *keys):
+        """The baseline ``kind`` over the seeds of ``c`` (matched on ``keys``), folded as ``c`` is."""
+        seeds = {r["seed"] for r in records if all(r.get(k) == c.get(k) for k in by)}
+        same = [r for r in records if r["kind"] == kind and r["seed"] in seeds and all(r[k] == c[k] for k in keys)]
+        return pm(fold_seeds(same, by=["kind"])[0], "success_rate") if same else ""
 
     def order(c):
         return tuple(c[k] for k in FACTORS) + (c.get("steal_count") or 0, c["loss"] != "l2")
@@ -352,10 +356,9 @@ def build_report(args) -> Path:
         lines.append(f"| {c['split']} | {c['shadow']} | {stage1(c)} | {c['source']} | {c['size']} | "
                      f"{c['eps']}/255 | "
                      f"{pm(c, 'accuracy')} | {pm(c, 'misclassification_rate')} | {pm(c, 'success_rate')} | "
-                     f"{f(baselines.get(('noise', c['eps'], None, None)))} | "
-                     f"{f(baselines.get(('whitebox', c['eps'], None, None)))} | "
-                     f"{f(baselines.get(('transfer', c['eps'], c['source'], c['size'])))} | "
-                     f"{f(oracle.get((c['split'], c['eps'])))} | {pm(c, 'fit')} | "
+                     f"{beside(c, 'noise', 'eps')} | {beside(c, 'whitebox', 'eps')} | "
+                     f"{beside(c, 'transfer', 'eps', 'source', 'size')} | {beside(c, 'oracle', 'split', 'eps')} | "
+                     f"{pm(c, 'fit')} | "
                      f"{c['seconds']:.0f} | {c['n_seeds']} |")
     args.out.mkdir(parents=True, exist_ok=True)
     path = atomic_write_text(args.out / "report.md", "\n".join(lines) + "\n")
