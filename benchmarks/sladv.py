@@ -326,11 +326,10 @@ def build_report(args) -> Path:
              + f"; {args.steps} PGD steps of 2/255; the first {args.eval_count} test images. Success = the fraction of "
              "correctly classified clean images whose adversarial version is misclassified; a row over several "
              "seeded victims (column seeds) shows their mean ± std, and each baseline over those of its seeds that "
-             "have it. Real-front "
-             "ceiling: the same feature PGD through the client's own front (a diagnostic, not an attack: how much "
-             "stage 1 loses). Stage-1 fit: paired, the shadow's error on its query pairs over the smashed data's "
-             "variance; stealing, the MSE to the stolen smashed tensors; critic and distribution, the standardised "
-             "moment distance to the recorded smashed data.", "",
+             "have it. Real-front ceiling: the same feature PGD through the client's own front (a diagnostic, not an "
+             "attack: how much stage 1 loses). Stage-1 fit: paired, the shadow's error on its query pairs over the "
+             "smashed data's variance; stealing, the MSE to the stolen smashed tensors; critic and distribution, the "
+             "standardised moment distance to the recorded smashed data.", "",
              "| split | shadow | stage 1 | attacker data | size | eps | accuracy | misclassified | success | "
              "noise success | white-box success | transfer success | real-front ceiling | stage-1 fit | s | seeds |",
              "|" + "---|" * 16]

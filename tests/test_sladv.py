@@ -366,6 +366,32 @@ def test_the_benchmark_writes_resumable_cells_and_a_report(tmp_path, monkeypatch
     assert exit_info.value.code == 2
 
 
+def test_the_report_folds_each_rows_baselines_over_its_own_seeds(tmp_path):
+    """Committed cells of two seeded victims: a row both seeds have shows the mean of both seeds' noise baseline, a
+    row only seed 0 has shows seed 0's."""
+    import importlib.util
+    import json
+    import re
+    import shutil
+    import statistics
+    from pathlib import Path
+
+    results = Path(__file__).parents[1] / "benchmarks" / "results" / "sladv" / "cells"
+    spec = importlib.util.spec_from_file_location("sladv_bench_report", results.parents[2] / "sladv.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    (tmp_path / "cells").mkdir()
+    for p in results.glob("*.json"):
+        if re.search(r"_s[01]_(noise_eps8|sp1_(known|multi)_paired_cifar-skewed_1024_eps8)\.json$", p.name):
+            shutil.copy(p, tmp_path / "cells" / p.name)
+    noise = {s: json.loads(next(results.glob(f"*_s{s}_noise_eps8.json")).read_text())["success_rate"] for s in (0, 1)}
+    assert bench.main(["--report-only", "--out", str(tmp_path)]) == 0
+    rows = {line.split(" | ")[1]: line for line in (tmp_path / "report.md").read_text().splitlines()
+            if line.startswith("| 1 | ")}
+    assert f"| {statistics.mean(noise.values()):.4f} ± " in rows["known"] and rows["known"].endswith("| 2 |")
+    assert f"| {noise[0]:.4f} |" in rows["multi"] and rows["multi"].endswith("| 1 |")
+
+
 @pytest.mark.slow
 def test_the_benchmark_gives_the_same_cells_on_ray(tmp_path, monkeypatch):
     """The grid both ways: ``--executor ray`` (a local 2-CPU Ray) stores the cells the local executor stores."""
