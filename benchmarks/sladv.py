@@ -342,9 +342,8 @@ def build_report(args) -> Path:
         return (c["objective"] if c["objective"] != "stealing" else
                 f"stealing ({c.get('steal_count', 64)} smashed)") + head
 
-    def beside(c, kind, *keys):
-        """The baseline ``kind`` over the seeds of ``c`` (matched on ``keys``), folded as ``c`` is."""
-        seeds = {r["seed"] for r in records if all(r.get(k) == c.get(k) for k in by)}
+    def beside(c, seeds, kind, *keys):
+        """The baseline ``kind`` over ``seeds`` (those of ``c``, matched on ``keys``), folded as ``c`` is."""
         same = [r for r in records if r["kind"] == kind and r["seed"] in seeds and all(r[k] == c[k] for k in keys)]
         return pm(fold_seeds(same, by=["kind"])[0], "success_rate") if same else ""
 
@@ -352,11 +351,13 @@ def build_report(args) -> Path:
         return tuple(c[k] for k in FACTORS) + (c.get("steal_count") or 0, c["loss"] != "l2")
 
     for c in sorted(attacks, key=order):
+        seeds = {r["seed"] for r in records if all(r.get(k) == c.get(k) for k in by)}
         lines.append(f"| {c['split']} | {c['shadow']} | {stage1(c)} | {c['source']} | {c['size']} | "
                      f"{c['eps']}/255 | "
                      f"{pm(c, 'accuracy')} | {pm(c, 'misclassification_rate')} | {pm(c, 'success_rate')} | "
-                     f"{beside(c, 'noise', 'eps')} | {beside(c, 'whitebox', 'eps')} | "
-                     f"{beside(c, 'transfer', 'eps', 'source', 'size')} | {beside(c, 'oracle', 'split', 'eps')} | "
+                     f"{beside(c, seeds, 'noise', 'eps')} | {beside(c, seeds, 'whitebox', 'eps')} | "
+                     f"{beside(c, seeds, 'transfer', 'eps', 'source', 'size')} | "
+                     f"{beside(c, seeds, 'oracle', 'split', 'eps')} | "
                      f"{pm(c, 'fit')} | "
                      f"{c['seconds']:.0f} | {c['n_seeds']} |")
     args.out.mkdir(parents=True, exist_ok=True)

@@ -279,6 +279,17 @@ def _tiny_cifar_tree(root, per_class=(12, 3)):
     return root
 
 
+def _benchmark():
+    """``benchmarks/sladv.py`` as a module."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("sladv_bench", Path(__file__).parents[1] / "benchmarks" / "sladv.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
 def test_the_demo_end_to_end_and_its_handling_of_bad_input(tmp_path, capsys):
     import json
 
@@ -314,15 +325,11 @@ def test_the_demo_end_to_end_and_its_handling_of_bad_input(tmp_path, capsys):
 
 
 def test_the_benchmark_writes_resumable_cells_and_a_report(tmp_path, monkeypatch):
-    import importlib.util
     import json
-    from pathlib import Path
 
     monkeypatch.setenv("UNSPLIT_CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)  # the victim's cache goes to ./checkpoints
-    spec = importlib.util.spec_from_file_location("sladv_bench", Path(__file__).parents[1] / "benchmarks/sladv.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _benchmark()
     data = _tiny_cifar_tree(tmp_path / "data")
     argv = ["--data-dir", str(data), "--client-size", "80", "--splits", "1,2", "--shadows", "single",
             "--sources", "cifar-iid", "--sizes", "30", "--eps", "8", "--baselines", "noise,oracle", "--epochs", "1",
@@ -369,7 +376,6 @@ def test_the_benchmark_writes_resumable_cells_and_a_report(tmp_path, monkeypatch
 def test_the_report_folds_each_rows_baselines_over_its_own_seeds(tmp_path):
     """Committed cells of two seeded victims: a row both seeds have shows the mean of both seeds' noise baseline, a
     row only seed 0 has shows seed 0's."""
-    import importlib.util
     import json
     import re
     import shutil
@@ -377,9 +383,7 @@ def test_the_report_folds_each_rows_baselines_over_its_own_seeds(tmp_path):
     from pathlib import Path
 
     results = Path(__file__).parents[1] / "benchmarks" / "results" / "sladv" / "cells"
-    spec = importlib.util.spec_from_file_location("sladv_bench_report", results.parents[2] / "sladv.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _benchmark()
     (tmp_path / "cells").mkdir()
     for p in results.glob("*.json"):
         if re.search(r"_s[01]_(noise_eps8|sp1_(known|multi)_paired_cifar-skewed_1024_eps8)\.json$", p.name):
@@ -395,16 +399,12 @@ def test_the_report_folds_each_rows_baselines_over_its_own_seeds(tmp_path):
 @pytest.mark.slow
 def test_the_benchmark_gives_the_same_cells_on_ray(tmp_path, monkeypatch):
     """The grid both ways: ``--executor ray`` (a local 2-CPU Ray) stores the cells the local executor stores."""
-    import importlib.util
     import json
-    from pathlib import Path
 
     pytest.importorskip("ray")
     monkeypatch.setenv("UNSPLIT_CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
-    spec = importlib.util.spec_from_file_location("sladv_bench_ray", Path(__file__).parents[1] / "benchmarks/sladv.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _benchmark()
     data = _tiny_cifar_tree(tmp_path / "data")
     argv = ["--data-dir", str(data), "--client-size", "80", "--splits", "1,2", "--shadows", "single",
             "--sources", "cifar-iid", "--sizes", "30", "--eps", "8", "--baselines", "noise,whitebox", "--epochs", "1",
