@@ -306,6 +306,7 @@ def test_the_demo_end_to_end_and_its_handling_of_bad_input(tmp_path, capsys):
     for name in ("sladv", "noise", "whitebox", "transfer"):
         assert 0 <= m[name]["accuracy"] <= 1 and m[name]["linf"] <= 8 / 255 + 1e-6, name
     assert m["split"] == 1 and m["shadow_size"] == 30 and m["eval_count"] == 10
+    assert set(m["seconds"]) == {"recording", "surrogate", "attack", "noise", "whitebox", "transfer", "total"}
     again = run("sladv_demo.py", "cifar", *common, cwd=tmp_path)  # never clobbers earlier results
     assert again.returncode == 2 and "already holds results" in again.stderr
     paired = run("sladv_demo.py", "cifar", *common[:-3], "--out", tmp_path / "paired", "--objective", "paired",

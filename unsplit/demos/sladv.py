@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import platform
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -129,6 +130,7 @@ def _save_figure(path: Path, whole, x_eval, x_adv, device) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    start = time.perf_counter()
     device = device_of(args)
     seed_everything(args.seed)
     out = output_dir(args, f"sladv-{args.model}-split{args.split}-{args.shadow}-{args.shadow_data.replace('/', '_')}")
@@ -147,15 +149,19 @@ def main(argv=None) -> int:
     log(args, f"victim test accuracy {test_accuracy:.4f}; the server summarises the smashed data of "
               f"{min(args.stats_samples, len(x_client))} client images ...")
     x_att, y_att, seen = _attacker_images(args, x_train, y_train)
+    clock = time.perf_counter()
     # paired: the server's own queries (its images and the smashed data it receives for them); otherwise the
     # client's inference passes (the critic sees 2,048 of their smashed tensors as real)
     stats = sladv.record_inference(topology, args.objective, x_att, x_client[: args.stats_samples],
                                    keep=2048 if args.objective == "critic" else 256, device=device)
+    seconds = {"recording": time.perf_counter() - clock}  # wall time of each stage, the victim's training aside
     surrogate = None
     if "transfer" in args.baseline_list:
         log(args, f"training the transfer baseline's surrogate on the attacker's {len(x_att)} labelled images ...")
+        clock = time.perf_counter()
         surrogate = sladv.train_surrogate(sladv.build_victim(args.model), x_att, y_att, device=device,
                                           seed=args.seed, progress=not args.quiet)
+        seconds["surrogate"] = time.perf_counter() - clock
     log(args, f"SLADV: shadow {args.shadow} ({args.objective}), PGD eps {args.eps:g}/255, {args.steps} steps ...")
     pgd = dict(eps=args.eps / 255, alpha=args.alpha / 255, steps=args.steps, device=device, seed=args.seed)
     config = sladv.SLADVConfig(shadow=args.shadow, objective=args.objective, shadow_steps=args.shadow_steps,
@@ -166,7 +172,8 @@ def main(argv=None) -> int:
     report = {"model": args.model, "split": args.split, "shadow": args.shadow, "shadow_data": args.shadow_data,
               "shadow_classes": seen, "shadow_size": len(x_att), "eps": args.eps / 255, "steps": args.steps,
               "loss": args.loss, "victim_test_accuracy": test_accuracy, "eval_count": len(x_eval),
-              "sladv": res.metrics, "shadow_fit": res.artefacts["shadow_fit"], "seconds": res.artefacts["seconds"],
+              "sladv": res.metrics, "shadow_fit": res.artefacts["shadow_fit"],
+              "seconds": {**seconds, **res.artefacts["seconds"]},
               "victim": info,
               "settings": {**{k: str(v) for k, v in vars(args).items() if k != "quiet"}, "device": str(device),
                            "torch": torch.__version__, "python": platform.python_version()}}
@@ -175,15 +182,20 @@ def main(argv=None) -> int:
     atomic_write_json(out / "metrics.json", report)  # the attack's result is kept whatever a baseline does
     for name in args.baseline_list:
         log(args, f"baseline {name} ...")
+        clock = time.perf_counter()
         report[name] = sladv.baseline_metrics(name, whole, x_eval, y_eval, surrogate=surrogate, **pgd)
+        report["seconds"][name] = time.perf_counter() - clock
         atomic_write_json(out / "metrics.json", report)
+    report["seconds"]["total"] = time.perf_counter() - start  # data, victim (trained or loaded), attack, baselines
+    atomic_write_json(out / "metrics.json", report)
     print(f"\n{args.model} split {args.split}, {len(x_eval)} test images, eps {args.eps:g}/255 "
           f"(clean accuracy {report['sladv']['clean_accuracy']:.4f})")
     print(f"{'attack':>9} {'accuracy':>9} {'misclassified':>14} {'success':>8}")
     for name in ("sladv", *args.baseline_list):
         m = report[name]
         print(f"{name:>9} {m['accuracy']:9.4f} {m['misclassification_rate']:14.4f} {m['success_rate']:8.4f}")
-    print(f"wrote {out / 'adversarial.png'} and {out / 'metrics.json'}")
+    print(f"{report['seconds']['total']:.0f} s in all (attack {report['seconds']['attack']:.0f} s); "
+          f"wrote {out / 'adversarial.png'} and {out / 'metrics.json'}")
     return 0
 
 
