@@ -1,9 +1,14 @@
 """Shared fixtures: tiny offline datasets written in torchvision's raw layouts, seeded."""
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import runpy
 import struct
+import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 XDIST_WORKER = bool(os.environ.get("PYTEST_XDIST_WORKER"))  # one process per core (-n auto)
@@ -20,6 +25,35 @@ if XDIST_WORKER:  # in case torch was imported before this file
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+
+def run_script(path, *args, cwd, env=None) -> subprocess.CompletedProcess:
+    """``python path args...`` from ``cwd``, run in this process (no interpreter and library start-up, a few seconds a
+    run): its exit code, stdout and stderr as a ``CompletedProcess``. ``UNSPLIT_CACHE`` points into ``cwd``, ``env``
+    adds variables; the working directory, ``sys.argv`` and the environment are restored afterwards."""
+    out, err = io.StringIO(), io.StringIO()
+    saved_argv, saved_cwd, saved_env = sys.argv, os.getcwd(), dict(os.environ)
+    os.environ.update({"UNSPLIT_CACHE": str(Path(cwd) / ".cache"), **(env or {})})
+    sys.argv = [str(path), *map(str, args)]
+    os.chdir(cwd)
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                runpy.run_path(str(path), run_name="__main__")
+            except SystemExit as exc:  # sys.exit(code), as the interpreter would report it
+                code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+                if exc.code is not None and not isinstance(exc.code, int):
+                    print(exc.code, file=sys.stderr)
+            except Exception:  # an uncaught error: a traceback on stderr and exit code 1
+                traceback.print_exc()
+                code = 1
+    finally:
+        sys.argv = saved_argv
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+    return subprocess.CompletedProcess([str(path), *map(str, args)], code, out.getvalue(), err.getvalue())
 
 
 def synthetic_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_script
 
 from unsplit.util import resolve_precision
 
@@ -15,9 +16,14 @@ DEMO_MODULES = {"model_inversion_demo.py": "inversion", "label_inference_demo.py
                 "sladv_demo.py": "sladv"}
 
 
-def run(script, *args, cwd=None, env_extra=None):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "UNSPLIT_CACHE": str(Path(cwd or ROOT) / ".cache")}
-    env.update(env_extra or {})
+def run(script, *args, cwd):
+    """A top-level demo script run as ``python script args`` would run it (in this process: see ``run_script``)."""
+    return run_script(ROOT / script, *args, cwd=cwd)
+
+
+def run_subprocess(script, *args, cwd):
+    """The same in a fresh interpreter: what a user's shell does (the script's own start-up included)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "UNSPLIT_CACHE": str(Path(cwd) / ".cache")}
     return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)
 
@@ -140,7 +146,7 @@ def test_usage_errors_exit_2_in_one_line(script, args, message, tmp_path, monkey
 
 
 def test_a_usage_error_through_the_top_level_script_is_one_line(tmp_path):
-    r = run("label_inference_demo.py", "mnist", "--gradient", "bias", cwd=tmp_path)
+    r = run_subprocess("label_inference_demo.py", "mnist", "--gradient", "bias", cwd=tmp_path)
     assert r.returncode == 2 and "invalid choice" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 

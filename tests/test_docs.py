@@ -8,11 +8,10 @@ directory, offline, on the data they make themselves. A block that is not meant 
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
@@ -73,8 +72,7 @@ def test_committed_results_tables_are_what_report_only_writes_from_the_committed
     committed = ROOT / "benchmarks" / "results" / "matrix"
     shutil.copytree(committed / "cells", tmp_path / "cells")
     args = [*REPORTS[name], "--out", str(tmp_path), "--report-only"]
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "matrix.py"), *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    proc = run_script(ROOT / "benchmarks" / "matrix.py", *args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / name).read_text() == (committed / name).read_text(), f"{name} is stale: rerun its command"
     # the report names the command that regenerates it
@@ -91,8 +89,7 @@ def test_committed_benchmark_reports_are_what_report_only_writes_from_the_commit
     if not (committed / "cells").is_dir():
         pytest.skip(f"no committed {folder} cells")
     shutil.copytree(committed / "cells", tmp_path / "cells")
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--out", str(tmp_path), "--report-only"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = run_script(ROOT / "benchmarks" / script, "--out", tmp_path, "--report-only", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     stale = f"benchmarks/results/{folder}/report.md is stale: rerun python benchmarks/{script} --report-only"
     assert (tmp_path / "report.md").read_text() == (committed / "report.md").read_text(), stale

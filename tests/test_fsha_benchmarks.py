@@ -1,19 +1,17 @@
 """The FSHA benchmark scripts end to end on tiny generated MNIST (offline), resumable, with bad input refused."""
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(script, *args, cwd):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "UNSPLIT_CACHE": str(Path(cwd) / ".cache")}
-    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+    """``python benchmarks/<script> args`` from ``cwd`` (in this process: see ``run_script``)."""
+    return run_script(ROOT / "benchmarks" / script, *args, cwd=cwd)
 
 
 @pytest.mark.slow  # benchmark plumbing end to end; the attacks' effectiveness is asserted in the unit tests

@@ -1,17 +1,16 @@
 """The reproduction harness on tiny generated data: cells, resume, report."""
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
+
+from conftest import run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(*args, cwd):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "UNSPLIT_CACHE": str(Path(cwd) / ".cache")}
-    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "reproduce_unsplit.py"), *map(str, args)],
-                          cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+def run(*args, cwd, script="reproduce_unsplit.py"):
+    """``python benchmarks/<script> args`` from ``cwd`` (in this process: see ``run_script``)."""
+    return run_script(ROOT / "benchmarks" / script, *args, cwd=cwd)
 
 
 def test_grid_resume_and_report(tiny_mnist, tmp_path):
@@ -49,13 +48,10 @@ def test_bad_dataset_is_a_usage_error(tmp_path):
 
 def test_defense_tradeoff_benchmark_runs_and_reports(tiny_mnist, tmp_path):
     out = tmp_path / "def"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "UNSPLIT_CACHE": str(tmp_path / ".cache")}
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "defense_tradeoff.py"), "--defenses",
-                        "none,gaussian:0.5,dpsgd:1,label_dp:1", "--epochs", "1", "--main-iters", "2",
-                        "--input-iters", "2", "--model-iters", "2", "--label-count", "40",
-                        "--binary-defenses", "none,marvell:1", "--binary-count", "120", "--train-limit", "200",
-                        "--data-dir", str(tiny_mnist), "--out", str(out),
-                        "--quiet"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    r = run("--defenses", "none,gaussian:0.5,dpsgd:1,label_dp:1", "--epochs", "1", "--main-iters", "2",
+            "--input-iters", "2", "--model-iters", "2", "--label-count", "40", "--binary-defenses", "none,marvell:1",
+            "--binary-count", "120", "--train-limit", "200", "--data-dir", tiny_mnist, "--out", out, "--quiet",
+            cwd=tmp_path, script="defense_tradeoff.py")
     assert r.returncode == 0, r.stderr
     load = lambda p: json.loads(p.read_text())  # noqa: E731
     cells = {load(p)["defense"]: load(p) for p in (out / "cells").glob("mnist_*_n200_*.json")}
