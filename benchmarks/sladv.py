@@ -362,50 +362,67 @@ def build_report(args) -> Path:
                      f"{c['seconds']:.0f} | {c['n_seeds']} |")
     args.out.mkdir(parents=True, exist_ok=True)
     path = atomic_write_text(args.out / "report.md", "\n".join(lines) + "\n")
-    _plot(attacks, baselines, base(args), args.steal_count_list[0], args.out / "sladv.png")
+    _plot(attacks, baselines, base(args), args.out / "sladv.png")
     return path
 
 
-def _plot(attacks, baselines, centre, steal_count, path) -> None:
+VARIED = ("split", "size", "eps", "steal_count")  # the plot's panels: success against each, where it was varied
+SETTING = (*FACTORS, "steal_count", "loss", "head_rank")
+
+
+def curves(attacks, key) -> dict:
+    """The attack rows that differ in ``key`` alone, as curves: ``{settings: rows sorted by key}`` for every setting
+    of the other factors measured at two or more values of ``key`` (at one or more for the split point)."""
+    rest = [k for k in SETTING if k != key]
+    groups: dict = {}
+    for c in attacks:
+        if c.get(key) is not None:
+            groups.setdefault(tuple((k, c.get(k)) for k in rest), []).append(c)
+    least = 1 if key == "split" else 2  # the split panel shows every stage 1 measured, even at one split point
+    return {g: sorted(rows, key=lambda c: c[key]) for g, rows in groups.items() if len({c[key] for c in rows}) >= least}
+
+
+def _label(settings, shown) -> str:
+    s = dict(settings)
+    count = s.get("steal_count")  # absent in the panel of the count itself
+    stage1 = f"stealing ({count} smashed)" if s["objective"] == "stealing" and count else s["objective"]
+    text = ", ".join([s["shadow"], stage1] + [f"{k} {s[k]}" for k in shown if k != "steal_count"])
+    return text + (", head PGD" if s["loss"] == "head" else "")
+
+
+def _plot(attacks, baselines, centre, path) -> None:
+    """Success (mean ± std over seeds) against each factor varied, one curve per setting of the others, beside
+    same-eps noise and white-box PGD at the base eps."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("split", "split point"), ("size", "attacker images"), ("eps", "eps (/255)"),
-              ("steal_count", "smashed tensors stolen from")]
-    fig, axes = plt.subplots(1, 4, figsize=(15, 3.4))
-    for ax, (key, label) in zip(axes, panels):
-        others = {k: v for k, v in centre.items() if k != key}
-
-        free = ("shadow", "objective") if key == "split" else ("shadow",)  # the split panel: every stage 1
-
-        def at_base(c):
-            return all(c[k] == v for k, v in others.items() if k not in free) and (
-                key == "steal_count" or c.get("steal_count") in (None, steal_count))
-
-        for (shadow, marker), (objective, colour), (loss, line) in itertools.product(
-                (("single", "o"), ("multi", "s"), ("known", "^")),
-                zip(sladv.SHADOW_OBJECTIVES, ("C1", "C0", "C3", "C2")), (("l2", "-"), ("head", "--"))):
-            pts = sorted((c[key], c["success_rate"]) for c in attacks if c["shadow"] == shadow and at_base(c)
-                         and c["objective"] == objective and c["loss"] == loss and c.get(key) is not None)
-            if pts:
-                ax.plot(*zip(*pts), f"{colour}{marker}{line}",
-                        label=f"{shadow}, {objective}" + (", head PGD" if loss == "head" else ""))
-        for kind, style in (("whitebox", "k--"), ("noise", "k:")):
-            if key == "eps":
-                pts = sorted((e, c["success_rate"]) for (k, e, _, _), c in baselines.items() if k == kind)
-                if pts:
-                    ax.plot(*zip(*pts), style, label=kind)
-            elif (kind, centre["eps"], None, None) in baselines:
-                ax.axhline(baselines[(kind, centre["eps"], None, None)]["success_rate"], ls=style[1:], color="k",
+    names = {"split": "split point", "size": "attacker images", "eps": "eps (/255)",
+             "steal_count": "smashed tensors stolen from"}
+    panels = [(key, curves(attacks, key)) for key in VARIED]
+    panels = [(key, found) for key, found in panels if found] or [("split", {})]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 5.2), squeeze=False)
+    for ax, (key, found) in zip(axes[0], panels):
+        # the label names, beyond shadow and stage 1, the factors that tell this panel's curves apart
+        shown = [k for k in SETTING if k not in (key, "shadow", "objective", "loss", "head_rank")
+                 and len({dict(g)[k] for g in found} - {None}) > 1]
+        for i, (settings, rows) in enumerate(sorted(found.items(), key=lambda item: str(item[0]))):
+            ax.errorbar([c[key] for c in rows], [c["success_rate"] for c in rows],
+                        yerr=[c.get("std", {}).get("success_rate", 0.0) for c in rows], capsize=3,
+                        marker="os^Dv<>p"[i % 8], ls="--" if dict(settings)["loss"] == "head" else "-",
+                        label=_label(settings, shown))
+        for kind, style in (("whitebox", "--"), ("noise", ":")):
+            if (kind, centre["eps"], None, None) in baselines:
+                ax.axhline(baselines[(kind, centre["eps"], None, None)]["success_rate"], ls=style, color="k",
                            label=f"{kind} (eps {centre['eps']})")
-        ax.set(xlabel=label, ylabel="success rate", ylim=(0, 1.02))
-        if key in ("size", "steal_count") and any(line.get_xydata()[:, 1].max() >= 0 for line in ax.get_lines()
-                                 if len(line.get_xydata()) > 1):  # a log axis needs a finite curve
+        if key == "split":
+            ax.set_xticks(sorted({c[key] for rows in found.values() for c in rows}))
+        if key in ("size", "steal_count"):
             ax.set_xscale("log")
+        ax.set(xlabel=names[key], ylabel="success rate", ylim=(0, 1.02))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1, frameon=False)
     fig.tight_layout()
     atomic_save_figure(fig, path, dpi=110)
 
