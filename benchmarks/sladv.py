@@ -16,6 +16,7 @@ images with labels) are cells of their own, per eps (and per source and size for
 """
 from __future__ import annotations
 
+import argparse
 import itertools
 import sys
 import time
@@ -307,7 +308,21 @@ def main(argv=None) -> int:
 
 
 def build_report(args) -> Path:
-    records = ResultStore(args.out).records(f"cells/{_tag(args, '*')}_*.json")  # every seed stored, not only --seeds
+    """``report.md``: a section per victim model with stored cells (``--model``'s even if it has none), each with its
+    plot (``sladv.png`` for the CifarNet, ``sladv-<model>.png`` for another)."""
+    sections = []
+    for model in sladv.VICTIMS:  # every model stored, whatever --model this run attacked
+        margs = argparse.Namespace(**{**vars(args), "model": model})
+        records = ResultStore(args.out).records(f"cells/{_tag(margs, '*')}_*.json")  # every seed, not only --seeds
+        if records or model == args.model:
+            plot = "sladv.png" if model == "cifarnet" else f"sladv-{model}.png"
+            sections.append(_section(margs, records, args.out / plot))
+    args.out.mkdir(parents=True, exist_ok=True)
+    return atomic_write_text(args.out / "report.md", "\n\n".join(sections) + "\n")
+
+
+def _section(args, records, plot) -> str:
+    """One victim model's table (and its plot) from its stored cells."""
     for r in records:  # cells stored before the count was a factor keep it in their config only
         if r.get("objective") == "stealing":
             r.setdefault("steal_count", r["_cell"]["config"].get("steal_count", 64))
@@ -320,7 +335,8 @@ def build_report(args) -> Path:
     attacks = [c for c in cells if c["kind"] == "sladv"]
     baselines = {(c["kind"], c["eps"], c.get("source"), c.get("size")): c for c in cells
                  if c["kind"] not in ("sladv", "oracle")}
-    lines = [f"SLADV (Fan et al., ECAI'23) victim: {args.model}, {args.epochs} epochs on {args.client_size} "
+    lines = [f"## {args.model}", "",
+             f"SLADV (Fan et al., ECAI'23) victim: {args.model}, {args.epochs} epochs on {args.client_size} "
              "CIFAR-10 images"
              + (f" (test accuracy {pm(cells[0], 'victim_test_accuracy')})" if cells else "")
              + f"; {args.steps} PGD steps of 2/255; the first {args.eval_count} test images. Success = the fraction of "
@@ -360,10 +376,10 @@ def build_report(args) -> Path:
                      f"{beside(c, seeds, 'oracle', 'split', 'eps')} | "
                      f"{pm(c, 'fit')} | "
                      f"{c['seconds']:.0f} | {c['n_seeds']} |")
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = atomic_write_text(args.out / "report.md", "\n".join(lines) + "\n")
-    _plot(attacks, baselines, base(args), args.out / "sladv.png")
-    return path
+    _plot(attacks, baselines, base(args), plot)
+    return "\n".join(lines)
+
+
 
 
 VARIED = ("split", "size", "eps", "steal_count")  # the plot's panels: success against each, where it was varied
@@ -416,10 +432,11 @@ def _plot(attacks, baselines, centre, path) -> None:
             if (kind, centre["eps"], None, None) in baselines:
                 ax.axhline(baselines[(kind, centre["eps"], None, None)]["success_rate"], ls=style, color="k",
                            label=f"{kind} (eps {centre['eps']})")
-        if key == "split":
-            ax.set_xticks(sorted({c[key] for rows in found.values() for c in rows}))
         if key in ("size", "steal_count"):
             ax.set_xscale("log")
+            ax.minorticks_off()
+        measured = sorted({c[key] for rows in found.values() for c in rows})
+        ax.set_xticks(measured, [str(v) for v in measured])  # the values measured, written out
         ax.set(xlabel=names[key], ylabel="success rate", ylim=(0, 1.02))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1, frameon=False)
