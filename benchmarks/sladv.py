@@ -72,6 +72,9 @@ def parse_args(argv=None):
                    help="stage 2: the middle output's L2 deviation, or (ours) its deviation along the leading "
                         "directions of the gradients the client's head returned in training (--head-rank)")
     p.add_argument("--head-rank", type=int, default=10, help="head loss: directions kept")
+    p.add_argument("--observed-targets", choices=sladv.OBSERVED_TARGETS, default="none",
+                   help="ours: the attacked images run through the deployed model once, their smashed data stage 2's "
+                        "reference (anchor) and, for the paired objective, more query pairs (pairs)")
     p.add_argument("--shadow-steps", type=int, default=400)
     p.add_argument("--eval-count", type=int, default=1000, help="first N test images (scaffold: 1,000)")
     p.add_argument("--stats-samples", type=int, default=5000)
@@ -112,6 +115,8 @@ def parse_args(argv=None):
         p.error("--steal-counts needs integers >= 1")
     if min(args.size_list + args.eps_list + [args.epochs, args.eval_count, args.shadow_steps, args.head_rank]) < 1:
         p.error("--sizes, --eps, --epochs, --eval-count, --shadow-steps and --head-rank must be >= 1")
+    if args.observed_targets == "pairs" and set(args.objective_list) != {"paired"}:
+        p.error("--observed-targets pairs adds query pairs: it needs --objectives paired")
     return args
 
 
@@ -157,6 +162,7 @@ def _objective_tag(args, c: dict) -> str:
 
 def cell_name(args, c: dict, seed: int) -> str:
     objective = _objective_tag(args, c) + (f"_head{args.head_rank}" if args.loss == "head" else "")
+    objective += f"_obs{args.observed_targets}" if args.observed_targets != "none" else ""
     return f"{_tag(args, seed)}_sp{c['split']}_{c['shadow']}_{objective}_{c['source']}_{c['size']}_eps{c['eps']}"
 
 
@@ -174,6 +180,8 @@ def grid_cells(args) -> list:
                      {"critic_smashed": args.critic_smashed} if c["objective"] == "critic" else {})
             factors = {k: c[k] for k in FACTORS}
             stage2 = {"loss": "head", "head_rank": args.head_rank} if args.loss == "head" else {}
+            if args.observed_targets != "none":
+                stage2["observed_targets"] = args.observed_targets
             cells.append(Cell(f"cells/{cell_name(args, c, seed)}",
                               {**victim, "kind": "sladv", **factors, **steal, **stage2}, group=group))
         for eps in sorted({c["eps"] for c in settings(args)}):
@@ -254,10 +262,14 @@ def run_cell(c: dict, *, data_dir, device, progress: bool) -> dict:
         config = sladv.SLADVConfig(shadow=c["shadow"], objective=c["objective"], shadow_steps=c["shadow_steps"],
                                    steal_count=c.get("steal_count", 64), steal_iters=c.get("steal_iters", 200),
                                    eps=c["eps"] / 255, alpha=2 / 255, steps=c["steps"], progress=progress,
-                                   phase="inference", loss=loss, head_rank=c.get("head_rank", 10))
+                                   phase="inference", loss=loss, head_rank=c.get("head_rank", 10),
+                                   observed_targets=c.get("observed_targets", "none"))
         gradients = _head_gradients(c, topology, x_train, y_train, config, device=device) if loss == "head" else None
+        observed = None  # the targets' own inference passes, recorded as the server's queries are
+        if config.observed_targets != "none":
+            observed = sladv.record_inference(topology, "paired", x_eval, x_eval, device=device).smashed_samples
         attack = sladv.SLADV(topology.middle, x_train[idx], config, targets=x_eval, front_architecture=architecture,
-                             statistics=stats, gradients=gradients, device=device, seed=seed)
+                             statistics=stats, gradients=gradients, target_smashed=observed, device=device, seed=seed)
         x_adv = attack.result().examples
         m, fit = metrics.adversarial_metrics(whole, x_eval, x_adv, y_eval, device=device), attack.shadow_fit
         keys = {k: c[k] for k in FACTORS}
@@ -265,6 +277,8 @@ def run_cell(c: dict, *, data_dir, device, progress: bool) -> dict:
             keys.update(loss="head", head_rank=config.head_rank, head_directions=attack.head_directions)
         if c["objective"] == "stealing":
             keys["steal_count"] = c.get("steal_count", 64)
+        if observed is not None:
+            keys["observed_targets"] = config.observed_targets
         return {**common, **keys, "kind": "sladv", "shadow_classes": seen, **m, "shadow_fit": fit,
                 "seconds": time.perf_counter() - start}
     pgd = dict(eps=c["eps"] / 255, alpha=2 / 255, steps=c["steps"], device=device, seed=seed)
@@ -330,7 +344,8 @@ def _section(args, records, plot) -> str:
         r["fit"] = next((fit[k] for k in ("relative_mse", "smashed_mse", "moment_loss") if k in fit), None)
         r.setdefault("loss", "l2")
         r.setdefault("head_rank", None)
-    by = ["kind", *FACTORS, "steal_count", "loss", "head_rank"]
+        r.setdefault("observed_targets", "none")
+    by = ["kind", *FACTORS, "steal_count", "loss", "head_rank", "observed_targets"]
     cells = fold_seeds(records, by=by)
     attacks = [c for c in cells if c["kind"] == "sladv"]
     baselines = {(c["kind"], c["eps"], c.get("source"), c.get("size")): c for c in cells
@@ -353,6 +368,7 @@ def _section(args, records, plot) -> str:
     def stage1(c):
         used = c.get("head_directions") or f"up to {c.get('head_rank')}"
         head = f"; head-gradient PGD ({used} directions)" if c.get("loss") == "head" else ""
+        head += f"; targets observed ({c['observed_targets']})" if c["observed_targets"] != "none" else ""
         if c["objective"] == "critic":
             return f"critic ({c['_cell']['config'].get('critic_smashed')} smashed){head}"
         return (c["objective"] if c["objective"] != "stealing" else
@@ -364,7 +380,8 @@ def _section(args, records, plot) -> str:
         return pm(fold_seeds(same, by=["kind"])[0], "success_rate") if same else ""
 
     def order(c):
-        return tuple(c[k] for k in FACTORS) + (c.get("steal_count") or 0, c["loss"] != "l2")
+        return tuple(c[k] for k in FACTORS) + (c.get("steal_count") or 0, c["loss"] != "l2",
+                                               sladv.OBSERVED_TARGETS.index(c["observed_targets"]))
 
     for c in sorted(attacks, key=order):
         seeds = {r["seed"] for r in records if all(r.get(k) == c.get(k) for k in by)}
@@ -383,7 +400,7 @@ def _section(args, records, plot) -> str:
 
 
 VARIED = ("split", "size", "eps", "steal_count")  # the plot's panels: success against each, where it was varied
-SETTING = (*FACTORS, "steal_count", "loss", "head_rank")
+SETTING = (*FACTORS, "steal_count", "loss", "head_rank", "observed_targets")
 
 
 def curves(attacks, key) -> dict:
@@ -403,7 +420,8 @@ def _label(settings, shown) -> str:
     count = s.get("steal_count")  # absent in the panel of the count itself
     stage1 = f"stealing ({count} smashed)" if s["objective"] == "stealing" and count else s["objective"]
     text = ", ".join([s["shadow"], stage1] + [f"{k} {s[k]}" for k in shown if k != "steal_count"])
-    return text + (", head PGD" if s["loss"] == "head" else "")
+    observed = f", targets observed ({s['observed_targets']})" if s["observed_targets"] != "none" else ""
+    return text + (", head PGD" if s["loss"] == "head" else "") + observed
 
 
 def _plot(attacks, baselines, centre, path) -> None:
@@ -421,7 +439,7 @@ def _plot(attacks, baselines, centre, path) -> None:
     fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 5.2), squeeze=False)
     for ax, (key, found) in zip(axes[0], panels):
         # the label names, beyond shadow and stage 1, the factors that tell this panel's curves apart
-        shown = [k for k in SETTING if k not in (key, "shadow", "objective", "loss", "head_rank")
+        shown = [k for k in SETTING if k not in (key, "shadow", "objective", "loss", "head_rank", "observed_targets")
                  and len({dict(g)[k] for g in found} - {None}) > 1]
         for i, (settings, rows) in enumerate(sorted(found.items(), key=lambda item: str(item[0]))):
             ax.errorbar([c[key] for c in rows], [c["success_rate"] for c in rows],

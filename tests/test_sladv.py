@@ -223,6 +223,49 @@ def test_paired_reads_only_the_smashed_data_of_its_own_queries(trained):
         sladv.paired_shadow(nn.Identity(), x_attacker[:5], stats.smashed_samples[:4])
 
 
+def test_the_targets_smashed_data_as_stage_2s_reference_flips_more(trained):
+    """A server that had its targets run through the model once measures the deviation from the middle's output on
+    the smashed data it received for them (``observed_targets="anchor"``) instead of on the shadow's estimate; with
+    a shadow fitted to 8 query pairs, that flips far more."""
+    topology, _, x_attacker, (x, y), _ = trained
+    stats, targets = _queries(topology, x_attacker[:8]), x[:100]
+    observed = sladv.record_inference(topology, "paired", targets, targets[:0]).smashed_samples
+    assert torch.equal(observed, topology.front(targets).detach())
+    success = {}
+    for mode in sladv.OBSERVED_TARGETS:
+        config = sladv.SLADVConfig.paired(shadow_steps=100, steps=10, observed_targets=mode)
+        attack = sladv.SLADV(topology.middle, x_attacker[:8], config, targets=targets, statistics=stats,
+                             target_smashed=None if mode == "none" else observed)
+        success[mode] = attack.result().score(topology.as_model(), y[:100])["success_rate"]
+        assert attack.shadow_fit["pairs"] == (108 if mode == "pairs" else 8)
+    assert success["anchor"] > success["none"] + 0.2 and success["pairs"] > success["none"] + 0.2, success
+    with pytest.raises(ValueError, match="target_smashed"):
+        sladv.SLADV(topology.middle, x_attacker[:8], sladv.SLADVConfig.paired(observed_targets="anchor"),
+                    targets=targets, statistics=stats)
+    with pytest.raises(ValueError, match="one smashed tensor per target"):
+        sladv.SLADV(topology.middle, x_attacker[:8], sladv.SLADVConfig.paired(observed_targets="anchor"),
+                    targets=targets, statistics=stats, target_smashed=observed[:5])
+    with pytest.raises(ValueError, match="objective 'paired'"):
+        sladv.SLADVConfig(observed_targets="pairs")
+
+
+def test_feature_pgd_from_the_shadows_own_output_as_reference_is_the_default():
+    """The reference point of stage 2 defaults to the shadow's output on the natural image: passing it explicitly
+    gives the same examples, another one gives others."""
+    torch.manual_seed(0)
+    shadow, middle = nn.Conv2d(3, 4, 3, padding=1), nn.Sequential(nn.Flatten(), nn.Linear(4 * 8 * 8, 5))
+    x = torch.rand(6, 3, 8, 8)
+    with torch.no_grad():
+        own = shadow(x)
+    default = sladv.feature_pgd(shadow, middle, x, eps=0.05, alpha=0.02, steps=5, batch_size=4)
+    assert torch.equal(sladv.feature_pgd(shadow, middle, x, eps=0.05, alpha=0.02, steps=5, batch_size=4,
+                                         reference=own), default)
+    assert not torch.equal(sladv.feature_pgd(shadow, middle, x, eps=0.05, alpha=0.02, steps=5, batch_size=4,
+                                             reference=own + 1), default)
+    with pytest.raises(ValueError, match="one smashed tensor per image"):
+        sladv.feature_pgd(shadow, middle, x, reference=own[:2])
+
+
 def test_the_critic_moves_the_shadows_outputs_toward_the_recorded_smashed_data(trained):
     _, stats, x_attacker, _, _ = trained
 
@@ -310,14 +353,17 @@ def test_the_demo_end_to_end_and_its_handling_of_bad_input(tmp_path, capsys):
     again = run("sladv_demo.py", "cifar", *common, cwd=tmp_path)  # never clobbers earlier results
     assert again.returncode == 2 and "already holds results" in again.stderr
     paired = run("sladv_demo.py", "cifar", *common[:-3], "--out", tmp_path / "paired", "--objective", "paired",
-                 "--shadow", "known", "--split", 2, "--baselines", "", "--quiet", cwd=tmp_path)
+                 "--shadow", "known", "--split", 2, "--baselines", "", "--observed-targets", "pairs", "--quiet",
+                 cwd=tmp_path)
     assert paired.returncode == 0, paired.stderr
     m = json.loads((tmp_path / "paired" / "metrics.json").read_text())
-    assert m["shadow_fit"]["pairs"] == 30 and m["split"] == 2 and m["sladv"]["linf"] <= 8 / 255 + 1e-6
+    assert m["shadow_fit"]["pairs"] == 30 + 10 and m["split"] == 2 and m["sladv"]["linf"] <= 8 / 255 + 1e-6
+    assert m["observed_targets"] == "pairs"
     from unsplit.demos import sladv as demo
 
     for bad, message in ((["--split", "5"], "--split"), (["--shadow-data", tmp_path / "nowhere"], "--shadow-data"),
-                         (["--baselines", "fgsm"], "unknown --baselines"), (["--eps", "nan"], "eps")):
+                         (["--baselines", "fgsm"], "unknown --baselines"), (["--eps", "nan"], "eps"),
+                         (["--observed-targets", "pairs"], "--objective paired")):
         with pytest.raises(SystemExit) as exit_info:  # argparse's exit, in process: one line, code 2
             demo.parse_args(["cifar", "--data-dir", str(data), *map(str, bad)])
         assert exit_info.value.code == 2, bad
@@ -367,6 +413,16 @@ def test_the_benchmark_writes_resumable_cells_and_a_report(tmp_path, monkeypatch
     report = (tmp_path / "out" / "report.md").read_text()
     assert report.count("| single | stealing (8 smashed) | cifar-iid | 30 | 8/255 |") == 2
     assert report.count("| 2 | single | stealing (8 smashed); head-gradient PGD (3 directions) |") == 1
+    # the targets' own smashed data observed: a cell of its own beside the paired one
+    assert bench.main(argv + ["--splits", "2", "--objectives", "paired", "--observed-targets", "pairs",
+                              "--baselines", ""]) == 0
+    assert list((tmp_path / "out" / "cells").glob("*_sp2_single_paired_obspairs_cifar-iid_30_eps8.json"))
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert report.count("| single | paired | cifar-iid | 30 | 8/255 |") == 2
+    assert report.count("| 2 | single | paired; targets observed (pairs) |") == 1
+    with pytest.raises(SystemExit) as exit_info:
+        bench.parse_args(["--observed-targets", "pairs", "--objectives", "stealing"])
+    assert exit_info.value.code == 2
     with pytest.raises(SystemExit):
         bench.parse_args(["--cross", "split,colour"])
     with pytest.raises(SystemExit) as exit_info:

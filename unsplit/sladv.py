@@ -56,6 +56,7 @@ __all__ = [
     "record_inference",
     "SHADOW_KINDS",
     "SHADOW_OBJECTIVES",
+    "OBSERVED_TARGETS",
     "shadow_front",
     "train_shadow",
     "steal_shadow",
@@ -517,6 +518,9 @@ def steal_shadow(shadow: nn.Module, stats: ServerStatistics, *, input_shape: Seq
 
 SHADOW_OBJECTIVES = ("distribution", "stealing", "critic", "paired")
 FEATURE_LOSSES = ("l2", "cosine", "head")
+#: what SLADV makes of the smashed tensors the server received for the very images it perturbs (ours): nothing, stage
+#: 2's reference point (``"anchor"``), or that and, with ``objective="paired"``, more query pairs (``"pairs"``)
+OBSERVED_TARGETS = ("none", "anchor", "pairs")
 
 
 def _project(x: torch.Tensor, x0: torch.Tensor, eps: float) -> torch.Tensor:
@@ -525,8 +529,8 @@ def _project(x: torch.Tensor, x0: torch.Tensor, eps: float) -> torch.Tensor:
 
 def feature_pgd(shadow: nn.Module, middle: nn.Module, x: torch.Tensor, *, eps: float = 8 / 255,
                 alpha: float = 2 / 255, steps: int = 20, loss: str = "l2", directions: Optional[torch.Tensor] = None,
-                random_start: bool = True, batch_size: int = 256, device: Union[str, torch.device] = "cpu",
-                seed: int = 0) -> torch.Tensor:
+                reference: Optional[torch.Tensor] = None, random_start: bool = True, batch_size: int = 256,
+                device: Union[str, torch.device] = "cpu", seed: int = 0) -> torch.Tensor:
     """Stage 2: PGD in the L∞ ball of radius ``eps`` around ``x`` that maximises the deviation of the server's middle
     output, through the shadow front and the real middle: ``||m(s(x')) - m(s(x))||²`` (``loss="l2"``),
     ``1 - cos(m(s(x')), m(s(x)))`` (``"cosine"``) or ``||Uᵀ(m(s(x')) - m(s(x)))||²`` (``"head"``, ours: the
@@ -538,7 +542,9 @@ def feature_pgd(shadow: nn.Module, middle: nn.Module, x: torch.Tensor, *, eps: f
         x: ``(N, 3, H, W)`` natural images in [0, 1].
         eps, alpha, steps: budget, step size and number of steps (ours: 8/255, 2/255, 20).
         loss: ``"l2"``, ``"cosine"`` or ``"head"``; directions: ``(D, k)`` for ``"head"`` (D: the middle's output
-            size). random_start: start from a uniform point of the ball (Madry et al.).
+            size). reference: ``(N, *smashed_shape)`` the smashed tensors the server received for ``x`` itself
+            (ours): the deviation is then measured from the middle's output on them, ``m(h)`` in place of
+            ``m(s(x))``. random_start: start from a uniform point of the ball (Madry et al.).
         device, seed: where it runs; seeds the random start.
 
     Returns:
@@ -553,13 +559,16 @@ def feature_pgd(shadow: nn.Module, middle: nn.Module, x: torch.Tensor, *, eps: f
     u = None if directions is None else directions.to(device)
     if not (eps >= 0 and alpha > 0 and steps >= 0):
         raise ValueError("eps must be >= 0, alpha > 0 and steps >= 0")
+    if reference is not None and len(reference) != len(x):
+        raise ValueError(f"reference needs one smashed tensor per image, got {len(reference)} for {len(x)}")
     shadow, middle = shadow.to(device).eval(), middle.to(device).eval()
     gen = torch.Generator().manual_seed(seed)
     out = []
     for start in range(0, len(x), batch_size):
         x0 = x[start:start + batch_size].to(device)
         with torch.no_grad():
-            f0 = middle(shadow(x0)).flatten(1)
+            h0 = shadow(x0) if reference is None else reference[start:start + batch_size].to(device)
+            f0 = middle(h0).flatten(1)
         if u is not None and f0.shape[1] != u.shape[0]:
             raise ValueError(f"directions have {u.shape[0]} rows, the middle's output has {f0.shape[1]} values")
         xa = x0.clone()
@@ -683,6 +692,10 @@ class SLADVConfig:
         eps, alpha, steps, loss: stage 2 (:func:`feature_pgd`): L∞ budget, step, steps, ``"l2"``, ``"cosine"``
             or ``"head"`` (ours: the deviation along the ``head_rank`` leading directions of the gradients the head
             returned in training, :class:`HeadGradients`, the latest ``max_gradients`` of them).
+        observed_targets: ours, for a server that had the images it perturbs run through the deployed model once
+            (as it does its queries) and kept the smashed tensors it received for them (``SLADV(target_smashed=)``):
+            ``"none"``; ``"anchor"``, stage 2 measures the deviation from the middle's output on them rather than on
+            the shadow's estimate; ``"pairs"``, that, and ``"paired"`` also fits the shadow on them.
         phase, epoch, max_outputs, max_smashed: what the server records (:class:`ServerStatistics`).
         progress: progress bars.
     """
@@ -696,6 +709,7 @@ class SLADVConfig:
     alpha: float = 2 / 255
     steps: int = 20
     loss: str = "l2"
+    observed_targets: str = "none"
     head_rank: int = 10
     max_gradients: int = 1024
     phase: str = "train"
@@ -711,6 +725,11 @@ class SLADVConfig:
             raise ValueError(f"objective must be one of {', '.join(SHADOW_OBJECTIVES)}, got {self.objective!r}")
         if self.loss not in FEATURE_LOSSES:
             raise ValueError(f"loss must be one of {', '.join(FEATURE_LOSSES)}, got {self.loss!r}")
+        if self.observed_targets not in OBSERVED_TARGETS:
+            raise ValueError(f"observed_targets must be one of {', '.join(OBSERVED_TARGETS)}, "
+                             f"got {self.observed_targets!r}")
+        if self.observed_targets == "pairs" and self.objective != "paired":
+            raise ValueError("observed_targets 'pairs' adds query pairs: it needs objective 'paired'")
         if self.phase not in ("train", "inference"):
             raise ValueError(f"phase must be 'train' or 'inference', got {self.phase!r}")
         if not (math.isfinite(self.eps) and self.eps >= 0 and self.alpha > 0 and self.steps >= 0):
@@ -762,6 +781,9 @@ class SLADV(Attack):
             default: a fresh one this attack fills as a callback (``config.phase``, ``epoch``, ``max_*``).
         gradients: for ``loss="head"``, a :class:`HeadGradients` recorded already (:func:`record_head_gradients`);
             default: a fresh one this attack fills in training (it then also observes ``head.gradient``).
+        target_smashed: for ``observed_targets`` other than ``"none"``, ``(len(targets), *smashed_shape)`` the
+            smashed tensors the server received for the targets, in their order (e.g. ``record_inference(topology,
+            "paired", targets, ...).smashed_samples``).
         device, seed, ``**overrides``: as :class:`~unsplit.base.Attack`.
 
     After :meth:`result`, ``shadow`` is the fitted shadow front, ``shadow_fit`` the numbers of its fit and
@@ -775,7 +797,8 @@ class SLADV(Attack):
     def __init__(self, middle: nn.Module, attacker_images: Optional[torch.Tensor], config: Optional[SLADVConfig] = None,
                  *, targets: Optional[torch.Tensor] = None, front_architecture: Optional[nn.Module] = None,
                  statistics: Optional[ServerStatistics] = None, gradients: Optional[HeadGradients] = None,
-                 device: Union[str, torch.device] = "cpu", seed: int = 0, **overrides: Any):
+                 target_smashed: Optional[torch.Tensor] = None, device: Union[str, torch.device] = "cpu",
+                 seed: int = 0, **overrides: Any):
         super().__init__(config, device=device, seed=seed, **overrides)
         c = self.config
         if c.shadow == "known" and front_architecture is None:
@@ -786,6 +809,12 @@ class SLADV(Attack):
         if c.objective != "stealing" and attacker_images is None:
             raise ValueError(f"objective {c.objective!r} trains the shadow on the attacker's images: pass them")
         self.middle, self.attacker_images, self.front_architecture = middle, attacker_images, front_architecture
+        if (c.observed_targets == "none") != (target_smashed is None):
+            raise ValueError("target_smashed goes with observed_targets 'anchor' or 'pairs', and they need it")
+        if target_smashed is not None and len(target_smashed) != len(self.targets):
+            raise ValueError(f"target_smashed needs one smashed tensor per target, got {len(target_smashed)} for "
+                             f"{len(self.targets)}")
+        self.target_smashed = target_smashed
         keep = max(c.max_smashed, len(attacker_images)) if c.objective == "paired" else c.max_smashed
         self.statistics = statistics if statistics is not None else ServerStatistics(
             phase=c.phase, epoch=c.epoch, max_outputs=c.max_outputs, max_smashed=keep)
@@ -823,7 +852,10 @@ class SLADV(Attack):
         common = dict(steps=c.shadow_steps, device=self.device, seed=self.seed, progress=c.progress)
         if c.objective == "paired":  # the first smashed tensors of the inference passes are the server's queries
             n = len(self.attacker_images)
-            return shade, paired_shadow(shade, self.attacker_images, stats.smashed_samples[:n], **common)
+            queries, smashed = self.attacker_images, stats.smashed_samples[:n]
+            if c.observed_targets == "pairs":
+                queries, smashed = torch.cat([queries, x]), torch.cat([smashed, self.target_smashed.to(smashed)])
+            return shade, paired_shadow(shade, queries, smashed, **common)
         if c.objective == "critic":
             return shade, critic_shadow(shade, self.attacker_images, stats, **common)
         return shade, train_shadow(shade, self.middle, self.attacker_images, stats, **common)
@@ -835,24 +867,26 @@ class SLADV(Attack):
         directions = self.gradients.directions(c.head_rank) if self.gradients is not None else None
         self.head_directions = None if directions is None else directions.shape[1]
         x_adv = feature_pgd(self.shadow, self.middle, self.targets, eps=c.eps, alpha=c.alpha, steps=c.steps,
-                            loss=c.loss, directions=directions, device=self.device, seed=self.seed)
+                            loss=c.loss, directions=directions, reference=self.target_smashed, device=self.device,
+                            seed=self.seed)
         return AdversarialExamples(x_adv, self.targets, eps=c.eps)
 
 
 def sladv_attack(middle: nn.Module, stats: ServerStatistics, x_attacker: torch.Tensor, x: torch.Tensor,
                  config: Optional[SLADVConfig] = None, *, front_architecture: Optional[nn.Module] = None,
-                 device: Union[str, torch.device] = "cpu", seed: int = 0, **overrides: Any):
+                 target_smashed: Optional[torch.Tensor] = None, device: Union[str, torch.device] = "cpu",
+                 seed: int = 0, **overrides: Any):
     """:class:`SLADV` on what the server recorded already (``stats``), as a function: the server's ``middle``, its
     unlabeled images ``x_attacker`` and the natural images ``x`` to perturb (``(N, 3, H, W)`` in [0, 1]);
     ``config`` or keyword ``overrides`` of :class:`SLADVConfig` (``shadow``, ``objective``, ``steal_iters``, ``eps``,
-    ``progress``, ...). On CIFAR-10 at split point 1 the default (stealing) flips 0.615 of the correctly classified
-    images, distribution matching 0.026 (no better than noise).
+    ``progress``, ...); ``target_smashed`` as :class:`SLADV`. On CIFAR-10 at split point 1 the default (stealing)
+    flips 0.615 of the correctly classified images, distribution matching 0.026 (no better than noise).
 
     Returns:
         ``(x_adv, shadow_module, shadow_fit)``.
     """
     attack = SLADV(middle, x_attacker, config, targets=x, front_architecture=front_architecture, statistics=stats,
-                   device=device, seed=seed, **overrides)
+                   target_smashed=target_smashed, device=device, seed=seed, **overrides)
     result = attack.result()
     return result.examples, attack.shadow, attack.shadow_fit
 
@@ -956,7 +990,8 @@ def run_sladv(topology: Topology, stats: ServerStatistics, x_attacker: torch.Ten
         stats: the server's recording of the client's smashed data (:class:`ServerStatistics`).
         x_attacker: ``(N, 3, 32, 32)`` the attacker's unlabeled images in [0, 1].
         x_eval, y_eval: natural images to attack and their labels (labels: metric code only).
-        config, ``**overrides``: :class:`SLADVConfig` and fields of it to change (``shadow``, ``steal_iters``, ...).
+        config, ``**overrides``: :class:`SLADVConfig` and fields of it to change (``shadow``, ``steal_iters``, ...);
+            with ``observed_targets``, ``x_eval`` is run through the victim once for the server to record.
         baselines: any of :data:`BASELINES` (see :func:`baseline_metrics`); ``"transfer"`` needs ``surrogate``.
         device, seed: where it runs; seeds the shadow, its batches and the random starts.
 
@@ -973,8 +1008,11 @@ def run_sladv(topology: Topology, stats: ServerStatistics, x_attacker: torch.Ten
     if topology.kind != "u_shaped":
         raise ValueError(f"SLADV attacks a U-shaped split, got a {topology.kind} topology")
     config = configure(SLADVConfig, config, overrides)
+    observed = None  # the targets run through the deployed model once, as the server's queries are
+    if config.observed_targets != "none":
+        observed = record_inference(topology, "paired", x_eval, x_eval, device=device).smashed_samples
     attack = SLADV(topology.middle, x_attacker, config, targets=x_eval, statistics=stats, device=device, seed=seed,
-                   front_architecture=topology.front if config.shadow == "known" else None)
+                   front_architecture=topology.front if config.shadow == "known" else None, target_smashed=observed)
     start = time.perf_counter()
     result = attack.result()
     seconds = {"attack": time.perf_counter() - start}

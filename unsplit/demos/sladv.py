@@ -53,6 +53,10 @@ def parse_args(argv=None):
     p.add_argument("--alpha", type=finite_float, default=2.0, help="PGD step in 1/255 units (default 2)")
     p.add_argument("--steps", type=int, default=20, help="PGD steps")
     p.add_argument("--loss", choices=("l2", "cosine"), default="l2", help="deviation of the middle's output")
+    p.add_argument("--observed-targets", choices=sladv.OBSERVED_TARGETS, default="none",
+                   help="ours: the attacked images run through the deployed model once, the server keeping their "
+                        "smashed data as stage 2's reference (anchor) and, with --objective paired, as more query "
+                        "pairs (pairs)")
     p.add_argument("--baselines", default="noise,whitebox,transfer",
                    help="comma-separated: noise, whitebox, transfer ('' for none)")
     p.add_argument("--eval-count", type=int, default=1000, help="first N test images attacked (scaffold: 1,000)")
@@ -78,6 +82,8 @@ def parse_args(argv=None):
         p.error("--client-size must leave CIFAR-10 training images for the attacker (< 50000)")
     if args.steps < 0 or not 0 <= args.eps <= 255 or args.alpha <= 0:
         p.error("--steps must be >= 0, --eps in [0, 255] and --alpha > 0")
+    if args.observed_targets == "pairs" and args.objective != "paired":
+        p.error("--observed-targets pairs adds query pairs: it needs --objective paired")
     args.baseline_list = [b.strip() for b in args.baselines.split(",") if b.strip()]
     bad = set(args.baseline_list) - {"noise", "whitebox", "transfer"}
     if bad:
@@ -166,12 +172,14 @@ def main(argv=None) -> int:
     pgd = dict(eps=args.eps / 255, alpha=args.alpha / 255, steps=args.steps, device=device, seed=args.seed)
     config = sladv.SLADVConfig(shadow=args.shadow, objective=args.objective, shadow_steps=args.shadow_steps,
                                steal_iters=args.steal_iters, eps=pgd["eps"], alpha=pgd["alpha"], steps=args.steps,
-                               loss=args.loss, phase="inference", progress=not args.quiet)
+                               loss=args.loss, observed_targets=args.observed_targets, phase="inference",
+                               progress=not args.quiet)
     res = sladv.run_sladv(topology, stats, x_att, x_eval, y_eval, config, baselines=(), device=device, seed=args.seed)
     x_adv = res.artefacts["x_adv"]
     report = {"model": args.model, "split": args.split, "shadow": args.shadow, "shadow_data": args.shadow_data,
               "shadow_classes": seen, "shadow_size": len(x_att), "eps": args.eps / 255, "steps": args.steps,
-              "loss": args.loss, "victim_test_accuracy": test_accuracy, "eval_count": len(x_eval),
+              "loss": args.loss, "observed_targets": args.observed_targets, "victim_test_accuracy": test_accuracy,
+              "eval_count": len(x_eval),
               "sladv": res.metrics, "shadow_fit": res.artefacts["shadow_fit"],
               "seconds": {**seconds, **res.artefacts["seconds"]},
               "victim": info,
