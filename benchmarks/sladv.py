@@ -350,7 +350,7 @@ def _section(args, records, plot) -> str:
     attacks = [c for c in cells if c["kind"] == "sladv"]
     baselines = {(c["kind"], c["eps"], c.get("source"), c.get("size")): c for c in cells
                  if c["kind"] not in ("sladv", "oracle")}
-    lines = [f"## {args.model}", "",
+    lines = [f"### {args.model}", "",
              f"SLADV (Fan et al., ECAI'23) victim: {args.model}, {args.epochs} epochs on {args.client_size} "
              "CIFAR-10 images"
              + (f" (test accuracy {pm(cells[0], 'victim_test_accuracy')})" if cells else "")
@@ -383,6 +383,7 @@ def _section(args, records, plot) -> str:
         return tuple(c[k] for k in FACTORS) + (c.get("steal_count") or 0, c["loss"] != "l2",
                                                sladv.OBSERVED_TARGETS.index(c["observed_targets"]))
 
+    lines[4:4] = _victims(records)
     for c in sorted(attacks, key=order):
         seeds = {r["seed"] for r in records if all(r.get(k) == c.get(k) for k in by)}
         lines.append(f"| {c['split']} | {c['shadow']} | {stage1(c)} | {c['source']} | {c['size']} | "
@@ -397,6 +398,21 @@ def _section(args, records, plot) -> str:
     return "\n".join(lines)
 
 
+
+
+def _victims(records) -> list:
+    """A note where one seed's cells attacked more than one training of its victim (a victim retrained where its
+    checkpoint was missing is the same model only on the same kind of CPU: the kernels' float order differs)."""
+    trainings: dict = {}
+    for r in records:
+        key = f"{r['victim_test_accuracy']:.4f}"  # a training's identity: its test accuracy
+        trainings.setdefault(r["seed"], {}).setdefault(key, (r["victim_test_accuracy"], r["_cell"].get("cpu", "?")))
+    mixed = [f"seed {seed}: " + ", ".join(f"{acc:.4f} ({cpu})" for acc, cpu in sorted(found.values(), reverse=True))
+             for seed, found in sorted(trainings.items()) if len(found) > 1]
+    if not mixed:
+        return []
+    return ["Victims trained more than once (test accuracy and CPU of each training; a row folds the cells of its "
+            "seeds whichever training they attacked): " + "; ".join(mixed) + ".", ""]
 
 
 VARIED = ("split", "size", "eps", "steal_count")  # the plot's panels: success against each, where it was varied
@@ -424,6 +440,16 @@ def _label(settings, shown) -> str:
     return text + (", head PGD" if s["loss"] == "head" else "") + observed
 
 
+def _baseline(ax, kind, style, baselines, eps, *, against_eps: bool) -> None:
+    """A baseline's success: against eps in the eps panel, a level line at the base ``eps`` in the others."""
+    if against_eps:
+        points = sorted((e, c["success_rate"]) for (k, e, _, _), c in baselines.items() if k == kind)
+        if points:
+            ax.plot(*zip(*points), ls=style, color="k", marker=".", label=kind)
+    elif (kind, eps, None, None) in baselines:
+        ax.axhline(baselines[(kind, eps, None, None)]["success_rate"], ls=style, color="k", label=f"{kind} (eps {eps})")
+
+
 def _plot(attacks, baselines, centre, path) -> None:
     """Success (mean ± std over seeds) against each factor varied, one curve per setting of the others, beside
     same-eps noise and white-box PGD at the base eps."""
@@ -446,10 +472,12 @@ def _plot(attacks, baselines, centre, path) -> None:
                         yerr=[c.get("std", {}).get("success_rate", 0.0) for c in rows], capsize=3,
                         marker="os^Dv<>p"[i % 8], ls="--" if dict(settings)["loss"] == "head" else "-",
                         label=_label(settings, shown))
+            if len({c["n_seeds"] for c in rows}) > 1:  # a curve joining means over different numbers of victims
+                for c in rows:
+                    ax.annotate(f"{c['n_seeds']} seed{'s' * (c['n_seeds'] > 1)}", (c[key], c["success_rate"]),
+                                textcoords="offset points", xytext=(0, -12), ha="center", fontsize=6)
         for kind, style in (("whitebox", "--"), ("noise", ":")):
-            if (kind, centre["eps"], None, None) in baselines:
-                ax.axhline(baselines[(kind, centre["eps"], None, None)]["success_rate"], ls=style, color="k",
-                           label=f"{kind} (eps {centre['eps']})")
+            _baseline(ax, kind, style, baselines, centre["eps"], against_eps=key == "eps")
         if key in ("size", "steal_count"):
             ax.set_xscale("log")
             ax.minorticks_off()

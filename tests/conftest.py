@@ -4,11 +4,13 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import random
 import runpy
 import struct
 import subprocess
 import sys
 import traceback
+import warnings
 from pathlib import Path
 
 XDIST_WORKER = bool(os.environ.get("PYTEST_XDIST_WORKER"))  # one process per core (-n auto)
@@ -30,15 +32,19 @@ if str(ROOT) not in sys.path:
 def run_script(path, *args, cwd, env=None) -> subprocess.CompletedProcess:
     """``python path args...`` from ``cwd``, run in this process (no interpreter and library start-up, a few seconds a
     run): its exit code, stdout and stderr as a ``CompletedProcess``. ``UNSPLIT_CACHE`` points into ``cwd``, ``env``
-    adds variables; the working directory, ``sys.argv`` and the environment are restored afterwards."""
+    adds variables; the working directory, ``sys.argv``, the environment, the random generators (Python's, NumPy's,
+    torch's), torch's thread count and the warning filters are restored afterwards (warnings show in every run)."""
     out, err = io.StringIO(), io.StringIO()
     saved_argv, saved_cwd, saved_env = sys.argv, os.getcwd(), dict(os.environ)
+    saved_random, saved_numpy, saved_threads = random.getstate(), np.random.get_state(), torch.get_num_threads()
     os.environ.update({"UNSPLIT_CACHE": str(Path(cwd) / ".cache"), **(env or {})})
     sys.argv = [str(path), *map(str, args)]
     os.chdir(cwd)
     code = 0
     try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), torch.random.fork_rng(devices=[]), \
+                warnings.catch_warnings():
+            warnings.simplefilter("default")
             try:
                 runpy.run_path(str(path), run_name="__main__")
             except SystemExit as exc:  # sys.exit(code), as the interpreter would report it
@@ -49,6 +55,9 @@ def run_script(path, *args, cwd, env=None) -> subprocess.CompletedProcess:
                 traceback.print_exc()
                 code = 1
     finally:
+        random.setstate(saved_random)
+        np.random.set_state(saved_numpy)
+        torch.set_num_threads(saved_threads)
         sys.argv = saved_argv
         os.chdir(saved_cwd)
         os.environ.clear()

@@ -217,6 +217,11 @@ def test_paired_reads_only_the_smashed_data_of_its_own_queries(trained):
             p.fill_(float("nan"))
     again = sladv.SLADV(poisoned.middle, x_attacker, config, targets=x[:20], statistics=stats).result().examples
     assert torch.equal(again, reference)
+    observed = sladv.record_inference(topology, "paired", x[:20], x[:0]).smashed_samples  # what the server saw
+    config = sladv.SLADVConfig.paired(shadow_steps=20, steps=3, observed_targets="pairs")
+    runs = [sladv.SLADV(m, x_attacker, config, targets=x[:20], statistics=stats, target_smashed=observed)
+            .result().examples for m in (topology.middle, poisoned.middle)]
+    assert torch.equal(*runs) and not torch.equal(runs[0], reference)
     with pytest.raises(ValueError, match="phase='inference'"):
         sladv.SLADVConfig(objective="paired")
     with pytest.raises(ValueError, match="as many smashed tensors"):
@@ -239,12 +244,16 @@ def test_the_targets_smashed_data_as_stage_2s_reference_flips_more(trained):
         success[mode] = attack.result().score(topology.as_model(), y[:100])["success_rate"]
         assert attack.shadow_fit["pairs"] == (108 if mode == "pairs" else 8)
     assert success["anchor"] > success["none"] + 0.2 and success["pairs"] > success["none"] + 0.2, success
-    with pytest.raises(ValueError, match="target_smashed"):
-        sladv.SLADV(topology.middle, x_attacker[:8], sladv.SLADVConfig.paired(observed_targets="anchor"),
-                    targets=targets, statistics=stats)
-    with pytest.raises(ValueError, match="one smashed tensor per target"):
-        sladv.SLADV(topology.middle, x_attacker[:8], sladv.SLADVConfig.paired(observed_targets="anchor"),
-                    targets=targets, statistics=stats, target_smashed=observed[:5])
+    anchored = sladv.SLADVConfig.paired(observed_targets="anchor")
+    with pytest.raises(ValueError, match="needs target_smashed"):
+        sladv.SLADV(topology.middle, x_attacker[:8], anchored, targets=targets, statistics=stats).result()
+    for bad in (observed[:5], observed[:, :1]):
+        with pytest.raises(ValueError, match="one smashed tensor per target, of the recorded shape"):
+            sladv.SLADV(topology.middle, x_attacker[:8], anchored, targets=targets, statistics=stats,
+                        target_smashed=bad).result()
+    with pytest.raises(ValueError, match="only"):
+        sladv.SLADV(topology.middle, x_attacker[:8], sladv.SLADVConfig.paired(), targets=targets, statistics=stats,
+                    target_smashed=observed)
     with pytest.raises(ValueError, match="objective 'paired'"):
         sladv.SLADVConfig(observed_targets="pairs")
 
@@ -416,7 +425,9 @@ def test_the_benchmark_writes_resumable_cells_and_a_report(tmp_path, monkeypatch
     # the targets' own smashed data observed: a cell of its own beside the paired one
     assert bench.main(argv + ["--splits", "2", "--objectives", "paired", "--observed-targets", "pairs",
                               "--baselines", ""]) == 0
-    assert list((tmp_path / "out" / "cells").glob("*_sp2_single_paired_obspairs_cifar-iid_30_eps8.json"))
+    (observed,) = (tmp_path / "out" / "cells").glob("*_sp2_single_paired_obspairs_cifar-iid_30_eps8.json")
+    cell = json.loads(observed.read_text())
+    assert cell["observed_targets"] == "pairs" and cell["shadow_fit"]["pairs"] == 30 + 10
     report = (tmp_path / "out" / "report.md").read_text()
     assert report.count("| single | paired | cifar-iid | 30 | 8/255 |") == 2
     assert report.count("| 2 | single | paired; targets observed (pairs) |") == 1
@@ -466,13 +477,14 @@ def test_the_report_has_a_section_and_a_plot_per_victim_model(tmp_path):
     name = "cifarnet_e3_n40000_st20_ss400_s0_sp1_known_paired_cifar-skewed_1024_eps8.json"
     cell = json.loads((results / name).read_text())
     (tmp_path / "cells" / name).write_text(json.dumps(cell))
-    cell["model"], cell["success_rate"] = "resnet18", 0.123456
+    cell["model"], cell["success_rate"], cell["victim_test_accuracy"] = "resnet18", 0.123456, 0.5
     (tmp_path / "cells" / name.replace("cifarnet", "resnet18")).write_text(json.dumps(cell))
     for model in ("cifarnet", "resnet18"):
         assert _benchmark().main(["--report-only", "--out", str(tmp_path), "--model", model]) == 0
         report = (tmp_path / "report.md").read_text()
         cifarnet, resnet = report.split("## resnet18")
-        assert cifarnet.startswith("## cifarnet") and "0.1235" not in cifarnet and "victim: resnet18" in resnet
+        assert cifarnet.startswith("### cifarnet") and "0.1235" not in cifarnet
+        assert "victim: resnet18" in resnet and "(test accuracy 0.5000)" in resnet
         assert [line.split(" | ")[8] for line in resnet.splitlines() if line.startswith("| 1 | ")] == ["0.1235"]
     assert (tmp_path / "sladv.png").exists() and (tmp_path / "sladv-resnet18.png").exists()
 

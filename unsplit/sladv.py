@@ -542,9 +542,10 @@ def feature_pgd(shadow: nn.Module, middle: nn.Module, x: torch.Tensor, *, eps: f
         x: ``(N, 3, H, W)`` natural images in [0, 1].
         eps, alpha, steps: budget, step size and number of steps (ours: 8/255, 2/255, 20).
         loss: ``"l2"``, ``"cosine"`` or ``"head"``; directions: ``(D, k)`` for ``"head"`` (D: the middle's output
-            size). reference: ``(N, *smashed_shape)`` the smashed tensors the server received for ``x`` itself
-            (ours): the deviation is then measured from the middle's output on them, ``m(h)`` in place of
-            ``m(s(x))``. random_start: start from a uniform point of the ball (Madry et al.).
+            size).
+        reference: ``(N, *smashed_shape)`` the smashed tensors the server received for ``x`` itself (ours): the
+            deviation is then measured from the middle's output on them, ``m(h)`` in place of ``m(s(x))``.
+        random_start: start from a uniform point of the ball (Madry et al.).
         device, seed: where it runs; seeds the random start.
 
     Returns:
@@ -783,7 +784,8 @@ class SLADV(Attack):
             default: a fresh one this attack fills in training (it then also observes ``head.gradient``).
         target_smashed: for ``observed_targets`` other than ``"none"``, ``(len(targets), *smashed_shape)`` the
             smashed tensors the server received for the targets, in their order (e.g. ``record_inference(topology,
-            "paired", targets, ...).smashed_samples``).
+            "paired", targets, ...).smashed_samples``); as a callback in training, set ``attack.target_smashed``
+            once the targets have been through the model, before :meth:`result`.
         device, seed, ``**overrides``: as :class:`~unsplit.base.Attack`.
 
     After :meth:`result`, ``shadow`` is the fitted shadow front, ``shadow_fit`` the numbers of its fit and
@@ -809,12 +811,9 @@ class SLADV(Attack):
         if c.objective != "stealing" and attacker_images is None:
             raise ValueError(f"objective {c.objective!r} trains the shadow on the attacker's images: pass them")
         self.middle, self.attacker_images, self.front_architecture = middle, attacker_images, front_architecture
-        if (c.observed_targets == "none") != (target_smashed is None):
-            raise ValueError("target_smashed goes with observed_targets 'anchor' or 'pairs', and they need it")
-        if target_smashed is not None and len(target_smashed) != len(self.targets):
-            raise ValueError(f"target_smashed needs one smashed tensor per target, got {len(target_smashed)} for "
-                             f"{len(self.targets)}")
-        self.target_smashed = target_smashed
+        if c.observed_targets == "none" and target_smashed is not None:
+            raise ValueError("target_smashed is used by observed_targets 'anchor' or 'pairs' only")
+        self.target_smashed = target_smashed  # may also be set after training, before result()
         keep = max(c.max_smashed, len(attacker_images)) if c.objective == "paired" else c.max_smashed
         self.statistics = statistics if statistics is not None else ServerStatistics(
             phase=c.phase, epoch=c.epoch, max_outputs=c.max_outputs, max_smashed=keep)
@@ -839,6 +838,20 @@ class SLADV(Attack):
         if self.gradients is not None and event.phase == "train":
             self.gradients.on_cut(event)
 
+    def _observed(self) -> Optional[torch.Tensor]:
+        """The targets' smashed tensors where ``observed_targets`` uses them (checked against the targets and the
+        smashed data the server recorded)."""
+        h, c = self.target_smashed, self.config
+        if c.observed_targets == "none":
+            return None
+        if h is None:
+            raise ValueError(f"observed_targets {c.observed_targets!r} needs target_smashed: the smashed tensors the "
+                             "server received for the targets (SLADV(target_smashed=...) or attack.target_smashed)")
+        if len(h) != len(self.targets) or tuple(h.shape[1:]) != tuple(self.statistics.smashed_shape):
+            raise ValueError(f"target_smashed needs one smashed tensor per target, of the recorded shape "
+                             f"{tuple(self.statistics.smashed_shape)}: got {tuple(h.shape)} for {len(self.targets)}")
+        return h
+
     def fit_shadow(self) -> Tuple[nn.Module, Dict[str, float]]:
         """Stage 1: the shadow front fitted by ``config.objective`` to what the server recorded."""
         c, x, stats = self.config, self.targets, self.statistics
@@ -854,7 +867,7 @@ class SLADV(Attack):
             n = len(self.attacker_images)
             queries, smashed = self.attacker_images, stats.smashed_samples[:n]
             if c.observed_targets == "pairs":
-                queries, smashed = torch.cat([queries, x]), torch.cat([smashed, self.target_smashed.to(smashed)])
+                queries, smashed = torch.cat([queries, x]), torch.cat([smashed, self._observed().to(smashed)])
             return shade, paired_shadow(shade, queries, smashed, **common)
         if c.objective == "critic":
             return shade, critic_shadow(shade, self.attacker_images, stats, **common)
@@ -862,12 +875,12 @@ class SLADV(Attack):
 
     def result(self) -> AdversarialExamples:
         """Stage 1 (:meth:`fit_shadow`), then stage 2 (:func:`feature_pgd` through the shadow and the middle)."""
-        c = self.config
+        c, observed = self.config, self._observed()
         self.shadow, self.shadow_fit = self.fit_shadow()
         directions = self.gradients.directions(c.head_rank) if self.gradients is not None else None
         self.head_directions = None if directions is None else directions.shape[1]
         x_adv = feature_pgd(self.shadow, self.middle, self.targets, eps=c.eps, alpha=c.alpha, steps=c.steps,
-                            loss=c.loss, directions=directions, reference=self.target_smashed, device=self.device,
+                            loss=c.loss, directions=directions, reference=observed, device=self.device,
                             seed=self.seed)
         return AdversarialExamples(x_adv, self.targets, eps=c.eps)
 
@@ -1008,14 +1021,15 @@ def run_sladv(topology: Topology, stats: ServerStatistics, x_attacker: torch.Ten
     if topology.kind != "u_shaped":
         raise ValueError(f"SLADV attacks a U-shaped split, got a {topology.kind} topology")
     config = configure(SLADVConfig, config, overrides)
-    observed = None  # the targets run through the deployed model once, as the server's queries are
-    if config.observed_targets != "none":
+    start, observed = time.perf_counter(), None
+    if config.observed_targets != "none":  # the targets run through the deployed model once, as queries are
         observed = record_inference(topology, "paired", x_eval, x_eval, device=device).smashed_samples
+    seconds = {"recording_targets": time.perf_counter() - start} if observed is not None else {}
     attack = SLADV(topology.middle, x_attacker, config, targets=x_eval, statistics=stats, device=device, seed=seed,
                    front_architecture=topology.front if config.shadow == "known" else None, target_smashed=observed)
     start = time.perf_counter()
     result = attack.result()
-    seconds = {"attack": time.perf_counter() - start}
+    seconds["attack"] = time.perf_counter() - start
     whole = topology.as_model().eval()
     scores = {name: baseline_metrics(name, whole, x_eval, y_eval, surrogate=surrogate, eps=config.eps,
                                      alpha=config.alpha, steps=config.steps, device=device, seed=seed)
