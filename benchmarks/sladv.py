@@ -394,7 +394,9 @@ def _section(args, records, plot) -> str:
                      f"{beside(c, seeds, 'oracle', 'split', 'eps')} | "
                      f"{pm(c, 'fit')} | "
                      f"{c['seconds']:.0f} | {c['n_seeds']} |")
-    _plot(attacks, baselines, base(args), plot)
+    ceiling = sorted((c["split"], c["success_rate"]) for c in cells
+                     if c["kind"] == "oracle" and c["eps"] == base(args)["eps"])
+    _plot(attacks, baselines, base(args), plot, ceiling=ceiling)
     return "\n".join(lines)
 
 
@@ -450,9 +452,10 @@ def _baseline(ax, kind, style, baselines, eps, *, against_eps: bool) -> None:
         ax.axhline(baselines[(kind, eps, None, None)]["success_rate"], ls=style, color="k", label=f"{kind} (eps {eps})")
 
 
-def _plot(attacks, baselines, centre, path) -> None:
+def _plot(attacks, baselines, centre, path, *, ceiling=()) -> None:
     """Success (mean ± std over seeds) against each factor varied, one curve per setting of the others, beside
-    same-eps noise and white-box PGD at the base eps."""
+    same-eps noise and white-box PGD at the base eps, and, against the split point, the real-front ceiling
+    (``ceiling``: ``(split, success)`` pairs)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -478,6 +481,8 @@ def _plot(attacks, baselines, centre, path) -> None:
                                 textcoords="offset points", xytext=(0, -12), ha="center", fontsize=6)
         for kind, style in (("whitebox", "--"), ("noise", ":")):
             _baseline(ax, kind, style, baselines, centre["eps"], against_eps=key == "eps")
+        if key == "split" and ceiling:
+            ax.plot(*zip(*ceiling), ls="-.", color="grey", marker=".", label="real-front ceiling (not an attack)")
         if key in ("size", "steal_count"):
             ax.set_xscale("log")
             ax.minorticks_off()

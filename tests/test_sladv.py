@@ -453,12 +453,13 @@ def test_the_report_folds_each_rows_baselines_over_its_own_seeds(tmp_path):
     results = Path(__file__).parents[1] / "benchmarks" / "results" / "sladv" / "cells"
     bench = _benchmark()
     (tmp_path / "cells").mkdir()
-    for p in results.glob("*.json"):
+    for p in results.glob("cifarnet_*.json"):
         row = re.search(r"_s(\d)_sp1_(known|multi)_paired_cifar-skewed_1024_eps8\.json$", p.name)
         wanted = {("0", "known"), ("1", "known"), ("0", "multi")}  # multi: seed 0's row only
         if re.search(r"_s[01]_noise_eps8\.json$", p.name) or row and (row[1], row[2]) in wanted:
             shutil.copy(p, tmp_path / "cells" / p.name)
-    noise = {s: json.loads(next(results.glob(f"*_s{s}_noise_eps8.json")).read_text())["success_rate"] for s in (0, 1)}
+    noise = {s: json.loads(next(results.glob(f"cifarnet_*_s{s}_noise_eps8.json")).read_text())["success_rate"]
+             for s in (0, 1)}
     assert bench.main(["--report-only", "--out", str(tmp_path)]) == 0
     rows = {line.split(" | ")[1]: line for line in (tmp_path / "report.md").read_text().splitlines()
             if line.startswith("| 1 | ")}
