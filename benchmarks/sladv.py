@@ -267,7 +267,7 @@ def run_cell(c: dict, *, data_dir, device, progress: bool) -> dict:
         gradients = _head_gradients(c, topology, x_train, y_train, config, device=device) if loss == "head" else None
         observed = None  # the targets' own inference passes, recorded as the server's queries are
         if config.observed_targets != "none":
-            observed = sladv.record_inference(topology, "paired", x_eval, x_eval, device=device).smashed_samples
+            observed = sladv.record_targets(topology, x_eval, device=device)
         attack = sladv.SLADV(topology.middle, x_train[idx], config, targets=x_eval, front_architecture=architecture,
                              statistics=stats, gradients=gradients, target_smashed=observed, device=device, seed=seed)
         x_adv = attack.result().examples
@@ -400,16 +400,13 @@ def _section(args, records, plot) -> str:
     return "\n".join(lines)
 
 
-
-
 def _victims(records) -> list:
     """A note where one seed's cells attacked more than one training of its victim (a victim retrained where its
     checkpoint was missing is the same model only on the same kind of CPU: the kernels' float order differs)."""
-    trainings: dict = {}
+    trainings: dict = {}  # seed -> {test accuracy (a training's identity): its CPU}
     for r in records:
-        key = f"{r['victim_test_accuracy']:.4f}"  # a training's identity: its test accuracy
-        trainings.setdefault(r["seed"], {}).setdefault(key, (r["victim_test_accuracy"], r["_cell"].get("cpu", "?")))
-    mixed = [f"seed {seed}: " + ", ".join(f"{acc:.4f} ({cpu})" for acc, cpu in sorted(found.values(), reverse=True))
+        trainings.setdefault(r["seed"], {}).setdefault(round(r["victim_test_accuracy"], 4), r["_cell"].get("cpu", "?"))
+    mixed = [f"seed {seed}: " + ", ".join(f"{acc:.4f} ({cpu})" for acc, cpu in sorted(found.items(), reverse=True))
              for seed, found in sorted(trainings.items()) if len(found) > 1]
     if not mixed:
         return []

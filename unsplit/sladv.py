@@ -54,6 +54,7 @@ __all__ = [
     "record_head_gradients",
     "moment_distance",
     "record_inference",
+    "record_targets",
     "SHADOW_KINDS",
     "SHADOW_OBJECTIVES",
     "OBSERVED_TARGETS",
@@ -332,6 +333,13 @@ def record_inference(topology: Topology, objective: str, x_queries: torch.Tensor
     stats = ServerStatistics(phase="inference", max_smashed=len(x_queries) if paired else keep)
     run_split(topology, x_queries if paired else x_client, callbacks=[stats], device=device)
     return stats
+
+
+def record_targets(topology: Topology, targets: torch.Tensor, *,
+                   device: Union[str, torch.device] = "cpu") -> torch.Tensor:
+    """The smashed tensors the server receives when ``targets`` (``(N, C, H, W)`` in [0, 1]) are run through the
+    deployed model once, as its queries are: ``(N, *smashed_shape)``, in order (``SLADV(target_smashed=)``)."""
+    return record_inference(topology, "paired", targets, targets[:0], device=device).smashed_samples
 
 
 def _mmd2(a: torch.Tensor, b: torch.Tensor, scales=(0.25, 1.0, 4.0)) -> torch.Tensor:
@@ -783,9 +791,9 @@ class SLADV(Attack):
         gradients: for ``loss="head"``, a :class:`HeadGradients` recorded already (:func:`record_head_gradients`);
             default: a fresh one this attack fills in training (it then also observes ``head.gradient``).
         target_smashed: for ``observed_targets`` other than ``"none"``, ``(len(targets), *smashed_shape)`` the
-            smashed tensors the server received for the targets, in their order (e.g. ``record_inference(topology,
-            "paired", targets, ...).smashed_samples``); as a callback in training, set ``attack.target_smashed``
-            once the targets have been through the model, before :meth:`result`.
+            smashed tensors the server received for the targets, in their order (:func:`record_targets`); as a
+            callback in training, set ``attack.target_smashed`` once the targets have been through the model,
+            before :meth:`result`.
         device, seed, ``**overrides``: as :class:`~unsplit.base.Attack`.
 
     After :meth:`result`, ``shadow`` is the fitted shadow front, ``shadow_fit`` the numbers of its fit and
@@ -1023,7 +1031,7 @@ def run_sladv(topology: Topology, stats: ServerStatistics, x_attacker: torch.Ten
     config = configure(SLADVConfig, config, overrides)
     start, observed = time.perf_counter(), None
     if config.observed_targets != "none":  # the targets run through the deployed model once, as queries are
-        observed = record_inference(topology, "paired", x_eval, x_eval, device=device).smashed_samples
+        observed = record_targets(topology, x_eval, device=device)
     seconds = {"recording_targets": time.perf_counter() - start} if observed is not None else {}
     attack = SLADV(topology.middle, x_attacker, config, targets=x_eval, statistics=stats, device=device, seed=seed,
                    front_architecture=topology.front if config.shadow == "known" else None, target_smashed=observed)
