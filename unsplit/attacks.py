@@ -72,6 +72,10 @@ class UnSplitConfig:
         targets: how many samples :class:`UnSplit` keeps the smashed data of while it observes (the first this
             many dataset indices it sees, each with its most recent smashed data); the default, 10, is the number
             of images the paper shows per setting (one per class) and the demo attacks.
+        batch_size: ``None`` (the paper's): every outer iteration works on all the targets at once; an integer (ours,
+            for many targets): the targets are cut into minibatches of this size, each with its own x̃ and input
+            optimiser, one clone shared by all, and outer iteration t runs both phases on minibatch t mod K, so an
+            iteration costs what one minibatch costs and the clone is fitted to every target.
     """
 
     main_iters: int = 1000
@@ -87,6 +91,7 @@ class UnSplitConfig:
     init_value: float = 0.5
     log_every: int = 10
     targets: int = 10
+    batch_size: Optional[int] = None
 
     def __post_init__(self):
         for name in ("main_iters", "input_iters", "model_iters"):
@@ -107,6 +112,9 @@ class UnSplitConfig:
             raise ValueError("log_every must be >= 1")
         if isinstance(self.targets, bool) or not isinstance(self.targets, int) or self.targets < 1:
             raise ValueError(f"targets must be a positive integer, got {self.targets!r}")
+        if self.batch_size is not None and (isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int)
+                                            or self.batch_size < 1):
+            raise ValueError(f"batch_size must be None or a positive integer, got {self.batch_size!r}")
 
     @classmethod
     def paper(cls, **overrides: Any) -> "UnSplitConfig":
@@ -212,17 +220,17 @@ def model_inversion_stealing(
     if not torch.is_tensor(smashed) or smashed.dim() < 2:
         raise ValueError("smashed must be a tensor of shape (N, ...) with N >= 1 targets")
     device = torch.device(device) if device is not None else smashed.device
-    state = _Descent.start(client_architecture, smashed.detach().to(device), tuple(input_shape), cfg,
-                           clone=clone, seed=seed)
-    use_mkldnn = _fastest_cpu_conv(state.clone, state.x, state.target) if device.type == "cpu" else True
+    parts = _Descent.minibatches(client_architecture, smashed.detach().to(device), tuple(input_shape), cfg,
+                                 clone=clone, seed=seed)
+    use_mkldnn = _fastest_cpu_conv(parts[0].clone, parts[0].x, parts[0].target) if device.type == "cpu" else True
     with _mkldnn(use_mkldnn):
-        state.run(progress=progress, on_iteration=on_iteration)
-    raw, stolen = state.finish()
+        _Descent.run(parts, progress=progress, on_iteration=on_iteration)
+    raw, stolen = _Descent.finish(parts)
     rec = _normalize(raw, cfg.normalize) if cfg.normalize else raw
     run_settings = dict(preset=preset, main_iters=cfg.main_iters, input_iters=cfg.input_iters,
                         model_iters=cfg.model_iters, init_value=cfg.init_value, seed=seed,
-                        **{f: getattr(cfg, f) for f in _PRESET_FIELDS})
-    return InversionResult(reconstructions=rec, clone=stolen, history=state.history, settings=run_settings,
+                        batch_size=cfg.batch_size, **{f: getattr(cfg, f) for f in _PRESET_FIELDS})
+    return InversionResult(reconstructions=rec, clone=stolen, history=parts[0].history, settings=run_settings,
                            raw_reconstructions=raw)
 
 
@@ -261,6 +269,16 @@ class _Descent:
         history: Dict[str, List[float]] = {"iteration": [], "input_objective": [], "feature_mse": []}
         return cls(clone, params, x, target, cfg, input_opt, model_opt, history)
 
+    @classmethod
+    def minibatches(cls, architecture: Architecture, target: torch.Tensor, input_shape: tuple, cfg: UnSplitConfig, *,
+                    clone: Optional[nn.Module], seed: Optional[int]) -> List["_Descent"]:
+        """One descent per minibatch of ``cfg.batch_size`` targets (one for all of them when ``None``), all sharing
+        the first one's clone, model optimiser and history."""
+        chunks = target.split(cfg.batch_size or len(target))
+        first = cls.start(architecture, chunks[0], input_shape, cfg, clone=clone, seed=seed)
+        rest = [cls.start(architecture, c, input_shape, cfg, clone=first.clone, seed=None) for c in chunks[1:]]
+        return [first] + [dataclasses.replace(p, model_opt=first.model_opt, history=first.history) for p in rest]
+
     def input_step(self) -> torch.Tensor:
         """``input_iters`` Adam steps on x̃ (the clone's weights are constants: backward computes only the input
         gradient); returns the last objective."""
@@ -298,32 +316,42 @@ class _Descent:
             self.model_opt.step()
         return loss
 
-    def run(self, *, progress: bool = False,
+    @staticmethod
+    def run(parts: List["_Descent"], *, progress: bool = False,
             on_iteration: Optional[Callable[[int, torch.Tensor], None]] = None) -> None:
-        """``main_iters`` outer iterations, logging every ``log_every``-th (and the last)."""
+        """``main_iters`` outer iterations, iteration t on minibatch t mod K of ``parts`` (:meth:`minibatches`),
+        logging every ``log_every``-th (and the last) in the shared history."""
         from tqdm.auto import tqdm
 
-        main_iters, log_every = self.config.main_iters, self.config.log_every
+        first = parts[0]
+        main_iters, log_every = first.config.main_iters, first.config.log_every
         bar = tqdm(range(main_iters), desc="inversion", unit="it", disable=not progress, leave=False)
-        x_loss = m_loss = torch.zeros((), device=self.x.device)
+        x_loss = m_loss = torch.zeros((), device=first.x.device)
         for it in bar:
-            x_loss = self.input_step()
-            m_step = self.model_step()
+            part = parts[it % len(parts)]
+            x_loss = part.input_step()
+            m_step = part.model_step()
             m_loss = m_loss if m_step is None else m_step
             if it % log_every == 0 or it == main_iters - 1:
-                self.history["iteration"].append(it + 1)
-                self.history["input_objective"].append(float(x_loss.detach()))
-                self.history["feature_mse"].append(float(m_loss.detach()))
-                bar.set_postfix(feature_mse=f"{self.history['feature_mse'][-1]:.3g}")
+                first.history["iteration"].append(it + 1)
+                first.history["input_objective"].append(float(x_loss.detach()))
+                first.history["feature_mse"].append(float(m_loss.detach()))
+                bar.set_postfix(feature_mse=f"{first.history['feature_mse'][-1]:.3g}")
             if on_iteration is not None:
-                on_iteration(it + 1, self.x.detach())
+                on_iteration(it + 1, _Descent.estimate(parts))
         bar.close()
 
-    def finish(self) -> Tuple[torch.Tensor, nn.Module]:
+    @staticmethod
+    def estimate(parts: List["_Descent"]) -> torch.Tensor:
+        """x̃ of every target, in order (detached)."""
+        return parts[0].x.detach() if len(parts) == 1 else torch.cat([p.x.detach() for p in parts])
+
+    @staticmethod
+    def finish(parts: List["_Descent"]) -> Tuple[torch.Tensor, nn.Module]:
         """x̃ (detached) and the stolen clone in eval mode, its BatchNorm statistics recomputed on x̃."""
-        raw = self.x.detach()
-        _recalibrate_batchnorm(self.clone, raw)
-        return raw, self.clone.eval()
+        raw = _Descent.estimate(parts)
+        _recalibrate_batchnorm(parts[0].clone, raw)
+        return raw, parts[0].clone.eval()
 
 
 class UnSplit(Attack):

@@ -495,7 +495,8 @@ def paired_shadow(shadow: nn.Module, x_queries: torch.Tensor, smashed: torch.Ten
 
 def steal_shadow(shadow: nn.Module, stats: ServerStatistics, *, input_shape: Sequence[int] = (3, 32, 32),
                  count: int = 64, main_iters: int = 200, input_iters: int = 20, model_iters: int = 20,
-                 device: Union[str, torch.device] = "cpu", seed: int = 0, progress: bool = False):
+                 batch_size: int = 64, device: Union[str, torch.device] = "cpu", seed: int = 0,
+                 progress: bool = False):
     """Stage 1 by model stealing (ours): UnSplit's coordinate descent (Erdogan et al., WPES'22,
     :func:`unsplit.attacks.model_inversion_stealing`) fits the shadow's architecture and estimates of the private
     inputs jointly to ``count`` smashed tensors the server received — what the server legitimately holds; neither
@@ -507,6 +508,8 @@ def steal_shadow(shadow: nn.Module, stats: ServerStatistics, *, input_shape: Seq
         shadow: the architecture (from :func:`shadow_front`; re-initialised). stats: the server's recording.
         input_shape: one input's shape. count: smashed tensors used (at most ``stats.max_smashed``).
         main_iters, input_iters, model_iters: the coordinate descent's schedule (UnSplit's: 1000, 100, 100).
+        batch_size: its minibatch (``UnSplitConfig.batch_size``): with more than this many tensors, iteration t fits
+            minibatch t mod K, so hundreds or thousands of tensors cost what one minibatch does per iteration.
         device, seed, progress: where it runs, its seed, a progress bar.
 
     Returns:
@@ -516,8 +519,8 @@ def steal_shadow(shadow: nn.Module, stats: ServerStatistics, *, input_shape: Seq
 
     smashed = stats.smashed_samples[:count]
     res = model_inversion_stealing(shadow, smashed, input_shape=tuple(input_shape), main_iters=main_iters,
-                                   input_iters=input_iters, model_iters=model_iters, device=device, seed=seed,
-                                   progress=progress)
+                                   input_iters=input_iters, model_iters=model_iters, batch_size=batch_size,
+                                   device=device, seed=seed, progress=progress)
     stolen = res.clone.eval()
     with torch.no_grad():
         fit = float(torch.nn.functional.mse_loss(stolen(res.reconstructions.to(device)), smashed.to(device)))
@@ -696,8 +699,10 @@ class SLADVConfig:
             unlabeled images), ``"critic"`` (ours: :func:`critic_shadow`, FSHA's adversarial critic on the smashed
             data) or ``"paired"`` (ours: :func:`paired_shadow`, the server's own images run through the client's
             front at inference, paired with the smashed data it receives for them; needs ``phase="inference"``).
-        shadow_steps: ``"distribution"``, ``"critic"``, ``"paired"``: Adam steps. steal_count, steal_iters:
-            ``"stealing"``: smashed tensors used and outer iterations of the coordinate descent.
+        shadow_steps: ``"distribution"``, ``"critic"``, ``"paired"``: Adam steps. steal_count, steal_iters,
+            steal_batch: ``"stealing"``: smashed tensors used (at most ``max_smashed``), outer iterations of the
+            coordinate descent, and its minibatch (ours: more tensors than this are taken in turn, a minibatch per
+            iteration, so an iteration costs the same whatever the count).
         eps, alpha, steps, loss: stage 2 (:func:`feature_pgd`): L∞ budget, step, steps, ``"l2"``, ``"cosine"``
             or ``"head"`` (ours: the deviation along the ``head_rank`` leading directions of the gradients the head
             returned in training, :class:`HeadGradients`, the latest ``max_gradients`` of them).
@@ -714,6 +719,7 @@ class SLADVConfig:
     shadow_steps: int = 400
     steal_count: int = 64
     steal_iters: int = 200
+    steal_batch: int = 64
     eps: float = 8 / 255
     alpha: float = 2 / 255
     steps: int = 20
@@ -750,9 +756,12 @@ class SLADVConfig:
         for name in ("shadow_steps", "steal_iters"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("steal_count", "max_outputs", "max_smashed", "head_rank", "max_gradients"):
+        for name in ("steal_count", "steal_batch", "max_outputs", "max_smashed", "head_rank", "max_gradients"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.objective == "stealing" and self.steal_count > self.max_smashed:
+            raise ValueError(f"steal_count ({self.steal_count}) exceeds the smashed tensors recorded (max_smashed "
+                             f"{self.max_smashed}): raise max_smashed")
 
     @classmethod
     def distribution_matching(cls, **overrides: Any) -> "SLADVConfig":
@@ -869,7 +878,7 @@ class SLADV(Attack):
                              architecture=self.front_architecture)
         if c.objective == "stealing":
             return steal_shadow(shade, stats, input_shape=x.shape[1:], count=c.steal_count, main_iters=c.steal_iters,
-                                device=self.device, seed=self.seed, progress=c.progress)
+                                batch_size=c.steal_batch, device=self.device, seed=self.seed, progress=c.progress)
         common = dict(steps=c.shadow_steps, device=self.device, seed=self.seed, progress=c.progress)
         if c.objective == "paired":  # the first smashed tensors of the inference passes are the server's queries
             n = len(self.attacker_images)
