@@ -392,9 +392,10 @@ def test_the_demo_end_to_end_and_its_handling_of_bad_input(tmp_path, capsys):
     common = ["--data-dir", data, "--client-size", 80, "--shadow-data", "cifar-iid", "--shadow-size", 30,
               "--epochs", 1, "--eval-count", 10, "--shadow-steps", 3, "--steps", 2, "--stats-samples", 40,
               "--steal-iters", 2, "--checkpoint", tmp_path / "victim.pt", "--out", tmp_path / "out", "--quiet"]
-    r = run("sladv_demo.py", "cifar", *common, cwd=tmp_path)
+    r = run("sladv_demo.py", "cifar", *common, "--stats-samples", 80, "--steal-count", 70, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     m = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert m["shadow_fit"]["count"] == 70  # two minibatches: 64 and 6
     assert (tmp_path / "out" / "adversarial.png").stat().st_size > 1000
     for name in ("sladv", "noise", "whitebox", "transfer"):
         assert 0 <= m[name]["accuracy"] <= 1 and m[name]["linf"] <= 8 / 255 + 1e-6, name
@@ -413,7 +414,8 @@ def test_the_demo_end_to_end_and_its_handling_of_bad_input(tmp_path, capsys):
 
     for bad, message in ((["--split", "5"], "--split"), (["--shadow-data", tmp_path / "nowhere"], "--shadow-data"),
                          (["--baselines", "fgsm"], "unknown --baselines"), (["--eps", "nan"], "eps"),
-                         (["--observed-targets", "pairs"], "--objective paired")):
+                         (["--observed-targets", "pairs"], "--objective paired"),
+                         (["--steal-count", "0"], "--steal-count")):
         with pytest.raises(SystemExit) as exit_info:  # argparse's exit, in process: one line, code 2
             demo.parse_args(["cifar", "--data-dir", str(data), *map(str, bad)])
         assert exit_info.value.code == 2, bad

@@ -49,6 +49,8 @@ def parse_args(argv=None):
                         "WGAN-GP critic on it) or paired (the attacker's images run through the deployed model as "
                         "queries, the shadow regressed on the smashed data received for them)")
     p.add_argument("--steal-iters", type=int, default=200, help="stealing: outer iterations (x 20 + 20 steps)")
+    p.add_argument("--steal-count", type=int, default=64,
+                   help="stealing: smashed tensors fitted (more than 64: a minibatch of 64 per iteration)")
     p.add_argument("--eps", type=finite_float, default=8.0, help="L-inf budget in 1/255 units (default 8)")
     p.add_argument("--alpha", type=finite_float, default=2.0, help="PGD step in 1/255 units (default 2)")
     p.add_argument("--steps", type=int, default=20, help="PGD steps")
@@ -74,7 +76,7 @@ def parse_args(argv=None):
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
-    for name in ("shadow_size", "shadow_steps", "steal_iters", "eval_count", "epochs", "client_size",
+    for name in ("shadow_size", "shadow_steps", "steal_iters", "steal_count", "eval_count", "epochs", "client_size",
                  "stats_samples"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
@@ -157,9 +159,10 @@ def main(argv=None) -> int:
     x_att, y_att, seen = _attacker_images(args, x_train, y_train)
     clock = time.perf_counter()
     # paired: the server's own queries (its images and the smashed data it receives for them); otherwise the
-    # client's inference passes (the critic sees 2,048 of their smashed tensors as real)
-    stats = sladv.record_inference(topology, args.objective, x_att, x_client[: args.stats_samples],
-                                   keep=2048 if args.objective == "critic" else 256, device=device)
+    # client's inference passes (the critic sees 2,048 of their smashed tensors as real, stealing fits steal_count)
+    keep = 2048 if args.objective == "critic" else max(256, args.steal_count)
+    stats = sladv.record_inference(topology, args.objective, x_att, x_client[: args.stats_samples], keep=keep,
+                                   device=device)
     seconds = {"recording": time.perf_counter() - clock}  # wall time of each stage, the victim's training aside
     surrogate = None
     if "transfer" in args.baseline_list:
@@ -171,9 +174,9 @@ def main(argv=None) -> int:
     log(args, f"SLADV: shadow {args.shadow} ({args.objective}), PGD eps {args.eps:g}/255, {args.steps} steps ...")
     pgd = dict(eps=args.eps / 255, alpha=args.alpha / 255, steps=args.steps, device=device, seed=args.seed)
     config = sladv.SLADVConfig(shadow=args.shadow, objective=args.objective, shadow_steps=args.shadow_steps,
-                               steal_iters=args.steal_iters, eps=pgd["eps"], alpha=pgd["alpha"], steps=args.steps,
-                               loss=args.loss, observed_targets=args.observed_targets, phase="inference",
-                               progress=not args.quiet)
+                               steal_iters=args.steal_iters, steal_count=args.steal_count, max_smashed=keep,
+                               eps=pgd["eps"], alpha=pgd["alpha"], steps=args.steps, loss=args.loss,
+                               observed_targets=args.observed_targets, phase="inference", progress=not args.quiet)
     res = sladv.run_sladv(topology, stats, x_att, x_eval, y_eval, config, baselines=(), device=device, seed=args.seed)
     x_adv = res.artefacts["x_adv"]
     report = {"model": args.model, "split": args.split, "shadow": args.shadow, "shadow_data": args.shadow_data,
