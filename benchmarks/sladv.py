@@ -221,18 +221,13 @@ def _victim(c: dict, *, data_dir, device, progress: bool):
 def _statistics(c: dict, topology, x_train, idx, *, device) -> "sladv.ServerStatistics":
     """What the server recorded at inference (cached per process): for ``paired``, the passes of the attacker's own
     images (its queries, in order); otherwise the client's passes over its first ``stats_samples`` images."""
-    keep = _kept(c)
+    keep = sladv.smashed_kept(c["objective"], **{k: c[k] for k in ("steal_count", "critic_smashed") if k in c})
     paired = c["objective"] == "paired"
     key = ("pairs", c["split"], c["source"], c["size"]) if paired else ("stats", c["split"], keep)
     if key not in _STATE:
         _STATE[key] = sladv.record_inference(topology, c["objective"], x_train[idx], x_train[: c["stats_samples"]],
                                              keep=keep, device=device)
     return _STATE[key]
-
-
-def _kept(c: dict) -> int:
-    """Smashed tensors the server keeps of the client's passes: the critic's real sample, the stealing set."""
-    return max(256, c.get("critic_smashed", 0), c.get("steal_count", 0))
 
 
 def _head_gradients(c: dict, topology, x_train, y_train, config, *, device) -> "sladv.HeadGradients":
@@ -268,7 +263,7 @@ def run_cell(c: dict, *, data_dir, device, progress: bool) -> dict:
                                    steal_count=c.get("steal_count", 64), steal_iters=c.get("steal_iters", 200),
                                    eps=c["eps"] / 255, alpha=2 / 255, steps=c["steps"], progress=progress,
                                    phase="inference", loss=loss, head_rank=c.get("head_rank", 10),
-                                   observed_targets=c.get("observed_targets", "none"), max_smashed=_kept(c))
+                                   observed_targets=c.get("observed_targets", "none"))
         gradients = _head_gradients(c, topology, x_train, y_train, config, device=device) if loss == "head" else None
         observed = None  # the targets' own inference passes, recorded as the server's queries are
         if config.observed_targets != "none":

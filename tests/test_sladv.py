@@ -174,7 +174,7 @@ def test_stealing_fits_the_shadow_to_the_smashed_data_the_server_received(traine
     assert fit["count"] == 64 and fit["smashed_mse"] < 0.5 * untrained, (fit, untrained)
 
 
-def test_stealing_from_many_smashed_tensors_by_minibatches_fits_the_fronts_function(trained):
+def test_stealing_from_many_smashed_tensors_by_minibatches_overfits_far_less_than_from_few(trained):
     """Hundreds of the tensors the server received, a minibatch of 32 per iteration at the cost of 32: on images it
     never saw, the stolen front is far closer to the real one than a fit to 32 tensors alone (which overfits)."""
     topology, _, x_attacker, (x, _), _ = trained
@@ -192,10 +192,15 @@ def test_stealing_from_many_smashed_tensors_by_minibatches_fits_the_fronts_funct
 
     few, many = error(32), error(256)
     assert many < 0.25 * few, (few, many)
+    with pytest.raises(ValueError, match="recorded 256"):
+        sladv.steal_shadow(nn.Conv2d(3, 8, 3, padding=1), stats, input_shape=(3, 16, 16), count=300)
 
 
-def test_minibatched_stealing_with_one_minibatch_is_the_full_batch_descent():
+def test_minibatched_stealing_with_one_minibatch_is_the_full_batch_descent(monkeypatch):
+    from unsplit import attacks
     from unsplit.attacks import model_inversion_stealing
+
+    monkeypatch.setattr(attacks, "_fastest_cpu_conv", lambda *a: False)  # no timing-dependent kernel choice
 
     front = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
     smashed = front(_problem(24, 5)[0]).detach()
@@ -207,12 +212,13 @@ def test_minibatched_stealing_with_one_minibatch_is_the_full_batch_descent():
     assert torch.equal(runs[0].reconstructions, runs[1].reconstructions)
     assert all(torch.equal(a, b) for a, b in zip(runs[0].clone.state_dict().values(),
                                                   runs[1].clone.state_dict().values()))
+    # three minibatches of 8, in order, each fitted (moved off the constant start) in four iterations
     assert runs[2].reconstructions.shape == (24, 3, 16, 16) and set(seen) == {24}
     assert not torch.equal(runs[0].reconstructions, runs[2].reconstructions)
-    with pytest.raises(ValueError, match="batch_size"):
-        model_inversion_stealing(front, smashed, input_shape=(3, 16, 16), batch_size=0)
-    with pytest.raises(ValueError, match="max_smashed"):
-        sladv.SLADVConfig(steal_count=300)
+    assert ((runs[2].reconstructions - 0.5).flatten(1).abs().amax(1) > 1e-4).all()
+    for bad, match in (({"batch_size": 0}, "batch_size"), ({"batch_size": 5, "main_iters": 4}, "main_iters")):
+        with pytest.raises(ValueError, match=match):
+            model_inversion_stealing(front, smashed, input_shape=(3, 16, 16), **bad)
 
 
 def _queries(topology, x_attacker):

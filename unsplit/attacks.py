@@ -72,10 +72,12 @@ class UnSplitConfig:
         targets: how many samples :class:`UnSplit` keeps the smashed data of while it observes (the first this
             many dataset indices it sees, each with its most recent smashed data); the default, 10, is the number
             of images the paper shows per setting (one per class) and the demo attacks.
-        batch_size: ``None`` (the paper's): every outer iteration works on all the targets at once; an integer (ours,
-            for many targets): the targets are cut into minibatches of this size, each with its own x̃ and input
-            optimiser, one clone shared by all, and outer iteration t runs both phases on minibatch t mod K, so an
-            iteration costs what one minibatch costs and the clone is fitted to every target.
+        batch_size: ``None`` (the paper's): every outer iteration works on all N targets at once; an integer (ours,
+            for many targets): they are cut in order into K = ceil(N / batch_size) near-equal minibatches, each with
+            its own x̃ and input optimiser, one clone shared by all, and outer iteration t runs both phases on
+            minibatch t mod K. An iteration costs what one minibatch costs; each x̃ gets ``main_iters / K`` of the
+            iterations (``main_iters`` must be at least K), the clone all of them. The history logs the minibatch of
+            the logged iteration.
     """
 
     main_iters: int = 1000
@@ -190,7 +192,9 @@ def model_inversion_stealing(
     repeats ``main_iters`` times: ``input_iters`` Adam steps on x̃ minimising
     ``MSE(f̃(x̃), z) + lambda_tv * TV(x̃) + lambda_l2 * mean(x̃**2)``, then ``model_iters`` Adam steps on f̃'s weights
     minimising ``MSE(f̃(x̃), z)``. All N targets are attacked at once with one shared clone (the reference attacks
-    one image at a time and also shares the clone across images); each image's objective is the reference's.
+    one image at a time and also shares the clone across images); each image's objective is the reference's. With
+    ``batch_size`` (ours), iteration t works on minibatch t mod K of the targets instead, so each x̃ is updated every
+    K-th iteration.
 
     Args:
         client_architecture: the client part's architecture: a module (only its structure is used; it is deep-copied
@@ -236,7 +240,8 @@ def model_inversion_stealing(
 
 @dataclasses.dataclass
 class _Descent:
-    """The state of one coordinate descent (Alg. 1): the clone, the input estimate x̃, their optimisers."""
+    """The state of one coordinate descent (Alg. 1) on one minibatch of targets: the clone, the input estimate x̃,
+    their optimisers; the minibatches of one attack share the clone, its optimiser and the history."""
 
     clone: nn.Module
     params: List[nn.Parameter]
@@ -249,7 +254,8 @@ class _Descent:
 
     @classmethod
     def start(cls, architecture: Architecture, target: torch.Tensor, input_shape: tuple, cfg: UnSplitConfig, *,
-              clone: Optional[nn.Module], seed: Optional[int]) -> "_Descent":
+              clone: Optional[nn.Module], seed: Optional[int], model_opt: Optional[torch.optim.Optimizer] = None,
+              history: Optional[Dict[str, List[float]]] = None) -> "_Descent":
         """A fresh clone (or ``clone``, continued) and the constant initial x̃; checks that the shapes agree."""
         device = target.device
         if clone is None:
@@ -258,7 +264,8 @@ class _Descent:
         params = [p for p in clone.parameters()]
         x = torch.full((target.shape[0], *input_shape), float(cfg.init_value), device=device, requires_grad=True)
         input_opt = adam(cfg.input_lr)([x])
-        model_opt = adam(cfg.model_lr)(params) if params else None
+        if model_opt is None:
+            model_opt = adam(cfg.model_lr)(params) if params else None
         with torch.no_grad():
             probe = clone(x)
         if probe.shape != target.shape:
@@ -266,18 +273,23 @@ class _Descent:
                 f"the clone maps inputs of shape {tuple(input_shape)} to {tuple(probe.shape[1:])}, "
                 f"but the smashed data have shape {tuple(target.shape[1:])}: wrong architecture, depth or input_shape"
             )
-        history: Dict[str, List[float]] = {"iteration": [], "input_objective": [], "feature_mse": []}
+        if history is None:
+            history = {"iteration": [], "input_objective": [], "feature_mse": []}
         return cls(clone, params, x, target, cfg, input_opt, model_opt, history)
 
     @classmethod
     def minibatches(cls, architecture: Architecture, target: torch.Tensor, input_shape: tuple, cfg: UnSplitConfig, *,
                     clone: Optional[nn.Module], seed: Optional[int]) -> List["_Descent"]:
-        """One descent per minibatch of ``cfg.batch_size`` targets (one for all of them when ``None``), all sharing
-        the first one's clone, model optimiser and history."""
-        chunks = target.split(cfg.batch_size or len(target))
-        first = cls.start(architecture, chunks[0], input_shape, cfg, clone=clone, seed=seed)
-        rest = [cls.start(architecture, c, input_shape, cfg, clone=first.clone, seed=None) for c in chunks[1:]]
-        return [first] + [dataclasses.replace(p, model_opt=first.model_opt, history=first.history) for p in rest]
+        """One descent per minibatch (``cfg.batch_size``; one for all the targets when ``None``): K near-equal
+        minibatches in order, sharing the first descent's clone, model optimiser and history."""
+        k = math.ceil(len(target) / (cfg.batch_size or len(target)))
+        if 0 < cfg.main_iters < k:
+            raise ValueError(f"{len(target)} targets in minibatches of {cfg.batch_size} make {k} minibatches, each "
+                             f"fitted every {k}th iteration: main_iters must be >= {k}, got {cfg.main_iters}")
+        minibatches = torch.tensor_split(target, k)
+        first = cls.start(architecture, minibatches[0], input_shape, cfg, clone=clone, seed=seed)
+        return [first] + [cls.start(architecture, m, input_shape, cfg, clone=first.clone, seed=None,
+                                    model_opt=first.model_opt, history=first.history) for m in minibatches[1:]]
 
     def input_step(self) -> torch.Tensor:
         """``input_iters`` Adam steps on x̃ (the clone's weights are constants: backward computes only the input
@@ -348,9 +360,10 @@ class _Descent:
 
     @staticmethod
     def finish(parts: List["_Descent"]) -> Tuple[torch.Tensor, nn.Module]:
-        """x̃ (detached) and the stolen clone in eval mode, its BatchNorm statistics recomputed on x̃."""
+        """x̃ (detached) and the stolen clone in eval mode, its BatchNorm statistics recomputed on x̃, a pass per
+        minibatch as fitted."""
         raw = _Descent.estimate(parts)
-        _recalibrate_batchnorm(parts[0].clone, raw)
+        _recalibrate_batchnorm(parts[0].clone, [p.x.detach() for p in parts])
         return raw, parts[0].clone.eval()
 
 
@@ -425,11 +438,12 @@ class UnSplit(Attack):
         return Reconstructions(images=res.reconstructions, indices=None, clone=res.clone, history=res.history)
 
 
-def _recalibrate_batchnorm(clone: nn.Module, x: torch.Tensor) -> None:
+def _recalibrate_batchnorm(clone: nn.Module, xs: Sequence[torch.Tensor]) -> None:
     """The clone was fitted in training mode, its BatchNorm layers normalising with the statistics of the whole batch
     of input estimates; their running statistics (what eval mode uses) lag behind, so the stolen clone in eval mode
-    would compute a different function from the one fitted. Recomputes them from ``x`` in one pass (cumulative
-    average), so eval mode computes what was fitted. A clone without BatchNorm is left as it is."""
+    would compute a different function from the one fitted. Recomputes them from the minibatches ``xs`` the clone
+    was fitted on, a pass each (cumulative average), so eval mode computes what was fitted. A clone without
+    BatchNorm is left as it is."""
     norms = [m for m in clone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not norms:
         return
@@ -440,7 +454,8 @@ def _recalibrate_batchnorm(clone: nn.Module, x: torch.Tensor) -> None:
     was = clone.training
     clone.train()
     with torch.no_grad():
-        clone(x)
+        for x in xs:
+            clone(x)
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
     clone.train(was)

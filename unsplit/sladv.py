@@ -55,6 +55,7 @@ __all__ = [
     "moment_distance",
     "record_inference",
     "record_targets",
+    "smashed_kept",
     "SHADOW_KINDS",
     "SHADOW_OBJECTIVES",
     "OBSERVED_TARGETS",
@@ -335,6 +336,12 @@ def record_inference(topology: Topology, objective: str, x_queries: torch.Tensor
     return stats
 
 
+def smashed_kept(objective: str, *, steal_count: int = 64, critic_smashed: int = 2048) -> int:
+    """How many smashed tensors of the client's passes the server keeps for a stage-1 ``objective``: the stealing
+    set (``steal_count``), the critic's real sample (``critic_smashed``), and 256 at least."""
+    return max(256, {"stealing": steal_count, "critic": critic_smashed}.get(objective, 0))
+
+
 def record_targets(topology: Topology, targets: torch.Tensor, *,
                    device: Union[str, torch.device] = "cpu") -> torch.Tensor:
     """The smashed tensors the server receives when ``targets`` (``(N, C, H, W)`` in [0, 1]) are run through the
@@ -495,7 +502,7 @@ def paired_shadow(shadow: nn.Module, x_queries: torch.Tensor, smashed: torch.Ten
 
 def steal_shadow(shadow: nn.Module, stats: ServerStatistics, *, input_shape: Sequence[int] = (3, 32, 32),
                  count: int = 64, main_iters: int = 200, input_iters: int = 20, model_iters: int = 20,
-                 batch_size: int = 64, device: Union[str, torch.device] = "cpu", seed: int = 0,
+                 batch_size: Optional[int] = 64, device: Union[str, torch.device] = "cpu", seed: int = 0,
                  progress: bool = False):
     """Stage 1 by model stealing (ours): UnSplit's coordinate descent (Erdogan et al., WPES'22,
     :func:`unsplit.attacks.model_inversion_stealing`) fits the shadow's architecture and estimates of the private
@@ -508,8 +515,9 @@ def steal_shadow(shadow: nn.Module, stats: ServerStatistics, *, input_shape: Seq
         shadow: the architecture (from :func:`shadow_front`; re-initialised). stats: the server's recording.
         input_shape: one input's shape. count: smashed tensors used (at most ``stats.max_smashed``).
         main_iters, input_iters, model_iters: the coordinate descent's schedule (UnSplit's: 1000, 100, 100).
-        batch_size: its minibatch (``UnSplitConfig.batch_size``): with more than this many tensors, iteration t fits
-            minibatch t mod K, so hundreds or thousands of tensors cost what one minibatch does per iteration.
+        batch_size: its minibatch (``UnSplitConfig.batch_size``; ``None``: all at once): with more tensors than this,
+            iteration t fits minibatch t mod K of them, so hundreds or thousands of tensors cost what one minibatch
+            does per iteration, and each input estimate is updated every K-th iteration.
         device, seed, progress: where it runs, its seed, a progress bar.
 
     Returns:
@@ -517,6 +525,9 @@ def steal_shadow(shadow: nn.Module, stats: ServerStatistics, *, input_shape: Seq
     """
     from .attacks import model_inversion_stealing
 
+    if count > len(stats.smashed_samples):
+        raise ValueError(f"stealing from {count} smashed tensors, but the server recorded {len(stats.smashed_samples)}:"
+                         f" record more (max_smashed) or steal from fewer")
     smashed = stats.smashed_samples[:count]
     res = model_inversion_stealing(shadow, smashed, input_shape=tuple(input_shape), main_iters=main_iters,
                                    input_iters=input_iters, model_iters=model_iters, batch_size=batch_size,
@@ -700,9 +711,9 @@ class SLADVConfig:
             data) or ``"paired"`` (ours: :func:`paired_shadow`, the server's own images run through the client's
             front at inference, paired with the smashed data it receives for them; needs ``phase="inference"``).
         shadow_steps: ``"distribution"``, ``"critic"``, ``"paired"``: Adam steps. steal_count, steal_iters,
-            steal_batch: ``"stealing"``: smashed tensors used (at most ``max_smashed``), outer iterations of the
-            coordinate descent, and its minibatch (ours: more tensors than this are taken in turn, a minibatch per
-            iteration, so an iteration costs the same whatever the count).
+            steal_batch: ``"stealing"``: smashed tensors used (the attack records at least as many), outer
+            iterations of the coordinate descent, and its minibatch (ours: more tensors than this are taken in
+            turn, a minibatch per iteration, so an iteration costs the same whatever the count).
         eps, alpha, steps, loss: stage 2 (:func:`feature_pgd`): L∞ budget, step, steps, ``"l2"``, ``"cosine"``
             or ``"head"`` (ours: the deviation along the ``head_rank`` leading directions of the gradients the head
             returned in training, :class:`HeadGradients`, the latest ``max_gradients`` of them).
@@ -759,9 +770,6 @@ class SLADVConfig:
         for name in ("steal_count", "steal_batch", "max_outputs", "max_smashed", "head_rank", "max_gradients"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.objective == "stealing" and self.steal_count > self.max_smashed:
-            raise ValueError(f"steal_count ({self.steal_count}) exceeds the smashed tensors recorded (max_smashed "
-                             f"{self.max_smashed}): raise max_smashed")
 
     @classmethod
     def distribution_matching(cls, **overrides: Any) -> "SLADVConfig":
@@ -831,7 +839,8 @@ class SLADV(Attack):
         if c.observed_targets == "none" and target_smashed is not None:
             raise ValueError("target_smashed is used by observed_targets 'anchor' or 'pairs' only")
         self.target_smashed = target_smashed  # may also be set after training, before result()
-        keep = max(c.max_smashed, len(attacker_images)) if c.objective == "paired" else c.max_smashed
+        keep = max(c.max_smashed, len(attacker_images) if c.objective == "paired" else
+                   c.steal_count if c.objective == "stealing" else 0)
         self.statistics = statistics if statistics is not None else ServerStatistics(
             phase=c.phase, epoch=c.epoch, max_outputs=c.max_outputs, max_smashed=keep)
         self.gradients = None

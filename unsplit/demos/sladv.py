@@ -160,7 +160,7 @@ def main(argv=None) -> int:
     clock = time.perf_counter()
     # paired: the server's own queries (its images and the smashed data it receives for them); otherwise the
     # client's inference passes (the critic sees 2,048 of their smashed tensors as real, stealing fits steal_count)
-    keep = 2048 if args.objective == "critic" else max(256, args.steal_count)
+    keep = sladv.smashed_kept(args.objective, steal_count=args.steal_count)
     stats = sladv.record_inference(topology, args.objective, x_att, x_client[: args.stats_samples], keep=keep,
                                    device=device)
     seconds = {"recording": time.perf_counter() - clock}  # wall time of each stage, the victim's training aside
@@ -174,7 +174,7 @@ def main(argv=None) -> int:
     log(args, f"SLADV: shadow {args.shadow} ({args.objective}), PGD eps {args.eps:g}/255, {args.steps} steps ...")
     pgd = dict(eps=args.eps / 255, alpha=args.alpha / 255, steps=args.steps, device=device, seed=args.seed)
     config = sladv.SLADVConfig(shadow=args.shadow, objective=args.objective, shadow_steps=args.shadow_steps,
-                               steal_iters=args.steal_iters, steal_count=args.steal_count, max_smashed=keep,
+                               steal_iters=args.steal_iters, steal_count=args.steal_count,
                                eps=pgd["eps"], alpha=pgd["alpha"], steps=args.steps, loss=args.loss,
                                observed_targets=args.observed_targets, phase="inference", progress=not args.quiet)
     res = sladv.run_sladv(topology, stats, x_att, x_eval, y_eval, config, baselines=(), device=device, seed=args.seed)
