@@ -349,3 +349,19 @@ def test_run_sdar_puts_the_clients_defenses_in_force_in_training_and_at_inferenc
     spy = Spy()
     run_sdar(xs[:32], ys[:32], xs[32:], ys[32:], level=4, iterations=2, batch_size=16, eval_count=16, defenses=[spy])
     assert spy.phases == ["train", "train", "inference"]
+
+
+def test_run_sdar_in_the_channels_last_layout_changes_only_rounding(one_thread):
+    from unsplit.sdar import run_sdar
+
+    g = torch.Generator().manual_seed(0)
+    xs, ys = torch.rand(64, 3, 32, 32, generator=g), torch.arange(64) % 10
+    runs = {layout: run_sdar(xs[:32], ys[:32], xs[32:], ys[32:], level=4, iterations=2, batch_size=16, eval_count=16,
+                             channels_last=layout) for layout in (False, None)}  # None: channels-last on a CPU
+    for layout, report in runs.items():
+        conv = next(p for p in report.artefacts["topology"].front.parameters() if p.dim() == 4)
+        assert conv.is_contiguous(memory_format=torch.channels_last) == (layout is None)
+        assert report.artefacts["reconstructions"].images.is_contiguous()  # what a user gets is in the usual layout
+    plain, fast = (runs[k].artefacts["reconstructions"].images for k in (False, None))
+    assert torch.allclose(plain, fast, atol=1e-3)
+    assert runs[None].metrics["mse"] == pytest.approx(runs[False].metrics["mse"], rel=1e-3)
