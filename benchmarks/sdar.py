@@ -28,7 +28,7 @@ import torch
 from unsplit.cli import make_parser, run_main
 from unsplit.data import default_data_dir
 from unsplit.grid import Cell, ResultStore, add_grid_arguments, run_benchmark
-from unsplit.sdar import SDARConfig, SDARRunConfig, official_attack_loss, run_sdar, sdar_data
+from unsplit.sdar import SDARConfig, SDARRunConfig, official_attack_loss, official_task_loss, run_sdar, sdar_data
 from unsplit.util import atomic_save_figure, atomic_write_text, resolve_device
 
 VARIANTS = ("sdar", "naive_sda")
@@ -98,8 +98,10 @@ def run_cell(c: dict, *, data_dir, checkpoints, checkpoint_every: int, recompute
                         batch_size=c.get("batch_size", 128), checkpoint=checkpoint, checkpoint_every=checkpoint_every,
                         progress=progress)
     report = run_sdar(xp, yp, xa, ya, run, device=device, seed=c["seed"])
-    return {**c, "run": _run(c), **report.metrics, "curve": report.artefacts["curve"], "baselines": report.baselines,
-            "device": str(device), "threads": torch.get_num_threads()}
+    losses = report.artefacts["task_losses"]  # the victim's, as the official fg_loss: running means of 100
+    task_curve = {str(i): statistics.mean(losses[i - 99:i + 1]) for i in range(99, len(losses), 100)}
+    return {**c, "run": _run(c), **report.metrics, "curve": report.artefacts["curve"], "task_curve": task_curve,
+            "baselines": report.baselines, "device": str(device), "threads": torch.get_num_threads()}
 
 
 def official_curves(records) -> dict:
@@ -162,15 +164,38 @@ def build_report(args) -> Path:
         b = r["baselines"]
         lines.append(f"| {run} | {r['mse']:.4f} | {r['psnr']:.2f} | {r['ssim']:.3f} | {b['mse']:.4f} | "
                      f"{b['class_mean_mse']:.4f} |")
+    lines += _task_table(runs, marks)
     args.out.mkdir(parents=True, exist_ok=True)
     path = atomic_write_text(args.out / "report.md", "\n".join(lines) + "\n")
     _plot(longest, official, args.out / "curves.png")
     return path
 
 
+def _task_table(runs: dict, marks) -> list:
+    """The victim's side: its task loss on its training batches (running mean of 100) beside the official fg_loss,
+    for the runs that recorded it: whether the client trains as in the official runs."""
+    rows = []
+    for run, r in runs.items():
+        if "task_curve" not in r:
+            continue
+        ref = official_task_loss(r["model"], r["level"], r["variant"])
+        cols = []
+        for m in marks:
+            ours, theirs = r["task_curve"].get(str(m)), _official_at(ref, m)
+            text = "–" if ours is None else f"{ours:.3f}"
+            cols.append(text + (f" ({theirs[0]:.3f})" if theirs is not None else ""))
+        rows.append(f"| {run} | " + " | ".join(cols) + " |")
+    if not rows:
+        return []
+    return ["", "The victim's task loss on its training batches (running mean over 100 iterations), ours beside the "
+                "official five-run mean of `fg_loss` in parentheses: whether the client trains as in the official "
+                "runs.", "", "| run | " + " | ".join(f"@{m + 1}" for m in marks) + " |",
+            "|---" * (len(marks) + 1) + "|", *rows]
+
+
 def _seed_means(longest: dict) -> dict:
     """Per setting run with two or more seeds, one record of their means (``<setting> (mean of N seeds)``): the
-    curve at the iterations every seed logged, the inference-time scores and the baselines."""
+    curves at the iterations every seed logged, the inference-time scores and the baselines."""
     groups: dict = {}
     for r in longest.values():
         groups.setdefault(_setting(r), []).append(r)
@@ -178,13 +203,20 @@ def _seed_means(longest: dict) -> dict:
     for setting, rs in groups.items():
         if len(rs) < 2:
             continue
-        shared = set.intersection(*(set(r["curve"]) for r in rs))
         mean = {k: statistics.mean(r[k] for r in rs) for k in ("mse", "psnr", "ssim", "seconds_per_iteration")}
-        out[f"{setting} (mean of {len(rs)} seeds)"] = {
-            **rs[0], **mean, "iterations": min(r["iterations"] for r in rs),
-            "curve": {i: statistics.mean(r["curve"][i] for r in rs) for i in sorted(shared, key=int)},
-            "baselines": {k: statistics.mean(r["baselines"][k] for r in rs) for k in ("mse", "class_mean_mse")}}
+        record = {**rs[0], **mean, "iterations": min(r["iterations"] for r in rs), "curve": _mean_curve(rs, "curve"),
+                  "baselines": {k: statistics.mean(r["baselines"][k] for r in rs) for k in ("mse", "class_mean_mse")}}
+        record.pop("task_curve", None)
+        if all("task_curve" in r for r in rs):
+            record["task_curve"] = _mean_curve(rs, "task_curve")
+        out[f"{setting} (mean of {len(rs)} seeds)"] = record
     return out
+
+
+def _mean_curve(rs, key: str) -> dict:
+    """The mean of the runs' ``key`` curves at the iterations every run logged."""
+    shared = set.intersection(*(set(r[key]) for r in rs))
+    return {i: statistics.mean(r[key][i] for r in rs) for i in sorted(shared, key=int)}
 
 
 def _setting(r) -> str:

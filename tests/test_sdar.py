@@ -269,6 +269,10 @@ def test_the_benchmark_writes_a_cell_and_a_report_beside_the_official_logs(tmp_p
     assert "resnet20_l4_sdar_b16_s0" in report and "0.0797" in report  # the official five-run mean at 100
     assert (tmp_path / "out" / "curves.png").stat().st_size > 1000
     assert bench.main(args) == 0  # a rerun skips the stored cell
+    import json
+
+    (cell,) = (tmp_path / "out" / "cells").glob("*.json")
+    assert json.loads(cell.read_text())["task_curve"] == {}  # 2 iterations: no window of 100 yet
     # several seeds of one setting: their mean is a run of its own, at the iterations every seed logged
     runs = {f"r{s}": {"model": "resnet20", "level": 7, "variant": "sdar", "iterations": n, "curve": curve,
                       "mse": m, "psnr": 10.0 + s, "ssim": 0.5, "seconds_per_iteration": 1.0,
@@ -279,6 +283,15 @@ def test_the_benchmark_writes_a_cell_and_a_report_beside_the_official_logs(tmp_p
     assert mean["curve"] == pytest.approx({"99": 0.08, "199": 0.06}) and mean["iterations"] == 200
     assert mean["mse"] == pytest.approx(0.04) and mean["psnr"] == pytest.approx(10.5)
     assert bench._seed_means({"r0": runs["r0"]}) == {}
+    assert "task_curve" not in mean  # the victim's curve: only where every seed recorded one
+    runs["r0"]["task_curve"], runs["r1"]["task_curve"] = {"99": 1.8, "199": 1.4}, {"99": 2.0}
+    mean = bench._seed_means(runs)["resnet20_l7_sdar (mean of 2 seeds)"]
+    assert mean["task_curve"] == pytest.approx({"99": 1.9})
+    from unsplit.sdar import official_task_loss
+
+    official = sum(official_task_loss("resnet20", 7)[99]) / 5
+    table = "\n".join(bench._task_table({"m": mean}, (99, 199)))
+    assert f"| m | 1.900 ({official:.3f}) | – (" in table
 
 
 def test_the_monitor_logs_the_official_attack_loss_and_run_sdar_runs_u_shaped():

@@ -35,8 +35,8 @@ from .models import fresh_copy, keras_init
 from .protocol import Defense, SplitCallback, Topology
 
 __all__ = ["SDARConfig", "ABLATIONS", "SDARNetworks", "SDAR", "SDARMonitor", "SDARRunConfig", "run_sdar", "sdar_data",
-           "channels_last", "OFFICIAL_LOGS", "official_attack_loss", "LabelMap", "Conditioned", "decoder",
-           "simulator_discriminator", "decoder_discriminator"]
+           "channels_last", "OFFICIAL_LOGS", "official_attack_loss", "official_task_loss", "LabelMap", "Conditioned",
+           "decoder", "simulator_discriminator", "decoder_discriminator"]
 
 Architecture = Union[nn.Module, Callable[[], nn.Module]]
 
@@ -727,13 +727,23 @@ def official_attack_loss(model: str = "resnet20", level: int = 7, variant: str =
     """The official code's five runs of vanilla split learning on CIFAR-10 (:data:`OFFICIAL_LOGS`):
     ``{iteration: [attack_loss of run 1..5]}`` at iterations 99, 199, ..., 19999, or ``None`` where no log exists
     (logged: ``resnet20`` and ``plainnet20`` at levels 4 and 7, ``naive_sda`` at ``resnet20`` level 7)."""
+    return _official_runs("attack_loss", model, level, variant)
+
+
+def official_task_loss(model: str = "resnet20", level: int = 7, variant: str = "sdar") -> Optional[Dict[int, list]]:
+    """The victim's side of the same runs: ``{iteration: [fg_loss of run 1..5]}``, the task loss of its training
+    batches (running mean over 100 iterations), or ``None`` where no log exists."""
+    return _official_runs("fg_loss", model, level, variant)
+
+
+def _official_runs(metric: str, model: str, level: int, variant: str) -> Optional[Dict[int, list]]:
     import json
 
     key = ("naive_sda/" if variant == "naive_sda" else "") + f"vsl/cifar10/{model}/l{level}"
     e = json.loads(OFFICIAL_LOGS.read_text())["experiments"].get(key) if variant in ("sdar", "naive_sda") else None
     if e is None:
         return None
-    return {it: [run[i] for run in e["attack_loss"]] for i, it in enumerate(e["iterations"])}
+    return {it: [run[i] for run in e[metric]] for i, it in enumerate(e["iterations"])}
 
 
 def sdar_data(data_dir=None, *, download: bool = False, seed: int = 42):
