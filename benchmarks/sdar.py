@@ -98,10 +98,15 @@ def run_cell(c: dict, *, data_dir, checkpoints, checkpoint_every: int, recompute
                         batch_size=c.get("batch_size", 128), checkpoint=checkpoint, checkpoint_every=checkpoint_every,
                         progress=progress)
     report = run_sdar(xp, yp, xa, ya, run, device=device, seed=c["seed"])
-    losses = report.artefacts["task_losses"]  # the victim's, as the official fg_loss: running means of 100
-    task_curve = {str(i): statistics.mean(losses[i - 99:i + 1]) for i in range(99, len(losses), 100)}
-    return {**c, "run": _run(c), **report.metrics, "curve": report.artefacts["curve"], "task_curve": task_curve,
-            "baselines": report.baselines, "device": str(device), "threads": torch.get_num_threads()}
+    return {**c, "run": _run(c), **report.metrics, "curve": report.artefacts["curve"],
+            "task_curve": running_means(report.artefacts["task_losses"]), "baselines": report.baselines,
+            "device": str(device), "threads": torch.get_num_threads(), "channels_last": report.config["channels_last"]}
+
+
+def running_means(values, window: int = 100) -> dict:
+    """``{"i": mean of values[i - window + 1 .. i]}`` at ``i = window - 1, 2 window - 1, ...``, as the official logs
+    print their losses (the victim's task loss here, the official ``fg_loss``)."""
+    return {str(i): statistics.mean(values[i - window + 1:i + 1]) for i in range(window - 1, len(values), window)}
 
 
 def official_curves(records) -> dict:

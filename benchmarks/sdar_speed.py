@@ -26,9 +26,9 @@ import torch
 from unsplit.cli import make_parser, run_main
 from unsplit.models import CifarResNet20, build_model
 from unsplit.protocol import Topology
-from unsplit.sdar import SDAR, SDARConfig, channels_last
+from unsplit.sdar import SDAR, SDARConfig
 from unsplit.training import StepTimer, train_split
-from unsplit.util import atomic_write_json, atomic_write_text, resolve_device
+from unsplit.util import atomic_write_json, atomic_write_text, resolve_device, to_channels_last
 
 DRIVER = Path(__file__).parent / "official" / "sdar_official_timing.py"
 
@@ -72,7 +72,7 @@ def our_seconds(args, device) -> float:
     torch.manual_seed(0)
     topology = Topology.split(build_model(args.model), front_depth=CifarResNet20.front_depth(args.level))
     attack = SDAR(topology.front, topology.middle, xa, ya, SDARConfig(), level=args.level, device=device)
-    channels_last([*topology.parts.values(), *attack.nets.modules()], device)  # run_sdar's default layout
+    to_channels_last([*topology.parts.values(), *attack.nets.modules()], device)  # run_sdar's default layout
     timer = StepTimer()
     train_split(topology, x, y, epochs=1, batch_size=128, drop_last=True, callbacks=[attack, timer],
                 optimizers=lambda p: torch.optim.Adam(p, lr=1e-3, eps=1e-7), device=device)

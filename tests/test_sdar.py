@@ -1,13 +1,17 @@
 """SDAR (Zhu et al., NDSS'25): the official networks at every level, effectiveness on a small generated problem, the
 attacker's view (labels only where the server owns them, no client weights), resumable state, config checks."""
+import json
+
 import pytest
 import torch
 from torch import nn
 
 from unsplit import Topology, train_split
+from unsplit.defenses import GaussianNoise
 from unsplit.models import CifarResNet20, build_model
-from unsplit.sdar import SDAR, SDARConfig, SDARNetworks, decoder
+from unsplit.sdar import SDAR, SDARConfig, SDARNetworks, decoder, official_task_loss
 from unsplit.training import run_split
+from unsplit.util import to_channels_last
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # networks this small run fastest on one thread
 
@@ -222,8 +226,6 @@ def test_the_ablations_and_the_settings_the_split_allows():
 
 
 def test_the_demo_end_to_end_resumes_and_refuses_bad_input(tmp_path, capsys):
-    import json
-
     from test_cli import run
     from test_sladv import _tiny_cifar_tree
 
@@ -269,8 +271,6 @@ def test_the_benchmark_writes_a_cell_and_a_report_beside_the_official_logs(tmp_p
     assert "resnet20_l4_sdar_b16_s0" in report and "0.0797" in report  # the official five-run mean at 100
     assert (tmp_path / "out" / "curves.png").stat().st_size > 1000
     assert bench.main(args) == 0  # a rerun skips the stored cell
-    import json
-
     (cell,) = (tmp_path / "out" / "cells").glob("*.json")
     assert json.loads(cell.read_text())["task_curve"] == {}  # 2 iterations: no window of 100 yet
     # several seeds of one setting: their mean is a run of its own, at the iterations every seed logged
@@ -287,11 +287,10 @@ def test_the_benchmark_writes_a_cell_and_a_report_beside_the_official_logs(tmp_p
     runs["r0"]["task_curve"], runs["r1"]["task_curve"] = {"99": 1.8, "199": 1.4}, {"99": 2.0}
     mean = bench._seed_means(runs)["resnet20_l7_sdar (mean of 2 seeds)"]
     assert mean["task_curve"] == pytest.approx({"99": 1.9})
-    from unsplit.sdar import official_task_loss
-
     official = sum(official_task_loss("resnet20", 7)[99]) / 5
     table = "\n".join(bench._task_table({"m": mean}, (99, 199)))
     assert f"| m | 1.900 ({official:.3f}) | – (" in table
+    assert bench.running_means(list(range(250))) == {"99": 49.5, "199": 149.5}
 
 
 def test_the_monitor_logs_the_official_attack_loss_and_run_sdar_runs_u_shaped():
@@ -326,8 +325,6 @@ def test_the_monitor_logs_the_official_attack_loss_and_run_sdar_runs_u_shaped():
 
 @pytest.mark.slow  # benchmark plumbing end to end (ResNet-20 at level 7 for three iterations)
 def test_the_speed_benchmark_times_both_sides(tmp_path):
-    import json
-
     from test_cli import run
 
     official = tmp_path / "fake-tf-python"  # stands in for the official code: 2 s per iteration
@@ -372,9 +369,18 @@ def test_run_sdar_in_the_channels_last_layout_changes_only_rounding(one_thread):
     runs = {layout: run_sdar(xs[:32], ys[:32], xs[32:], ys[32:], level=4, iterations=2, batch_size=16, eval_count=16,
                              channels_last=layout) for layout in (False, None)}  # None: channels-last on a CPU
     for layout, report in runs.items():
-        conv = next(p for p in report.artefacts["topology"].front.parameters() if p.dim() == 4)
-        assert conv.is_contiguous(memory_format=torch.channels_last) == (layout is None)
+        for net in (report.artefacts["topology"].front, report.artefacts["attack"].nets.decoder):
+            conv = next(p for p in net.parameters() if p.dim() == 4)
+            assert conv.is_contiguous(memory_format=torch.channels_last) == (layout is None)
+        assert report.config["channels_last"] == (layout is None)
         assert report.artefacts["reconstructions"].images.is_contiguous()  # what a user gets is in the usual layout
     plain, fast = (runs[k].artefacts["reconstructions"].images for k in (False, None))
     assert torch.allclose(plain, fast, atol=1e-3)
     assert runs[None].metrics["mse"] == pytest.approx(runs[False].metrics["mse"], rel=1e-3)
+    assert not to_channels_last([nn.Conv2d(1, 1, 1)], "cuda")  # the default converts on a CPU only
+    z = torch.rand(4, 8, 5, 5)
+    noise = [GaussianNoise(0.5) for _ in range(2)]
+    torch.manual_seed(1)
+    plain = noise[0].smashed(z)
+    torch.manual_seed(1)
+    assert torch.equal(noise[1].smashed(z.contiguous(memory_format=torch.channels_last)), plain)  # the same draw

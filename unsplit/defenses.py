@@ -86,7 +86,7 @@ class GaussianNoise(Defense):
         self.sigma = sigma
 
     def smashed(self, z: torch.Tensor, ctx: Optional[StepContext] = None) -> torch.Tensor:
-        return z + self.sigma * torch.randn_like(z)
+        return z + self.sigma * torch.randn(z.shape, dtype=z.dtype, device=z.device)  # the same draw in any layout
 
 
 class LaplaceNoise(Defense):

@@ -36,6 +36,7 @@ from .base import Attack, Reconstructions, Report, configure
 from .input_gradient import input_gradient
 from .models import ResBlock, keras_init
 from .protocol import CutEvent, SplitCallback, Topology
+from .util import to_channels_last
 
 __all__ = ["LEVELS", "OFFICIAL_NOTEBOOK", "SMASHED_SHAPES", "fsha_images", "pilot", "decoder", "critic",
            "fit_pilot", "fit_decoder", "fit_critic",
@@ -484,10 +485,7 @@ class FSHA(Attack):
                 self.classifier = (prop.classifier or keras_init(nn.Sequential(
                     nn.Flatten(), nn.Linear(features, classes)))).to(self.device)
             self.critic = (critic_net or critic(level)).to(self.device)
-        if self.speed.channels_last:
-            for net in (self.pilot, self.decoder, self.critic, self.classifier):
-                if net is not None:
-                    net.to(memory_format=torch.channels_last)
+        to_channels_last((self.pilot, self.decoder, self.critic, self.classifier), enabled=self.speed.channels_last)
 
     # compatibility: the settings as attributes, as the server had them
     level = property(lambda self: self.config.level)

@@ -33,9 +33,10 @@ from .base import Attack, Labels, Reconstructions, Report, configure
 from .fsha import ReconstructionMonitor
 from .models import fresh_copy, keras_init
 from .protocol import Defense, SplitCallback, Topology
+from .util import to_channels_last
 
 __all__ = ["SDARConfig", "ABLATIONS", "SDARNetworks", "SDAR", "SDARMonitor", "SDARRunConfig", "run_sdar", "sdar_data",
-           "channels_last", "OFFICIAL_LOGS", "official_attack_loss", "official_task_loss", "LabelMap", "Conditioned",
+           "OFFICIAL_LOGS", "official_attack_loss", "official_task_loss", "LabelMap", "Conditioned",
            "decoder", "simulator_discriminator", "decoder_discriminator"]
 
 Architecture = Union[nn.Module, Callable[[], nn.Module]]
@@ -612,8 +613,9 @@ class SDARRunConfig:
         batch_size: 128. eval_count: private images the client sends after training (1,024).
         checkpoint, checkpoint_every: resume a long run across sittings (see :class:`~unsplit.training.TrainConfig`).
         channels_last: the victim's and the attacker's convolutions in the channels-last memory layout
-            (:func:`channels_last`; ``None``: on a CPU, where it is faster). The arithmetic is the same up to float
-            rounding: a run is reproducible within one layout, not across the two.
+            (:func:`~unsplit.util.to_channels_last`; ``None``: on a CPU, where it is faster; the report's config
+            holds the layout used). The arithmetic is the same up to float rounding: a run is reproducible within
+            one layout, not across the two.
         progress: a progress bar.
     """
 
@@ -644,19 +646,6 @@ class SDARRunConfig:
     def attack_config(self) -> SDARConfig:
         base = self.attack or (SDARConfig.u_shaped(self.model) if self.u_shaped else SDARConfig())
         return dataclasses.replace(base, batch_size=self.batch_size)
-
-
-def channels_last(modules: Sequence[nn.Module], device: Union[str, torch.device] = "cpu",
-                  enabled: Optional[bool] = None) -> bool:
-    """Puts the 4-D weights of ``modules`` (the convolutions) in the channels-last memory layout, in place, where
-    ``enabled`` (``None``: on a CPU, where oneDNN runs such convolutions faster: a ResNet-20 training step at batch
-    128 about 1.4x on one thread); their outputs follow. The arithmetic is the same up to float rounding. Returns
-    whether it did."""
-    if not (enabled if enabled is not None else torch.device(device).type == "cpu"):
-        return False
-    for m in modules:
-        m.to(memory_format=torch.channels_last)
-    return True
 
 
 def run_sdar(x_private: torch.Tensor, y_private: torch.Tensor, x_aux: torch.Tensor, y_aux: torch.Tensor,
@@ -692,7 +681,8 @@ def run_sdar(x_private: torch.Tensor, y_private: torch.Tensor, x_aux: torch.Tens
                               front_depth=CifarResNet20.front_depth(cfg.level), head_start=10 if cfg.u_shaped else None)
     attack = SDAR(topology.front, topology.middle, x_aux, y_aux, cfg.attack_config(), head=topology.head,
                   num_classes=num_classes, level=cfg.level, device=device, seed=seed)
-    channels_last([*topology.parts.values(), *attack.nets.modules()], attack.device, cfg.channels_last)
+    cfg = dataclasses.replace(cfg, channels_last=to_channels_last([*topology.parts.values(), *attack.nets.modules()],
+                                                                  attack.device, cfg.channels_last))
     monitor, timer, losses = SDARMonitor(attack, x_private), StepTimer(), StepLosses()
     steps_per_epoch = max(len(x_private) // cfg.batch_size, 1)
     train_split(topology, x_private, y_private, epochs=math.ceil(cfg.steps / steps_per_epoch), max_steps=cfg.steps,
