@@ -28,7 +28,15 @@ import torch
 from unsplit.cli import make_parser, run_main
 from unsplit.data import default_data_dir
 from unsplit.grid import Cell, ResultStore, add_grid_arguments, run_benchmark
-from unsplit.sdar import SDARConfig, SDARRunConfig, official_attack_loss, official_task_loss, run_sdar, sdar_data
+from unsplit.sdar import (
+    SDARConfig,
+    SDARRunConfig,
+    official_attack_loss,
+    official_task_loss,
+    run_sdar,
+    running_means,
+    sdar_data,
+)
 from unsplit.util import atomic_save_figure, atomic_write_text, resolve_device
 
 VARIANTS = ("sdar", "naive_sda")
@@ -102,11 +110,6 @@ def run_cell(c: dict, *, data_dir, checkpoints, checkpoint_every: int, recompute
             "task_curve": running_means(report.artefacts["task_losses"]), "baselines": report.baselines,
             "device": str(device), "threads": torch.get_num_threads(), "channels_last": report.config["channels_last"]}
 
-
-def running_means(values, window: int = 100) -> dict:
-    """``{"i": mean of values[i - window + 1 .. i]}`` at ``i = window - 1, 2 window - 1, ...``, as the official logs
-    print their losses (the victim's task loss here, the official ``fg_loss``)."""
-    return {str(i): statistics.mean(values[i - window + 1:i + 1]) for i in range(window - 1, len(values), window)}
 
 
 def official_curves(records) -> dict:

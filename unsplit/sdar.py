@@ -36,7 +36,7 @@ from .protocol import Defense, SplitCallback, Topology
 from .util import to_channels_last
 
 __all__ = ["SDARConfig", "ABLATIONS", "SDARNetworks", "SDAR", "SDARMonitor", "SDARRunConfig", "run_sdar", "sdar_data",
-           "OFFICIAL_LOGS", "official_attack_loss", "official_task_loss", "LabelMap", "Conditioned",
+           "OFFICIAL_LOGS", "official_attack_loss", "official_task_loss", "running_means", "LabelMap", "Conditioned",
            "decoder", "simulator_discriminator", "decoder_discriminator"]
 
 Architecture = Union[nn.Module, Callable[[], nn.Module]]
@@ -598,7 +598,13 @@ class SDARMonitor(ReconstructionMonitor):
     def curve(self) -> Dict[str, float]:
         """``{"i": running(i)}`` at the logged iterations ``i = window - 1, 2 window - 1, ...`` (string keys, as JSON
         keeps them)."""
-        return {str(i): self.running(i) for i in range(self.window - 1, len(self.errors), self.window)}
+        return running_means(self.errors, self.window)
+
+
+def running_means(values: Sequence[float], window: int = 100) -> Dict[str, float]:
+    """``{"i": mean of values[i - window + 1 .. i]}`` at ``i = window - 1, 2 window - 1, ...``: how the official logs
+    print a per-iteration quantity (``attack_loss``, the victim's ``fg_loss``)."""
+    return {str(i): sum(values[i - window + 1:i + 1]) / window for i in range(window - 1, len(values), window)}
 
 
 @dataclasses.dataclass
