@@ -291,6 +291,11 @@ def test_the_benchmark_writes_a_cell_and_a_report_beside_the_official_logs(tmp_p
     table = "\n".join(bench._task_table({"m": mean}, (99, 199)))
     assert f"| m | 1.900 ({official:.3f}) | – (" in table
     assert bench.running_means(list(range(250))) == {"99": 49.5, "199": 149.5}
+    # agreement: ±20% of the mean, inside the runs' range, and the runs' own largest deviation from their mean
+    ref = {99: [0.08, 0.10, 0.12], 199: [0.05, 0.05, 0.08]}
+    row = bench._agreement({"99": 0.125, "199": 0.07, "299": 0.01}, ref)
+    assert row == "1 of 2 | +25% at iteration 99 | 1 of 2 | +33% (run 3 at iteration 199)"
+    assert bench._agreement({"299": 0.01}, ref) == ""
 
 
 def test_the_monitor_logs_the_official_attack_loss_and_run_sdar_runs_u_shaped():
