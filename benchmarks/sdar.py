@@ -32,7 +32,7 @@ from unsplit.sdar import (
     SDARConfig,
     SDARRunConfig,
     official_attack_loss,
-    official_task_loss,
+    official_log,
     run_sdar,
     running_means,
     sdar_data,
@@ -106,8 +106,11 @@ def run_cell(c: dict, *, data_dir, checkpoints, checkpoint_every: int, recompute
                         batch_size=c.get("batch_size", 128), checkpoint=checkpoint, checkpoint_every=checkpoint_every,
                         progress=progress)
     report = run_sdar(xp, yp, xa, ya, run, device=device, seed=c["seed"])
+    history = report.artefacts["attack"].history
     return {**c, "run": _run(c), **report.metrics, "curve": report.artefacts["curve"],
-            "task_curve": running_means(report.artefacts["task_losses"]), "baselines": report.baselines,
+            "task_curve": running_means(report.artefacts["task_losses"]),
+            "decoder_curve": running_means(history.get("decoder_mse", [])),
+            "sim_dis_curve": running_means(history.get("simulator_dis_loss", [])), "baselines": report.baselines,
             "device": str(device), "threads": torch.get_num_threads(), "channels_last": report.config["channels_last"]}
 
 
@@ -173,7 +176,7 @@ def build_report(args) -> Path:
         b = r["baselines"]
         lines.append(f"| {run} | {r['mse']:.4f} | {r['psnr']:.2f} | {r['ssim']:.3f} | {b['mse']:.4f} | "
                      f"{b['class_mean_mse']:.4f} |")
-    lines += _task_table(runs, marks)
+    lines += _side_tables(runs, marks)
     args.out.mkdir(parents=True, exist_ok=True)
     path = atomic_write_text(args.out / "report.md", "\n".join(lines) + "\n")
     _plot(longest, official, args.out / "curves.png")
@@ -195,26 +198,35 @@ def _agreement(curve: dict, ref: dict) -> str:
             f"{len(shared)} | {100 * own[i_own, k_own]:+.0f}% (run {k_own + 1} at iteration {i_own})")
 
 
-def _task_table(runs: dict, marks) -> list:
-    """The victim's side: its task loss on its training batches (running mean of 100) beside the official fg_loss,
-    for the runs that recorded it: whether the client trains as in the official runs."""
-    rows = []
-    for run, r in runs.items():
-        if "task_curve" not in r:
-            continue
-        ref = official_task_loss(r["model"], r["level"], r["variant"])
-        cols = []
-        for m in marks:
-            ours, theirs = r["task_curve"].get(str(m)), _official_at(ref, m)
-            text = "–" if ours is None else f"{ours:.3f}"
-            cols.append(text + (f" ({theirs[0]:.3f})" if theirs is not None else ""))
-        rows.append(f"| {run} | " + " | ".join(cols) + " |")
-    if not rows:
-        return []
-    return ["", "The victim's task loss on its training batches (running mean over 100 iterations), ours beside the "
-                "official five-run mean of `fg_loss` in parentheses: whether the client trains as in the official "
-                "runs.", "", "| run | " + " | ".join(f"@{m + 1}" for m in marks) + " |",
-            "|---" * (len(marks) + 1) + "|", *rows]
+#: the other curves a cell stores beside the official quantity each compares with, and what it shows
+SIDES = {"task_curve": ("fg_loss", "the victim's task loss on its training batches", 3),
+         "decoder_curve": ("d_total_loss", "the decoder's MSE on the simulator's features of the auxiliary batch", 4),
+         "sim_dis_curve": ("e_dis_loss", "the simulator discriminator's loss", 3)}
+
+
+def _side_tables(runs: dict, marks) -> list:
+    """The victim's and the attacker's sides (:data:`SIDES`): each curve (running means of 100) beside the official
+    five-run mean of its quantity, for the runs that recorded it: whether the client trains as in the official runs,
+    and which of the attack's parts departs from them where its ``attack_loss`` does."""
+    lines = []
+    for key, (metric, what, digits) in SIDES.items():
+        rows = []
+        for run, r in runs.items():
+            if key not in r:
+                continue
+            ref = official_log(metric, r["model"], r["level"], r["variant"])
+            cols = []
+            for m in marks:
+                ours, theirs = r[key].get(str(m)), _official_at(ref, m)
+                text = "–" if ours is None else f"{ours:.{digits}f}"
+                cols.append(text + (f" ({theirs[0]:.{digits}f})" if theirs is not None else ""))
+            rows.append(f"| {run} | " + " | ".join(cols) + " |")
+        if rows:
+            lines += ["", f"{what[0].upper()}{what[1:]} (running mean over 100 iterations), ours beside the official "
+                          f"five-run mean of `{metric}` in parentheses.", "",
+                      "| run | " + " | ".join(f"@{m + 1}" for m in marks) + " |", "|---" * (len(marks) + 1) + "|",
+                      *rows]
+    return lines
 
 
 def _seed_means(longest: dict) -> dict:
@@ -230,9 +242,10 @@ def _seed_means(longest: dict) -> dict:
         mean = {k: statistics.mean(r[k] for r in rs) for k in ("mse", "psnr", "ssim", "seconds_per_iteration")}
         record = {**rs[0], **mean, "iterations": min(r["iterations"] for r in rs), "curve": _mean_curve(rs, "curve"),
                   "baselines": {k: statistics.mean(r["baselines"][k] for r in rs) for k in ("mse", "class_mean_mse")}}
-        record.pop("task_curve", None)
-        if all("task_curve" in r for r in rs):
-            record["task_curve"] = _mean_curve(rs, "task_curve")
+        for key in SIDES:
+            record.pop(key, None)
+            if all(key in r for r in rs):
+                record[key] = _mean_curve(rs, key)
         out[f"{setting} (mean of {len(rs)} seeds)"] = record
     return out
 

@@ -9,7 +9,7 @@ from torch import nn
 from unsplit import Topology, train_split
 from unsplit.defenses import GaussianNoise
 from unsplit.models import CifarResNet20, build_model
-from unsplit.sdar import SDAR, SDARConfig, SDARNetworks, decoder, official_task_loss
+from unsplit.sdar import SDAR, SDARConfig, SDARNetworks, decoder, official_log
 from unsplit.training import run_split
 from unsplit.util import to_channels_last
 
@@ -272,7 +272,8 @@ def test_the_benchmark_writes_a_cell_and_a_report_beside_the_official_logs(tmp_p
     assert (tmp_path / "out" / "curves.png").stat().st_size > 1000
     assert bench.main(args) == 0  # a rerun skips the stored cell
     (cell,) = (tmp_path / "out" / "cells").glob("*.json")
-    assert json.loads(cell.read_text())["task_curve"] == {}  # 2 iterations: no window of 100 yet
+    stored = json.loads(cell.read_text())
+    assert stored["task_curve"] == stored["decoder_curve"] == stored["sim_dis_curve"] == {}  # no window of 100 yet
     # several seeds of one setting: their mean is a run of its own, at the iterations every seed logged
     runs = {f"r{s}": {"model": "resnet20", "level": 7, "variant": "sdar", "iterations": n, "curve": curve,
                       "mse": m, "psnr": 10.0 + s, "ssim": 0.5, "seconds_per_iteration": 1.0,
@@ -287,9 +288,14 @@ def test_the_benchmark_writes_a_cell_and_a_report_beside_the_official_logs(tmp_p
     runs["r0"]["task_curve"], runs["r1"]["task_curve"] = {"99": 1.8, "199": 1.4}, {"99": 2.0}
     mean = bench._seed_means(runs)["resnet20_l7_sdar (mean of 2 seeds)"]
     assert mean["task_curve"] == pytest.approx({"99": 1.9})
-    official = sum(official_task_loss("resnet20", 7)[99]) / 5
-    table = "\n".join(bench._task_table({"m": mean}, (99, 199)))
-    assert f"| m | 1.900 ({official:.3f}) | – (" in table
+    official = sum(official_log("fg_loss", "resnet20", 7)[99]) / 5
+    table = "\n".join(bench._side_tables({"m": mean}, (99, 199)))
+    assert f"| m | 1.900 ({official:.3f}) | – (" in table and "`fg_loss`" in table and "`e_dis_loss`" not in table
+    mean["decoder_curve"] = {"99": 0.05}
+    official = sum(official_log("d_total_loss", "resnet20", 7)[99]) / 5
+    assert f"| m | 0.0500 ({official:.4f}) |" in "\n".join(bench._side_tables({"m": mean}, (99,)))
+    with pytest.raises(ValueError, match="metric must be one of"):
+        official_log("accuracy")
     assert bench.running_means(list(range(250))) == {"99": 49.5, "199": 149.5}
     # agreement: ±20% of the mean, inside the runs' range, and the runs' own largest deviation from their mean
     ref = {99: [0.08, 0.10, 0.12], 199: [0.05, 0.05, 0.08]}

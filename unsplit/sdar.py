@@ -36,8 +36,8 @@ from .protocol import Defense, SplitCallback, Topology
 from .util import to_channels_last
 
 __all__ = ["SDARConfig", "ABLATIONS", "SDARNetworks", "SDAR", "SDARMonitor", "SDARRunConfig", "run_sdar", "sdar_data",
-           "OFFICIAL_LOGS", "official_attack_loss", "official_task_loss", "running_means", "LabelMap", "Conditioned",
-           "decoder", "simulator_discriminator", "decoder_discriminator"]
+           "OFFICIAL_LOGS", "OFFICIAL_METRICS", "official_attack_loss", "official_log", "running_means", "LabelMap",
+           "Conditioned", "decoder", "simulator_discriminator", "decoder_discriminator"]
 
 Architecture = Union[nn.Module, Callable[[], nn.Module]]
 
@@ -723,18 +723,23 @@ def official_attack_loss(model: str = "resnet20", level: int = 7, variant: str =
     """The official code's five runs of vanilla split learning on CIFAR-10 (:data:`OFFICIAL_LOGS`):
     ``{iteration: [attack_loss of run 1..5]}`` at iterations 99, 199, ..., 19999, or ``None`` where no log exists
     (logged: ``resnet20`` and ``plainnet20`` at levels 4 and 7, ``naive_sda`` at ``resnet20`` level 7)."""
-    return _official_runs("attack_loss", model, level, variant)
+    return official_log("attack_loss", model, level, variant)
 
 
-def official_task_loss(model: str = "resnet20", level: int = 7, variant: str = "sdar") -> Optional[Dict[int, list]]:
-    """The victim's side of the same runs: ``{iteration: [fg_loss of run 1..5]}``, the task loss of its training
-    batches (running mean over 100 iterations), or ``None`` where no log exists."""
-    return _official_runs("fg_loss", model, level, variant)
+#: the quantities the official logs print every 100 iterations (running means over the last 100)
+OFFICIAL_METRICS = ("attack_loss", "fg_loss", "e_dis_loss", "d_total_loss", "d_dis_loss")
 
 
-def _official_runs(metric: str, model: str, level: int, variant: str) -> Optional[Dict[int, list]]:
+def official_log(metric: str, model: str = "resnet20", level: int = 7,
+                 variant: str = "sdar") -> Optional[Dict[int, list]]:
+    """Any quantity of the official logs (:data:`OFFICIAL_METRICS`), as :func:`official_attack_loss` gives
+    ``attack_loss``: ``fg_loss`` the victim's task loss on its training batches, ``e_dis_loss`` the simulator
+    discriminator's loss, ``d_total_loss`` the decoder's loss on the simulator's features of the auxiliary batch,
+    ``d_dis_loss`` the decoder discriminator's loss. ``{iteration: [value of run 1..5]}`` or ``None``."""
     import json
 
+    if metric not in OFFICIAL_METRICS:
+        raise ValueError(f"metric must be one of {', '.join(OFFICIAL_METRICS)}, got {metric!r}")
     key = ("naive_sda/" if variant == "naive_sda" else "") + f"vsl/cifar10/{model}/l{level}"
     e = json.loads(OFFICIAL_LOGS.read_text())["experiments"].get(key) if variant in ("sdar", "naive_sda") else None
     if e is None:
