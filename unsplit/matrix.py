@@ -215,6 +215,7 @@ def _sdar(c, defense, *, data_dir, cache_dir, device, progress) -> dict:
     held_out = slice(-5000, None)  # auxiliary images: the victim never trained on them
     return {"sdar_mse": report.metrics["mse"], "mean_image_mse": report.baselines["mse"],
             "class_mean_mse": report.baselines["class_mean_mse"], "iterations": report.metrics["iterations"],
+            "curve": report.artefacts["curve"],  # the in-training attack_loss, as benchmarks/sdar.py stores it
             "task_accuracy": evaluate(report.artefacts["topology"].as_model(), xa[held_out], ya[held_out],
                                       device=device)}
 
