@@ -273,7 +273,7 @@ def test_the_benchmark_writes_a_cell_and_a_report_beside_the_official_logs(tmp_p
     assert bench.main(args) == 0  # a rerun skips the stored cell
     (cell,) = (tmp_path / "out" / "cells").glob("*.json")
     stored = json.loads(cell.read_text())
-    assert stored["task_curve"] == stored["decoder_curve"] == stored["sim_dis_curve"] == {}  # no window of 100 yet
+    assert stored["task_curve"] == stored["decoder_curve"] == stored["simulator_dis_curve"] == {}  # no window yet
     # several seeds of one setting: their mean is a run of its own, at the iterations every seed logged
     runs = {f"r{s}": {"model": "resnet20", "level": 7, "variant": "sdar", "iterations": n, "curve": curve,
                       "mse": m, "psnr": 10.0 + s, "ssim": 0.5, "seconds_per_iteration": 1.0,
@@ -300,7 +300,7 @@ def test_the_benchmark_writes_a_cell_and_a_report_beside_the_official_logs(tmp_p
     # agreement: ±20% of the mean, inside the runs' range, and the runs' own largest deviation from their mean
     ref = {99: [0.08, 0.10, 0.12], 199: [0.05, 0.05, 0.08]}
     row = bench._agreement({"99": 0.125, "199": 0.07, "299": 0.01}, ref)
-    assert row == "1 of 2 | +25% at iteration 99 | 1 of 2 | +33% (run 3 at iteration 199)"
+    assert row == "1 of 2 | +25% at iteration 99 | 1 of 2 | +60% (run 3 at iteration 199)"  # 0.08 vs 0.05
     assert bench._agreement({"299": 0.01}, ref) == ""
 
 
@@ -322,6 +322,15 @@ def test_the_monitor_logs_the_official_attack_loss_and_run_sdar_runs_u_shaped():
     runs = official_attack_loss("resnet20", 4)  # the official logs: five runs, every 100 iterations
     assert len(runs) == 200 and sum(runs[99]) / 5 == pytest.approx(0.0797, abs=1e-4)
     assert official_attack_loss("resnet20", 5) is None and official_attack_loss("resnet20", 7, "no_cond") is None
+    from unsplit.sdar import OFFICIAL_METRICS, official_log
+
+    for model, level, variant in (("resnet20", 7, "sdar"), ("plainnet20", 7, "sdar"), ("resnet20", 4, "sdar"),
+                                  ("plainnet20", 4, "sdar"), ("resnet20", 7, "naive_sda")):
+        for metric in OFFICIAL_METRICS:  # every logged quantity: five runs at each of the 200 logged iterations
+            runs = official_log(metric, model=model, level=level, variant=variant)
+            assert list(runs) == list(range(99, 20000, 100)) and {len(v) for v in runs.values()} == {5}
+    # the attack's losses the benchmark stores beside the official decoder and discriminator losses
+    assert len(attack.history["decoder_mse"]) == len(attack.history["simulator_dis_loss"]) == 4
     g = torch.Generator().manual_seed(0)
     xs, ys = torch.rand(96, 3, 32, 32, generator=g), torch.arange(96) % 10
     report = run_sdar(xs[:48], ys[:48], xs[48:], ys[48:], model="resnet20", level=4, u_shaped=True, iterations=2,

@@ -23,7 +23,8 @@ The attacks, as data (:data:`ATTACKS`):
   eps 8/255 (success rate; baseline: same-eps random noise).
 * ``sdar`` (Zhu et al., NDSS'25; CIFAR-10): an honest-but-curious server with half of CIFAR-10 reconstructs the
   private images a ResNet-20 client (split at ``level``) sends at inference after ``sdar_iters`` training iterations
-  (MSE in [0, 1]; baseline: the auxiliary data's mean image).
+  (MSE in [0, 1]; baseline: the auxiliary data's mean image). Each seed's cell also keeps its in-training
+  ``attack_loss`` curve (``"curve"``, running means of 100 as in ``benchmarks/sdar.py``); the report does not fold it.
 """
 from __future__ import annotations
 
@@ -215,7 +216,7 @@ def _sdar(c, defense, *, data_dir, cache_dir, device, progress) -> dict:
     held_out = slice(-5000, None)  # auxiliary images: the victim never trained on them
     return {"sdar_mse": report.metrics["mse"], "mean_image_mse": report.baselines["mse"],
             "class_mean_mse": report.baselines["class_mean_mse"], "iterations": report.metrics["iterations"],
-            "curve": report.artefacts["curve"],  # the in-training attack_loss, as benchmarks/sdar.py stores it
+            "curve": report.artefacts["curve"],  # this seed's in-training attack_loss (not folded over seeds)
             "task_accuracy": evaluate(report.artefacts["topology"].as_model(), xa[held_out], ya[held_out],
                                       device=device)}
 

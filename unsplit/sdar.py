@@ -723,7 +723,7 @@ def official_attack_loss(model: str = "resnet20", level: int = 7, variant: str =
     """The official code's five runs of vanilla split learning on CIFAR-10 (:data:`OFFICIAL_LOGS`):
     ``{iteration: [attack_loss of run 1..5]}`` at iterations 99, 199, ..., 19999, or ``None`` where no log exists
     (logged: ``resnet20`` and ``plainnet20`` at levels 4 and 7, ``naive_sda`` at ``resnet20`` level 7)."""
-    return official_log("attack_loss", model, level, variant)
+    return official_log("attack_loss", model=model, level=level, variant=variant)
 
 
 #: the quantities the official logs print every 100 iterations (running means over the last 100)
@@ -732,10 +732,24 @@ OFFICIAL_METRICS = ("attack_loss", "fg_loss", "e_dis_loss", "d_total_loss", "d_d
 
 def official_log(metric: str, model: str = "resnet20", level: int = 7,
                  variant: str = "sdar") -> Optional[Dict[int, list]]:
-    """Any quantity of the official logs (:data:`OFFICIAL_METRICS`), as :func:`official_attack_loss` gives
-    ``attack_loss``: ``fg_loss`` the victim's task loss on its training batches, ``e_dis_loss`` the simulator
-    discriminator's loss, ``d_total_loss`` the decoder's loss on the simulator's features of the auxiliary batch,
-    ``d_dis_loss`` the decoder discriminator's loss. ``{iteration: [value of run 1..5]}`` or ``None``."""
+    """Any quantity the official logs print (Zhu et al., NDSS'25; :data:`OFFICIAL_LOGS`), five runs per setting.
+
+    Args:
+        metric: one of :data:`OFFICIAL_METRICS`: ``attack_loss`` the reconstruction MSE of the private training batch
+            (also :func:`official_attack_loss`), ``fg_loss`` the victim's task loss on its training batches,
+            ``e_dis_loss`` the simulator discriminator's loss, ``d_total_loss`` the decoder's loss on the simulator's
+            features of the auxiliary batch (MSE + ``lambda2`` × its adversarial loss; the second term is under 1e-5),
+            ``d_dis_loss`` the decoder discriminator's loss.
+        model, level, variant: the setting (logged: ``resnet20`` and ``plainnet20`` at levels 4 and 7, and
+            ``naive_sda`` at ``resnet20`` level 7).
+
+    Returns:
+        ``{iteration: [value of run 1..5]}`` at iterations 99, 199, ..., 19999 (running means over the last 100),
+        or ``None`` where no log exists.
+
+    Raises:
+        ValueError: an unknown ``metric``.
+    """
     import json
 
     if metric not in OFFICIAL_METRICS:
