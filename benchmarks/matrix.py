@@ -223,7 +223,10 @@ def build_report(args) -> Path:
              f"accuracy; `n/a` = the defense cannot act in that attack's setting (reason in the cell's file); "
              f"`failed` = the cell raised (error and traceback in its file); `not run` = no cell yet. "
              f"UnSplit at split depth {args.depth}, {args.epochs} training epochs; similarity at cut {args.cut}, "
-             f"{args.sim_epochs} epochs on {args.sim_train_limit} images; FSHA {args.fsha_iters} iterations{seeds}.",
+             f"{args.sim_epochs} epochs on {args.sim_train_limit} images; FSHA {args.fsha_iters} iterations"
+             + (f"; SDAR on a ResNet-20 split at level {args.sdar_level}, {args.sdar_iters} training iterations, "
+                f"{args.sdar_eval} private images reconstructed at inference" if "sdar" in args.attack_list else "")
+             + f"{seeds}.",
              "", f"Measured on: {describe_environments(records) or 'no cells yet'}.", "",
              "| defense | " + " | ".join(col.name for _, col in columns) + " |",
              "|---|" + "---|" * len(columns)]
