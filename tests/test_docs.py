@@ -61,7 +61,7 @@ REPORTS = {  # committed report -> the --report-only arguments that write it (th
     "matrix_mnist_sweep-label_dp.md": ["--dataset", "mnist", "--sweep", "label_dp", "--attacks",
                                        "unsplit,unsplit_labels,similarity", "--seeds", "0,1,2"],
     "matrix_cifar-bn.md": ["--dataset", "cifar", "--batch-norm", "--attacks",
-                           "unsplit_labels,similarity,fsha_detection,sladv", "--seeds", "0,1,2"],
+                           "unsplit_labels,similarity,fsha_detection,sladv,sdar", "--seeds", "0,1,2"],
 }
 
 
