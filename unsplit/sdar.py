@@ -20,6 +20,7 @@ official code's defaults for CIFAR-10), :class:`SDARNetworks` its four networks 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 from pathlib import Path
@@ -750,15 +751,21 @@ def official_log(metric: str, model: str = "resnet20", level: int = 7,
     Raises:
         ValueError: an unknown ``metric``.
     """
-    import json
-
     if metric not in OFFICIAL_METRICS:
         raise ValueError(f"metric must be one of {', '.join(OFFICIAL_METRICS)}, got {metric!r}")
     key = ("naive_sda/" if variant == "naive_sda" else "") + f"vsl/cifar10/{model}/l{level}"
-    e = json.loads(OFFICIAL_LOGS.read_text())["experiments"].get(key) if variant in ("sdar", "naive_sda") else None
+    e = _official_experiments().get(key) if variant in ("sdar", "naive_sda") else None
     if e is None:
         return None
     return {it: [run[i] for run in e[metric]] for i, it in enumerate(e["iterations"])}
+
+
+@functools.lru_cache(maxsize=1)
+def _official_experiments() -> dict:
+    """:data:`OFFICIAL_LOGS`' experiments, read once (callers copy what they return)."""
+    import json
+
+    return json.loads(OFFICIAL_LOGS.read_text())["experiments"]
 
 
 def sdar_data(data_dir=None, *, download: bool = False, seed: int = 42):
