@@ -49,6 +49,8 @@ def parse_args(argv=None):
     p.add_argument("--variants", default="sdar", help=f"comma-separated: {','.join(VARIANTS)}")
     p.add_argument("--iters", type=int, default=3000)
     p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="fp32 (the official code's) or bf16 (autocast; the run's name gets _bf16)")
     p.add_argument("--data-dir", type=Path, default=default_data_dir())
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/sdar"))
     p.add_argument("--checkpoints", type=Path, default=Path("checkpoints/sdar"))
@@ -80,13 +82,21 @@ def _choices(p, text, allowed, flag):
 
 
 def _run(c: dict) -> str:
-    """The run's name without its length: ``<model>_l<level>_<variant>_s<seed>`` (its checkpoint's name too)."""
+    """The run's name without its length: ``<model>_l<level>_<variant>[_b<batch>][_bf16]_s<seed>`` (its checkpoint's
+    name too)."""
+    return f"{_group(c)}_s{c['seed']}"
+
+
+def _group(c: dict) -> str:
+    """The runs that differ only in their seed: ``<model>_l<level>_<variant>[_b<batch>][_bf16]``."""
     batch = f"_b{c['batch_size']}" if c.get("batch_size", 128) != 128 else ""
-    return f"{c['model']}_l{c['level']}_{c['variant']}{batch}_s{c['seed']}"
+    precision = "_bf16" if c.get("precision", "fp32") != "fp32" else ""
+    return f"{c['model']}_l{c['level']}_{c['variant']}{batch}{precision}"
 
 
 def grid_cells(args) -> list:
-    extra = {} if args.batch_size == 128 else {"batch_size": args.batch_size}
+    extra = {**({} if args.batch_size == 128 else {"batch_size": args.batch_size}),
+             **({} if args.precision == "fp32" else {"precision": args.precision})}
     configs = [{"model": m, "level": lv, "variant": v, "iters": args.iters, "seed": s, **extra}
                for s in args.seeds for m in args.models for lv in args.levels for v in args.variants]
     return [Cell(f"cells/{_run(c)}_i{c['iters']}", c) for c in configs]
@@ -103,7 +113,7 @@ def run_cell(c: dict, *, data_dir, checkpoints, checkpoint_every: int, recompute
     attack = SDARConfig() if c["variant"] == "sdar" else SDARConfig().ablation(c["variant"])
     run = SDARRunConfig(model=c["model"], level=c["level"], attack=attack, iterations=c["iters"],
                         batch_size=c.get("batch_size", 128), checkpoint=checkpoint, checkpoint_every=checkpoint_every,
-                        progress=progress)
+                        precision=c.get("precision", "fp32"), progress=progress)
     report = run_sdar(xp, yp, xa, ya, run, device=device, seed=c["seed"])
     history = report.artefacts["attack"].history
     return {**c, "run": _run(c), **report.metrics, "curve": report.artefacts["curve"],
@@ -134,8 +144,8 @@ def build_report(args) -> Path:
              "mean over 100 iterations of the reconstruction MSE of the current private training batch, pixels in "
              "[0, 1]) at the logged iterations, ours beside the mean ± std of the official code's five runs "
              "(`unsplit/sdar_official_logs.json`). Command: `python benchmarks/sdar.py --data-dir DATA --models M "
-             "--levels L --variants V --iters N` (run = M_lL_V_sSEED; a setting run with several seeds also gets "
-             "their mean, judged like a run).", ""]
+             "--levels L --variants V --iters N [--precision bf16]` (run = M_lL_V[_bf16]_sSEED; a setting run with several "
+             "seeds also gets their mean, judged like a run).", ""]
     marks = (99, 499, 999, 1999, 2999, 4999, 9999, 19999)
     lines += ["| run | iterations | " + " | ".join(f"@{m + 1}" for m in marks) + " | s/it |",
               "|---" * (len(marks) + 3) + "|"]
@@ -238,7 +248,7 @@ def _seed_means(longest: dict) -> dict:
     curves at the iterations every seed logged, the inference-time scores and the baselines."""
     groups: dict = {}
     for r in longest.values():
-        groups.setdefault(_setting(r), []).append(r)
+        groups.setdefault(_group(r), []).append(r)
     out = {}
     for setting, rs in groups.items():
         if len(rs) < 2:

@@ -10,7 +10,9 @@ start-up); the rows alternate over ``--repeats`` rounds against drifts of the ma
 
     official   zhxchd/SDAR_SplitNN's SDARAttacker, run by --official-python (TensorFlow, TF_USE_LEGACY_KERAS=1 with
                tf_keras) through benchmarks/official/sdar_official_timing.py from a checkout given by --official-repo
-    ours       unsplit.sdar.SDAR in train_split (the demo's and run_sdar's settings)
+    ours       unsplit.sdar.SDAR in train_split (the demo's and run_sdar's settings), in each of --precisions:
+               fp32 (as the official code computes) and bf16 (the victim's and the attacker's forward passes under
+               autocast)
 
     python benchmarks/sdar_speed.py --official-repo PATH/TO/SDAR_SplitNN --official-python PATH/TO/tf/bin/python
 """
@@ -27,7 +29,7 @@ from unsplit.cli import make_parser, run_main
 from unsplit.models import CifarResNet20, build_model
 from unsplit.protocol import Topology
 from unsplit.sdar import SDAR, SDARConfig
-from unsplit.training import StepTimer, train_split
+from unsplit.training import PRECISIONS, StepTimer, train_split
 from unsplit.util import atomic_write_json, atomic_write_text, resolve_device, to_channels_last
 
 DRIVER = Path(__file__).parent / "official" / "sdar_official_timing.py"
@@ -41,11 +43,15 @@ def parse_args(argv=None):
     p.add_argument("--level", type=int, default=7, choices=CifarResNet20.LEVELS)
     p.add_argument("--iters", type=int, default=20, help="timed iterations per run (+1 untimed)")
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--precisions", default="fp32,bf16", help="comma-separated: fp32, bf16 (ours, each per round)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/sdar_speed"))
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
     if args.iters < 2 or args.repeats < 1:
         p.error("--iters must be >= 2 and --repeats >= 1")
+    args.precisions = [v.strip() for v in args.precisions.split(",") if v.strip()]
+    if not args.precisions or any(v not in PRECISIONS for v in args.precisions):
+        p.error(f"--precisions: choose from {', '.join(PRECISIONS)}")
     if not (args.official_repo / "src").is_dir():
         p.error(f"--official-repo {args.official_repo} has no src/ (a checkout of zhxchd/SDAR_SplitNN)")
     return args
@@ -63,7 +69,7 @@ def official_seconds(args) -> float:
     return float(lines[-1].split(":")[1])
 
 
-def our_seconds(args, device) -> float:
+def our_seconds(args, device, precision: str) -> float:
     """This library's seconds per iteration, timed from the end of the first step to the end of the last."""
     g = torch.Generator().manual_seed(0)
     n = 128 * (args.iters + 1)
@@ -71,11 +77,12 @@ def our_seconds(args, device) -> float:
     xa, ya = torch.rand(n, 3, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g)
     torch.manual_seed(0)
     topology = Topology.split(build_model(args.model), front_depth=CifarResNet20.front_depth(args.level))
-    attack = SDAR(topology.front, topology.middle, xa, ya, SDARConfig(), level=args.level, device=device)
+    attack = SDAR(topology.front, topology.middle, xa, ya, SDARConfig(), level=args.level, device=device,
+                  precision=precision)
     to_channels_last([*topology.parts.values(), *attack.nets.modules()], device)  # run_sdar's default layout
     timer = StepTimer()
     train_split(topology, x, y, epochs=1, batch_size=128, drop_last=True, callbacks=[attack, timer],
-                optimizers=lambda p: torch.optim.Adam(p, lr=1e-3, eps=1e-7), device=device)
+                optimizers=lambda p: torch.optim.Adam(p, lr=1e-3, eps=1e-7), device=device, precision=precision)
     return timer.seconds / timer.steps
 
 
@@ -84,23 +91,32 @@ def main(argv=None) -> int:
     device = resolve_device(args.device)
     rounds = []
     for _ in range(args.repeats):
-        official, ours = official_seconds(args), our_seconds(args, device)
-        rounds.append({"official": official, "ours": ours, "official_over_ours": official / ours})
-        print(f"official {official:.3f} s/it, ours {ours:.3f} s/it", flush=True)
+        official = official_seconds(args)
+        ours = {p: our_seconds(args, device, p) for p in args.precisions}
+        rounds.append({"official": official, "ours": ours,
+                       "official_over_ours": {p: official / v for p, v in ours.items()}})
+        print(f"official {official:.3f} s/it, " + ", ".join(f"ours {p} {v:.3f} s/it" for p, v in ours.items()),
+              flush=True)
     result = {"model": args.model, "level": args.level, "iters": args.iters, "rounds": rounds,
               "device": str(device), "threads": torch.get_num_threads()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out.with_suffix(".json"), result)
+    print(atomic_write_text(args.out.with_suffix(".md"), _table(args, rounds, device)))
+    return 0
+
+
+def _table(args, rounds, device) -> str:
+    ps = args.precisions
     lines = [f"Seconds per SDAR iteration, {args.model} level {args.level}, vanilla split learning, batch 128, "
              f"{args.iters} timed iterations per run, {len(rounds)} alternating rounds ({device}, "
              f"{torch.get_num_threads()} threads). Command: `python benchmarks/sdar_speed.py --official-repo REPO "
              f"--official-python PY --model {args.model} --level {args.level} --iters {args.iters} --repeats "
-             f"{args.repeats}`.", "", "| round | official (s/it) | ours (s/it) | official / ours |",
-             "|---|---|---|---|"]
-    lines += [f"| {i + 1} | {r['official']:.3f} | {r['ours']:.3f} | {r['official_over_ours']:.2f} |"
-              for i, r in enumerate(rounds)]
-    print(atomic_write_text(args.out.with_suffix(".md"), "\n".join(lines) + "\n"))
-    return 0
+             f"{args.repeats} --precisions {','.join(ps)}`.", "",
+             "| round | official (s/it) | " + " | ".join(f"ours, {p} (s/it)" for p in ps) + " | "
+             + " | ".join(f"official / ours, {p}" for p in ps) + " |", "|---" * (2 + 2 * len(ps)) + "|"]
+    lines += [f"| {i + 1} | {r['official']:.3f} | " + " | ".join(f"{r['ours'][p]:.3f}" for p in ps) + " | "
+              + " | ".join(f"{r['official_over_ours'][p]:.2f}" for p in ps) + " |" for i, r in enumerate(rounds)]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -76,13 +76,14 @@ def test_the_official_networks_fit_every_level(name, level):
 TOY = SDARConfig(batch_size=32, lambda1=0.5, e_dis_lr=2e-4, d_lr=2e-3)
 
 
-def _attack(topology, config=None, *, front=None, seed=0):
+def _attack(topology, config=None, *, front=None, seed=0, precision="fp32"):
     config = config or TOY
     x_aux, y_aux = _images(600, 1)
     conditional = config.conditional if config.conditional is not None else True
     nets = _small_networks(topology if front is None else Topology(front, topology.middle), config,
                            conditional=conditional, seed=seed)
-    return SDAR(front or topology.front, topology.middle, x_aux, y_aux, config, num_classes=4, networks=nets, seed=seed)
+    return SDAR(front or topology.front, topology.middle, x_aux, y_aux, config, num_classes=4, networks=nets, seed=seed,
+                precision=precision)
 
 
 def test_sdar_reconstructs_far_better_than_the_mean_image_the_class_means_and_its_naive_ablation():
@@ -102,6 +103,22 @@ def test_sdar_reconstructs_far_better_than_the_mean_image_the_class_means_and_it
     sdar, naive = scores["sdar"]["mse"], scores["naive"]["mse"]
     assert sdar < 0.4 * scores["sdar"]["baseline_mse"] and sdar < labels_alone, (scores, labels_alone)
     assert sdar < 0.5 * naive, scores  # the adversarial regularisation is what works (the paper's ablation)
+
+
+def test_sdar_in_bfloat16_reconstructs_as_well():
+    x, y = _images(600, 0)
+    x_aux, _ = _images(600, 1)
+    topology = _victim()
+    attack = _attack(topology, precision="bf16")  # the attacker's networks under autocast; the victim in float32
+    train_split(topology, x, y, epochs=18, batch_size=32, seed=0, callbacks=[attack])
+    run_split(topology, x[:200], callbacks=[attack])
+    got = attack.result()
+    assert got.images.dtype == torch.float32 and attack.settings()["precision"] == "bf16"
+    assert all(p.dtype == torch.float32 for m in attack.nets.modules() for p in m.parameters())
+    score = got.score(x[:200], reference=x_aux)
+    assert score["mse"] < 0.4 * score["baseline_mse"], score  # as the float32 attack in the test above
+    with pytest.raises(ValueError, match="precision"):
+        SDAR(topology.front, topology.middle, x_aux, y, precision="fp16")
 
 
 def test_sdar_reads_neither_the_clients_weights_nor_anything_it_does_not_declare():
@@ -355,8 +372,11 @@ def test_the_speed_benchmark_times_both_sides(tmp_path):
             "--iters", 2, "--repeats", 1, "--out", tmp_path / "speed", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     (round1,) = json.loads((tmp_path / "speed.json").read_text())["rounds"]
-    assert round1["official"] == 2.0 and round1["ours"] > 0 and round1["official_over_ours"] == 2.0 / round1["ours"]
+    assert round1["official"] == 2.0 and set(round1["ours"]) == {"fp32", "bf16"}
+    assert all(round1["official_over_ours"][p] == 2.0 / v > 0 for p, v in round1["ours"].items())
     assert "| 1 | 2.000 |" in (tmp_path / "speed.md").read_text()
+    bad = run("benchmarks/sdar_speed.py", "--official-repo", tmp_path / "repo", "--precisions", "fp16", cwd=tmp_path)
+    assert bad.returncode == 2 and "--precisions" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_run_sdar_puts_the_clients_defenses_in_force_in_training_and_at_inference(one_thread):
@@ -398,6 +418,13 @@ def test_run_sdar_in_the_channels_last_layout_changes_only_rounding(one_thread):
     assert torch.allclose(plain, fast, atol=1e-3)
     assert runs[None].metrics["mse"] == pytest.approx(runs[False].metrics["mse"], rel=1e-3)
     assert not to_channels_last([nn.Conv2d(1, 1, 1)], "cuda")  # the default converts on a CPU only
+    assert runs[None].config["precision"] == "fp32" and "precision" not in runs[None].artefacts["attack"].settings()
+    half = run_sdar(xs[:32], ys[:32], xs[32:], ys[32:], level=4, iterations=2, batch_size=16, eval_count=16,
+                    precision="bf16")
+    assert half.config["precision"] == "bf16" and half.artefacts["attack"].precision == "bf16"
+    assert half.metrics["mse"] == pytest.approx(runs[None].metrics["mse"], rel=0.05)  # two steps: rounding only
+    with pytest.raises(ValueError, match="precision"):
+        run_sdar(xs[:32], ys[:32], xs[32:], ys[32:], precision="fp16")
     z = torch.rand(4, 8, 5, 5)
     noise = [GaussianNoise(0.5) for _ in range(2)]
     torch.manual_seed(1)

@@ -44,6 +44,9 @@ def parse_args(argv=None):
     p.add_argument("--variant", choices=VARIANTS, default="sdar", help="SDAR or one of the official ablations")
     p.add_argument("--u-shaped", action="store_true", help="the client keeps the head (labels are inferred too)")
     p.add_argument("--eval-count", type=int, default=1024, help="private images sent after training")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="fp32",
+                   help="fp32 (the official code's) or bf16: autocast of the client and the attacker, faster where "
+                        "the device computes bf16 natively (benchmarks/sdar_speed.py); auto: bf16 there, else fp32")
     add_run_arguments(p)
     args = p.parse_args(argv)
     if (args.iters is not None and args.iters < 1) or args.eval_count < 1 or args.batch_size < 2:
@@ -79,7 +82,7 @@ def main(argv=None) -> int:
     run = SDARRunConfig(model=args.model, level=args.level, u_shaped=args.u_shaped,
                         attack=base if args.variant == "sdar" else base.ablation(args.variant), iterations=args.iters,
                         batch_size=args.batch_size, eval_count=args.eval_count, checkpoint=checkpoint,
-                        progress=not args.quiet)
+                        precision=args.precision, progress=not args.quiet)
     log(args, f"SDAR ({args.variant}) on {args.model}, level {args.level}, {'U-shaped' if args.u_shaped else 'vanilla'}"
               f" split learning: {run.steps} iterations ...")
     report = run_sdar(xp, yp, xa, ya, run, device=device, seed=args.seed)
