@@ -16,6 +16,7 @@ logged iteration both ran. A cell resumes from its checkpoint (``--checkpoints``
 
     python benchmarks/sdar.py --data-dir ../shared/data --models resnet20 --levels 7 --iters 3000
     python benchmarks/sdar.py --data-dir ../shared/data --models resnet20 --levels 7 --variants naive_sda
+    python benchmarks/sdar.py --data-dir ../shared/data --models resnet20 --levels 7 --precision bf16
     python benchmarks/sdar.py --report-only
 """
 from __future__ import annotations

@@ -261,9 +261,16 @@ def test_the_demo_end_to_end_resumes_and_refuses_bad_input(tmp_path, capsys):
     longer = run("sdar_demo.py", *common[:-1], "--iters", 3, "--out", tmp_path / "out", cwd=tmp_path)
     assert longer.returncode == 0 and "resuming" in longer.stdout, longer.stderr
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["metrics"]["iterations"] == 3
+    ran = m["config"]["precision"]  # --precision auto, resolved for this machine
+    assert ran in ("fp32", "bf16")
+    (tmp_path / "out" / "metrics.json").unlink()  # a resume in another precision is refused in one line
+    other = run("sdar_demo.py", *common, "--iters", 4, "--out", tmp_path / "out", "--precision",
+                "fp32" if ran == "bf16" else "bf16", cwd=tmp_path)
+    assert other.returncode == 2 and "precision" in other.stderr and "Traceback" not in other.stderr, other.stderr
     from unsplit.demos import sdar as demo
 
-    for bad in (["--level", 2], ["--iters", 0], ["--variant", "no_label_flip"], ["--batch-size", 1]):
+    for bad in (["--level", 2], ["--iters", 0], ["--variant", "no_label_flip"], ["--batch-size", 1],
+                ["--precision", "fp16"]):
         with pytest.raises(SystemExit) as exit_info:  # argparse's exit, in process: one line, code 2
             demo.parse_args(["cifar", "--data-dir", str(data), *map(str, bad)])
         assert exit_info.value.code == 2, bad
