@@ -145,8 +145,8 @@ def build_report(args) -> Path:
              "mean over 100 iterations of the reconstruction MSE of the current private training batch, pixels in "
              "[0, 1]) at the logged iterations, ours beside the mean ± std of the official code's five runs "
              "(`unsplit/sdar_official_logs.json`). Command: `python benchmarks/sdar.py --data-dir DATA --models M "
-             "--levels L --variants V --iters N [--precision bf16]` (run = M_lL_V[_bf16]_sSEED; a setting run with several "
-             "seeds also gets their mean, judged like a run).", ""]
+             "--levels L --variants V --iters N [--precision bf16]` (run = M_lL_V[_bf16]_sSEED; a setting run with "
+             "several seeds also gets their mean, judged like a run).", ""]
     marks = (99, 499, 999, 1999, 2999, 4999, 9999, 19999)
     lines += ["| run | iterations | " + " | ".join(f"@{m + 1}" for m in marks) + " | s/it |",
               "|---" * (len(marks) + 3) + "|"]
