@@ -36,6 +36,7 @@ from .base import Attack, Reconstructions, Report, configure
 from .input_gradient import input_gradient
 from .models import ResBlock, keras_init
 from .protocol import CutEvent, SplitCallback, Topology
+from .training import PRECISIONS
 from .util import to_channels_last
 
 __all__ = ["LEVELS", "OFFICIAL_NOTEBOOK", "SMASHED_SHAPES", "fsha_images", "pilot", "decoder", "critic",
@@ -60,7 +61,6 @@ OFFICIAL_NOTEBOOK = {
 PILOTS = ("paper", "linear")
 LOSSES = ("wgan", "gan")
 GP_FORMS = ("per_channel", "flat")
-PRECISIONS = ("fp32", "bf16")
 PROPERTY_OBJECTIVES = ("classifier", "autoencoder")
 
 

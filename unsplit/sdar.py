@@ -31,9 +31,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Attack, Labels, Reconstructions, Report, configure
-from .fsha import PRECISIONS, ReconstructionMonitor
+from .fsha import ReconstructionMonitor
 from .models import fresh_copy, keras_init
 from .protocol import Defense, SplitCallback, Topology
+from .training import PRECISIONS
 from .util import resolve_precision, to_channels_last
 
 __all__ = ["SDARConfig", "ABLATIONS", "SDARNetworks", "SDAR", "SDARMonitor", "SDARRunConfig", "run_sdar", "sdar_data",
