@@ -100,6 +100,13 @@ def tiny_mnist(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    """Decoded image folders are cached under this session's temporary directory, never in the user's
+    ``~/.cache/unsplit`` (a test may still point ``UNSPLIT_CACHE`` elsewhere)."""
+    monkeypatch.setenv("UNSPLIT_CACHE", str(tmp_path_factory.getbasetemp() / "unsplit-cache"))
+
+
+@pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
     yield
