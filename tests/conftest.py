@@ -31,13 +31,13 @@ if str(ROOT) not in sys.path:
 
 def run_script(path, *args, cwd, env=None) -> subprocess.CompletedProcess:
     """``python path args...`` from ``cwd``, run in this process (no interpreter and library start-up, a few seconds a
-    run): its exit code, stdout and stderr as a ``CompletedProcess``. ``UNSPLIT_CACHE`` points into ``cwd``, ``env``
-    adds variables; the working directory, ``sys.argv``, the environment, the random generators (Python's, NumPy's,
-    torch's), torch's thread count and the warning filters are restored afterwards (warnings show in every run)."""
+    run): its exit code, stdout and stderr as a ``CompletedProcess``; ``env`` adds variables; the working directory,
+    ``sys.argv``, the environment, the random generators (Python's, NumPy's, torch's), torch's thread count and the
+    warning filters are restored afterwards (warnings show in every run)."""
     out, err = io.StringIO(), io.StringIO()
     saved_argv, saved_cwd, saved_env = sys.argv, os.getcwd(), dict(os.environ)
     saved_random, saved_numpy, saved_threads = random.getstate(), np.random.get_state(), torch.get_num_threads()
-    os.environ.update({"UNSPLIT_CACHE": str(Path(cwd) / ".cache"), **(env or {})})
+    os.environ.update(env or {})
     sys.argv = [str(path), *map(str, args)]
     os.chdir(cwd)
     code = 0
@@ -100,10 +100,10 @@ def tiny_mnist(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _private_cache(tmp_path_factory, monkeypatch):
-    """Decoded image folders are cached under this session's temporary directory, never in the user's
-    ``~/.cache/unsplit`` (a test may still point ``UNSPLIT_CACHE`` elsewhere)."""
-    monkeypatch.setenv("UNSPLIT_CACHE", str(tmp_path_factory.getbasetemp() / "unsplit-cache"))
+def _private_cache(tmp_path, monkeypatch):
+    """Each test (and the scripts, notebooks and subprocesses it runs) caches decoded image folders and unpacked
+    archives in its own temporary directory, never in the user's ``~/.cache/unsplit``."""
+    monkeypatch.setenv("UNSPLIT_CACHE", str(tmp_path / ".cache"))
 
 
 @pytest.fixture(autouse=True)

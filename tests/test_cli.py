@@ -23,7 +23,7 @@ def run(script, *args, cwd):
 
 def run_subprocess(script, *args, cwd):
     """The same in a fresh interpreter: what a user's shell does (the script's own start-up included)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "UNSPLIT_CACHE": str(Path(cwd) / ".cache")}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)
 
@@ -133,7 +133,6 @@ def test_usage_errors_exit_2_in_one_line(script, args, message, tmp_path, monkey
     from unsplit.cli import run_main
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("UNSPLIT_CACHE", str(tmp_path / ".cache"))
     module = importlib.import_module(f"unsplit.demos.{DEMO_MODULES[script]}")
     try:
         code = run_main(module.main, args)

@@ -45,7 +45,6 @@ def test_every_python_example_runs(page, tmp_path, monkeypatch):
     matplotlib.use("Agg")
     script = "\n\n".join(f"# --- block {i}\n{b}" for i, b in enumerate(python_blocks(page.read_text())))
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("UNSPLIT_CACHE", str(tmp_path / ".cache"))
     threads = torch.get_num_threads()
     try:
         exec(compile(script, f"<{page.relative_to(ROOT)}>", "exec"), {"__name__": "__main__"})

@@ -32,7 +32,6 @@ def test_applicability_follows_each_attacks_topology():
 
 
 def test_matrix_cells_report_and_heatmap(tiny_mnist, tmp_path, monkeypatch):
-    monkeypatch.setenv("UNSPLIT_CACHE", str(tmp_path / "cache"))
     m = _bench()
     argv = ["--data-dir", str(tiny_mnist), "--dataset", "mnist", "--attacks", "unsplit_labels,similarity",
             "--defenses", "none,label_dp:1,nopeek:2", "--label-count", "40", "--sim-epochs", "1",

@@ -24,7 +24,6 @@ def _execute(name, overrides, tmp_path, monkeypatch):
     params[0].source += "\n# test overrides\n" + "\n".join(f"{k} = {v!r}" for k, v in overrides.items())
     monkeypatch.setenv("PYTHONPATH", str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     monkeypatch.delenv("MPLBACKEND", raising=False)
-    monkeypatch.setenv("UNSPLIT_CACHE", str(tmp_path / ".cache"))
     client = NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
     client.execute()  # raises CellExecutionError if any cell fails
     images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]

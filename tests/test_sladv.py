@@ -432,7 +432,6 @@ def test_the_demo_end_to_end_and_its_handling_of_bad_input(tmp_path, capsys):
 def test_the_benchmark_writes_resumable_cells_and_a_report(tmp_path, monkeypatch):
     import json
 
-    monkeypatch.setenv("UNSPLIT_CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)  # the victim's cache goes to ./checkpoints
     bench = _benchmark()
     data = _tiny_cifar_tree(tmp_path / "data")
@@ -545,7 +544,6 @@ def test_the_benchmark_gives_the_same_cells_on_ray(tmp_path, monkeypatch):
     import json
 
     pytest.importorskip("ray")
-    monkeypatch.setenv("UNSPLIT_CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
     bench = _benchmark()
     data = _tiny_cifar_tree(tmp_path / "data")
